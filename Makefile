@@ -1,0 +1,49 @@
+# warren: `make up` runs the system, `make test` runs the suite. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install rabbitmq up down status test unit lint typecheck check bench soak clean
+
+install: $(STAMP) rabbitmq
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The broker binary: installed with apt-get when we can, otherwise one sentence on how.
+rabbitmq:
+	@sh scripts/ensure-rabbitmq.sh
+
+up: install
+	$(PY) -m warren.localcluster up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m warren.localcluster down; fi
+
+status: install
+	$(PY) -m warren.localcluster status
+
+test: install
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: install
+	$(PY) bench/bench.py
+
+clean: down
+	rm -rf .warren $(VENV) .pytest_cache .mypy_cache .ruff_cache

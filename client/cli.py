@@ -1,0 +1,337 @@
+"""The console client: argument parsing and everything the user sees.
+
+Results go to stdout, progress and errors to stderr. Progress bars and colour appear only
+on a terminal (rich honours NO_COLOR); ``--json`` prints nothing but JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from client.session import DownloadResult, Session, UploadResult
+from client.session import Progress as ProgressHooks
+from warren import errors
+from warren.config import Settings
+from warren.errors import UsageError, WarrenError
+from warren.messages import FileEntry, StatusReply
+from warren.service import configure_logging
+
+EXIT_CODES = f"""\
+exit codes:
+  {errors.EXIT_OK}    success (for upload: every replica of every file confirmed)
+  {errors.EXIT_FAILURE}    other failure
+  {errors.EXIT_USAGE}    usage: bad arguments, a missing or unreadable local file
+  {errors.EXIT_NOT_FOUND}    not found: no stored file has that name
+  {errors.EXIT_UNAVAILABLE}    unavailable: RabbitMQ, the manager or the workers did not answer
+  {errors.EXIT_INTEGRITY}    integrity: bytes failed their SHA-256 check
+  {errors.EXIT_REFUSED}    refused: e.g. more replicas than live workers
+  {errors.EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+HOPS = ("primary", "backup")
+
+
+def role(hop: int) -> str:
+    return HOPS[min(hop, 1)]
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def relative_time(then: float, now: float | None = None) -> str:
+    delta = (time.time() if now is None else now) - then
+    if delta < 0:
+        return "just now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if delta >= size:
+            return f"{int(delta // size)} {unit} ago"
+    return "just now"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--client-name",
+        help="name shown in the management UI and manager logs (env WARREN_CLIENT_NAME)",
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        parents=[common],
+        description="warren's console client: back up files to the cluster and restore them.",
+        epilog=EXIT_CODES + "\nWith no command in a terminal, an interactive menu opens.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=help,
+            epilog=f"example:\n  {example}\n\n{EXIT_CODES}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    up = command(
+        "upload",
+        "store files on the cluster, each on N distinct workers",
+        "python -m client upload a.txt b.jpg --replicas 2",
+    )
+    up.add_argument("paths", nargs="+", metavar="PATH", type=Path)
+    up.add_argument("--replicas", type=int, default=2, help="copies to keep (default 2)")
+    up.add_argument("--name", help="name to store a single file under (default: its file name)")
+
+    down = command(
+        "download",
+        "restore a stored file, verified by SHA-256",
+        "python -m client download b.jpg -o restored.jpg",
+    )
+    down.add_argument("name", metavar="NAME")
+    down.add_argument("-o", "--output", type=Path, help="where to write it (default: ./NAME)")
+    down.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    ls = command(
+        "list", "list stored files and the workers holding them", "python -m client list --json"
+    )
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+
+    st = command(
+        "status",
+        "show the workers and how many files need repair",
+        "python -m client status --json",
+    )
+    st.add_argument("--json", action="store_true", help="print a JSON object")
+    return parser
+
+
+class RichProgress(ProgressHooks):
+    """Progress hooks drawn with rich: a bar per transfer, a line per replica."""
+
+    def __init__(self, console: Console, label: str, bars: Progress | None) -> None:
+        self.console = console
+        self.label = label
+        self.bars = bars
+        self.task: TaskID | None = None
+
+    def started(self, total: int) -> None:
+        if self.bars is not None:
+            if self.task is not None:
+                self.bars.remove_task(self.task)
+            self.task = self.bars.add_task(self.label, total=total)
+
+    def transferred(self, nbytes: int) -> None:
+        if self.bars is not None and self.task is not None:
+            self.bars.advance(self.task, nbytes)
+
+    def replica(self, worker: str, hop: int) -> None:
+        self.console.print(f"  [bold]{worker}[/] {role(hop)} [green]✓[/]", highlight=False)
+
+    def retrying(self, reason: str) -> None:
+        self.console.print(f"  [yellow]{reason}[/]", highlight=False)
+
+
+class App:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Console(highlight=False, quiet=bool(getattr(args, "quiet", False)))
+        self.err = Console(stderr=True, highlight=False)
+        self.settings = Settings.load({"client_name": args.client_name})
+
+    def bars(self) -> Progress | None:
+        if not self.out.is_terminal or self.args.quiet:
+            return None
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.out,
+            transient=True,
+        )
+
+    def run(self) -> int:
+        cmd = self.args.command
+        with Session(self.settings) as session:
+            if cmd == "upload":
+                return self.upload(session)
+            if cmd == "download":
+                return self.download(session)
+            if cmd == "list":
+                return self.list(session)
+            if cmd == "status":
+                return self.status(session)
+        raise UsageError(f"unknown command {cmd!r}")
+
+    def upload(self, session: Session) -> int:
+        paths: list[Path] = self.args.paths
+        if self.args.name and len(paths) > 1:
+            raise UsageError("--name works with a single file only.")
+        worst: WarrenError | None = None
+        for path in paths:
+            name = self.args.name or path.name
+            self.out.print(f"[bold]{name}[/]", highlight=False)
+            bars = self.bars()
+            try:
+                if bars is not None:
+                    with bars:
+                        result = session.upload(
+                            path, name, self.args.replicas, RichProgress(self.out, name, bars)
+                        )
+                else:
+                    result = session.upload(
+                        path, name, self.args.replicas, RichProgress(self.out, name, None)
+                    )
+            except WarrenError as exc:
+                if isinstance(exc, errors.Unavailable) and not session.conn.is_open:
+                    raise
+                self.err.print(f"error: {exc}", markup=False)
+                worst = worst or exc
+                continue
+            self.out.print(self.upload_summary(result), highlight=False)
+        if worst is not None:
+            return worst.exit_code
+        return errors.EXIT_OK
+
+    @staticmethod
+    def upload_summary(r: UploadResult) -> str:
+        holders = ", ".join(
+            f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
+        )
+        return f"  stored {r.name} ({human_size(r.size)}) on {holders}"
+
+    def download(self, session: Session) -> int:
+        name: str = self.args.name
+        dest: Path = self.args.output or Path(Path(name).name or "download")
+        bars = self.bars()
+        hooks = RichProgress(self.out, name, bars)
+        result: DownloadResult
+        if bars is not None:
+            with bars:
+                result = session.download(name, dest, hooks, overwrite=self.args.force)
+        else:
+            result = session.download(name, dest, hooks, overwrite=self.args.force)
+        self.out.print(
+            f"restored {name} ({human_size(result.size)}) from {result.worker} "
+            f"to {result.path}, SHA-256 verified",
+            highlight=False,
+        )
+        return errors.EXIT_OK
+
+    def list(self, session: Session) -> int:
+        files = session.files()
+        if self.args.json:
+            print(json.dumps([file_json(f) for f in files], ensure_ascii=False, indent=2))
+            return errors.EXIT_OK
+        table = Table(title=f"{len(files)} files")
+        for col in ("name", "size", "stored", "replicas", "sha256"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        for f in files:
+            replicas = ", ".join(f.replicas) or "none"
+            if len(f.replicas) < f.wanted:
+                replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
+            table.add_row(
+                f.name,
+                human_size(f.size),
+                relative_time(f.created),
+                replicas,
+                f.sha256[:12],
+            )
+        self.out.print(table)
+        return errors.EXIT_OK
+
+    def status(self, session: Session) -> int:
+        st = session.status()
+        if self.args.json:
+            print(json.dumps(status_json(st), indent=2))
+            return errors.EXIT_OK
+        table = Table(title="workers")
+        for col in ("name", "state", "files", "used", "free", "last heartbeat"):
+            table.add_column(col)
+        for w in st.workers:
+            state = "[green]alive[/]" if w.alive else "[red]dead[/]"
+            table.add_row(
+                w.name,
+                state,
+                str(w.files),
+                human_size(w.used_bytes),
+                human_size(w.free_bytes),
+                relative_time(w.last_seen),
+            )
+        self.out.print(table)
+        colour = "red" if st.under_replicated else "green"
+        self.out.print(f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]")
+        return errors.EXIT_OK
+
+
+def file_json(f: FileEntry) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "size": f.size,
+        "sha256": f.sha256,
+        "replicas": list(f.replicas),
+        "wanted": f.wanted,
+        "created": f.created,
+    }
+
+
+def status_json(st: StatusReply) -> dict[str, Any]:
+    return {
+        "workers": [
+            {
+                "name": w.name,
+                "alive": w.alive,
+                "free_bytes": w.free_bytes,
+                "used_bytes": w.used_bytes,
+                "files": w.files,
+                "last_seen": w.last_seen,
+            }
+            for w in st.workers
+        ],
+        "under_replicated": st.under_replicated,
+        "files": st.files,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return errors.EXIT_USAGE
+    configure_logging("DEBUG" if args.verbose else "ERROR", "client")
+    try:
+        return App(args).run()
+    except WarrenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED

@@ -1,0 +1,407 @@
+"""The client's side of the protocol, with no terminal output: the CLI and tests use it.
+
+A ``Session`` owns one connection and one exclusive reply queue. Everything addressed to
+the client (the manager's answers, replica confirmations, restore chunks) arrives there and
+is routed by ``correlation_id`` to whoever is waiting for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from warren import messages as m
+from warren.broker import Connection, Delivery
+from warren.chunks import ChunkPlan, read_chunks, sha256_file
+from warren.config import Settings
+from warren.errors import (
+    DecodeError,
+    IntegrityError,
+    NotFound,
+    Refused,
+    Unavailable,
+    UsageError,
+    WarrenError,
+)
+from warren.topology import (
+    MANAGER_REQUESTS,
+    client_reply_queue,
+    client_topology,
+    worker_chunks,
+    worker_topology,
+)
+
+log = logging.getLogger("warren.client")
+
+R = TypeVar("R", bound=m.Message)
+
+# A transfer may take this long per byte on top of settings.transfer_timeout before the
+# client gives up waiting for the last confirmation (workers hash the file at the end).
+SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+
+
+class Progress:
+    """Hooks a user interface overrides; the defaults do nothing."""
+
+    def hashing(self, nbytes: int) -> None: ...
+    def started(self, total: int) -> None: ...
+    def transferred(self, nbytes: int) -> None: ...
+    def replica(self, worker: str, hop: int) -> None: ...
+    def retrying(self, reason: str) -> None: ...
+
+
+@dataclass
+class UploadResult:
+    name: str
+    size: int
+    sha256: str
+    chain: tuple[str, ...]
+    confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    size: int
+    sha256: str
+    worker: str
+    path: Path
+
+
+class Session:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client_name = settings.client_name or f"{os.uname().nodename}-{os.getpid()}"
+        self.conn = Connection(settings, f"warren client {self.client_name}")
+        self.reply_queue = client_reply_queue(self.client_name)
+        self._routes: dict[str, Callable[[Delivery], None]] = {}
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.conn.open(give_up_after=self.settings.connect_timeout)
+        self.conn.declare(client_topology(self.reply_queue))
+        self.conn.consume(self.reply_queue, self._on_reply)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _on_reply(self, d: Delivery) -> None:
+        route = self._routes.get(d.correlation_id or "")
+        if route is None:
+            d.ack()  # a late answer to something we stopped waiting for
+            return
+        route(d)
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"{what} did not answer within {timeout:.0f} s.")
+            self.conn.process(min(left, 0.25))
+
+    # -- requests to the manager -----------------------------------------------------------
+
+    def request(
+        self,
+        msg: m.Message,
+        expect: type[R],
+        on_other: Callable[[Delivery], None] | None = None,
+        cid: str = "",
+    ) -> R:
+        """Ask the manager and wait for its answer; an ErrorReply becomes an exception.
+
+        With ``on_other``, whatever else arrives under the same correlation id (restore
+        chunks) goes there, and the route stays until the caller removes ``cid``.
+        """
+        cid = cid or uuid.uuid4().hex
+        answers: list[m.Message] = []
+
+        def route(d: Delivery) -> None:
+            if d.type in (expect.TYPE, m.ErrorReply.TYPE) and not answers:
+                try:
+                    answers.append(m.decode(d.type, d.body))
+                except DecodeError as exc:
+                    answers.append(m.ErrorReply("invalid", f"garbled answer from manager: {exc}"))
+                d.ack()
+            elif on_other is not None:
+                on_other(d)
+            else:
+                d.ack()
+
+        self._routes[cid] = route
+        timeout = self.settings.request_timeout
+        try:
+            self.conn.publish(
+                MANAGER_REQUESTS,
+                msg.encode(),
+                type=msg.TYPE,
+                reply_to=self.reply_queue,
+                correlation_id=cid,
+                persistent=False,
+                expiration_ms=int(timeout * 1000),
+            )
+            self._wait(lambda: bool(answers), timeout, "the manager")
+        except Unavailable as exc:
+            if "did not answer" in str(exc):
+                raise Unavailable(
+                    f"the manager did not answer within {timeout:.0f} s; is it running?"
+                ) from None
+            raise
+        finally:
+            if on_other is None:
+                self._routes.pop(cid, None)
+        answer = answers[0]
+        if isinstance(answer, m.ErrorReply):
+            raise _error(answer)
+        assert isinstance(answer, expect)
+        return answer
+
+    def files(self) -> list[m.FileEntry]:
+        return list(self.request(m.ListRequest(client=self.client_name), m.ListReply).files)
+
+    def status(self) -> m.StatusReply:
+        return self.request(m.StatusRequest(client=self.client_name), m.StatusReply)
+
+    # -- upload ----------------------------------------------------------------------------
+
+    def upload(
+        self, path: Path, name: str, replicas: int, progress: Progress | None = None
+    ) -> UploadResult:
+        """Store one file on ``replicas`` workers; return once every replica is confirmed."""
+        progress = progress or Progress()
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise UsageError(f"{path} is not a regular file.")
+            sha256 = sha256_file(path, progress.hashing)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file.") from None
+        except PermissionError:
+            raise UsageError(f"{path}: permission denied.") from None
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory, not a file.") from None
+        req = m.UploadRequest(
+            name=name, size=size, sha256=sha256, replicas=replicas, client=self.client_name
+        )
+        accepted = self.request(req, m.UploadAccepted)
+        result = UploadResult(name, size, sha256, accepted.chain)
+        self._send(path, accepted, result, progress)
+        return result
+
+    def _send(
+        self, path: Path, acc: m.UploadAccepted, result: UploadResult, progress: Progress
+    ) -> None:
+        plan = ChunkPlan(result.size, acc.chunk_size)
+        failures: list[str] = []
+        rejected: list[int] = []
+
+        def route(d: Delivery) -> None:
+            d.ack()
+            msg = m.decode(d.type, d.body)
+            if isinstance(msg, m.ReplicaStored) and msg.worker not in result.confirmed:
+                result.confirmed[msg.worker] = msg.hop
+                progress.replica(msg.worker, msg.hop)
+            elif isinstance(msg, m.ReplicaFailed):
+                failures.append(f"{msg.worker}: {msg.reason}")
+
+        def confirmed(n: int) -> Callable[[bool], None]:
+            return lambda ok: progress.transferred(n) if ok else rejected.append(n)
+
+        self._routes[acc.upload_id] = route
+        primary = acc.chain[0]
+        try:
+            self.conn.declare(worker_topology(primary))
+            progress.started(result.size)
+            for seq, offset, data in read_chunks(path, plan):
+                h = m.ChunkHeaders(
+                    upload_id=acc.upload_id,
+                    seq=seq,
+                    offset=offset,
+                    total_size=result.size,
+                    chunk_count=plan.count,
+                    sha256=result.sha256,
+                    chain=acc.chain,
+                    hop=0,
+                )
+                self.conn.publish(
+                    worker_chunks(primary),
+                    data,
+                    type=m.CHUNK_TYPE,
+                    headers=h.to_headers(),
+                    reply_to=self.reply_queue,
+                    correlation_id=acc.upload_id,
+                    on_confirm=confirmed(len(data)),
+                )
+                if failures:
+                    break
+            self.conn.wait_for_confirms()
+            if rejected:
+                raise Unavailable(
+                    f"RabbitMQ did not accept {len(rejected)} chunks of {result.name!r}."
+                )
+            timeout = self.settings.transfer_timeout + result.size * SECONDS_PER_BYTE
+            done = lambda: bool(failures) or len(result.confirmed) == len(acc.chain)  # noqa: E731
+            try:
+                self._wait(done, timeout, "the workers")
+            except Unavailable:
+                missing = [w for w in acc.chain if w not in result.confirmed]
+                raise Unavailable(
+                    f"{', '.join(missing)} did not confirm {result.name!r} within {timeout:.0f} s."
+                ) from None
+            if failures:
+                raise IntegrityError(f"storing {result.name!r} failed on {'; '.join(failures)}.")
+        finally:
+            self._routes.pop(acc.upload_id, None)
+
+    # -- download --------------------------------------------------------------------------
+
+    def download(
+        self, name: str, dest: Path, progress: Progress | None = None, overwrite: bool = False
+    ) -> DownloadResult:
+        """Restore ``name`` to ``dest``, verified; ask again (another replica) on failure."""
+        progress = progress or Progress()
+        if dest.is_dir():
+            dest = dest / Path(name).name
+        if dest.exists() and not overwrite:
+            raise UsageError(f"{dest} already exists; pass --force to overwrite it.")
+        if not dest.parent.is_dir():
+            raise UsageError(f"{dest.parent} is not a directory.")
+        exclude: list[str] = []
+        last_error: WarrenError | None = None
+        for _attempt in range(4):
+            try:
+                return self._download_once(name, dest, exclude, progress)
+            except _ReplicaProblem as exc:
+                exclude.append(exc.worker)
+                last_error = exc.error
+                progress.retrying(f"{exc.worker}: {exc.error}; trying another replica")
+            except Unavailable as exc:
+                if exclude and "no live worker" in str(exc):
+                    break  # every replica was tried
+                raise
+        assert last_error is not None
+        raise last_error
+
+    def _download_once(
+        self, name: str, dest: Path, exclude: list[str], progress: Progress
+    ) -> DownloadResult:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        state = _Restore(fd)
+        cid = uuid.uuid4().hex
+        try:
+            acc = self.request(
+                m.DownloadRequest(name=name, exclude=tuple(exclude), client=self.client_name),
+                m.DownloadAccepted,
+                on_other=state.on_delivery,
+                cid=cid,
+            )
+            progress.started(acc.size)
+            state.progress = progress
+            try:
+                self._wait_restore(state)
+            except Unavailable as exc:
+                raise _ReplicaProblem(acc.worker, exc) from None
+            if state.failed:
+                raise _ReplicaProblem(acc.worker, Unavailable(state.failed))
+            os.fsync(fd)
+            sha = state.sha256(tmp)
+            if state.received != acc.size or sha != acc.sha256:
+                raise _ReplicaProblem(
+                    acc.worker,
+                    IntegrityError(
+                        f"the copy of {name!r} from {acc.worker} failed its SHA-256 check."
+                    ),
+                )
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, dest)
+            return DownloadResult(name, acc.size, acc.sha256, acc.worker, dest)
+        finally:
+            self._routes.pop(cid, None)
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _wait_restore(self, state: _Restore) -> None:
+        """Wait while chunks keep coming; give up after transfer_timeout without one."""
+        timeout = self.settings.transfer_timeout
+        while not (state.ended or state.failed):
+            seen = state.received
+
+            def moved(seen: int = seen) -> bool:
+                return state.received != seen or state.ended or bool(state.failed)
+
+            try:
+                self._wait(moved, timeout, "the worker")
+            except Unavailable:
+                raise Unavailable(f"no data for {timeout:.0f} s") from None
+
+
+class _Restore:
+    """A restore in progress: chunks are written at their offsets as they arrive."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.received = 0
+        self.ended = False
+        self.failed = ""
+        self.progress = Progress()
+        self._digest = hashlib.sha256()
+        self._next_offset = 0
+        self._in_order = True
+
+    def on_delivery(self, d: Delivery) -> None:
+        d.ack()
+        if d.type == m.RESTORE_CHUNK_TYPE:
+            chunk = m.RestoreChunk.from_headers(d.headers)
+            os.pwrite(self.fd, d.body, chunk.offset)
+            if chunk.offset == self._next_offset:
+                self._digest.update(d.body)
+                self._next_offset += len(d.body)
+            else:
+                self._in_order = False
+            self.received += len(d.body)
+            self.progress.transferred(len(d.body))
+        elif d.type == m.RestoreEnd.TYPE:
+            self.ended = True
+        elif d.type == m.RestoreFailed.TYPE:
+            self.failed = m.RestoreFailed.decode(d.body).reason
+
+    def sha256(self, path: Path) -> str:
+        """The hash as received, or re-read from disk if chunks came out of order."""
+        return self._digest.hexdigest() if self._in_order else sha256_file(path)
+
+
+class _ReplicaProblem(Exception):
+    def __init__(self, worker: str, error: WarrenError) -> None:
+        super().__init__(str(error))
+        self.worker = worker
+        self.error = error
+
+
+def _error(reply: m.ErrorReply) -> WarrenError:
+    kinds: dict[str, type[WarrenError]] = {
+        "not_found": NotFound,
+        "refused": Refused,
+        "unavailable": Unavailable,
+        "invalid": UsageError,
+    }
+    return kinds.get(reply.code, WarrenError)(reply.message)

@@ -1,0 +1,31 @@
+"""``python -m manager [--data-dir DIR]``: run the manager (placement, catalog, liveness)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+from pathlib import Path
+
+from manager.service import Manager
+from warren.config import Settings
+from warren.service import main
+
+
+def settings() -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m manager", description=__doc__)
+    parser.add_argument("--data-dir", help="where the catalog lives (env WARREN_DATA_DIR)")
+    args = parser.parse_args()
+    s = Settings.load({"data_dir": args.data_dir})
+    if s.data_dir is None:
+        s = dataclasses.replace(s, data_dir=Path(".warren") / "manager")
+    return s
+
+
+def run(s: Settings, stop: threading.Event) -> None:
+    Manager(s, stop).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main("manager", settings, run))

@@ -1,0 +1,51 @@
+"""Where a new file goes: pure logic, unit-tested without a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from warren.errors import Refused
+
+GIB = 1024**3
+# Keep this much free on a worker's disk beyond the file itself.
+HEADROOM = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    alive: bool
+    free_bytes: int  # as last reported by the worker
+    used_bytes: int
+    reserved_bytes: int = 0  # uploads placed there that have not finished yet
+
+
+def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[str]:
+    """Pick ``replicas`` distinct live workers with room, primary first.
+
+    Most free space first (after what pending uploads will take); free space is compared
+    in whole GiB because workers sharing a disk report nearly the same number, and then
+    the least used worker wins, so files spread over the cluster instead of piling up.
+    """
+    live = [c for c in candidates if c.alive]
+    if replicas < 1:
+        raise Refused("the replica count must be at least 1.")
+    if replicas > len(live):
+        raise Refused(
+            f"asked for {replicas} replicas but only {len(live)} "
+            f"worker{'s are' if len(live) != 1 else ' is'} alive."
+        )
+    roomy = [c for c in live if c.free_bytes - c.reserved_bytes - HEADROOM >= size]
+    if replicas > len(roomy):
+        raise Refused(
+            f"asked for {replicas} replicas but only {len(roomy)} live "
+            f"worker{'s have' if len(roomy) != 1 else ' has'} room for {size} bytes."
+        )
+    roomy.sort(
+        key=lambda c: (
+            -((c.free_bytes - c.reserved_bytes) // GIB),
+            c.used_bytes + c.reserved_bytes,
+            c.name,
+        )
+    )
+    return [c.name for c in roomy[:replicas]]

@@ -1,0 +1,212 @@
+"""The manager: placement, the catalog, worker liveness and restores.
+
+It consumes two queues on one connection and one thread: client requests
+(``warren.manager.requests``: every one answered on the request's ``reply_to`` with its
+``correlation_id``) and worker events (``warren.manager.events``: heartbeats, inventories,
+replica outcomes). Every catalog change is committed before the message is acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from manager.catalog import PENDING, Catalog, Upload
+from manager.placement import choose_chain
+from warren import messages as m
+from warren.broker import Connection, Delivery
+from warren.config import Settings
+from warren.errors import DecodeError, NotFound, Refused, Unavailable, WarrenError
+from warren.service import run_connection
+from warren.topology import (
+    MANAGER_EVENTS,
+    MANAGER_REQUESTS,
+    manager_topology,
+    worker_control,
+    worker_topology,
+)
+
+log = logging.getLogger("warren.manager")
+
+# An upload not finished within this long is marked failed and stops reserving space.
+UPLOAD_EXPIRY = 24 * 3600.0
+
+
+class Manager:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        data_dir = Path(settings.data_dir or ".")
+        self.catalog = Catalog(data_dir / "catalog.sqlite3", settings.dead_after)
+        self._alive: set[str] = set()
+        self._serving: dict[str, int] = {}  # restores sent to each worker, to spread them
+
+    def run(self) -> None:
+        self.catalog.open()
+        log.info("manager: catalog at %s, %d files", self.catalog.path, len(self.catalog.files()))
+        try:
+            run_connection(self.settings, "warren manager", self._setup, self.stop)
+        finally:
+            self.catalog.close()
+            log.info("manager: stopped")
+
+    def _setup(self, conn: Connection) -> None:
+        conn.declare(manager_topology())
+        conn.consume(MANAGER_EVENTS, lambda d: self._on_event(conn, d))
+        conn.consume(MANAGER_REQUESTS, lambda d: self._on_request(conn, d))
+        self._alive = self.catalog.live_workers()
+        self._tick(conn)
+        log.info("manager: ready")
+
+    # -- periodic --------------------------------------------------------------------------
+
+    def _tick(self, conn: Connection) -> None:
+        """Notice workers that went silent, and expire abandoned uploads."""
+        if not conn.is_open or self.stop.is_set():
+            return
+        alive = self.catalog.live_workers()
+        for name in sorted(self._alive - alive):
+            log.warning(
+                "worker %s: no heartbeat for %.0f s, marked dead", name, self.settings.dead_after
+            )
+        self._alive = alive
+        self.catalog.expire_uploads(time.time() - UPLOAD_EXPIRY)
+        conn.call_later(1.0, lambda: self._tick(conn))
+
+    # -- worker events ---------------------------------------------------------------------
+
+    def _on_event(self, conn: Connection, d: Delivery) -> None:
+        msg = m.decode(d.type, d.body)
+        now = time.time()
+        if isinstance(msg, m.Heartbeat):
+            if self.catalog.worker_seen(msg.worker, msg.free_bytes, msg.used_bytes, msg.files, now):
+                log.info(
+                    "worker %s: alive (%d files, %d bytes free)",
+                    msg.worker,
+                    msg.files,
+                    msg.free_bytes,
+                )
+                self._alive.add(msg.worker)
+        elif isinstance(msg, m.Inventory):
+            added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
+            log.info(
+                "worker %s: inventory of %d blobs reconciled (+%d, -%d)",
+                msg.worker,
+                len(msg.blobs),
+                added,
+                removed,
+            )
+        elif isinstance(msg, m.ReplicaStored):
+            up = self.catalog.replica_stored(msg.upload_id, msg.worker, msg.sha256, msg.size, now)
+            log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
+            if up is not None:
+                log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
+        elif isinstance(msg, m.ReplicaFailed):
+            log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
+            self.catalog.upload_failed(msg.upload_id)
+        else:
+            raise DecodeError(f"{d.type} is not a worker event")
+        d.ack()
+
+    # -- client requests -------------------------------------------------------------------
+
+    def _on_request(self, conn: Connection, d: Delivery) -> None:
+        if not d.reply_to:
+            raise DecodeError(f"{d.type} request without reply_to")
+        serve_on: str | None = None
+        reply: m.Message
+        try:
+            msg = m.decode(d.type, d.body)
+            if isinstance(msg, m.DownloadRequest):
+                reply, serve_on = self._restore(msg)
+            else:
+                reply = self._answer(msg)
+        except DecodeError as exc:
+            log.warning("invalid %s request: %s", d.type, exc)
+            reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
+        except WarrenError as exc:
+            reply = m.ErrorReply(code=_code(exc), message=str(exc))
+        # The reply goes first: it reaches the client's queue before any restore chunk.
+        conn.publish(
+            d.reply_to,
+            reply.encode(),
+            type=reply.TYPE,
+            correlation_id=d.correlation_id,
+            persistent=False,
+        )
+        if serve_on is not None and isinstance(reply, m.DownloadAccepted):
+            serve = m.ServeRequest(
+                sha256=reply.sha256,
+                size=reply.size,
+                reply_to=d.reply_to,
+                correlation_id=d.correlation_id or "",
+            )
+            conn.declare(worker_topology(serve_on))
+            conn.publish(worker_control(serve_on), serve.encode(), type=serve.TYPE)
+            log.info("restore %s: %r served by %s", d.correlation_id, reply.name, serve_on)
+        d.ack()
+
+    def _answer(self, msg: m.Message) -> m.Message:
+        if isinstance(msg, m.UploadRequest):
+            return self._place(msg)
+        if isinstance(msg, m.ListRequest):
+            return m.ListReply(files=tuple(self.catalog.files()))
+        if isinstance(msg, m.StatusRequest):
+            files = self.catalog.files()
+            under = sum(1 for f in files if len(f.replicas) < f.wanted)
+            return m.StatusReply(
+                workers=tuple(self.catalog.workers()), under_replicated=under, files=len(files)
+            )
+        raise DecodeError(f"{msg.TYPE} is not a client request")
+
+    def _place(self, req: m.UploadRequest) -> m.Message:
+        chain = choose_chain(self.catalog.candidates(), req.size, req.replicas)
+        up = Upload(
+            upload_id=uuid.uuid4().hex,
+            name=req.name,
+            size=req.size,
+            sha256=req.sha256,
+            wanted=req.replicas,
+            chain=tuple(chain),
+            client=req.client,
+            state=PENDING,
+        )
+        self.catalog.add_upload(up, time.time())
+        log.info(
+            "upload %s: %r (%d bytes) from %s -> %s",
+            up.upload_id,
+            req.name,
+            req.size,
+            req.client or "a client",
+            " -> ".join(chain),
+        )
+        return m.UploadAccepted(
+            upload_id=up.upload_id, chain=up.chain, chunk_size=self.settings.chunk_size
+        )
+
+    def _restore(self, req: m.DownloadRequest) -> tuple[m.DownloadAccepted, str]:
+        entry = self.catalog.file(req.name)
+        if entry is None:
+            raise NotFound(f"no file named {req.name!r} is stored.")
+        holders = [w for w in entry.replicas if w not in req.exclude]
+        if not holders:
+            raise Unavailable(f"no live worker holds a copy of {req.name!r} right now.")
+        worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
+        self._serving[worker] = self._serving.get(worker, 0) + 1
+        accepted = m.DownloadAccepted(
+            name=entry.name, size=entry.size, sha256=entry.sha256, worker=worker
+        )
+        return accepted, worker
+
+
+def _code(exc: WarrenError) -> str:
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, Refused):
+        return "refused"
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    return "invalid"

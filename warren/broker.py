@@ -1,0 +1,450 @@
+"""The only module that imports pika.
+
+A ``Connection`` is one pika ``BlockingConnection`` with one channel, owned by one thread
+(pika's blocking adapter is not thread-safe; other threads hand work back through
+``call_threadsafe``). It gives the rest of warren four things pika's blocking channel
+does not:
+
+* publisher confirms as a *window*: ``publish`` returns at once while fewer than
+  ``settings.window`` publishes await their confirm, and calls ``on_confirm(ok)`` when the
+  broker confirms (or returns, or nacks) that message;
+* ``mandatory`` publishes whose return is reported through the same callback;
+* deliveries that ack or dead-letter themselves, and a handler wrapper that dead-letters
+  anything that fails to decode instead of crashing the service;
+* pika's exceptions converted at the edge into ``warren.errors``: transient ones become
+  ``BrokerUnavailable`` (reconnect and carry on), refusals ``BrokerRefused`` (stop).
+
+The blocking channel has no windowed confirms, so confirm mode is switched on through its
+underlying channel (``_impl``) and waited for with its ``_flush_output``, exactly as the
+blocking channel's own ``confirm_delivery`` does; pika is pinned to 1.4.4 for that reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions as pex
+import tenacity
+
+from warren.config import Settings, redact
+from warren.errors import (
+    BrokerBlocked,
+    BrokerRefused,
+    BrokerUnavailable,
+    DecodeError,
+    Undeliverable,
+    WarrenError,
+)
+from warren.topology import Topology
+
+log = logging.getLogger("warren.broker")
+
+ConfirmCallback = Callable[[bool], None]
+
+# Broker reply codes that no retry will fix.
+_FATAL_CODES = {403, 406, 530, 540}
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn pika's exceptions into warren's, so no other module needs to know them."""
+    try:
+        yield
+    except WarrenError:
+        raise
+    except pex.ConnectionBlockedTimeout:
+        raise BrokerBlocked(
+            "RabbitMQ blocked publishing for too long (a memory or disk alarm)."
+        ) from None
+    except (pex.ProbableAuthenticationError, pex.AuthenticationError) as exc:
+        raise BrokerRefused(f"RabbitMQ refused the credentials: {exc}") from None
+    except pex.ProbableAccessDeniedError as exc:
+        raise BrokerRefused(f"RabbitMQ denied access to the virtual host: {exc}") from None
+    except pex.ChannelClosedByBroker as exc:
+        if exc.reply_code in _FATAL_CODES:
+            raise BrokerRefused(f"RabbitMQ refused: {exc.reply_text}") from None
+        raise BrokerUnavailable(f"RabbitMQ closed the channel: {exc.reply_text}") from None
+    except pex.ConnectionClosedByBroker as exc:
+        if exc.reply_code in _FATAL_CODES:
+            raise BrokerRefused(f"RabbitMQ refused: {exc.reply_text}") from None
+        raise BrokerUnavailable(f"RabbitMQ closed the connection: {exc.reply_text}") from None
+    except (pex.AMQPError, OSError) as exc:
+        raise BrokerUnavailable(f"lost the connection to RabbitMQ ({type(exc).__name__})") from None
+
+
+@dataclass
+class Delivery:
+    """One message taken from a queue. Settle it exactly once: ack or reject."""
+
+    body: bytes
+    delivery_tag: int
+    redelivered: bool
+    type: str | None
+    headers: dict[str, Any] | None
+    reply_to: str | None
+    correlation_id: str | None
+    queue: str
+    connection: Connection = field(repr=False)
+    settled: bool = False
+
+    def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.connection.ack(self.delivery_tag)
+
+    def reject(self, requeue: bool = False) -> None:
+        """Without requeue the message goes to the dead-letter queue."""
+        if not self.settled:
+            self.settled = True
+            self.connection.reject(self.delivery_tag, requeue)
+
+
+Handler = Callable[[Delivery], None]
+
+
+class Connection:
+    """One AMQP connection and channel for one thread, with windowed publisher confirms."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name  # the connection_name shown in the management UI
+        self._conn: Any = None
+        self._channel: Any = None
+        self._next_tag = 1
+        self._pending: collections.OrderedDict[int, ConfirmCallback | None] = (
+            collections.OrderedDict()
+        )
+        self._returned: set[int] = set()
+        self._nacked = 0
+        self._done: collections.deque[tuple[ConfirmCallback, bool]] = collections.deque()
+        self._wakeup_scheduled = False
+        self._declared: set[str] = set()
+        self.url = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, give_up_after: float | None = None, stop: threading.Event | None = None) -> None:
+        """Connect, retrying with capped exponential back-off.
+
+        Services pass ``give_up_after=None`` and wait for the broker for as long as it
+        takes (until ``stop`` is set); clients pass a timeout and fail with one sentence.
+        Refusals (bad credentials, no access) are never retried.
+        """
+        said = False
+        started = time.monotonic()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            nonlocal said
+            if not said:
+                said = True
+                urls = ", ".join(redact(u) for u in self.settings.amqp_urls)
+                log.warning("%s: waiting for RabbitMQ at %s ...", self.name, urls)
+
+        def should_stop(state: tenacity.RetryCallState) -> bool:
+            if stop is not None and stop.is_set():
+                return True
+            return give_up_after is not None and time.monotonic() - started >= give_up_after
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=5.0),
+            stop=should_stop,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            retrying(self._open_once)
+        except BrokerUnavailable:
+            urls = ", ".join(redact(u) for u in self.settings.amqp_urls)
+            waited = time.monotonic() - started
+            raise BrokerUnavailable(
+                f"cannot reach RabbitMQ at {urls} (tried for {waited:.0f} s)."
+            ) from None
+        if said:
+            log.info("%s: connected to RabbitMQ at %s", self.name, redact(self.url))
+
+    def _open_once(self) -> None:
+        params = []
+        for url in self.settings.amqp_urls:
+            p = pika.URLParameters(url)
+            p.heartbeat = self.settings.amqp_heartbeat
+            p.blocked_connection_timeout = self.settings.blocked_timeout
+            p.client_properties = {"connection_name": self.name, "product": "warren"}
+            p.connection_attempts = 1
+            p.socket_timeout = 5
+            p.stack_timeout = 10
+            params.append(p)
+        with translate_errors():
+            self._conn = pika.BlockingConnection(params)
+            self._conn.add_on_connection_blocked_callback(self._on_blocked)
+            self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+            self._channel = self._conn.channel()
+            self._enable_confirms()
+        params_used = self._conn._impl.params  # which URL of a cluster list answered
+        self.url = f"amqp://{params_used.host}:{params_used.port}/"
+        self._next_tag = 1
+        self._pending.clear()
+        self._returned.clear()
+        self._declared.clear()
+        self._done.clear()
+        self._wakeup_scheduled = False
+
+    def _enable_confirms(self) -> None:
+        impl = self._channel._impl
+        ready = threading.Event()
+        impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: ready.set())
+        impl.add_on_return_callback(self._on_return)
+        self._channel._flush_output(ready.is_set)
+
+    def close(self) -> None:
+        """Wait briefly for outstanding confirms, then close; unacked deliveries go back."""
+        if self._conn is None:
+            return
+        try:
+            if self._conn.is_open:
+                with contextlib.suppress(WarrenError):
+                    self.wait_for_confirms(timeout=5.0)
+                self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            log.debug("%s: error while closing", self.name, exc_info=True)
+        finally:
+            self._conn = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None and bool(self._conn.is_open)
+
+    # -- topology --------------------------------------------------------------------------
+
+    def declare(self, topology: Topology) -> None:
+        """Declare exchanges and queues (idempotent); each only once per connection."""
+        with translate_errors():
+            for ex in topology.exchanges:
+                if ("x:" + ex.name) not in self._declared:
+                    self._channel.exchange_declare(ex.name, ex.kind, durable=ex.durable)
+                    self._declared.add("x:" + ex.name)
+            for q in topology.queues:
+                if ("q:" + q.name) in self._declared:
+                    continue
+                self._channel.queue_declare(
+                    q.name,
+                    durable=q.durable,
+                    exclusive=q.exclusive,
+                    auto_delete=q.auto_delete,
+                    arguments=q.arguments or None,
+                )
+                if q.bind_to:
+                    self._channel.queue_bind(q.name, q.bind_to)
+                self._declared.add("q:" + q.name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        type: str,
+        headers: dict[str, Any] | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        persistent: bool = True,
+        expiration_ms: int | None = None,
+        on_confirm: ConfirmCallback | None = None,
+    ) -> None:
+        """Publish to a queue by name, mandatory, with a confirm.
+
+        Returns once the message is written and fewer than ``window`` publishes are
+        unconfirmed. ``on_confirm(True)`` runs on this thread when the broker has taken
+        responsibility for the message; ``on_confirm(False)`` when it was returned
+        (no such queue) or nacked.
+        """
+        self._wait_window(self.settings.window - 1)
+        tag = self._next_tag
+        self._next_tag += 1
+        props = pika.BasicProperties(
+            delivery_mode=2 if persistent else 1,
+            type=type,
+            headers=headers,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            expiration=str(expiration_ms) if expiration_ms is not None else None,
+            message_id=str(tag),  # lets a basic.return be matched to its confirm
+            app_id="warren",
+        )
+        self._pending[tag] = on_confirm
+        with translate_errors():
+            self._channel.basic_publish("", queue, body, properties=props, mandatory=True)
+        self._run_done()
+
+    def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
+        """Publish and wait for this one confirm; raise Undeliverable if it fails."""
+        result: list[bool] = []
+        self.publish(queue, body, type=type, on_confirm=result.append, **kw)
+        self.wait_for_confirms()
+        if result != [True]:
+            raise Undeliverable(f"RabbitMQ did not accept a {type} message for {queue}.")
+
+    def wait_for_confirms(self, timeout: float | None = None) -> None:
+        """Block until every publish so far is confirmed (and its callback has run)."""
+        self._wait_window(0, timeout)
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._pending)
+
+    def _wait_window(self, at_most: int, timeout: float | None = None) -> None:
+        if len(self._pending) > at_most:
+            deadline = time.monotonic() + (timeout or self.settings.transfer_timeout)
+            timed_out = False
+
+            def ready() -> bool:
+                nonlocal timed_out
+                timed_out = time.monotonic() > deadline
+                return len(self._pending) <= at_most or timed_out
+
+            with translate_errors():
+                self._channel._flush_output(ready)
+            if timed_out:
+                raise BrokerUnavailable("RabbitMQ did not confirm publishes in time.")
+        self._run_done()
+
+    def _on_confirm(self, frame: Any) -> None:
+        """pika's callback (inside its I/O loop): record results, run them later."""
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        tags = (
+            [t for t in self._pending if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for tag in tags:
+            callback = self._pending.pop(tag, None)
+            good = ok and tag not in self._returned
+            self._returned.discard(tag)
+            if not good:
+                self._nacked += 1
+            if callback is not None:
+                self._done.append((callback, good))
+        if self._done and not self._wakeup_scheduled and self._conn is not None:
+            # Wake process_data_events so callbacks run promptly, outside pika's I/O loop.
+            self._wakeup_scheduled = True
+            self._conn.add_callback_threadsafe(self._run_done)
+
+    def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
+        log.debug(
+            "%s: message returned by RabbitMQ: %s (%s)",
+            self.name,
+            method.routing_key,
+            method.reply_text,
+        )
+        with contextlib.suppress(TypeError, ValueError):
+            self._returned.add(int(props.message_id))
+
+    def _run_done(self) -> None:
+        self._wakeup_scheduled = False
+        while self._done:
+            callback, ok = self._done.popleft()
+            callback(ok)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consume(self, queue: str, handler: Handler, prefetch: int | None = None) -> str:
+        """Deliver messages from ``queue`` to ``handler`` on this thread.
+
+        A handler that raises ``DecodeError`` (or any unexpected error) gets its message
+        dead-lettered and logged; the service carries on. Broker errors propagate.
+        """
+
+        def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            delivery = Delivery(
+                body=body,
+                delivery_tag=method.delivery_tag,
+                redelivered=method.redelivered,
+                type=props.type,
+                headers=props.headers,
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                queue=queue,
+                connection=self,
+            )
+            try:
+                handler(delivery)
+            except (BrokerUnavailable, BrokerRefused):
+                raise
+            except DecodeError as exc:
+                log.warning(
+                    "%s: dead-lettering an invalid %s message from %s: %s",
+                    self.name,
+                    props.type,
+                    queue,
+                    exc,
+                )
+                delivery.reject(requeue=False)
+            except Exception:
+                log.exception(
+                    "%s: dead-lettering a %s message from %s that failed",
+                    self.name,
+                    props.type,
+                    queue,
+                )
+                delivery.reject(requeue=False)
+
+        with translate_errors():
+            self._channel.basic_qos(prefetch_count=prefetch or self.settings.prefetch)
+            tag: str = self._channel.basic_consume(queue, on_message)
+        return tag
+
+    def cancel(self, consumer_tag: str) -> None:
+        with translate_errors():
+            self._channel.basic_cancel(consumer_tag)
+
+    def ack(self, delivery_tag: int) -> None:
+        with translate_errors():
+            self._channel.basic_ack(delivery_tag)
+
+    def reject(self, delivery_tag: int, requeue: bool) -> None:
+        with translate_errors():
+            self._channel.basic_reject(delivery_tag, requeue=requeue)
+
+    def process(self, time_limit: float = 0.5) -> None:
+        """Run I/O, consumer handlers, timers and confirm callbacks for up to time_limit."""
+        with translate_errors():
+            self._conn.process_data_events(time_limit=time_limit)
+        self._run_done()
+
+    # -- threads and timers ----------------------------------------------------------------
+
+    def call_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on this connection's thread (the only safe way in from elsewhere)."""
+        conn = self._conn
+        if conn is None:
+            raise BrokerUnavailable("the connection is closed")
+        with translate_errors():
+            conn.add_callback_threadsafe(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with translate_errors():
+            self._conn.call_later(delay, fn)
+
+    # -- broker alarms ---------------------------------------------------------------------
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        reason = getattr(frame.method, "reason", "an alarm")
+        log.warning(
+            "%s: RabbitMQ is blocking publishes (%s); waiting up to %.0f s",
+            self.name,
+            reason,
+            self.settings.blocked_timeout,
+        )
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        log.info("%s: RabbitMQ unblocked publishes", self.name)

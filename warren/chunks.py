@@ -1,0 +1,68 @@
+"""Chunking, hashing and offsets: the arithmetic every role agrees on, with no I/O but files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+READ_SIZE = 1024 * 1024
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a file of ``size`` bytes is cut into chunks of ``chunk_size`` bytes.
+
+    A file always has at least one chunk, so an empty file still travels (as one empty
+    chunk) and every replica has a message to finish on.
+    """
+
+    size: int
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.chunk_size < 1:
+            raise ValueError("size must be >= 0 and chunk_size >= 1")
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-self.size // self.chunk_size))
+
+    def offset(self, seq: int) -> int:
+        self._check(seq)
+        return seq * self.chunk_size
+
+    def length(self, seq: int) -> int:
+        self._check(seq)
+        return min(self.chunk_size, self.size - seq * self.chunk_size)
+
+    def _check(self, seq: int) -> None:
+        if not 0 <= seq < self.count:
+            raise IndexError(f"chunk {seq} is outside 0..{self.count - 1}")
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks so memory stays flat at any size."""
+    digest = hashlib.sha256()
+    buf = bytearray(READ_SIZE)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+            if progress:
+                progress(n)
+    return digest.hexdigest()
+
+
+def read_chunks(path: Path, plan: ChunkPlan) -> Iterator[tuple[int, int, bytes]]:
+    """Yield (seq, offset, bytes) for every chunk of the file; one chunk in memory at a time."""
+    with open(path, "rb", buffering=0) as f:
+        for seq in range(plan.count):
+            offset = plan.offset(seq)
+            data = os.pread(f.fileno(), plan.length(seq), offset)
+            if len(data) != plan.length(seq):
+                raise OSError(f"{path} changed size while it was being read")
+            yield seq, offset, data

@@ -1,0 +1,74 @@
+"""One exception hierarchy for warren.
+
+Every error a user can meet carries one clear sentence and the exit code the client uses
+for its kind. pika's exceptions never leave ``warren.broker``: they become
+``BrokerUnavailable`` (transient: retry) or ``BrokerRefused`` (fatal: say it and stop).
+"""
+
+from __future__ import annotations
+
+# Exit codes of the client, by kind of failure (documented in --help and the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+EXIT_INTEGRITY = 5
+EXIT_REFUSED = 6
+EXIT_INTERRUPTED = 130
+
+
+class WarrenError(Exception):
+    """Base class: the message is one sentence a user can act on."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(WarrenError):
+    """A bad command line, setting or local path."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFound(WarrenError):
+    """The named file is not in the catalog."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class Unavailable(WarrenError):
+    """The cluster cannot serve the request now (broker, manager or workers unreachable)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class BrokerUnavailable(Unavailable):
+    """The connection to RabbitMQ failed or was lost; retrying may help."""
+
+
+class BrokerBlocked(Unavailable):
+    """RabbitMQ blocked our publishes (a memory or disk alarm) for too long."""
+
+
+class IntegrityError(WarrenError):
+    """Bytes did not match their SHA-256."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class Refused(WarrenError):
+    """The manager or a worker refused the request (too many replicas, no room, ...)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class BrokerRefused(Refused):
+    """RabbitMQ refused us (bad credentials, no access, a precondition): retrying won't help."""
+
+
+class DecodeError(WarrenError):
+    """A message could not be decoded or failed validation."""
+
+
+class Undeliverable(WarrenError):
+    """A published message had no queue to go to, or the broker nacked it."""

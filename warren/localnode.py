@@ -1,0 +1,229 @@
+"""A private RabbitMQ node on this machine, from the ``rabbitmq-server`` binary.
+
+Used by ``make up``, the test suite and the benchmark: its own data dir, logs, config and
+ports under one folder, bound to 127.0.0.1, with the management UI on. Nothing here talks
+AMQP; readiness is a TCP probe plus the management API.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from warren.errors import Unavailable, UsageError
+
+# Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user when started by
+# root; the script it wraps runs as whoever starts it, which keeps a private node simple.
+SERVER_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server")
+CTL_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmqctl", "rabbitmqctl")
+INSTALL_HINT = (
+    "rabbitmq-server is not installed: run 'sudo apt-get install -y rabbitmq-server' "
+    "(Debian/Ubuntu) or see https://www.rabbitmq.com/download.html"
+)
+
+
+def find_binary(candidates: tuple[str, ...]) -> str:
+    for c in candidates:
+        path = c if os.path.isabs(c) and os.access(c, os.X_OK) else shutil.which(c)
+        if path:
+            return path
+    raise UsageError(INSTALL_HINT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+@dataclass
+class LocalNode:
+    """One RabbitMQ node whose every file lives under ``base``."""
+
+    base: Path
+    amqp_port: int
+    mgmt_port: int
+    dist_port: int
+    name: str = "warren"
+    extra_config: str = ""
+
+    @classmethod
+    def with_free_ports(cls, base: Path, name: str = "warren", extra_config: str = "") -> LocalNode:
+        return cls(base, free_port(), free_port(), free_port(), name, extra_config)
+
+    @property
+    def nodename(self) -> str:
+        return f"{self.name}-{self.amqp_port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.mgmt_port}/"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
+            RABBITMQ_FEATURE_FLAGS_FILE=str(self.base / "feature_flags"),
+            RABBITMQ_PID_FILE=str(self.base / "beam.pid"),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+        )
+        return env
+
+    def write_config(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"management.tcp.ip = 127.0.0.1\n"
+            f"management.tcp.port = {self.mgmt_port}\n"
+            "log.console = false\n" + self.extra_config
+        )
+        (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.base / "node.json").write_text(json.dumps({
+            "amqp_port": self.amqp_port, "mgmt_port": self.mgmt_port,
+            "dist_port": self.dist_port, "name": self.name,
+        }))
+
+    @classmethod
+    def load(cls, base: Path) -> LocalNode | None:
+        """The node whose config is in ``base``, if one was ever written there."""
+        try:
+            info = json.loads((base / "node.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return cls(base, info["amqp_port"], info["mgmt_port"], info["dist_port"], info["name"])
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> None:
+        server = find_binary(SERVER_CANDIDATES)
+        if not (self.base / "node.json").exists():
+            self.write_config()
+        log = open(self.base / "server.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen([server], env=self.env(), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        (self.base / "server.pid").write_text(str(proc.pid))
+        self.wait_ready(timeout, proc)
+
+    def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise Unavailable(
+                    f"RabbitMQ exited during start-up; see {self.base / 'server.out'} "
+                    f"and {self.base / 'log'}"
+                )
+            if port_open(self.amqp_port) and self._management_ok():
+                return
+            time.sleep(0.2)
+        raise Unavailable(f"RabbitMQ did not start within {timeout:.0f} s; see {self.base}")
+
+    def _management_ok(self) -> bool:
+        try:
+            self.api("GET", "overview")
+            return True
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self.base / name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self._pid("beam.pid")
+        return pid is not None and _alive(pid)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop gracefully (SIGTERM, the way the node's own script handles it)."""
+        beam = self._pid("beam.pid")
+        if beam is None or not _alive(beam):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(beam, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(beam) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(beam):
+            self.kill()
+        while port_open(self.amqp_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the node: a crash, for fault tests."""
+        for name in ("beam.pid", "server.pid"):
+            pid = self._pid(name)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        beam = self._pid("beam.pid")
+        while beam is not None and _alive(beam):
+            time.sleep(0.05)
+
+    # -- management API --------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = self.management_url + "api/" + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def add_vhost(self, vhost: str) -> str:
+        """Create a vhost that guest may use fully; return its AMQP URL."""
+        quoted = urllib.parse.quote(vhost, safe="")
+        self.api("PUT", f"vhosts/{quoted}", {})
+        self.api("PUT", f"permissions/{quoted}/guest",
+                 {"configure": ".*", "write": ".*", "read": ".*"})
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/{quoted}"
+
+    def delete_vhost(self, vhost: str) -> None:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            self.api("DELETE", "vhosts/" + urllib.parse.quote(vhost, safe=""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -1,0 +1,428 @@
+"""Every message warren sends, as values.
+
+Control messages are frozen dataclasses carried as compact JSON; the AMQP ``type``
+property names the class (``TYPE``). Chunk bodies are never JSON: they travel as raw
+bytes and their metadata rides in AMQP headers (``ChunkHeaders``, ``RestoreChunk``).
+``decode`` wraps every failure, from bad JSON to a wrong field type, in ``DecodeError``
+so that a consumer can dead-letter the message and carry on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, Union
+
+from warren.errors import DecodeError
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+WORKER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_NAME_BYTES = 4096
+
+T = TypeVar("T", bound="Message")
+
+
+class Message:
+    """Base of every control message: JSON on the wire, the class in the ``type`` property."""
+
+    TYPE: ClassVar[str] = ""
+
+    def encode(self) -> bytes:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls: type[T], body: bytes) -> T:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{cls.TYPE}: body is not JSON ({exc})") from None
+        value: T = _build(cls, data, cls.TYPE)
+        value.validate()
+        return value
+
+    def validate(self) -> None:
+        """Check the values, not just the types; raise DecodeError on anything invalid."""
+
+
+REGISTRY: dict[str, type[Message]] = {}
+
+
+def message(cls: type[T]) -> type[T]:
+    """Register a message class under its TYPE so that ``decode`` can find it."""
+    if not cls.TYPE or cls.TYPE in REGISTRY:
+        raise TypeError(f"message type {cls.TYPE!r} is empty or taken")
+    REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def decode(type_name: str | None, body: bytes) -> Message:
+    """Decode a control message by its AMQP ``type`` property."""
+    cls = REGISTRY.get(type_name or "")
+    if cls is None:
+        raise DecodeError(f"unknown message type {type_name!r}")
+    return cls.decode(body)
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise DecodeError(f"{where}: expected an object")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise DecodeError(f"{where}: missing field {f.name!r}")
+        kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise DecodeError(f"{where}: expected a list")
+        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return tuple(_coerce(v, item, f"{where}[]") for v in value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, hint, where)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise DecodeError(f"{where}: expected int")
+    if not isinstance(value, hint):
+        raise DecodeError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+    return value
+
+
+def check_sha256(value: str, where: str) -> None:
+    if not HEX64.match(value):
+        raise DecodeError(f"{where}: not a hex SHA-256")
+
+
+def check_upload_id(value: str, where: str) -> None:
+    if not HEX32.match(value):
+        raise DecodeError(f"{where}: not an upload id")
+
+
+def check_worker(value: str, where: str) -> None:
+    if not WORKER_NAME.match(value):
+        raise DecodeError(f"{where}: {value!r} is not a worker name")
+
+
+def check_file_name(value: str) -> None:
+    """File names may hold spaces and any Unicode; they only ever live in the catalog."""
+    if not value or "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise DecodeError("a file name must be 1 to 4096 bytes with no NUL character")
+
+
+def check_size(value: int, where: str) -> None:
+    if value < 0:
+        raise DecodeError(f"{where}: negative size")
+
+
+# -- client -> manager ---------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class UploadRequest(Message):
+    TYPE = "upload.request"
+    name: str
+    size: int
+    sha256: str
+    replicas: int
+    client: str = ""
+
+    def validate(self) -> None:
+        check_file_name(self.name)
+        check_size(self.size, "size")
+        check_sha256(self.sha256, "sha256")
+
+
+@message
+@dataclass(frozen=True)
+class DownloadRequest(Message):
+    TYPE = "download.request"
+    name: str
+    exclude: tuple[str, ...] = ()  # workers that already failed this client
+    client: str = ""
+
+
+@message
+@dataclass(frozen=True)
+class ListRequest(Message):
+    TYPE = "list.request"
+    client: str = ""
+
+
+@message
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    TYPE = "status.request"
+    client: str = ""
+
+
+# -- manager -> client ---------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class UploadAccepted(Message):
+    TYPE = "upload.accepted"
+    upload_id: str
+    chain: tuple[str, ...]
+    chunk_size: int
+
+    def validate(self) -> None:
+        check_upload_id(self.upload_id, "upload_id")
+        if not self.chain:
+            raise DecodeError("upload.accepted: empty chain")
+        for w in self.chain:
+            check_worker(w, "chain")
+
+
+@message
+@dataclass(frozen=True)
+class DownloadAccepted(Message):
+    TYPE = "download.accepted"
+    name: str
+    size: int
+    sha256: str
+    worker: str
+
+
+@message
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """The manager's answer when it cannot do what was asked; ``code`` picks the exit code."""
+
+    TYPE = "error"
+    code: str  # "refused" | "not_found" | "invalid" | "unavailable"
+    message: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+    replicas: tuple[str, ...]  # live workers holding a verified copy
+    wanted: int
+    created: float
+
+
+@message
+@dataclass(frozen=True)
+class ListReply(Message):
+    TYPE = "list.reply"
+    files: tuple[FileEntry, ...]
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    name: str
+    alive: bool
+    free_bytes: int
+    used_bytes: int
+    files: int
+    last_seen: float
+
+
+@message
+@dataclass(frozen=True)
+class StatusReply(Message):
+    TYPE = "status.reply"
+    workers: tuple[WorkerEntry, ...]
+    under_replicated: int
+    files: int
+
+
+# -- worker -> manager (and client) --------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class ReplicaStored(Message):
+    """A worker has the whole file on disk, fsynced and SHA-256 verified."""
+
+    TYPE = "replica.stored"
+    upload_id: str
+    worker: str
+    sha256: str
+    size: int
+    hop: int  # 0 = primary, 1 = first backup, ...
+
+    def validate(self) -> None:
+        check_upload_id(self.upload_id, "upload_id")
+        check_worker(self.worker, "worker")
+        check_sha256(self.sha256, "sha256")
+
+
+@message
+@dataclass(frozen=True)
+class ReplicaFailed(Message):
+    TYPE = "replica.failed"
+    upload_id: str
+    worker: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE = "worker.heartbeat"
+    worker: str
+    free_bytes: int
+    used_bytes: int
+    files: int
+
+    def validate(self) -> None:
+        check_worker(self.worker, "worker")
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    sha256: str
+    size: int
+
+
+@message
+@dataclass(frozen=True)
+class Inventory(Message):
+    """Everything a worker holds, sent when it starts so the manager can reconcile."""
+
+    TYPE = "worker.inventory"
+    worker: str
+    blobs: tuple[BlobEntry, ...]
+
+    def validate(self) -> None:
+        check_worker(self.worker, "worker")
+        for b in self.blobs:
+            check_sha256(b.sha256, "blobs")
+
+
+# -- manager -> worker ---------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class ServeRequest(Message):
+    """Stream a blob to a client's reply queue."""
+
+    TYPE = "worker.serve"
+    sha256: str
+    size: int
+    reply_to: str
+    correlation_id: str
+
+    def validate(self) -> None:
+        check_sha256(self.sha256, "sha256")
+
+
+# -- worker -> client: a restore -----------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class RestoreEnd(Message):
+    """Sent after the last restore chunk: the worker read every byte it holds."""
+
+    TYPE = "restore.end"
+    worker: str
+    sha256: str
+    size: int
+
+
+@message
+@dataclass(frozen=True)
+class RestoreFailed(Message):
+    TYPE = "restore.failed"
+    worker: str
+    reason: str
+
+
+# -- chunks: raw bytes with their metadata in AMQP headers ---------------------------------
+
+CHUNK_TYPE = "upload.chunk"
+RESTORE_CHUNK_TYPE = "restore.chunk"
+
+
+@dataclass(frozen=True)
+class ChunkHeaders:
+    """Where one upload chunk belongs. The body is the chunk's bytes, nothing else."""
+
+    upload_id: str
+    seq: int
+    offset: int
+    total_size: int
+    chunk_count: int
+    sha256: str  # of the whole file
+    chain: tuple[str, ...]  # every worker that must store the file, primary first
+    hop: int  # index in chain of the worker this message is addressed to
+
+    def to_headers(self) -> dict[str, Any]:
+        h = dataclasses.asdict(self)
+        h["chain"] = list(self.chain)
+        return h
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any] | None, body_len: int) -> ChunkHeaders:
+        if not headers:
+            raise DecodeError("upload.chunk: no headers")
+        data = dict(headers)
+        chain = data.get("chain")
+        if isinstance(chain, list):
+            data["chain"] = [c.decode() if isinstance(c, bytes) else c for c in chain]
+        for key in ("upload_id", "sha256"):
+            if isinstance(data.get(key), bytes):
+                data[key] = data[key].decode()
+        value: ChunkHeaders = _build(cls, data, "upload.chunk")
+        value.validate(body_len)
+        return value
+
+    def validate(self, body_len: int) -> None:
+        check_upload_id(self.upload_id, "upload_id")
+        check_sha256(self.sha256, "sha256")
+        if not self.chain or not 0 <= self.hop < len(self.chain):
+            raise DecodeError("upload.chunk: hop is outside the chain")
+        for w in self.chain:
+            check_worker(w, "chain")
+        if self.total_size < 0 or self.chunk_count < 1:
+            raise DecodeError("upload.chunk: bad sizes")
+        if not 0 <= self.seq < self.chunk_count:
+            raise DecodeError("upload.chunk: seq is outside the upload")
+        if self.offset < 0 or self.offset + body_len > self.total_size:
+            raise DecodeError("upload.chunk: bytes fall outside the file")
+
+    @property
+    def next_worker(self) -> str | None:
+        nxt = self.hop + 1
+        return self.chain[nxt] if nxt < len(self.chain) else None
+
+
+@dataclass(frozen=True)
+class RestoreChunk:
+    seq: int
+    offset: int
+
+    def to_headers(self) -> dict[str, Any]:
+        return {"seq": self.seq, "offset": self.offset}
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any] | None) -> RestoreChunk:
+        value: RestoreChunk = _build(cls, headers or {}, RESTORE_CHUNK_TYPE)
+        if value.offset < 0 or value.seq < 0:
+            raise DecodeError("restore.chunk: negative offset")
+        return value

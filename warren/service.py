@@ -1,0 +1,85 @@
+"""What every long-running warren process shares: logging, signals, the reconnect loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from warren.broker import Connection
+from warren.config import Settings
+from warren.errors import BrokerRefused, BrokerUnavailable, WarrenError
+
+log = logging.getLogger("warren.service")
+
+
+def run_connection(
+    settings: Settings,
+    name: str,
+    setup: Callable[[Connection], None],
+    stop: threading.Event,
+) -> None:
+    """Connect, run ``setup`` (declare, consume), then process events until ``stop``.
+
+    When the connection is lost, reconnect with capped back-off and run ``setup`` again,
+    so topology is redeclared and consumers resume. Refusals propagate: retrying a wrong
+    password forever helps nobody.
+    """
+    while not stop.is_set():
+        conn = Connection(settings, name)
+        try:
+            conn.open(stop=stop)
+            if stop.is_set():
+                return
+            setup(conn)
+            while not stop.is_set():
+                conn.process(0.5)
+        except BrokerRefused:
+            raise
+        except BrokerUnavailable as exc:
+            if stop.is_set():
+                return
+            log.warning("%s: %s; reconnecting", name, exc)
+            time.sleep(0.5)
+        finally:
+            conn.close()
+
+
+def configure_logging(level: str, who: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s {who} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def main(
+    who: str,
+    settings_factory: Callable[[], Settings],
+    run: Callable[[Settings, threading.Event], None],
+) -> int:
+    """Run a service until SIGTERM/SIGINT; expected failures end in one sentence, no traceback."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: %s received, stopping", who, signal.Signals(signum).name)
+        stop.set()
+
+    try:
+        settings = settings_factory()
+    except WarrenError as exc:
+        print(f"{who}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    configure_logging(settings.log_level, who)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run(settings, stop)
+    except WarrenError as exc:
+        log.error("%s: %s", who, exc)
+        return exc.exit_code
+    return 0

@@ -1,0 +1,174 @@
+"""A worker's chunk store on disk.
+
+Layout under the worker's data dir::
+
+    blobs/ab/<sha256>          finished replicas, named by content hash (never by file name)
+    incoming/<id>.part         an upload being received, written chunk by chunk at its offset
+    incoming/<id>.seqs         the chunks already written (one number per line): a journal that
+                               lets a restarted worker resume instead of starting over
+    incoming/<id>.done         the upload finished (its sha256): a redelivered chunk is a no-op
+
+Every write is idempotent: a redelivered chunk rewrites the same bytes at the same offset.
+A replica becomes visible only by an atomic rename after fsync and SHA-256 verification,
+so a partial file is never listed or served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from warren.chunks import sha256_file
+from warren.messages import HEX32, HEX64, BlobEntry
+
+log = logging.getLogger("warren.worker.store")
+
+
+class CorruptUpload(Exception):
+    """The assembled bytes do not match the SHA-256 the client announced."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    free_bytes: int
+    used_bytes: int
+    files: int
+
+
+class ChunkStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.incoming = root / "incoming"
+        self._received: dict[str, set[int]] = {}
+        self._lock = threading.Lock()  # guards the usage counters (finalize runs off-thread)
+        self._used = 0
+        self._files = 0
+
+    def open(self) -> None:
+        """Create the folders and count what is stored (a scan, once, at start)."""
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        used = files = 0
+        for entry in self.inventory():
+            used += entry.size
+            files += 1
+        self._used, self._files = used, files
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _path(self, upload_id: str, suffix: str) -> Path:
+        if not HEX32.match(upload_id):  # the id becomes a file name: accept nothing else
+            raise ValueError(f"bad upload id {upload_id!r}")
+        return self.incoming / f"{upload_id}{suffix}"
+
+    def blob_path(self, sha256: str) -> Path:
+        if not HEX64.match(sha256):
+            raise ValueError(f"bad sha256 {sha256!r}")
+        return self.blobs / sha256[:2] / sha256
+
+    def done_sha256(self, upload_id: str) -> str | None:
+        """The hash of a finished upload, or None if it is not finished here."""
+        try:
+            return self._path(upload_id, ".done").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_chunk(self, upload_id: str, seq: int, offset: int, data: bytes) -> int:
+        """Write one chunk at its offset and journal it; return how many chunks are in."""
+        received = self._received_set(upload_id)
+        if seq not in received:
+            fd = os.open(self._path(upload_id, ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                written = 0
+                while written < len(view):
+                    written += os.pwrite(fd, view[written:], offset + written)
+            finally:
+                os.close(fd)
+            with open(self._path(upload_id, ".seqs"), "a") as journal:
+                journal.write(f"{seq}\n")
+            received.add(seq)
+        return len(received)
+
+    def _received_set(self, upload_id: str) -> set[int]:
+        received = self._received.get(upload_id)
+        if received is None:
+            received = set()
+            try:
+                for line in self._path(upload_id, ".seqs").read_text().split():
+                    received.add(int(line))
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                log.warning("upload %s: damaged journal, receiving it again", upload_id)
+                received = set()
+            self._received[upload_id] = received
+        return received
+
+    def finalize(self, upload_id: str, sha256: str, size: int) -> Path:
+        """fsync, verify the whole-file SHA-256, and move the replica into the store.
+
+        Runs off the connection's thread: hashing a large file takes a while.
+        """
+        part = self._path(upload_id, ".part")
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, size)  # an empty file has one empty chunk and nothing to write
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        actual = sha256_file(part)
+        if actual != sha256:
+            self.discard(upload_id)
+            raise CorruptUpload(f"SHA-256 mismatch: expected {sha256[:12]}…, got {actual[:12]}…")
+        target = self.blob_path(sha256)
+        target.parent.mkdir(exist_ok=True)
+        existed = target.exists()
+        os.replace(part, target)
+        _fsync_dir(target.parent)
+        done = self._path(upload_id, ".done")
+        done.write_text(sha256)
+        self._path(upload_id, ".seqs").unlink(missing_ok=True)
+        _fsync_dir(self.incoming)
+        self._received.pop(upload_id, None)
+        if not existed:
+            with self._lock:
+                self._used += size
+                self._files += 1
+        return target
+
+    def discard(self, upload_id: str) -> None:
+        """Forget a partial upload (bad hash, or abandoned)."""
+        for suffix in (".part", ".seqs"):
+            self._path(upload_id, suffix).unlink(missing_ok=True)
+        self._received.pop(upload_id, None)
+
+    # -- what is stored --------------------------------------------------------------------
+
+    def has(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def inventory(self) -> Iterator[BlobEntry]:
+        for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
+            for blob in sorted(sub.iterdir()):
+                if HEX64.match(blob.name):
+                    yield BlobEntry(sha256=blob.name, size=blob.stat().st_size)
+
+    def usage(self) -> Usage:
+        free = shutil.disk_usage(self.root).free
+        with self._lock:
+            return Usage(free_bytes=free, used_bytes=self._used, files=self._files)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
