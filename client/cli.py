@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -151,17 +152,19 @@ class RichProgress(ProgressHooks):
             self.bars.advance(self.task, nbytes)
 
     def replica(self, worker: str, hop: int) -> None:
-        self.console.print(f"  [bold]{worker}[/] {role(hop)} [green]✓[/]", highlight=False)
+        self.console.print(
+            f"  [bold]{worker}[/] {role(hop)} [green]✓[/]", highlight=False, soft_wrap=True
+        )
 
     def retrying(self, reason: str) -> None:
-        self.console.print(f"  [yellow]{reason}[/]", highlight=False)
+        self.console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
 
 
 class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Console(highlight=False, quiet=bool(getattr(args, "quiet", False)))
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.settings = Settings.load({"client_name": args.client_name})
 
     def bars(self) -> Progress | None:
@@ -197,7 +200,7 @@ class App:
         worst: WarrenError | None = None
         for path in paths:
             name = self.args.name or path.name
-            self.out.print(f"[bold]{name}[/]", highlight=False)
+            self.out.print(f"[bold]{escape(name)}[/]", highlight=False, soft_wrap=True)
             bars = self.bars()
             try:
                 if bars is not None:
@@ -215,7 +218,7 @@ class App:
                 self.err.print(f"error: {exc}", markup=False)
                 worst = worst or exc
                 continue
-            self.out.print(self.upload_summary(result), highlight=False)
+            self.out.print(self.upload_summary(result), highlight=False, soft_wrap=True)
         if worst is not None:
             return worst.exit_code
         return errors.EXIT_OK
@@ -225,7 +228,7 @@ class App:
         holders = ", ".join(
             f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
         )
-        return f"  stored {r.name} ({human_size(r.size)}) on {holders}"
+        return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
 
     def download(self, session: Session) -> int:
         name: str = self.args.name
@@ -239,9 +242,10 @@ class App:
         else:
             result = session.download(name, dest, hooks, overwrite=self.args.force)
         self.out.print(
-            f"restored {name} ({human_size(result.size)}) from {result.worker} "
-            f"to {result.path}, SHA-256 verified",
+            f"restored {escape(name)} ({human_size(result.size)}) from {result.worker} "
+            f"to {escape(str(result.path))}, SHA-256 verified",
             highlight=False,
+            soft_wrap=True,
         )
         return errors.EXIT_OK
 
@@ -258,7 +262,7 @@ class App:
             if len(f.replicas) < f.wanted:
                 replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
             table.add_row(
-                f.name,
+                escape(f.name),
                 human_size(f.size),
                 relative_time(f.created),
                 replicas,

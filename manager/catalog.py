@@ -113,11 +113,26 @@ class Catalog:
 
     def candidates(self, now: float | None = None) -> list[Candidate]:
         reserved: dict[str, int] = {}
+        count: dict[str, int] = {}
         for up in self.pending_uploads():
             for w in up.chain:
                 reserved[w] = reserved.get(w, 0) + up.size
+                count[w] = count.get(w, 0) + 1
+        used: dict[str, int] = {}
+        for worker, nbytes, nfiles in self.db.execute(
+            "SELECT worker, SUM(size), COUNT(*) FROM replicas GROUP BY worker"
+        ):
+            used[worker] = nbytes
+            count[worker] = count.get(worker, 0) + nfiles
         return [
-            Candidate(w.name, w.alive, w.free_bytes, w.used_bytes, reserved.get(w.name, 0))
+            Candidate(
+                w.name,
+                w.alive,
+                w.free_bytes,
+                used.get(w.name, 0),
+                reserved.get(w.name, 0),
+                count.get(w.name, 0),
+            )
             for w in self.workers(now)
         ]
 

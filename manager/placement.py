@@ -16,8 +16,9 @@ class Candidate:
     name: str
     alive: bool
     free_bytes: int  # as last reported by the worker
-    used_bytes: int
+    used_bytes: int  # replicas the catalog knows on it
     reserved_bytes: int = 0  # uploads placed there that have not finished yet
+    files: int = 0  # replicas and pending uploads: spreads even empty files
 
 
 def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[str]:
@@ -25,7 +26,8 @@ def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[
 
     Most free space first (after what pending uploads will take); free space is compared
     in whole GiB because workers sharing a disk report nearly the same number, and then
-    the least used worker wins, so files spread over the cluster instead of piling up.
+    the least used worker (bytes, then files) wins, so files spread over the cluster
+    instead of piling up on the same pair.
     """
     live = [c for c in candidates if c.alive]
     if replicas < 1:
@@ -45,6 +47,7 @@ def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[
         key=lambda c: (
             -((c.free_bytes - c.reserved_bytes) // GIB),
             c.used_bytes + c.reserved_bytes,
+            c.files,
             c.name,
         )
     )

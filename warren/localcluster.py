@@ -70,17 +70,27 @@ def up(workers: int) -> int:
         if pid_of(name):
             continue
         with open(ROOT / "logs" / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         (ROOT / "pids" / f"{name}.pid").write_text(str(proc.pid))
     wait_for_workers(n.url, workers)
     default = n.amqp_port == 5672
     print(f"""
 warren is up: RabbitMQ at 127.0.0.1:{n.amqp_port}, manager and {workers} workers running.
   management UI  {n.management_url}  (user guest, password guest)
-  logs           {ROOT / 'logs'}/
-{'' if default else f'''  first run      export WARREN_AMQP_URL={n.url}
-'''}  try it         .venv/bin/python -m client upload README.md --replicas 2
+  logs           {ROOT / "logs"}/
+{
+        ""
+        if default
+        else f'''  first run      export WARREN_AMQP_URL={n.url}
+'''
+    }  try it         .venv/bin/python -m client upload README.md --replicas 2
                  .venv/bin/python -m client list
                  .venv/bin/python -m client status
   stop           make down
@@ -134,8 +144,11 @@ def status() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m warren.localcluster", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m warren.localcluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()

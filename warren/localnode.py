@@ -106,10 +106,16 @@ class LocalNode:
             "log.console = false\n" + self.extra_config
         )
         (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        (self.base / "node.json").write_text(json.dumps({
-            "amqp_port": self.amqp_port, "mgmt_port": self.mgmt_port,
-            "dist_port": self.dist_port, "name": self.name,
-        }))
+        (self.base / "node.json").write_text(
+            json.dumps(
+                {
+                    "amqp_port": self.amqp_port,
+                    "mgmt_port": self.mgmt_port,
+                    "dist_port": self.dist_port,
+                    "name": self.name,
+                }
+            )
+        )
 
     @classmethod
     def load(cls, base: Path) -> LocalNode | None:
@@ -127,8 +133,14 @@ class LocalNode:
         if not (self.base / "node.json").exists():
             self.write_config()
         log = open(self.base / "server.out", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen([server], env=self.env(), stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [server],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         (self.base / "server.pid").write_text(str(proc.pid))
         self.wait_ready(timeout, proc)
@@ -205,8 +217,9 @@ class LocalNode:
         """Create a vhost that guest may use fully; return its AMQP URL."""
         quoted = urllib.parse.quote(vhost, safe="")
         self.api("PUT", f"vhosts/{quoted}", {})
-        self.api("PUT", f"permissions/{quoted}/guest",
-                 {"configure": ".*", "write": ".*", "read": ".*"})
+        self.api(
+            "PUT", f"permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
+        )
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/{quoted}"
 
     def delete_vhost(self, vhost: str) -> None:

@@ -1,0 +1,68 @@
+"""Fixtures: one private RabbitMQ node for the whole session, a fresh cluster per test module.
+
+Broker tests never depend on a broker someone left running: the suite starts its own
+node from the ``rabbitmq-server`` binary on free ports in a temporary folder. In CI a
+missing binary fails those tests; on a laptop it skips them with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+from warren.errors import UsageError
+from warren.localnode import SERVER_CANDIDATES, LocalNode, find_binary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "rabbit" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[LocalNode]:
+    try:
+        find_binary(SERVER_CANDIDATES)
+    except UsageError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    base = Path(tempfile.mkdtemp(prefix="warren-rabbit-"))
+    node = LocalNode.with_free_ports(base, name="wt")
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[type[Cluster]]:
+    """Build clusters inside this test; all are stopped at its end."""
+    made: list[Cluster] = []
+
+    def factory(**env: str) -> Cluster:
+        c = Cluster(rabbit, tmp_path / f"c{len(made)}", env_extra=env)
+        made.append(c)
+        return c
+
+    yield factory  # type: ignore[misc]
+    for c in made:
+        c.stop_all()
+
+
+@pytest.fixture(scope="module")
+def cluster(rabbit: LocalNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A running manager and four workers shared by the tests of one module."""
+    c = Cluster(rabbit, tmp_path_factory.mktemp("cluster"))
+    c.start_all(4)
+    yield c
+    c.stop_all()

@@ -1,0 +1,121 @@
+"""Upload files through the real pipeline and restore them byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+
+MIB = 1024 * 1024
+
+# (file name, size): empty, one byte, odd sizes around chunk borders, tens of MiB.
+FILES = [
+    ("empty.bin", 0),
+    ("one.bin", 1),
+    ("odd size.dat", 1_234_567),
+    ("exactly three chunks.raw", 3 * MIB),
+    ("chunk plus one.raw", MIB + 1),
+    ("Ünïcødé naïve résumé 日本語 файл.txt", 4097),
+    ("big.bin", 24 * MIB + 13),
+]
+
+
+def make_file(folder: Path, name: str, size: int, seed: str) -> Path:
+    """Distinct content per seed, so each upload is its own blob on the workers."""
+    path = folder / name
+    with open(path, "wb") as f:
+        block = hashlib.sha256(seed.encode()).digest() * 2048  # 64 KiB of seed-specific bytes
+        left = size
+        i = 0
+        while left:
+            n = min(left, len(block))
+            f.write(os.urandom(16) + block[16:n] if n > 16 else block[:n])
+            left -= n
+            i += 1
+    return path
+
+
+def confirmed_workers(out: str, name: str) -> set[str]:
+    """The workers the client names on its "stored NAME (...) on w1 (primary), ..." line."""
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(f"stored {name} ("))
+    return {part.split(" (")[0].strip() for part in line.split(" on ", 1)[1].split(", ")}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_round_trip_many_files(cluster: Cluster, tmp_path: Path, replicas: int) -> None:
+    # Given files of awkward sizes and names
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [f"r{replicas} {name}" for name, _ in FILES]
+    paths = [make_file(src, n, size, f"{replicas}-{n}") for n, (_, size) in zip(names, FILES)]
+
+    # When they are uploaded in one command
+    res = cluster.client("upload", *map(str, paths), "--replicas", str(replicas)).ok()
+
+    # Then every file is confirmed by `replicas` distinct workers, named in the output
+    listed = cluster.files()
+    for path in paths:
+        entry = listed[path.name]
+        assert entry["size"] == path.stat().st_size
+        assert entry["sha256"] == sha(path)
+        confirmed = confirmed_workers(res.out, path.name)
+        assert len(confirmed) == replicas
+        assert confirmed <= set(entry["replicas"])
+        # ... and the bytes are on exactly those workers' disks, verified. (Empty files
+        # share one blob, content-addressed, so they may also sit where another upload put it.)
+        if path.stat().st_size:
+            assert set(entry["replicas"]) == confirmed
+            assert cluster.holders_on_disk(entry["sha256"]) == confirmed
+        for worker in confirmed:
+            assert sha(cluster.blob(worker, entry["sha256"])) == entry["sha256"]
+
+    # And every file restores byte for byte
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in paths:
+        dest = out / path.name
+        res = cluster.client("download", path.name, "-o", str(dest)).ok()
+        assert "SHA-256 verified" in res.out
+        assert dest.read_bytes() == path.read_bytes()
+
+
+def test_primary_and_backup_are_distinct_and_spread(cluster: Cluster, tmp_path: Path) -> None:
+    # Given four small files uploaded one after another
+    chains = []
+    for i in range(4):
+        p = make_file(tmp_path, f"spread-{i}.txt", 1000, f"spread{i}")
+        cluster.client("upload", str(p)).ok()
+        chains.append(tuple(cluster.files()[p.name]["replicas"]))
+    # Then each has two distinct workers, and they are not all on the same pair
+    assert all(len(set(c)) == 2 for c in chains)
+    assert len({w for c in chains for w in c}) > 2
+
+
+def test_status_reports_workers_and_replication(cluster: Cluster) -> None:
+    st = cluster.status()
+    assert {w["name"] for w in st["workers"]} == {"w1", "w2", "w3", "w4"}
+    for w in st["workers"]:
+        assert w["alive"] is True
+        assert {"free_bytes", "used_bytes", "files"} <= set(w)
+        assert w["free_bytes"] > 0
+    assert st["under_replicated"] == 0
+
+
+def test_same_name_again_replaces_the_listed_version(cluster: Cluster, tmp_path: Path) -> None:
+    p = tmp_path / "notes.txt"
+    p.write_text("first")
+    cluster.client("upload", str(p)).ok()
+    p.write_text("second version")
+    cluster.client("upload", str(p)).ok()
+    assert cluster.files()["notes.txt"]["size"] == len("second version")
+    dest = tmp_path / "restored.txt"
+    cluster.client("download", "notes.txt", "-o", str(dest)).ok()
+    assert dest.read_text() == "second version"

@@ -1,0 +1,80 @@
+"""The manager's catalog in SQLite: completion, reconciliation, and surviving a reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from manager.catalog import COMPLETE, PENDING, Catalog, Upload
+from warren.messages import BlobEntry
+
+SHA = "ab" * 32
+
+
+def catalog(tmp_path: Path) -> Catalog:
+    c = Catalog(tmp_path / "catalog.sqlite3", dead_after=10)
+    c.open()
+    for w in ("w1", "w2", "w3"):
+        c.worker_seen(w, free=100, used=0, files=0, now=1000)
+    return c
+
+
+def upload(uid: str = "1" * 32, name: str = "a b.txt") -> Upload:
+    return Upload(uid, name, 5, SHA, 2, ("w1", "w2"), "c1", PENDING)
+
+
+def test_a_file_is_listed_only_when_every_replica_is_stored(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    c.add_upload(upload(), now=1000)
+    assert c.replica_stored("1" * 32, "w1", SHA, 5, now=1001) is None
+    assert c.files(now=1001) == []
+    done = c.replica_stored("1" * 32, "w2", SHA, 5, now=1002)
+    assert done is not None and done.name == "a b.txt"
+    [entry] = c.files(now=1002)
+    assert entry.replicas == ("w1", "w2")
+    assert c.upload("1" * 32).state == COMPLETE  # type: ignore[union-attr]
+
+
+def test_duplicate_confirmations_count_once(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    c.add_upload(upload(), now=1000)
+    for _ in range(3):
+        c.replica_stored("1" * 32, "w1", SHA, 5, now=1001)
+    assert c.files(now=1001) == []
+
+
+def test_catalog_survives_reopen(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    c.add_upload(upload(), now=1000)
+    c.replica_stored("1" * 32, "w1", SHA, 5, now=1001)
+    c.replica_stored("1" * 32, "w2", SHA, 5, now=1001)
+    c.close()
+    again = Catalog(tmp_path / "catalog.sqlite3", dead_after=10)
+    again.open()
+    assert [f.name for f in again.files(now=1001)] == ["a b.txt"]
+
+
+def test_dead_workers_do_not_count_as_replicas(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    c.add_upload(upload(), now=1000)
+    c.replica_stored("1" * 32, "w1", SHA, 5, now=1000)
+    c.replica_stored("1" * 32, "w2", SHA, 5, now=1000)
+    c.worker_seen("w1", 100, 0, 0, now=1020)  # w2 silent for 20 s > dead_after
+    [entry] = c.files(now=1020)
+    assert entry.replicas == ("w1",)
+
+
+def test_reconcile_makes_the_catalog_match_the_inventory(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    other = "cd" * 32
+    c.reconcile("w1", [BlobEntry(SHA, 5), BlobEntry(other, 7)])
+    assert c.reconcile("w1", [BlobEntry(SHA, 5), BlobEntry(other, 7)]) == (0, 0)
+    assert c.reconcile("w1", [BlobEntry(other, 7)]) == (0, 1)
+
+
+def test_pending_uploads_reserve_space_for_placement(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    c.add_upload(upload(), now=1000)
+    reserved = {cand.name: cand.reserved_bytes for cand in c.candidates(now=1000)}
+    assert reserved == {"w1": 5, "w2": 5, "w3": 0}
+    assert c.expire_uploads(older_than=2000) == 1
+    assert all(cand.reserved_bytes == 0 for cand in c.candidates(now=1000))
