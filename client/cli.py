@@ -7,6 +7,7 @@ on a terminal (rich honours NO_COLOR); ``--json`` prints nothing but JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -27,8 +28,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client.session import DownloadResult, Session, UploadResult
 from client.session import Progress as ProgressHooks
+from client.session import Session, UploadResult
 from warren import errors
 from warren.config import Settings
 from warren.errors import UsageError, WarrenError
@@ -135,13 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
 class RichProgress(ProgressHooks):
     """Progress hooks drawn with rich: a bar per transfer, a line per replica."""
 
-    def __init__(self, console: Console, label: str, bars: Progress | None) -> None:
+    def __init__(
+        self, console: Console, label: str, bars: Progress | None, header: bool = False
+    ) -> None:
         self.console = console
         self.label = label
         self.bars = bars
+        self.header = header
         self.task: TaskID | None = None
 
     def started(self, total: int) -> None:
+        if self.header:  # once the manager has accepted: failures before it need no header
+            self.header = False
+            self.console.print(f"[bold]{escape(self.label)}[/]", highlight=False, soft_wrap=True)
         if self.bars is not None:
             if self.task is not None:
                 self.bars.remove_task(self.task)
@@ -200,18 +207,11 @@ class App:
         worst: WarrenError | None = None
         for path in paths:
             name = self.args.name or path.name
-            self.out.print(f"[bold]{escape(name)}[/]", highlight=False, soft_wrap=True)
             bars = self.bars()
             try:
-                if bars is not None:
-                    with bars:
-                        result = session.upload(
-                            path, name, self.args.replicas, RichProgress(self.out, name, bars)
-                        )
-                else:
-                    result = session.upload(
-                        path, name, self.args.replicas, RichProgress(self.out, name, None)
-                    )
+                with bars or contextlib.nullcontext():
+                    hooks = RichProgress(self.out, name, bars, header=True)
+                    result = session.upload(path, name, self.args.replicas, hooks)
             except WarrenError as exc:
                 if isinstance(exc, errors.Unavailable) and not session.conn.is_open:
                     raise
@@ -235,11 +235,7 @@ class App:
         dest: Path = self.args.output or Path(Path(name).name or "download")
         bars = self.bars()
         hooks = RichProgress(self.out, name, bars)
-        result: DownloadResult
-        if bars is not None:
-            with bars:
-                result = session.download(name, dest, hooks, overwrite=self.args.force)
-        else:
+        with bars or contextlib.nullcontext():
             result = session.download(name, dest, hooks, overwrite=self.args.force)
         self.out.print(
             f"restored {escape(name)} ({human_size(result.size)}) from {result.worker} "

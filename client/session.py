@@ -187,6 +187,8 @@ class Session:
         progress = progress or Progress()
         try:
             size = path.stat().st_size
+            if path.is_dir():
+                raise UsageError(f"{path} is a directory, not a file.")
             if not path.is_file():
                 raise UsageError(f"{path} is not a regular file.")
             sha256 = sha256_file(path, progress.hashing)

@@ -24,18 +24,10 @@ FILES = [
 ]
 
 
-def make_file(folder: Path, name: str, size: int, seed: str) -> Path:
-    """Distinct content per seed, so each upload is its own blob on the workers."""
+def make_file(folder: Path, name: str, size: int) -> Path:
+    """Random content, so each upload is its own blob on the workers."""
     path = folder / name
-    with open(path, "wb") as f:
-        block = hashlib.sha256(seed.encode()).digest() * 2048  # 64 KiB of seed-specific bytes
-        left = size
-        i = 0
-        while left:
-            n = min(left, len(block))
-            f.write(os.urandom(16) + block[16:n] if n > 16 else block[:n])
-            left -= n
-            i += 1
+    path.write_bytes(os.urandom(size))
     return path
 
 
@@ -54,8 +46,7 @@ def test_round_trip_many_files(cluster: Cluster, tmp_path: Path, replicas: int) 
     # Given files of awkward sizes and names
     src = tmp_path / "src"
     src.mkdir()
-    names = [f"r{replicas} {name}" for name, _ in FILES]
-    paths = [make_file(src, n, size, f"{replicas}-{n}") for n, (_, size) in zip(names, FILES)]
+    paths = [make_file(src, f"r{replicas} {name}", size) for name, size in FILES]
 
     # When they are uploaded in one command
     res = cluster.client("upload", *map(str, paths), "--replicas", str(replicas)).ok()
@@ -91,7 +82,7 @@ def test_primary_and_backup_are_distinct_and_spread(cluster: Cluster, tmp_path: 
     # Given four small files uploaded one after another
     chains = []
     for i in range(4):
-        p = make_file(tmp_path, f"spread-{i}.txt", 1000, f"spread{i}")
+        p = make_file(tmp_path, f"spread-{i}.txt", 1000)
         cluster.client("upload", str(p)).ok()
         chains.append(tuple(cluster.files()[p.name]["replicas"]))
     # Then each has two distinct workers, and they are not all on the same pair

@@ -17,20 +17,26 @@ def test_defaults_follow_the_contract() -> None:
 
 
 def test_env_then_flags() -> None:
-    env = {"WARREN_AMQP_URL": "amqp://a:b@h1:1/, amqp://a:b@h2:2/", "WARREN_WINDOW": "8",
-           "WARREN_DATA_DIR": "/tmp/x"}
+    env = {
+        "WARREN_AMQP_URL": "amqp://a:b@h1:1/, amqp://a:b@h2:2/",
+        "WARREN_WINDOW": "8",
+        "WARREN_DATA_DIR": "/tmp/x",
+    }
     s = Settings.load({"window": 4, "name": None}, environ=env)
     assert s.amqp_urls == ["amqp://a:b@h1:1/", "amqp://a:b@h2:2/"]
     assert s.window == 4
     assert s.data_dir == Path("/tmp/x")
 
 
-@pytest.mark.parametrize("env, words", [
-    ({"WARREN_WINDOW": "many"}, "WARREN_WINDOW='many' is not a valid int"),
-    ({"WARREN_AMQP_URL": "http://x"}, "is not an amqp:// or amqps:// URL"),
-    ({"WARREN_CHUNK_SIZE": "10"}, "between 1 KiB and 64 MiB"),
-    ({"WARREN_PREFETCH": "0"}, "WARREN_PREFETCH must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"WARREN_WINDOW": "many"}, "WARREN_WINDOW='many' is not a valid int"),
+        ({"WARREN_AMQP_URL": "http://x"}, "is not an amqp:// or amqps:// URL"),
+        ({"WARREN_CHUNK_SIZE": "10"}, "between 1 KiB and 64 MiB"),
+        ({"WARREN_PREFETCH": "0"}, "WARREN_PREFETCH must be at least 1"),
+    ],
+)
 def test_bad_values_are_one_sentence(env: dict[str, str], words: str) -> None:
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace("?", r"\?")):
         Settings.load(environ=env)

@@ -18,8 +18,7 @@ SAMPLES: list[m.Message] = [
     m.ListRequest(),
     m.ListReply(files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5),)),
     m.StatusRequest(client="c"),
-    m.StatusReply(workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.0),), under_replicated=0,
-                  files=1),
+    m.StatusReply(workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.0),), under_replicated=0, files=1),
     m.ReplicaStored(upload_id=UID, worker="w1", sha256=SHA, size=3, hop=0),
     m.ReplicaFailed(upload_id=UID, worker="w1", reason="disk full"),
     m.Heartbeat(worker="w1", free_bytes=1, used_bytes=2, files=3),
@@ -42,12 +41,18 @@ def test_every_message_round_trips(msg: m.Message) -> None:
         ("upload.request", b"\xff\xfe not json"),
         ("upload.request", b"[]"),
         ("upload.request", b'{"name": "x"}'),
-        ("upload.request", b'{"name": "x", "size": "10", "sha256": "' + SHA.encode()
-         + b'", "replicas": 2}'),
-        ("upload.request", b'{"name": "", "size": 1, "sha256": "' + SHA.encode()
-         + b'", "replicas": 2}'),
-        ("upload.request", b'{"name": "x", "size": -1, "sha256": "' + SHA.encode()
-         + b'", "replicas": 2}'),
+        (
+            "upload.request",
+            b'{"name": "x", "size": "10", "sha256": "' + SHA.encode() + b'", "replicas": 2}',
+        ),
+        (
+            "upload.request",
+            b'{"name": "", "size": 1, "sha256": "' + SHA.encode() + b'", "replicas": 2}',
+        ),
+        (
+            "upload.request",
+            b'{"name": "x", "size": -1, "sha256": "' + SHA.encode() + b'", "replicas": 2}',
+        ),
         ("upload.request", b'{"name": "x", "size": 1, "sha256": "nothex", "replicas": 2}'),
         ("upload.accepted", b'{"upload_id": "../../etc", "chain": ["w1"], "chunk_size": 1}'),
         ("worker.heartbeat", b'{"worker": "../x", "free_bytes": 1, "used_bytes": 1, "files": 1}'),
@@ -61,8 +66,16 @@ def test_garbage_raises_decode_error(type_name: str | None, body: bytes) -> None
 
 
 def headers(**over: object) -> dict[str, object]:
-    h = m.ChunkHeaders(upload_id=UID, seq=1, offset=10, total_size=25, chunk_count=3,
-                       sha256=SHA, chain=("w1", "w2"), hop=0).to_headers()
+    h = m.ChunkHeaders(
+        upload_id=UID,
+        seq=1,
+        offset=10,
+        total_size=25,
+        chunk_count=3,
+        sha256=SHA,
+        chain=("w1", "w2"),
+        hop=0,
+    ).to_headers()
     h.update(over)
     return h
 

@@ -8,8 +8,14 @@ from manager.placement import GIB, Candidate, choose_chain
 from warren.errors import Refused
 
 
-def c(name: str, free_gib: float = 10, alive: bool = True, used: int = 0,
-      reserved: int = 0, files: int = 0) -> Candidate:
+def c(
+    name: str,
+    free_gib: float = 10,
+    alive: bool = True,
+    used: int = 0,
+    reserved: int = 0,
+    files: int = 0,
+) -> Candidate:
     return Candidate(name, alive, int(free_gib * GIB), used, reserved, files)
 
 
@@ -42,10 +48,13 @@ def test_chain_members_are_distinct() -> None:
     assert sorted(chain) == ["w1", "w2", "w3", "w4"]
 
 
-@pytest.mark.parametrize("replicas, message", [
-    (4, "asked for 4 replicas but only 3 workers are alive."),
-    (0, "the replica count must be at least 1."),
-])
+@pytest.mark.parametrize(
+    "replicas, message",
+    [
+        (4, "asked for 4 replicas but only 3 workers are alive."),
+        (0, "the replica count must be at least 1."),
+    ],
+)
 def test_refusals_say_why(replicas: int, message: str) -> None:
     with pytest.raises(Refused) as err:
         choose_chain([c("w1"), c("w2"), c("w3"), c("w4", alive=False)], 1, replicas)

@@ -136,7 +136,8 @@ def down() -> int:
 
 def status() -> int:
     n = LocalNode.load(ROOT / "rabbitmq")
-    print(f"rabbitmq: {'running on port %d' % n.amqp_port if n and n.running() else 'stopped'}")
+    state = f"running on port {n.amqp_port}" if n and n.running() else "stopped"
+    print(f"rabbitmq: {state}")
     for name in sorted(os.listdir(ROOT / "pids")) if (ROOT / "pids").is_dir() else []:
         svc = name.removesuffix(".pid")
         print(f"{svc}: {'running' if pid_of(svc) else 'stopped'}")

@@ -49,6 +49,8 @@ class Worker:
         self.store = ChunkStore(Path(settings.data_dir or "."))
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-final")
         self._finalizing: set[str] = set()
+        # Started once ingest is connected, so a missing broker is reported once, not twice.
+        self._serve_loop = threading.Thread(target=self._serve_thread, name=f"{self.name}-serve")
 
     def run(self) -> None:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
@@ -61,15 +63,14 @@ class Worker:
             usage.used_bytes,
             self.store.root,
         )
-        serve = threading.Thread(target=self._serve_thread, name=f"{self.name}-serve")
-        serve.start()
         try:
             run_connection(
                 self.settings, f"warren worker {self.name}", self._setup_ingest, self.stop
             )
         finally:
             self.stop.set()
-            serve.join()
+            if self._serve_loop.ident is not None:
+                self._serve_loop.join()
             self._pool.shutdown(wait=True)
             log.info("worker %s: stopped", self.name)
 
@@ -81,6 +82,8 @@ class Worker:
         conn.publish_and_wait(MANAGER_EVENTS, inventory.encode(), type=m.Inventory.TYPE)
         self._heartbeat(conn)
         conn.consume(worker_chunks(self.name), lambda d: self._on_chunk(conn, d))
+        if self._serve_loop.ident is None:
+            self._serve_loop.start()
         log.info("worker %s: ready, %d blobs reported", self.name, len(inventory.blobs))
 
     def _heartbeat(self, conn: Connection) -> None:

@@ -1,0 +1,88 @@
+"""Failures a user meets: a clear sentence, a non-zero exit code by kind, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.cluster import Cluster, Result
+from warren import errors
+from warren.localnode import free_port
+
+
+def assert_clean_failure(res: Result, code: int, words: str) -> None:
+    assert res.code == code, (res.code, res.out, res.err)
+    assert words in res.err
+    assert "Traceback" not in res.err + res.out
+    assert len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_missing_local_file(cluster: Cluster, tmp_path: Path) -> None:
+    res = cluster.client("upload", str(tmp_path / "no such file.txt"))
+    assert_clean_failure(res, errors.EXIT_USAGE, "no such file")
+
+
+def test_a_directory_is_not_a_file(cluster: Cluster, tmp_path: Path) -> None:
+    res = cluster.client("upload", str(tmp_path))
+    assert_clean_failure(res, errors.EXIT_USAGE, "is a directory")
+
+
+def test_unknown_name(cluster: Cluster, tmp_path: Path) -> None:
+    res = cluster.client("download", "never uploaded.bin", "-o", str(tmp_path / "x"))
+    assert_clean_failure(res, errors.EXIT_NOT_FOUND, "no file named 'never uploaded.bin'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_more_replicas_than_live_workers_is_refused_before_any_byte(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    p = tmp_path / "f.txt"
+    p.write_text("hello")
+    res = cluster.client("upload", str(p), "--replicas", "5")
+    assert_clean_failure(res, errors.EXIT_REFUSED, "asked for 5 replicas but only 4 workers")
+    assert "f.txt" not in cluster.files()
+
+
+def test_zero_replicas_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    p = tmp_path / "f.txt"
+    p.write_text("hello")
+    res = cluster.client("upload", str(p), "--replicas", "0")
+    assert_clean_failure(res, errors.EXIT_REFUSED, "at least 1")
+
+
+def test_existing_destination_is_not_overwritten(cluster: Cluster, tmp_path: Path) -> None:
+    p = tmp_path / "keep.txt"
+    p.write_text("stored")
+    cluster.client("upload", str(p)).ok()
+    dest = tmp_path / "mine.txt"
+    dest.write_text("precious")
+    res = cluster.client("download", "keep.txt", "-o", str(dest))
+    assert_clean_failure(res, errors.EXIT_USAGE, "already exists")
+    assert dest.read_text() == "precious"
+    cluster.client("download", "keep.txt", "-o", str(dest), "--force").ok()
+    assert dest.read_text() == "stored"
+
+
+def test_broker_unreachable(cluster: Cluster) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    res = cluster.client("list", WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="2")
+    assert_clean_failure(res, errors.EXIT_UNAVAILABLE, "cannot reach RabbitMQ at")
+    assert "guest:guest" not in res.err  # no password in messages
+
+
+def test_wrong_password_is_refused_not_retried(cluster: Cluster) -> None:
+    url = cluster.url.replace("guest:guest", "guest:wrong")
+    res = cluster.client("list", WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="30")
+    assert_clean_failure(res, errors.EXIT_REFUSED, "refused")
+
+
+def test_bad_setting_is_a_usage_error(cluster: Cluster) -> None:
+    res = cluster.client("list", WARREN_WINDOW="lots")
+    assert_clean_failure(res, errors.EXIT_USAGE, "WARREN_WINDOW")
+
+
+def test_usage_errors_exit_2(cluster: Cluster) -> None:
+    res = cluster.client("upload")
+    assert res.code == errors.EXIT_USAGE
+    assert "Traceback" not in res.err
+    res = cluster.client("upload", "a", "b", "--name", "x")
+    assert_clean_failure(res, errors.EXIT_USAGE, "--name works with a single file only")

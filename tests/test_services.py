@@ -1,0 +1,152 @@
+"""The services as processes: bad input, signals, restarts, a broker that is not there yet."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.parse
+from pathlib import Path
+
+from tests.cluster import Cluster
+from warren.broker import Connection, Delivery
+from warren.config import Settings
+from warren.localnode import LocalNode, free_port
+from warren.topology import (
+    DEAD_LETTER_QUEUE,
+    MANAGER_EVENTS,
+    MANAGER_REQUESTS,
+    manager_topology,
+    worker_chunks,
+)
+
+
+def connect(url: str, name: str = "warren test") -> Connection:
+    conn = Connection(Settings.load({"amqp_url": url}), name)
+    conn.open(give_up_after=10)
+    return conn
+
+
+def wait_for(predicate: object, timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_invalid_messages_are_dead_lettered_and_services_carry_on(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a running cluster, when garbage arrives on every queue a service consumes
+    conn = connect(cluster.url)
+    conn.declare(manager_topology())
+    garbage = [
+        (MANAGER_REQUESTS, b"\x00\xffnot json", "upload.request", {}),  # no reply_to either
+        (MANAGER_EVENTS, b"{}", "no.such.event", {}),
+        (MANAGER_EVENTS, b'{"worker": "../../x"}', "worker.heartbeat", {}),
+        (worker_chunks("w1"), b"bytes", "upload.chunk", {}),  # no headers
+        (worker_chunks("w1"), b"bytes", "upload.chunk",
+         {"upload_id": "../../../etc/passwd", "seq": 0, "offset": 0, "total_size": 5,
+          "chunk_count": 1, "sha256": "ab" * 32, "chain": ["w1"], "hop": 0}),
+    ]
+    for queue, body, type_, headers in garbage:
+        conn.publish_and_wait(queue, body, type=type_, headers=headers or None)
+
+    # Then each lands in the dead-letter queue, once
+    dead: list[Delivery] = []
+
+    def take(d: Delivery) -> None:
+        dead.append(d)
+        d.ack()
+
+    conn.consume(DEAD_LETTER_QUEUE, take)
+    deadline = time.monotonic() + 20
+    while len(dead) < len(garbage) and time.monotonic() < deadline:
+        conn.process(0.2)
+    conn.process(1.0)  # nothing more should come: no redelivery loops
+    assert sorted(d.type or "" for d in dead) == sorted(t for _, _, t, _ in garbage)
+    conn.close()
+
+    # And every service is still running and still works
+    assert all(p.poll() is None for p in cluster.procs.values())
+    assert not list((cluster.base).glob("**/etc/passwd"))
+    p = tmp_path / "after.txt"
+    p.write_text("still fine")
+    cluster.client("upload", str(p)).ok()
+
+
+def test_connections_and_queues_are_named_for_the_management_ui(cluster: Cluster) -> None:
+    vhost = urllib.parse.quote(cluster.vhost, safe="")
+    names: set[str] = set()
+
+    def named() -> bool:
+        conns = cluster.node.api("GET", f"vhosts/{vhost}/connections")
+        names.update(c.get("client_properties", {}).get("connection_name", "") for c in conns)
+        return {"warren manager", "warren worker w1", "warren worker w1 serve"} <= names
+
+    wait_for(named, what=f"connection names (have {names})")
+    queues = {q["name"] for q in cluster.node.api("GET", f"queues/{vhost}")}
+    assert {MANAGER_REQUESTS, MANAGER_EVENTS, DEAD_LETTER_QUEUE, worker_chunks("w4")} <= queues
+
+
+def test_sigterm_stops_services_cleanly(make_cluster: type[Cluster]) -> None:
+    c = make_cluster()
+    c.start_all(workers=2)
+    for name in ("w2", "manager"):
+        started = time.monotonic()
+        assert c.kill(name, signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+        log = c.log_path(name).read_text()
+        assert "SIGTERM received, stopping" in log and "stopped" in log
+        assert "Traceback" not in log
+
+
+def test_manager_restart_keeps_the_catalog(make_cluster: type[Cluster], tmp_path: Path) -> None:
+    # Given a stored file
+    c = make_cluster()
+    c.start_all(workers=2)
+    p = tmp_path / "kept.bin"
+    p.write_bytes(b"k" * 100_000)
+    c.client("upload", str(p)).ok()
+
+    # When the manager is killed and started again
+    c.kill("manager")
+    c.start("manager")
+
+    # Then the catalog is intact, workers are known alive again, and the file restores
+    c.wait_alive(["w1", "w2"])
+    assert c.files()["kept.bin"]["replicas"] == ["w1", "w2"]
+    dest = tmp_path / "back.bin"
+    c.client("download", "kept.bin", "-o", str(dest)).ok()
+    assert dest.read_bytes() == p.read_bytes()
+
+
+def test_services_wait_for_a_broker_that_is_not_up_yet(
+    make_cluster: type[Cluster], tmp_path: Path
+) -> None:
+    # Given a worker and a manager started while nothing listens on their broker's port
+    port = free_port()
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    c = make_cluster(WARREN_AMQP_URL=url)
+    c.start("manager")
+    c.start("w1")
+    time.sleep(3)
+    assert all(p.poll() is None for p in c.procs.values())
+    log = c.log_path("w1").read_text()
+    assert log.count("waiting for RabbitMQ") == 1
+    assert "guest:guest" not in log
+
+    # When the broker comes up on that port
+    node = LocalNode(tmp_path / "late-node", port, free_port(), free_port(), name="late")
+    node.start()
+    try:
+        # Then both connect by themselves and serve
+        c.wait_alive(["w1"])
+        p = tmp_path / "late.txt"
+        p.write_text("late but fine")
+        c.client("upload", str(p), "--replicas", "1").ok()
+        assert "connected to RabbitMQ" in c.log_path("w1").read_text()
+    finally:
+        c.stop_all()
+        node.stop()
