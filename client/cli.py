@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -326,7 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return errors.EXIT_USAGE
-    configure_logging("DEBUG" if args.verbose else "ERROR", "client")
+    if args.verbose:
+        configure_logging("DEBUG", "client")
+    else:  # quiet logs, but a broker alarm is news the user must see while they wait
+        logging.basicConfig(level=logging.ERROR, format="%(message)s", stream=sys.stderr)
+        logging.getLogger("warren.alarm").setLevel(logging.WARNING)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         return App(args).run()
     except WarrenError as exc:

@@ -54,6 +54,14 @@ class Upload:
     state: str
 
 
+@dataclass(frozen=True)
+class Shortfall:
+    sha256: str
+    size: int
+    wanted: int
+    live_holders: tuple[str, ...]
+
+
 class Catalog:
     def __init__(self, path: Path, dead_after: float) -> None:
         self.path = path
@@ -254,6 +262,19 @@ class Catalog:
             )
             for r in rows
         ]
+
+    def shortfalls(self, now: float | None = None) -> list[Shortfall]:
+        """Blobs with fewer live replicas than the most any file using them wants."""
+        live = self.live_workers(now)
+        holders = self._holders()
+        out = []
+        for sha, size, wanted in self.db.execute(
+            "SELECT sha256, MAX(size), MAX(wanted) FROM files GROUP BY sha256 ORDER BY sha256"
+        ):
+            have = sorted(w for w in holders.get(sha, ()) if w in live)
+            if len(have) < wanted:
+                out.append(Shortfall(sha, size, wanted, tuple(have)))
+        return out
 
     def file(self, name: str) -> FileEntry | None:
         return next((f for f in self.files() if f.name == name), None)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from manager.catalog import PENDING, Catalog, Upload
 from manager.placement import choose_chain
+from manager.repair import Repairs
 from warren import messages as m
 from warren.broker import Connection, Delivery
 from warren.config import Settings
@@ -43,6 +44,8 @@ class Manager:
         self.catalog = Catalog(data_dir / "catalog.sqlite3", settings.dead_after)
         self._alive: set[str] = set()
         self._serving: dict[str, int] = {}  # restores sent to each worker, to spread them
+        self.repairs = Repairs(settings.repair_concurrency)
+        self._started = time.monotonic()
 
     def run(self) -> None:
         self.catalog.open()
@@ -74,7 +77,34 @@ class Manager:
             )
         self._alive = alive
         self.catalog.expire_uploads(time.time() - UPLOAD_EXPIRY)
+        self._repair(conn)
         conn.call_later(1.0, lambda: self._tick(conn))
+
+    def _repair(self, conn: Connection) -> None:
+        """Start copies for files with too few live replicas, a few at a time.
+
+        Not in the first ``dead_after`` seconds after start: until every live worker has
+        sent a heartbeat, files would look under-replicated when they are not.
+        """
+        now = time.time()
+        if time.monotonic() - self._started < self.settings.dead_after:
+            return
+        shortfalls = self.catalog.shortfalls(now)
+        for copy in self.repairs.plan(shortfalls, self.catalog.candidates(now), now):
+            cmd = m.CopyRequest(
+                sha256=copy.sha256, size=copy.size, target=copy.target, upload_id=copy.upload_id
+            )
+            conn.declare(worker_topology(copy.source))
+            conn.publish(worker_control(copy.source), cmd.encode(), type=cmd.TYPE)
+            log.info(
+                "repair %s: copying %s (%d bytes) from %s to %s; %d files short",
+                copy.upload_id,
+                copy.sha256[:12],
+                copy.size,
+                copy.source,
+                copy.target,
+                len(shortfalls),
+            )
 
     # -- worker events ---------------------------------------------------------------------
 
@@ -101,12 +131,16 @@ class Manager:
             )
         elif isinstance(msg, m.ReplicaStored):
             up = self.catalog.replica_stored(msg.upload_id, msg.worker, msg.sha256, msg.size, now)
+            copy = self.repairs.stored(msg.sha256, msg.worker)
+            if copy is not None:
+                log.info("repair %s: %s now holds %s", copy.upload_id, msg.worker, msg.sha256[:12])
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
         elif isinstance(msg, m.ReplicaFailed):
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
             self.catalog.upload_failed(msg.upload_id)
+            self.repairs.failed(msg.upload_id)
         else:
             raise DecodeError(f"{d.type} is not a worker event")
         d.ack()
@@ -176,7 +210,7 @@ class Manager:
         )
         self.catalog.add_upload(up, time.time())
         log.info(
-            "upload %s: %r (%d bytes) from %s -> %s",
+            "upload %s: %r (%d bytes) from %s, placed on %s",
             up.upload_id,
             req.name,
             req.size,

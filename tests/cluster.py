@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,15 @@ from typing import Any
 from warren.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @dataclass
@@ -105,6 +115,24 @@ class Cluster:
             if proc.poll() is None:
                 proc.terminate()
         self.node.delete_vhost(self.vhost)
+
+    def client_process(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """A client running in the background, for faults injected while it works."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            env=self.env(**env),
+            cwd=self.base,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def chain(self, name: str) -> list[str]:
+        """The workers the manager placed an upload of ``name`` on, from its log."""
+        for line in reversed(self.log_path("manager").read_text().splitlines()):
+            if f": {name!r} (" in line and ", placed on " in line:
+                return line.rsplit(", placed on ", 1)[1].strip().split(" -> ")
+        raise AssertionError(f"no placement of {name!r} in the manager's log")
 
     def client(self, *args: str, timeout: float = 180, **env: str) -> Result:
         proc = subprocess.run(

@@ -49,8 +49,8 @@ def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[type[Cluster]]:
     """Build clusters inside this test; all are stopped at its end."""
     made: list[Cluster] = []
 
-    def factory(**env: str) -> Cluster:
-        c = Cluster(rabbit, tmp_path / f"c{len(made)}", env_extra=env)
+    def factory(node: LocalNode | None = None, **env: str) -> Cluster:
+        c = Cluster(node or rabbit, tmp_path / f"c{len(made)}", env_extra=env)
         made.append(c)
         return c
 

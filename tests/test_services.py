@@ -7,7 +7,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_for
 from warren.broker import Connection, Delivery
 from warren.config import Settings
 from warren.localnode import LocalNode, free_port
@@ -26,15 +26,6 @@ def connect(url: str, name: str = "warren test") -> Connection:
     return conn
 
 
-def wait_for(predicate: object, timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_invalid_messages_are_dead_lettered_and_services_carry_on(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -46,9 +37,21 @@ def test_invalid_messages_are_dead_lettered_and_services_carry_on(
         (MANAGER_EVENTS, b"{}", "no.such.event", {}),
         (MANAGER_EVENTS, b'{"worker": "../../x"}', "worker.heartbeat", {}),
         (worker_chunks("w1"), b"bytes", "upload.chunk", {}),  # no headers
-        (worker_chunks("w1"), b"bytes", "upload.chunk",
-         {"upload_id": "../../../etc/passwd", "seq": 0, "offset": 0, "total_size": 5,
-          "chunk_count": 1, "sha256": "ab" * 32, "chain": ["w1"], "hop": 0}),
+        (
+            worker_chunks("w1"),
+            b"bytes",
+            "upload.chunk",
+            {
+                "upload_id": "../../../etc/passwd",
+                "seq": 0,
+                "offset": 0,
+                "total_size": 5,
+                "chunk_count": 1,
+                "sha256": "ab" * 32,
+                "chain": ["w1"],
+                "hop": 0,
+            },
+        ),
     ]
     for queue, body, type_, headers in garbage:
         conn.publish_and_wait(queue, body, type=type_, headers=headers or None)

@@ -46,6 +46,8 @@ from warren.errors import (
 from warren.topology import Topology
 
 log = logging.getLogger("warren.broker")
+# Broker alarms get their own logger: the console client shows these even when quiet.
+alarm_log = logging.getLogger("warren.alarm")
 
 ConfirmCallback = Callable[[bool], None]
 
@@ -439,7 +441,7 @@ class Connection:
 
     def _on_blocked(self, _conn: Any, frame: Any) -> None:
         reason = getattr(frame.method, "reason", "an alarm")
-        log.warning(
+        alarm_log.warning(
             "%s: RabbitMQ is blocking publishes (%s); waiting up to %.0f s",
             self.name,
             reason,
@@ -447,4 +449,4 @@ class Connection:
         )
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
-        log.info("%s: RabbitMQ unblocked publishes", self.name)
+        alarm_log.warning("%s: RabbitMQ unblocked publishes", self.name)

@@ -40,6 +40,8 @@ class Settings:
     request_timeout: float = 15.0  # seconds a client waits for the manager to answer
     transfer_timeout: float = 60.0  # seconds a transfer may make no progress
     log_level: str = "INFO"
+    repair_concurrency: int = 2  # copies the manager runs at once to restore replica counts
+    finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -46,8 +46,10 @@ class BrokerUnavailable(Unavailable):
     """The connection to RabbitMQ failed or was lost; retrying may help."""
 
 
-class BrokerBlocked(Unavailable):
-    """RabbitMQ blocked our publishes (a memory or disk alarm) for too long."""
+class BrokerBlocked(BrokerUnavailable):
+    """RabbitMQ blocked our publishes (a memory or disk alarm) for too long.
+
+    Transient like any lost connection: services reconnect and wait again."""
 
 
 class IntegrityError(WarrenError):

@@ -201,6 +201,13 @@ class LocalNode:
         while beam is not None and _alive(beam):
             time.sleep(0.05)
 
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node (about a second: it boots an Erlang VM)."""
+        ctl = find_binary(CTL_CANDIDATES)
+        proc = subprocess.run([ctl, "-n", self.nodename, *args], env=self.env(),
+                              capture_output=True, text=True, timeout=60, check=True)
+        return proc.stdout
+
     # -- management API --------------------------------------------------------------------
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

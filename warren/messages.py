@@ -331,6 +331,23 @@ class ServeRequest(Message):
         check_sha256(self.sha256, "sha256")
 
 
+@message
+@dataclass(frozen=True)
+class CopyRequest(Message):
+    """Repair: send a blob to ``target`` as an upload of one hop, so it gets a replica."""
+
+    TYPE = "worker.copy"
+    sha256: str
+    size: int
+    target: str
+    upload_id: str
+
+    def validate(self) -> None:
+        check_sha256(self.sha256, "sha256")
+        check_worker(self.target, "target")
+        check_upload_id(self.upload_id, "upload_id")
+
+
 # -- worker -> client: a restore -----------------------------------------------------------
 
 

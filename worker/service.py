@@ -18,12 +18,14 @@ import dataclasses
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from warren import messages as m
 from warren.broker import Connection, Delivery
+from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, DecodeError
 from warren.service import run_connection
@@ -48,7 +50,7 @@ class Worker:
         self.stop = stop
         self.store = ChunkStore(Path(settings.data_dir or "."))
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-final")
-        self._finalizing: set[str] = set()
+        self._finalizing: dict[str, Future[str | None]] = {}  # upload id -> its finish
         # Started once ingest is connected, so a missing broker is reported once, not twice.
         self._serve_loop = threading.Thread(target=self._serve_thread, name=f"{self.name}-serve")
 
@@ -109,11 +111,17 @@ class Worker:
         if h.chain[h.hop] != self.name:
             raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
 
+        pending = self._finalizing.get(h.upload_id)
+        if pending is not None:
+            # A redelivery while the replica is being finished: settle it with the outcome.
+            self._when_final(conn, d, h, pending)
+            return
         done = self.store.done_sha256(h.upload_id)
-        if done is not None or h.upload_id in self._finalizing:
-            # A redelivery after this replica was finished (or while it is being finished):
-            # nothing to write. Forward again (idempotent downstream) and settle.
-            self._forward(conn, d, h, lambda: self._after_done(conn, d, h, done))
+        if done is not None:
+            # A redelivery after the replica was finished: nothing to write. Forward again
+            # (its earlier forward may not have been confirmed; idempotent downstream),
+            # announce again (idempotent for the manager and client) and settle.
+            self._forward(conn, d, h, lambda: self._finished(conn, d, h, None))
             return
 
         count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body)
@@ -153,26 +161,47 @@ class Worker:
         )
 
     def _complete(self, conn: Connection, d: Delivery, h: m.ChunkHeaders) -> None:
-        """All chunks are in: finalize off-thread, then confirm and ack back on this one."""
-        self._finalizing.add(h.upload_id)
+        """All chunks are in: finalize off this thread (hashing a large file takes a while,
+        and the connection must keep its heartbeats), then confirm and ack back on it."""
 
-        def work() -> None:
+        def work() -> str | None:
             try:
+                self._delay_for_tests()
                 self.store.finalize(h.upload_id, h.sha256, h.total_size)
-                error = None
+                return None
             except CorruptUpload as exc:
-                error = str(exc)
+                return str(exc)
             except OSError as exc:
-                error = f"disk error: {exc.strerror or exc}"
+                return f"disk error: {exc.strerror or exc}"
+            finally:
+                self._finalizing.pop(h.upload_id, None)
+
+        future = self._pool.submit(work)
+        self._finalizing[h.upload_id] = future
+        self._when_final(conn, d, h, future)
+
+    def _when_final(
+        self, conn: Connection, d: Delivery, h: m.ChunkHeaders, future: Future[str | None]
+    ) -> None:
+        def done(f: Future[str | None]) -> None:
+            error = f.result()
             self._call_on(conn, lambda: self._finished(conn, d, h, error))
 
-        self._pool.submit(work)
+        future.add_done_callback(done)
+
+    def _delay_for_tests(self) -> None:
+        """Fault injection: WARREN_FINALIZE_DELAY makes every finish slow, as a slow disk would."""
+        if self.settings.finalize_delay > 0:
+            time.sleep(self.settings.finalize_delay)
 
     def _finished(
         self, conn: Connection, d: Delivery, h: m.ChunkHeaders, error: str | None
     ) -> None:
-        self._finalizing.discard(h.upload_id)
-        if error is None:
+        if error is not None:
+            log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error)
+            self._fail(conn, d, h, error)
+            return
+        if not d.redelivered:
             log.info(
                 "upload %s: replica stored on %s (%d bytes, hop %d)",
                 h.upload_id,
@@ -180,19 +209,8 @@ class Worker:
                 h.total_size,
                 h.hop,
             )
-            self._after_done(conn, d, h, h.sha256)
-        else:
-            log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error)
-            self._fail(conn, d, h, error)
-
-    def _after_done(
-        self, conn: Connection, d: Delivery, h: m.ChunkHeaders, sha: str | None
-    ) -> None:
-        if sha is None:  # still finalizing: the finishing chunk will confirm; this one is safe
-            d.ack()
-            return
         stored = m.ReplicaStored(
-            upload_id=h.upload_id, worker=self.name, sha256=sha, size=h.total_size, hop=h.hop
+            upload_id=h.upload_id, worker=self.name, sha256=h.sha256, size=h.total_size, hop=h.hop
         )
         self._announce(conn, d, stored.encode(), m.ReplicaStored.TYPE, then=d.ack)
 
@@ -240,22 +258,39 @@ class Worker:
         conn.consume(worker_control(self.name), lambda d: self._on_control(conn, d), prefetch=1)
 
     def _on_control(self, conn: Connection, d: Delivery) -> None:
-        if d.type != m.ServeRequest.TYPE:
-            raise DecodeError(f"unknown command {d.type!r}")
-        req = m.ServeRequest.decode(d.body)
-        self._serve(conn, req)
+        try:
+            if d.type == m.ServeRequest.TYPE:
+                self._serve(conn, m.ServeRequest.decode(d.body))
+            elif d.type == m.CopyRequest.TYPE:
+                self._copy(conn, m.CopyRequest.decode(d.body))
+            else:
+                raise DecodeError(f"unknown command {d.type!r}")
+        except _Stopping:
+            return  # unacked: RabbitMQ hands the command back when the connection closes
         d.ack()
+
+    def _stream(self, sha256: str, size: int, send: Callable[[int, int, bytes], None]) -> str:
+        """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.
+
+        Raises FileNotFoundError when the blob is not here, OSError when its size is wrong,
+        and _Stopping when the worker is asked to stop half way (the command is requeued).
+        """
+        digest = hashlib.sha256()
+        path = self.store.blob_path(sha256)
+        for seq, offset, data in read_chunks(path, ChunkPlan(size, self.settings.chunk_size)):
+            if self.stop.is_set():
+                raise _Stopping
+            digest.update(data)
+            send(seq, offset, data)
+        return digest.hexdigest()
 
     def _serve(self, conn: Connection, req: m.ServeRequest) -> None:
         """Stream one blob to a client's reply queue, checking its hash on the way."""
-        path = self.store.blob_path(req.sha256)
-        lost: list[bool] = []
+        gone: list[bool] = []
 
-        def on_confirm(ok: bool) -> None:
-            if not ok:
-                lost.append(True)
-
-        def send(body: bytes, type: str, headers: dict[str, int] | None = None) -> None:
+        def publish(body: bytes, type: str, headers: dict[str, int] | None = None) -> None:
+            if gone:
+                raise _ClientGone
             conn.publish(
                 req.reply_to,
                 body,
@@ -263,41 +298,86 @@ class Worker:
                 headers=headers,
                 correlation_id=req.correlation_id,
                 persistent=False,
-                on_confirm=on_confirm,
+                on_confirm=lambda ok: None if ok else gone.append(True),
+            )
+
+        def chunk(seq: int, offset: int, data: bytes) -> None:
+            publish(data, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(seq, offset).to_headers())
+
+        try:
+            actual = self._stream(req.sha256, req.size, chunk)
+            if actual != req.sha256:
+                raise OSError("SHA-256 mismatch")
+            end = m.RestoreEnd(worker=self.name, sha256=req.sha256, size=req.size)
+            publish(end.encode(), m.RestoreEnd.TYPE)
+            conn.wait_for_confirms()
+            log.info(
+                "restore %s: sent %d bytes of %s", req.correlation_id, req.size, req.sha256[:12]
+            )
+        except _ClientGone:
+            log.warning("restore %s: the client's queue is gone; stopped", req.correlation_id)
+        except OSError as exc:
+            reason = (
+                "this worker has no copy"
+                if isinstance(exc, FileNotFoundError)
+                else (f"stored copy is damaged ({exc})")
+            )
+            log.error(
+                "restore %s: %s of %s on %s", req.correlation_id, reason, req.sha256[:12], self.name
+            )
+            failed = m.RestoreFailed(worker=self.name, reason=reason)
+            with contextlib.suppress(_ClientGone):
+                publish(failed.encode(), m.RestoreFailed.TYPE)
+
+    def _copy(self, conn: Connection, req: m.CopyRequest) -> None:
+        """Repair: send a blob to another worker as a one-hop upload it will verify."""
+        conn.declare(worker_topology(req.target))
+        count = ChunkPlan(req.size, self.settings.chunk_size).count
+        refused: list[int] = []
+
+        def chunk(seq: int, offset: int, data: bytes) -> None:
+            h = m.ChunkHeaders(
+                upload_id=req.upload_id,
+                seq=seq,
+                offset=offset,
+                total_size=req.size,
+                chunk_count=count,
+                sha256=req.sha256,
+                chain=(req.target,),
+                hop=0,
+            )
+            conn.publish(
+                worker_chunks(req.target),
+                data,
+                type=m.CHUNK_TYPE,
+                headers=h.to_headers(),
+                correlation_id=req.upload_id,
+                on_confirm=lambda ok: None if ok else refused.append(seq),
             )
 
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            log.error("restore %s: blob %s is not on %s", req.correlation_id, req.sha256, self.name)
-            failed = m.RestoreFailed(worker=self.name, reason="this worker has no copy")
-            send(failed.encode(), m.RestoreFailed.TYPE)
-            return
-        digest = hashlib.sha256()
-        seq = offset = 0
-        with f:
-            while not lost and not self.stop.is_set():
-                data = f.read(self.settings.chunk_size)
-                if not data:
-                    break
-                digest.update(data)
-                send(data, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(seq, offset).to_headers())
-                seq += 1
-                offset += len(data)
-        if lost:
-            log.warning("restore %s: client queue is gone; stopped", req.correlation_id)
-            return
-        if digest.hexdigest() != req.sha256:
-            log.error(
-                "restore %s: stored copy of %s on %s is corrupt",
-                req.correlation_id,
-                req.sha256,
-                self.name,
+            if self._stream(req.sha256, req.size, chunk) != req.sha256:
+                log.error(
+                    "repair %s: my copy of %s is damaged; %s will refuse it",
+                    req.upload_id,
+                    req.sha256[:12],
+                    req.target,
+                )
+            conn.wait_for_confirms()
+            log.info(
+                "repair %s: sent %s (%d bytes) to %s",
+                req.upload_id,
+                req.sha256[:12],
+                req.size,
+                req.target,
             )
-            failed = m.RestoreFailed(worker=self.name, reason="stored copy failed its SHA-256")
-            send(failed.encode(), m.RestoreFailed.TYPE)
-            return
-        end = m.RestoreEnd(worker=self.name, sha256=req.sha256, size=offset)
-        send(end.encode(), m.RestoreEnd.TYPE)
-        conn.wait_for_confirms()
-        log.info("restore %s: sent %d bytes of %s", req.correlation_id, offset, req.sha256[:12])
+        except OSError as exc:
+            log.error("repair %s: cannot read %s: %s", req.upload_id, req.sha256[:12], exc)
+
+
+class _Stopping(Exception):
+    """The worker is stopping: leave the command unacked so it is redelivered."""
+
+
+class _ClientGone(Exception):
+    """The client's reply queue no longer exists."""
