@@ -45,5 +45,8 @@ check: lint typecheck test
 bench: install
 	$(PY) bench/bench.py
 
+soak: install
+	$(PY) bench/soak.py --minutes $${SOAK_MINUTES:-5}
+
 clean: down
 	rm -rf .warren $(VENV) .pytest_cache .mypy_cache .ruff_cache

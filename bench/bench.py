@@ -1,0 +1,155 @@
+"""``make bench``: warren's throughput and memory, side by side with what the broker allows.
+
+Starts its own private RabbitMQ node, manager and workers in a temporary folder, then
+measures in one run:
+
+* raw: one pika hop of the same bytes (bench/raw.py), the ceiling for a byte crossing the broker;
+* warren upload with 2 replicas and with 1, and restore, of one large file;
+* 1,000 files of 4 KiB in one upload command, against the raw request/reply rate;
+* peak RSS of the client and of each worker at 64 MiB and at 1 GiB.
+
+Prints a table with the ratios warren/raw and writes it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import raw  # noqa: E402
+from tests.cluster import Cluster  # noqa: E402
+from warren.localnode import LocalNode  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def timed_client(c: Cluster, *args: str) -> tuple[float, int]:
+    """Run the client; return (seconds, peak RSS in KiB) measured by the kernel."""
+    err = c.base / "bench-client.err"
+    with open(err, "wb") as errf:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "client", *args], env=c.env(),
+                                cwd=c.base, stdout=subprocess.DEVNULL, stderr=errf)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"client {args[0]} failed: {err.read_text()}")
+    return elapsed, usage.ru_maxrss
+
+
+def worker_peak_kib(c: Cluster) -> dict[str, int]:
+    peaks = {}
+    for name, proc in c.procs.items():
+        if name.startswith("w"):
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[name] = int(line.split()[1])
+    return peaks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=512, help="the large file (MiB)")
+    parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument("--skip-gib", action="store_true", help="skip the 1 GiB RSS run")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="warren-bench-"))
+    node = LocalNode.with_free_ports(base / "rabbitmq", name="bench")
+    node.start()
+    rows: list[tuple[str, str, str]] = []
+    try:
+        url = node.url
+        size = args.size_mib * MIB
+        print(f"raw one hop of {args.size_mib} MiB ...", flush=True)
+        raw_mbs = max(raw.one_hop(url, size) for _ in range(2))
+        print("raw request/reply ...", flush=True)
+        raw_rr = raw.round_trips(url)
+
+        c = Cluster(node, base / "cluster")
+        c.start_all(4)
+        data = base / "data"
+        data.mkdir()
+        big = random_file(data / "big.bin", size)
+
+        def mbs(seconds: float) -> float:
+            return size / seconds / 1e6
+
+        print("warren uploads and restore ...", flush=True)
+        t2, _ = timed_client(c, "upload", str(big), "--name", "big-r2", "--replicas", "2")
+        t1, _ = timed_client(c, "upload", str(big), "--name", "big-r1", "--replicas", "1")
+        tr, _ = timed_client(c, "download", "big-r2", "-o", str(data / "back.bin"))
+        rows += [
+            ("raw one hop (pika, window 16, prefetch 32)", f"{raw_mbs:.0f} MB/s", "1.00"),
+            ("warren upload, 2 replicas", f"{mbs(t2):.0f} MB/s", f"{mbs(t2) / raw_mbs:.2f}"),
+            ("warren upload, 1 replica", f"{mbs(t1):.0f} MB/s", f"{mbs(t1) / raw_mbs:.2f}"),
+            ("warren restore", f"{mbs(tr):.0f} MB/s", f"{mbs(tr) / raw_mbs:.2f}"),
+        ]
+
+        print(f"{args.small_files} small files ...", flush=True)
+        small = data / "small"
+        small.mkdir()
+        paths = [str(random_file(small / f"s{i:05}.bin", 4096)) for i in range(args.small_files)]
+        ts, _ = timed_client(c, "upload", *paths)
+        rate = args.small_files / ts
+        rows += [
+            ("raw request/reply round trips", f"{raw_rr:.0f} /s", "1.00"),
+            (f"warren upload of {args.small_files} x 4 KiB, 2 replicas", f"{rate:.0f} files/s",
+             f"{rate / raw_rr:.2f}"),
+        ]
+
+        print("peak RSS ...", flush=True)
+        for label, mib in (("64 MiB", 64), ("1 GiB", 1024)):
+            if mib == 1024 and args.skip_gib:
+                continue
+            f = random_file(data / f"rss-{mib}.bin", mib * MIB)
+            _, up_kib = timed_client(c, "upload", str(f))
+            _, down_kib = timed_client(c, "download", f.name, "-o", str(data / f"rss-back-{mib}"))
+            peak = max(worker_peak_kib(c).values())
+            rows.append((f"peak RSS at {label}: client upload / restore / worst worker",
+                         f"{up_kib / 1024:.0f} / {down_kib / 1024:.0f} / {peak / 1024:.0f} MiB",
+                         ""))
+            f.unlink()
+    finally:
+        c_stop = locals().get("c")
+        if isinstance(c_stop, Cluster):
+            c_stop.stop_all()
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"file of {args.size_mib} MiB, 1 MiB chunks")
+    table = ["| measure | result | warren / raw |", "|---|---|---|"]
+    table += [f"| {a} | {b} | {r} |" for a, b, r in rows]
+    report = "\n".join([f"# warren benchmark ({time.strftime('%Y-%m-%d')})", "",
+                        f"Machine: {machine}.", "", *table, ""])
+    print()
+    print(report)
+    (ROOT / "bench" / "results.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ceilings warren is measured against: stock pika, done the best way it knows.
+
+This is the only code outside ``warren/broker.py`` that imports pika, on purpose: it is
+the baseline, not part of warren.
+
+* ``one_hop``: a SelectConnection producer keeps ``window`` persistent publishes of
+  ``chunk`` bytes unconfirmed on a durable queue; a consumer at prefetch 32 acks each.
+  MB/s from the first publish to the last ack.
+* ``round_trips``: a blocking requester sends a small message and waits for the reply
+  from a blocking responder, one at a time. Round trips per second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pika
+
+
+def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 16) -> float:
+    queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    count = total_bytes // chunk
+    body = b"\x5a" * chunk
+    params = pika.URLParameters(url)
+
+    setup = pika.BlockingConnection(params)
+    setup.channel().queue_declare(queue, durable=True)
+    setup.close()
+
+    consumed = threading.Event()
+
+    def consumer() -> None:
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=32)
+        got = 0
+
+        def on_message(c: object, method: pika.spec.Basic.Deliver, _p: object, _b: bytes) -> None:
+            nonlocal got
+            ch.basic_ack(method.delivery_tag)
+            got += 1
+            if got == count:
+                ch.stop_consuming()
+
+        ch.basic_consume(queue, on_message)
+        ch.start_consuming()
+        conn.close()
+        consumed.set()
+
+    reader = threading.Thread(target=consumer)
+    reader.start()
+
+    state = {"sent": 0, "acked": 0}
+    started = time.perf_counter()
+
+    def on_open(conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=on_channel)
+
+    def on_channel(ch: pika.channel.Channel) -> None:
+        def on_confirm(frame: pika.frame.Method) -> None:
+            tag = frame.method.delivery_tag
+            if frame.method.multiple:
+                state["acked"] = tag
+            else:
+                state["acked"] += 1
+            pump()
+
+        def pump() -> None:
+            props = pika.BasicProperties(delivery_mode=2)
+            while state["sent"] < count and state["sent"] - state["acked"] < window:
+                ch.basic_publish("", queue, body, props)
+                state["sent"] += 1
+            if state["acked"] >= count:
+                ch.connection.close()
+
+        ch.confirm_delivery(on_confirm, callback=lambda _f: pump())
+
+    producer = pika.SelectConnection(params, on_open_callback=on_open)
+
+    def on_close(_c: object, _reason: object) -> None:
+        producer.ioloop.stop()
+
+    producer.add_on_close_callback(on_close)
+    producer.ioloop.start()
+    consumed.wait()
+    elapsed = time.perf_counter() - started
+    reader.join()
+
+    cleanup = pika.BlockingConnection(params)
+    cleanup.channel().queue_delete(queue)
+    cleanup.close()
+    return count * chunk / elapsed / 1e6
+
+
+def round_trips(url: str, seconds: float = 3.0) -> float:
+    queue = f"bench.rpc.{uuid.uuid4().hex[:8]}"
+    params = pika.URLParameters(url)
+    ready = threading.Event()
+    done = threading.Event()
+
+    def responder() -> None:
+        conn = pika.BlockingConnection(params)
+        ch = conn.channel()
+        ch.queue_declare(queue, auto_delete=True)
+
+        def on_request(c: object, method: pika.spec.Basic.Deliver,
+                       props: pika.BasicProperties, body: bytes) -> None:
+            ch.basic_publish("", props.reply_to, body,
+                             pika.BasicProperties(correlation_id=props.correlation_id))
+            ch.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(queue, on_request)
+        ready.set()
+        while not done.is_set():
+            conn.process_data_events(time_limit=0.1)
+        conn.close()
+
+    thread = threading.Thread(target=responder)
+    thread.start()
+    ready.wait()
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    reply = ch.queue_declare("", exclusive=True).method.queue
+    answers: list[bytes] = []
+    ch.basic_consume(reply, lambda c, m, p, b: answers.append(b), auto_ack=True)
+    n = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        ch.basic_publish("", queue, b"ping", pika.BasicProperties(reply_to=reply))
+        while len(answers) <= n:
+            conn.process_data_events(time_limit=None)
+        n += 1
+    elapsed = time.perf_counter() - started
+    conn.close()
+    done.set()
+    thread.join()
+    return n / elapsed
