@@ -7,6 +7,7 @@ is routed by ``correlation_id`` to whoever is waiting for it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -47,6 +48,8 @@ R = TypeVar("R", bound=m.Message)
 # A transfer may take this long per byte on top of settings.transfer_timeout before the
 # client gives up waiting for the last confirmation (workers hash the file at the end).
 SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+# Files an upload command keeps in flight at once (placed or sent, not yet confirmed).
+UPLOADS_IN_FLIGHT = 32
 
 
 class Progress:
@@ -184,14 +187,91 @@ class Session:
         self, path: Path, name: str, replicas: int, progress: Progress | None = None
     ) -> UploadResult:
         """Store one file on ``replicas`` workers; return once every replica is confirmed."""
-        progress = progress or Progress()
+        outcome: list[UploadResult | WarrenError] = []
+        self.upload_many(
+            [(path, name)],
+            replicas,
+            lambda _n: progress or Progress(),
+            lambda _n, r: outcome.append(r),
+        )
+        if isinstance(outcome[0], WarrenError):
+            raise outcome[0]
+        return outcome[0]
+
+    def upload_many(
+        self,
+        items: list[tuple[Path, str]],
+        replicas: int,
+        progress_for: Callable[[str], Progress],
+        done: Callable[[str, UploadResult | WarrenError], None],
+    ) -> None:
+        """Store many files, pipelined: up to ``UPLOADS_IN_FLIGHT`` at once.
+
+        Paying a round trip and two replica confirmations per file, one file after the
+        other, would make small files crawl; instead requests, chunks and confirmations of
+        different files overlap. ``done(name, result or error)`` is called for each file as
+        it finishes, in the order they finish. A broker failure ends the whole batch.
+        """
+        todo = collections.deque(items)
+        asked: dict[str, _Upload] = {}  # request id -> upload waiting for the manager
+        ready: collections.deque[_Upload] = collections.deque()  # placed, chunks not yet sent
+        sent: dict[str, _Upload] = {}  # upload id -> upload waiting for its replicas
+
+        def finish(up: _Upload, outcome: UploadResult | WarrenError) -> None:
+            self._routes.pop(up.route, None)
+            done(up.name, outcome)
+
         try:
-            size = path.stat().st_size
+            while todo or asked or ready or sent:
+                while todo and len(asked) + len(ready) + len(sent) < UPLOADS_IN_FLIGHT:
+                    path, name = todo.popleft()
+                    up = _Upload(path, name, progress_for(name))
+                    try:
+                        self._ask_placement(up, replicas)
+                        asked[up.route] = up
+                    except WarrenError as exc:  # a local problem: this file only
+                        done(name, exc)
+                now = time.monotonic()
+                for route, up in list(asked.items()):
+                    if up.accepted is not None or up.error is not None:
+                        del asked[route]
+                        if up.error is not None:
+                            finish(up, up.error)
+                        else:
+                            ready.append(up)
+                    elif now > up.deadline:
+                        raise Unavailable(
+                            f"the manager did not answer within "
+                            f"{self.settings.request_timeout:.0f} s; is it running?"
+                        )
+                while ready:
+                    up = ready.popleft()
+                    self._send_chunks(up)
+                    sent[up.route] = up
+                now = time.monotonic()
+                for route, up in list(sent.items()):
+                    if up.failures or up.complete or up.error:
+                        del sent[route]
+                        finish(up, up.outcome())
+                    elif now > up.deadline:
+                        del sent[route]
+                        finish(up, up.timed_out())
+                if asked or sent:
+                    self.conn.process(0.05)
+        finally:
+            for up in (*asked.values(), *ready, *sent.values()):
+                self._routes.pop(up.route, None)
+
+    def _ask_placement(self, up: _Upload, replicas: int) -> None:
+        """Hash the file and ask the manager where it goes; the answer arrives later."""
+        path = up.path
+        try:
+            up.size = path.stat().st_size
             if path.is_dir():
                 raise UsageError(f"{path} is a directory, not a file.")
             if not path.is_file():
                 raise UsageError(f"{path} is not a regular file.")
-            sha256 = sha256_file(path, progress.hashing)
+            up.sha256 = sha256_file(path, up.progress.hashing)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file.") from None
         except PermissionError:
@@ -199,77 +279,65 @@ class Session:
         except IsADirectoryError:
             raise UsageError(f"{path} is a directory, not a file.") from None
         req = m.UploadRequest(
-            name=name, size=size, sha256=sha256, replicas=replicas, client=self.client_name
+            name=up.name, size=up.size, sha256=up.sha256, replicas=replicas, client=self.client_name
         )
-        accepted = self.request(req, m.UploadAccepted)
-        result = UploadResult(name, size, sha256, accepted.chain)
-        self._send(path, accepted, result, progress)
-        return result
+        up.route = uuid.uuid4().hex
+        up.deadline = time.monotonic() + self.settings.request_timeout
+        self._routes[up.route] = up.on_placement
+        self.conn.publish(
+            MANAGER_REQUESTS,
+            req.encode(),
+            type=req.TYPE,
+            reply_to=self.reply_queue,
+            correlation_id=up.route,
+            persistent=False,
+            expiration_ms=int(self.settings.request_timeout * 1000),
+        )
 
-    def _send(
-        self, path: Path, acc: m.UploadAccepted, result: UploadResult, progress: Progress
-    ) -> None:
-        plan = ChunkPlan(result.size, acc.chunk_size)
-        failures: list[str] = []
+    def _send_chunks(self, up: _Upload) -> None:
+        """Stream the file to the primary; replica confirmations arrive on up.on_replica."""
+        acc = up.accepted
+        assert acc is not None
+        plan = ChunkPlan(up.size, acc.chunk_size)
+        primary = acc.chain[0]
         rejected: list[int] = []
 
-        def route(d: Delivery) -> None:
-            d.ack()
-            msg = m.decode(d.type, d.body)
-            if isinstance(msg, m.ReplicaStored) and msg.worker not in result.confirmed:
-                result.confirmed[msg.worker] = msg.hop
-                progress.replica(msg.worker, msg.hop)
-            elif isinstance(msg, m.ReplicaFailed):
-                failures.append(f"{msg.worker}: {msg.reason}")
-
         def confirmed(n: int) -> Callable[[bool], None]:
-            return lambda ok: progress.transferred(n) if ok else rejected.append(n)
+            return lambda ok: up.progress.transferred(n) if ok else rejected.append(n)
 
-        self._routes[acc.upload_id] = route
-        primary = acc.chain[0]
-        try:
-            self.conn.declare(worker_topology(primary))
-            progress.started(result.size)
-            for seq, offset, data in read_chunks(path, plan):
-                h = m.ChunkHeaders(
-                    upload_id=acc.upload_id,
-                    seq=seq,
-                    offset=offset,
-                    total_size=result.size,
-                    chunk_count=plan.count,
-                    sha256=result.sha256,
-                    chain=acc.chain,
-                    hop=0,
-                )
-                self.conn.publish(
-                    worker_chunks(primary),
-                    data,
-                    type=m.CHUNK_TYPE,
-                    headers=h.to_headers(),
-                    reply_to=self.reply_queue,
-                    correlation_id=acc.upload_id,
-                    on_confirm=confirmed(len(data)),
-                )
-                if failures:
-                    break
-            self.conn.wait_for_confirms()
-            if rejected:
-                raise Unavailable(
-                    f"RabbitMQ did not accept {len(rejected)} chunks of {result.name!r}."
-                )
-            timeout = self.settings.transfer_timeout + result.size * SECONDS_PER_BYTE
-            done = lambda: bool(failures) or len(result.confirmed) == len(acc.chain)  # noqa: E731
-            try:
-                self._wait(done, timeout, "the workers")
-            except Unavailable:
-                missing = [w for w in acc.chain if w not in result.confirmed]
-                raise Unavailable(
-                    f"{', '.join(missing)} did not confirm {result.name!r} within {timeout:.0f} s."
-                ) from None
-            if failures:
-                raise IntegrityError(f"storing {result.name!r} failed on {'; '.join(failures)}.")
-        finally:
-            self._routes.pop(acc.upload_id, None)
+        self._routes.pop(up.route, None)
+        up.route = acc.upload_id
+        self._routes[up.route] = up.on_replica
+        self.conn.declare(worker_topology(primary))
+        up.progress.started(up.size)
+        for seq, offset, data in read_chunks(up.path, plan):
+            h = m.ChunkHeaders(
+                upload_id=acc.upload_id,
+                seq=seq,
+                offset=offset,
+                total_size=up.size,
+                chunk_count=plan.count,
+                sha256=up.sha256,
+                chain=acc.chain,
+                hop=0,
+            )
+            self.conn.publish(
+                worker_chunks(primary),
+                data,
+                type=m.CHUNK_TYPE,
+                headers=h.to_headers(),
+                reply_to=self.reply_queue,
+                correlation_id=acc.upload_id,
+                on_confirm=confirmed(len(data)),
+            )
+            if up.failures:
+                break
+        if rejected:
+            up.error = Unavailable(
+                f"RabbitMQ did not accept {len(rejected)} chunks of {up.name!r}."
+            )
+        # Workers hash the whole file at the end: allow time for the bytes on top.
+        up.deadline = time.monotonic() + self.settings.transfer_timeout + up.size * SECONDS_PER_BYTE
 
     # -- download --------------------------------------------------------------------------
 
@@ -355,6 +423,65 @@ class Session:
                 self._wait(moved, timeout, "the worker")
             except Unavailable:
                 raise Unavailable(f"no data for {timeout:.0f} s") from None
+
+
+class _Upload:
+    """One file on its way: placed, sent, then confirmed replica by replica."""
+
+    def __init__(self, path: Path, name: str, progress: Progress) -> None:
+        self.path = path
+        self.name = name
+        self.progress = progress
+        self.size = 0
+        self.sha256 = ""
+        self.route = ""  # the correlation id its messages arrive under
+        self.deadline = 0.0
+        self.accepted: m.UploadAccepted | None = None
+        self.error: WarrenError | None = None
+        self.confirmed: dict[str, int] = {}  # worker -> hop
+        self.failures: list[str] = []
+
+    def on_placement(self, d: Delivery) -> None:
+        d.ack()
+        if self.accepted is not None or self.error is not None:
+            return
+        try:
+            answer = m.decode(d.type, d.body)
+        except DecodeError as exc:
+            self.error = Unavailable(f"garbled answer from the manager: {exc}")
+            return
+        if isinstance(answer, m.UploadAccepted):
+            self.accepted = answer
+        elif isinstance(answer, m.ErrorReply):
+            self.error = _error(answer)
+
+    def on_replica(self, d: Delivery) -> None:
+        d.ack()
+        msg = m.decode(d.type, d.body)
+        if isinstance(msg, m.ReplicaStored) and msg.worker not in self.confirmed:
+            self.confirmed[msg.worker] = msg.hop
+            self.progress.replica(msg.worker, msg.hop)
+        elif isinstance(msg, m.ReplicaFailed):
+            self.failures.append(f"{msg.worker}: {msg.reason}")
+
+    @property
+    def complete(self) -> bool:
+        return self.accepted is not None and len(self.confirmed) == len(self.accepted.chain)
+
+    def outcome(self) -> UploadResult | WarrenError:
+        if self.error is not None:
+            return self.error
+        if self.failures:
+            return IntegrityError(f"storing {self.name!r} failed on {'; '.join(self.failures)}.")
+        assert self.accepted is not None
+        return UploadResult(
+            self.name, self.size, self.sha256, self.accepted.chain, dict(self.confirmed)
+        )
+
+    def timed_out(self) -> WarrenError:
+        assert self.accepted is not None
+        missing = [w for w in self.accepted.chain if w not in self.confirmed]
+        return Unavailable(f"{', '.join(missing)} did not confirm {self.name!r} in time.")
 
 
 class _Restore:
