@@ -44,7 +44,7 @@ from warren.errors import (
     Undeliverable,
     WarrenError,
 )
-from warren.topology import Topology
+from warren.topology import Topology, queue_arguments
 
 log = logging.getLogger("warren.broker")
 # Broker alarms get their own logger: the console client shows these even when quiet.
@@ -248,7 +248,7 @@ class Connection:
                     durable=q.durable,
                     exclusive=q.exclusive,
                     auto_delete=q.auto_delete,
-                    arguments=q.arguments or None,
+                    arguments=queue_arguments(q, self.settings.queue_type) or None,
                 )
                 if q.bind_to:
                     self._channel.queue_bind(q.name, q.bind_to)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from warren.errors import UsageError
+from warren.topology import QUEUE_TYPES
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 MIB = 1024 * 1024
@@ -40,6 +41,7 @@ class Settings:
     request_timeout: float = 15.0  # seconds a client waits for the manager to answer
     transfer_timeout: float = 60.0  # seconds a transfer may make no progress
     log_level: str = "INFO"
+    queue_type: str = "classic"  # "quorum" on a RabbitMQ cluster
     repair_concurrency: int = 2  # copies the manager runs at once to restore replica counts
     finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file
 
@@ -76,6 +78,8 @@ class Settings:
                 raise UsageError(f"{redact(url)} is not an amqp:// or amqps:// URL.")
         if self.chunk_size < 1024 or self.chunk_size > 64 * MIB:
             raise UsageError("WARREN_CHUNK_SIZE must be between 1 KiB and 64 MiB.")
+        if self.queue_type not in QUEUE_TYPES:
+            raise UsageError("WARREN_QUEUE_TYPE must be classic or quorum.")
         for name in ("window", "prefetch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"WARREN_{name.upper()} must be at least 1.")

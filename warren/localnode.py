@@ -129,6 +129,10 @@ class LocalNode:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> None:
+        self.wait_ready(timeout, self.launch())
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the node's process without waiting for it (see ``wait_ready``)."""
         server = find_binary(SERVER_CANDIDATES)
         if not (self.base / "node.json").exists():
             self.write_config()
@@ -143,7 +147,7 @@ class LocalNode:
         )
         log.close()
         (self.base / "server.pid").write_text(str(proc.pid))
-        self.wait_ready(timeout, proc)
+        return proc
 
     def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -208,6 +212,13 @@ class LocalNode:
                               capture_output=True, text=True, timeout=60, check=True)
         return proc.stdout
 
+    def join(self, first: LocalNode) -> None:
+        """Make this running node part of ``first``'s cluster."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", first.nodename)
+        self.ctl("start_app")
+        self.wait_ready(60)
+
     # -- management API --------------------------------------------------------------------
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -247,3 +258,28 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def start_cluster(nodes: list[LocalNode], timeout: float = 120.0) -> None:
+    """Boot the nodes side by side, then join every other node to the first."""
+    procs = [n.launch() for n in nodes]
+    for n, proc in zip(nodes, procs, strict=True):
+        n.wait_ready(timeout, proc)
+    for n in nodes[1:]:
+        n.join(nodes[0])
+
+
+def cluster_url(nodes: list[LocalNode], vhost: str = "%2F") -> str:
+    """The comma-separated URL list warren takes for a cluster."""
+    return ",".join(f"amqp://guest:guest@127.0.0.1:{n.amqp_port}/{vhost}" for n in nodes)
+
+
+def stop_all(nodes: list[LocalNode]) -> None:
+    """Stop several nodes at once (each takes seconds to shut down)."""
+    for n in nodes:
+        beam = n._pid("beam.pid")
+        if beam is not None and _alive(beam):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(beam, signal.SIGTERM)
+    for n in nodes:
+        n.stop()

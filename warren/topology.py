@@ -52,6 +52,22 @@ def _durable(name: str) -> QueueSpec:
     return QueueSpec(name, arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
 
 
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def queue_arguments(spec: QueueSpec, queue_type: str) -> dict[str, Any]:
+    """The arguments to declare ``spec`` with, for the deployment's queue type.
+
+    On a RabbitMQ cluster (``WARREN_QUEUE_TYPE=quorum``) every durable queue is a quorum
+    queue, replicated on a majority of nodes, so losing one node loses no message. A
+    client's exclusive reply queue lives and dies with its connection: always classic.
+    """
+    args = dict(spec.arguments)
+    if spec.durable and not spec.exclusive and queue_type != "classic":
+        args["x-queue-type"] = queue_type
+    return args
+
+
 def worker_chunks(worker: str) -> str:
     """The queue a worker stores upload chunks from."""
     return f"warren.worker.{worker}.chunks"

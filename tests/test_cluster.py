@@ -1,0 +1,69 @@
+"""Scale-out: warren on a three-node RabbitMQ cluster with quorum queues."""
+
+from __future__ import annotations
+
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, wait_for
+from tests.test_faults import chunks_on_disk, random_file
+from warren import errors
+from warren.localnode import LocalNode, cluster_url, start_cluster, stop_all
+
+
+@pytest.fixture(scope="module")
+def nodes(rabbit: LocalNode) -> Iterator[list[LocalNode]]:
+    base = Path(tempfile.mkdtemp(prefix="warren-cluster-"))
+    nodes = [LocalNode.with_free_ports(base / f"node{i}", name=f"wc{i}") for i in range(3)]
+    try:
+        start_cluster(nodes)
+        yield nodes
+    finally:
+        stop_all(nodes)
+
+
+def quorum_cluster(make_cluster: type[Cluster], nodes: list[LocalNode]) -> Cluster:
+    c = make_cluster(node=nodes[0], WARREN_QUEUE_TYPE="quorum")
+    c.env_extra["WARREN_AMQP_URL"] = cluster_url(nodes, urllib.parse.quote(c.vhost, safe=""))
+    return c
+
+
+def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
+    nodes: list[LocalNode], make_cluster: type[Cluster], tmp_path: Path
+) -> None:
+    # Given warren on a three-node cluster, every queue a quorum queue, a file stored
+    c = quorum_cluster(make_cluster, nodes)
+    c.start_all(3)
+    vhost = urllib.parse.quote(c.vhost, safe="")
+    queue = nodes[0].api("GET", f"queues/{vhost}/warren.manager.requests")
+    assert queue["type"] == "quorum"
+    before = random_file(tmp_path, "before.bin", 3 * 1024 * 1024)
+    c.client("upload", str(before)).ok()
+
+    # When the node everyone is connected to (the first in the URL list) is killed
+    # while a large upload is in flight
+    big = random_file(tmp_path, "big.bin", 120 * 1024 * 1024)
+    client = c.client_process("upload", str(big))
+    wait_for(lambda: chunks_on_disk(c, ("w1", "w2", "w3")) >= 5, what="chunks on disk")
+    nodes[0].kill()
+
+    # Then the upload finished or failed with one clear sentence
+    _, err = client.communicate(timeout=300)
+    assert "Traceback" not in err.decode()
+    if client.returncode != 0:
+        assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
+    # And the services moved to the surviving nodes by themselves
+    c.wait_alive(["w1", "w2", "w3"], timeout=90)
+    assert all(p.poll() is None for p in c.procs.values())
+    # And what was confirmed before is still there, and a retry completes
+    dest = tmp_path / "before again.bin"
+    c.client("download", "before.bin", "-o", str(dest)).ok()
+    assert dest.read_bytes() == before.read_bytes()
+    c.client("upload", str(big)).ok()
+    dest = tmp_path / "big again.bin"
+    c.client("download", "big.bin", "-o", str(dest)).ok()
+    assert dest.read_bytes() == big.read_bytes()
