@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install rabbitmq up down status test unit lint typecheck check bench soak clean
+.PHONY: install rabbitmq up down status cluster-up cluster-down test unit lint typecheck check bench soak clean
 
 install: $(STAMP) rabbitmq
 
@@ -26,6 +26,13 @@ down:
 
 status: install
 	$(PY) -m warren.localcluster status
+
+# The same on a three-node RabbitMQ cluster with quorum queues (data in .warren/cluster/).
+cluster-up: install
+	$(PY) -m warren.localcluster cluster-up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m warren.localcluster cluster-down; fi
 
 test: install
 	$(PY) -m pytest -q

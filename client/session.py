@@ -38,7 +38,6 @@ from warren.topology import (
     client_reply_queue,
     client_topology,
     worker_chunks,
-    worker_topology,
 )
 
 log = logging.getLogger("warren.client")
@@ -48,6 +47,9 @@ R = TypeVar("R", bound=m.Message)
 # A transfer may take this long per byte on top of settings.transfer_timeout before the
 # client gives up waiting for the last confirmation (workers hash the file at the end).
 SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+NO_MANAGER = m.ErrorReply(
+    "unavailable", "the manager has never run on this broker (it has no request queue)."
+)
 # Files an upload command keeps in flight at once (placed or sent, not yet confirmed).
 UPLOADS_IN_FLIGHT = 32
 
@@ -110,13 +112,31 @@ class Session:
             return
         route(d)
 
-    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+    def _wait(self, done: Callable[[], bool], timeout: float, failure: str) -> None:
+        """Process events until ``done()``; after ``timeout`` s raise Unavailable(failure)."""
         deadline = time.monotonic() + timeout
         while not done():
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Unavailable(f"{what} did not answer within {timeout:.0f} s.")
+                raise Unavailable(failure)
             self.conn.process(min(left, 0.25))
+
+    def _send_request(self, msg: m.Message, cid: str, refused: Callable[[], None]) -> None:
+        """Publish a request to the manager; ``refused()`` if RabbitMQ has nowhere to put it.
+
+        Clients never declare the manager's or workers' queues (the services do, with the
+        deployment's queue type), so a missing queue means the manager never ran here.
+        """
+        self.conn.publish(
+            MANAGER_REQUESTS,
+            msg.encode(),
+            type=msg.TYPE,
+            reply_to=self.reply_queue,
+            correlation_id=cid,
+            persistent=False,
+            expiration_ms=int(self.settings.request_timeout * 1000),
+            on_confirm=lambda ok: None if ok else refused(),
+        )
 
     # -- requests to the manager -----------------------------------------------------------
 
@@ -148,24 +168,9 @@ class Session:
                 d.ack()
 
         self._routes[cid] = route
-        timeout = self.settings.request_timeout
         try:
-            self.conn.publish(
-                MANAGER_REQUESTS,
-                msg.encode(),
-                type=msg.TYPE,
-                reply_to=self.reply_queue,
-                correlation_id=cid,
-                persistent=False,
-                expiration_ms=int(timeout * 1000),
-            )
-            self._wait(lambda: bool(answers), timeout, "the manager")
-        except Unavailable as exc:
-            if "did not answer" in str(exc):
-                raise Unavailable(
-                    f"the manager did not answer within {timeout:.0f} s; is it running?"
-                ) from None
-            raise
+            self._send_request(msg, cid, lambda: answers.append(NO_MANAGER))
+            self._wait(lambda: bool(answers), self.settings.request_timeout, self._silent())
         finally:
             if on_other is None:
                 self._routes.pop(cid, None)
@@ -240,10 +245,7 @@ class Session:
                         else:
                             ready.append(up)
                     elif now > up.deadline:
-                        raise Unavailable(
-                            f"the manager did not answer within "
-                            f"{self.settings.request_timeout:.0f} s; is it running?"
-                        )
+                        raise Unavailable(self._silent())
                 while ready:
                     up = ready.popleft()
                     self._send_chunks(up)
@@ -261,6 +263,12 @@ class Session:
         finally:
             for up in (*asked.values(), *ready, *sent.values()):
                 self._routes.pop(up.route, None)
+
+    def _silent(self) -> str:
+        return (
+            f"the manager did not answer within {self.settings.request_timeout:.0f} s; "
+            "is it running?"
+        )
 
     def _ask_placement(self, up: _Upload, replicas: int) -> None:
         """Hash the file and ask the manager where it goes; the answer arrives later."""
@@ -284,15 +292,7 @@ class Session:
         up.route = uuid.uuid4().hex
         up.deadline = time.monotonic() + self.settings.request_timeout
         self._routes[up.route] = up.on_placement
-        self.conn.publish(
-            MANAGER_REQUESTS,
-            req.encode(),
-            type=req.TYPE,
-            reply_to=self.reply_queue,
-            correlation_id=up.route,
-            persistent=False,
-            expiration_ms=int(self.settings.request_timeout * 1000),
-        )
+        self._send_request(req, up.route, lambda: setattr(up, "error", _error(NO_MANAGER)))
 
     def _send_chunks(self, up: _Upload) -> None:
         """Stream the file to the primary; replica confirmations arrive on up.on_replica."""
@@ -308,7 +308,6 @@ class Session:
         self._routes.pop(up.route, None)
         up.route = acc.upload_id
         self._routes[up.route] = up.on_replica
-        self.conn.declare(worker_topology(primary))
         up.progress.started(up.size)
         for seq, offset, data in read_chunks(up.path, plan):
             h = m.ChunkHeaders(
@@ -419,10 +418,7 @@ class Session:
             def moved(seen: int = seen) -> bool:
                 return state.received != seen or state.ended or bool(state.failed)
 
-            try:
-                self._wait(moved, timeout, "the worker")
-            except Unavailable:
-                raise Unavailable(f"no data for {timeout:.0f} s") from None
+            self._wait(moved, timeout, f"no data for {timeout:.0f} s")
 
 
 class _Upload:

@@ -56,6 +56,7 @@ class Cluster:
     url: str = ""
 
     def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
         self.url = self.node.add_vhost(self.vhost)
 
     def env(self, **extra: str) -> dict[str, str]:

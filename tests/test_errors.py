@@ -86,3 +86,24 @@ def test_usage_errors_exit_2(cluster: Cluster) -> None:
     assert "Traceback" not in res.err
     res = cluster.client("upload", "a", "b", "--name", "x")
     assert_clean_failure(res, errors.EXIT_USAGE, "--name works with a single file only")
+
+
+def test_manager_never_started(make_cluster: type[Cluster], tmp_path: Path) -> None:
+    # Given a broker on which no warren service has ever run
+    c = make_cluster()
+    p = tmp_path / "f.txt"
+    p.write_text("hello")
+    # Then asking anything says so at once, for every kind of command
+    for args in (("list",), ("upload", str(p)), ("download", "f.txt", "-o", str(tmp_path / "o"))):
+        res = c.client(*args)
+        assert_clean_failure(res, errors.EXIT_UNAVAILABLE, "the manager has never run")
+
+
+def test_manager_down(make_cluster: type[Cluster]) -> None:
+    # Given a manager that ran once (its queue exists) but is stopped now
+    c = make_cluster(WARREN_REQUEST_TIMEOUT="2")
+    c.start("manager")
+    c.wait_alive([])
+    c.kill("manager")
+    res = c.client("status")
+    assert_clean_failure(res, errors.EXIT_UNAVAILABLE, "did not answer within 2 s; is it running?")

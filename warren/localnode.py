@@ -208,8 +208,14 @@ class LocalNode:
     def ctl(self, *args: str) -> str:
         """Run rabbitmqctl against this node (about a second: it boots an Erlang VM)."""
         ctl = find_binary(CTL_CANDIDATES)
-        proc = subprocess.run([ctl, "-n", self.nodename, *args], env=self.env(),
-                              capture_output=True, text=True, timeout=60, check=True)
+        proc = subprocess.run(
+            [ctl, "-n", self.nodename, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return proc.stdout
 
     def join(self, first: LocalNode) -> None:
@@ -260,13 +266,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def start_cluster(nodes: list[LocalNode], timeout: float = 120.0) -> None:
-    """Boot the nodes side by side, then join every other node to the first."""
+def start_cluster(nodes: list[LocalNode], join: bool = True, timeout: float = 120.0) -> None:
+    """Boot the nodes side by side, then (the first time) join the others to the first.
+
+    A node that was clustered before finds its peers by itself on restart.
+    """
     procs = [n.launch() for n in nodes]
     for n, proc in zip(nodes, procs, strict=True):
         n.wait_ready(timeout, proc)
-    for n in nodes[1:]:
-        n.join(nodes[0])
+    if join:
+        for n in nodes[1:]:
+            n.join(nodes[0])
 
 
 def cluster_url(nodes: list[LocalNode], vhost: str = "%2F") -> str:

@@ -105,6 +105,10 @@ def worker_topology(worker: str) -> Topology:
 
 
 def client_topology(reply_queue: str) -> Topology:
-    """The manager's queues, and the client's reply queue, which dies with its connection."""
+    """Only the client's reply queue, which dies with its connection.
+
+    Clients declare nothing shared: the services own the durable queues and their type
+    (classic or quorum), so a client needs no knowledge of how the cluster is deployed.
+    """
     reply = QueueSpec(reply_queue, durable=False, exclusive=True, auto_delete=True)
-    return manager_topology() + Topology(queues=(reply,))
+    return Topology(queues=(reply,))
