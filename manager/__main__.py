@@ -16,8 +16,13 @@ from warren.service import main
 def settings() -> Settings:
     parser = argparse.ArgumentParser(prog="python -m manager", description=__doc__)
     parser.add_argument("--data-dir", help="where the catalog lives (env WARREN_DATA_DIR)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (env WARREN_METRICS_PORT)",
+    )
     args = parser.parse_args()
-    s = Settings.load({"data_dir": args.data_dir})
+    s = Settings.load({"data_dir": args.data_dir, "metrics_port": args.metrics_port})
     if s.data_dir is None:
         s = dataclasses.replace(s, data_dir=Path(".warren") / "manager")
     return s

@@ -18,6 +18,7 @@ from manager.catalog import PENDING, Catalog, Upload
 from manager.placement import choose_chain
 from manager.repair import Repairs
 from warren import messages as m
+from warren import metrics
 from warren.broker import Connection, Delivery
 from warren.config import Settings
 from warren.errors import DecodeError, NotFound, Refused, Unavailable, WarrenError
@@ -49,6 +50,7 @@ class Manager:
 
     def run(self) -> None:
         self.catalog.open()
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info("manager: catalog at %s, %d files", self.catalog.path, len(self.catalog.files()))
         try:
             run_connection(self.settings, "warren manager", self._setup, self.stop)
@@ -77,6 +79,10 @@ class Manager:
             )
         self._alive = alive
         self.catalog.expire_uploads(time.time() - UPLOAD_EXPIRY)
+        files = self.catalog.files()
+        metrics.WORKERS_ALIVE.set(len(alive))
+        metrics.FILES.set(len(files))
+        metrics.UNDER_REPLICATED.set(sum(1 for f in files if len(f.replicas) < f.wanted))
         self._repair(conn)
         conn.call_later(1.0, lambda: self._tick(conn))
 
@@ -96,6 +102,7 @@ class Manager:
             )
             conn.declare(worker_topology(copy.source))
             conn.publish(worker_control(copy.source), cmd.encode(), type=cmd.TYPE)
+            metrics.REPAIRS.labels("started").inc()
             log.info(
                 "repair %s: copying %s (%d bytes) from %s to %s; %d files short",
                 copy.upload_id,
@@ -133,6 +140,7 @@ class Manager:
             up = self.catalog.replica_stored(msg.upload_id, msg.worker, msg.sha256, msg.size, now)
             copy = self.repairs.stored(msg.sha256, msg.worker)
             if copy is not None:
+                metrics.REPAIRS.labels("done").inc()
                 log.info("repair %s: %s now holds %s", copy.upload_id, msg.worker, msg.sha256[:12])
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from tests.cluster import Cluster, wait_for
@@ -153,3 +154,38 @@ def test_services_wait_for_a_broker_that_is_not_up_yet(
     finally:
         c.stop_all()
         node.stop()
+
+
+def test_metrics_count_what_the_services_do(make_cluster: type[Cluster], tmp_path: Path) -> None:
+    # Given a manager and two workers exposing Prometheus metrics
+    c = make_cluster()
+    ports = {name: free_port() for name in ("manager", "w1", "w2")}
+    for name, port in ports.items():
+        c.start(name, WARREN_METRICS_PORT=str(port))
+    c.wait_alive(["w1", "w2"])
+
+    # When a 3 MiB file is stored on both
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"m" * 3 * 1024 * 1024)
+    c.client("upload", str(p)).ok()
+
+    # Then each worker counted the bytes it wrote and the replica it stored
+    def scrape(name: str) -> dict[str, float]:
+        url = f"http://127.0.0.1:{ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
+    for w in ("w1", "w2"):
+        got = scrape(w)
+        assert got["warren_bytes_in_total"] == 3 * 1024 * 1024
+        assert got["warren_replicas_stored_total"] == 1
+    primary = c.chain("m.bin")[0]
+    assert scrape(primary)['warren_bytes_out_total{kind="forward"}'] == 3 * 1024 * 1024
+    wait_for(lambda: scrape("manager").get("warren_files") == 1, what="manager's file gauge")
+    assert scrape("manager")["warren_workers_alive"] == 2

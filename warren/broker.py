@@ -35,6 +35,7 @@ import pika.exceptions as pex
 import tenacity
 from pika.adapters.utils import io_services_utils
 
+from warren import metrics
 from warren.config import Settings, redact
 from warren.errors import (
     BrokerBlocked,
@@ -57,6 +58,9 @@ ConfirmCallback = Callable[[bool], None]
 # which is pinned; at worst a newer pika ignores it.
 io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = 256 * 1024
 io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = 4 * 1024 * 1024
+
+# The header every publish carries: when it was sent (ms since the epoch), for queue lag.
+SENT_AT = "sent_at_ms"
 
 # Broker reply codes that no retry will fix.
 _FATAL_CODES = {403, 406, 530, 540}
@@ -282,7 +286,7 @@ class Connection:
         props = pika.BasicProperties(
             delivery_mode=2 if persistent else 1,
             type=type,
-            headers=headers,
+            headers={**(headers or {}), SENT_AT: int(time.time() * 1000)},
             reply_to=reply_to,
             correlation_id=correlation_id,
             expiration=str(expiration_ms) if expiration_ms is not None else None,
@@ -374,6 +378,10 @@ class Connection:
         """
 
         def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            sent_at = (props.headers or {}).get(SENT_AT)
+            if isinstance(sent_at, int):
+                lag = time.time() - sent_at / 1000
+                metrics.QUEUE_LAG.labels(queue).observe(max(0.0, lag))
             delivery = Delivery(
                 body=body,
                 delivery_tag=method.delivery_tag,
@@ -397,6 +405,7 @@ class Connection:
                     queue,
                     exc,
                 )
+                metrics.REJECTED.labels(queue).inc()
                 delivery.reject(requeue=False)
             except Exception:
                 log.exception(
@@ -405,6 +414,7 @@ class Connection:
                     props.type,
                     queue,
                 )
+                metrics.REJECTED.labels(queue).inc()
                 delivery.reject(requeue=False)
 
         with translate_errors():

@@ -41,6 +41,8 @@ class Settings:
     request_timeout: float = 15.0  # seconds a client waits for the manager to answer
     transfer_timeout: float = 60.0  # seconds a transfer may make no progress
     log_level: str = "INFO"
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0 = off
+    metrics_addr: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus elsewhere scrape it
     queue_type: str = "classic"  # "quorum" on a RabbitMQ cluster
     repair_concurrency: int = 2  # copies the manager runs at once to restore replica counts
     finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file

@@ -19,8 +19,15 @@ def settings() -> Settings:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--name", help="this worker's name, e.g. w1 (env WARREN_NAME)")
     parser.add_argument("--data-dir", help="where chunks are stored (env WARREN_DATA_DIR)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (env WARREN_METRICS_PORT)",
+    )
     args = parser.parse_args()
-    s = Settings.load({"name": args.name, "data_dir": args.data_dir})
+    s = Settings.load(
+        {"name": args.name, "data_dir": args.data_dir, "metrics_port": args.metrics_port}
+    )
     if not WORKER_NAME.match(s.name):
         raise UsageError("a worker needs --name: letters, digits, '.', '_' or '-' (e.g. w1).")
     if s.data_dir is None:

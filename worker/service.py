@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from warren import messages as m
+from warren import metrics
 from warren.broker import Connection, Delivery
 from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
@@ -57,6 +58,7 @@ class Worker:
     def run(self) -> None:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
         self.store.open()
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         usage = self.store.usage()
         log.info(
             "worker %s: %d files, %d bytes in %s",
@@ -125,6 +127,7 @@ class Worker:
             return
 
         count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body)
+        metrics.BYTES_IN.inc(len(d.body))
         complete = count == h.chunk_count
         self._forward(conn, d, h, lambda: self._complete(conn, d, h) if complete else d.ack())
 
@@ -149,6 +152,7 @@ class Worker:
             else:
                 d.reject(requeue=True)  # try once more
 
+        metrics.BYTES_OUT.labels("forward").inc(len(d.body))
         headers = dataclasses.replace(h, hop=h.hop + 1).to_headers()
         conn.publish(
             worker_chunks(nxt),
@@ -168,10 +172,13 @@ class Worker:
             try:
                 self._delay_for_tests()
                 self.store.finalize(h.upload_id, h.sha256, h.total_size)
+                metrics.REPLICAS_STORED.inc()
                 return None
             except CorruptUpload as exc:
+                metrics.REPLICAS_FAILED.inc()
                 return str(exc)
             except OSError as exc:
+                metrics.REPLICAS_FAILED.inc()
                 return f"disk error: {exc.strerror or exc}"
             finally:
                 self._finalizing.pop(h.upload_id, None)
@@ -303,6 +310,7 @@ class Worker:
 
         def chunk(seq: int, offset: int, data: bytes) -> None:
             publish(data, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(seq, offset).to_headers())
+            metrics.BYTES_OUT.labels("restore").inc(len(data))
 
         try:
             actual = self._stream(req.sha256, req.size, chunk)
@@ -354,6 +362,7 @@ class Worker:
                 correlation_id=req.upload_id,
                 on_confirm=lambda ok: None if ok else refused.append(seq),
             )
+            metrics.BYTES_OUT.labels("repair").inc(len(data))
 
         try:
             if self._stream(req.sha256, req.size, chunk) != req.sha256:
@@ -364,6 +373,14 @@ class Worker:
                     req.target,
                 )
             conn.wait_for_confirms()
+            if refused:  # the manager's repair times out and plans this copy again
+                log.error(
+                    "repair %s: RabbitMQ refused %d chunks for %s",
+                    req.upload_id,
+                    len(refused),
+                    req.target,
+                )
+                return
             log.info(
                 "repair %s: sent %s (%d bytes) to %s",
                 req.upload_id,
