@@ -48,8 +48,13 @@ def timed_client(c: Cluster, *args: str) -> tuple[float, int]:
     err = c.base / "bench-client.err"
     with open(err, "wb") as errf:
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "client", *args], env=c.env(),
-                                cwd=c.base, stdout=subprocess.DEVNULL, stderr=errf)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            env=c.env(),
+            cwd=c.base,
+            stdout=subprocess.DEVNULL,
+            stderr=errf,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -69,8 +74,9 @@ def worker_peak_kib(c: Cluster) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, default=512, help="the large file (MiB)")
     parser.add_argument("--small-files", type=int, default=1000)
     parser.add_argument("--skip-gib", action="store_true", help="skip the 1 GiB RSS run")
@@ -116,8 +122,11 @@ def main() -> int:
         rate = args.small_files / ts
         rows += [
             ("raw request/reply round trips", f"{raw_rr:.0f} /s", "1.00"),
-            (f"warren upload of {args.small_files} x 4 KiB, 2 replicas", f"{rate:.0f} files/s",
-             f"{rate / raw_rr:.2f}"),
+            (
+                f"warren upload of {args.small_files} x 4 KiB, 2 replicas",
+                f"{rate:.0f} files/s",
+                f"{rate / raw_rr:.2f}",
+            ),
         ]
 
         print("peak RSS ...", flush=True)
@@ -128,9 +137,13 @@ def main() -> int:
             _, up_kib = timed_client(c, "upload", str(f))
             _, down_kib = timed_client(c, "download", f.name, "-o", str(data / f"rss-back-{mib}"))
             peak = max(worker_peak_kib(c).values())
-            rows.append((f"peak RSS at {label}: client upload / restore / worst worker",
-                         f"{up_kib / 1024:.0f} / {down_kib / 1024:.0f} / {peak / 1024:.0f} MiB",
-                         ""))
+            rows.append(
+                (
+                    f"peak RSS at {label}: client upload / restore / worst worker",
+                    f"{up_kib / 1024:.0f} / {down_kib / 1024:.0f} / {peak / 1024:.0f} MiB",
+                    "",
+                )
+            )
             f.unlink()
     finally:
         c_stop = locals().get("c")
@@ -139,12 +152,22 @@ def main() -> int:
         node.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"file of {args.size_mib} MiB, 1 MiB chunks")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"file of {args.size_mib} MiB, 1 MiB chunks"
+    )
     table = ["| measure | result | warren / raw |", "|---|---|---|"]
     table += [f"| {a} | {b} | {r} |" for a, b, r in rows]
-    report = "\n".join([f"# warren benchmark ({time.strftime('%Y-%m-%d')})", "",
-                        f"Machine: {machine}.", "", *table, ""])
+    report = "\n".join(
+        [
+            f"# warren benchmark ({time.strftime('%Y-%m-%d')})",
+            "",
+            f"Machine: {machine}.",
+            "",
+            *table,
+            "",
+        ]
+    )
     print()
     print(report)
     (ROOT / "bench" / "results.md").write_text(report)

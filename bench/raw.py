@@ -105,10 +105,12 @@ def round_trips(url: str, seconds: float = 3.0) -> float:
         ch = conn.channel()
         ch.queue_declare(queue, auto_delete=True)
 
-        def on_request(c: object, method: pika.spec.Basic.Deliver,
-                       props: pika.BasicProperties, body: bytes) -> None:
-            ch.basic_publish("", props.reply_to, body,
-                             pika.BasicProperties(correlation_id=props.correlation_id))
+        def on_request(
+            c: object, method: pika.spec.Basic.Deliver, props: pika.BasicProperties, body: bytes
+        ) -> None:
+            ch.basic_publish(
+                "", props.reply_to, body, pika.BasicProperties(correlation_id=props.correlation_id)
+            )
             ch.basic_ack(method.delivery_tag)
 
         ch.basic_consume(queue, on_request)

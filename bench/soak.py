@@ -71,8 +71,9 @@ def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tall
                     raise SystemExit(f"restore of {pick} returned different bytes")
 
 
-def chaos_loop(c: Cluster, node: LocalNode, workers: list[str], seconds: float,
-               stop: threading.Event, t: Tally) -> None:
+def chaos_loop(
+    c: Cluster, node: LocalNode, workers: list[str], seconds: float, stop: threading.Event, t: Tally
+) -> None:
     rng = random.Random(99)
     broker_at = time.monotonic() + seconds / 2
     while not stop.wait(rng.uniform(8, 15)):
@@ -90,8 +91,9 @@ def chaos_loop(c: Cluster, node: LocalNode, workers: list[str], seconds: float,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
@@ -107,10 +109,13 @@ def main() -> int:
         workers = [f"w{i}" for i in range(1, args.workers + 1)]
         stop = threading.Event()
         seconds = args.minutes * 60
-        threads = [threading.Thread(target=client_loop, args=(c, i, base, stop, t))
-                   for i in range(1, args.clients + 1)]
-        threads.append(threading.Thread(target=chaos_loop,
-                                        args=(c, node, workers, seconds, stop, t)))
+        threads = [
+            threading.Thread(target=client_loop, args=(c, i, base, stop, t))
+            for i in range(1, args.clients + 1)
+        ]
+        threads.append(
+            threading.Thread(target=chaos_loop, args=(c, node, workers, seconds, stop, t))
+        )
         for th in threads:
             th.start()
         time.sleep(seconds)
