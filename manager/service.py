@@ -200,7 +200,11 @@ class Manager:
             files = self.catalog.files()
             under = sum(1 for f in files if len(f.replicas) < f.wanted)
             return m.StatusReply(
-                workers=tuple(self.catalog.workers()), under_replicated=under, files=len(files)
+                workers=tuple(self.catalog.workers()),
+                under_replicated=under,
+                files=len(files),
+                uploads_in_flight=len(self.catalog.pending_uploads()),
+                repairs_in_flight=len(self.repairs.in_flight),
             )
         raise DecodeError(f"{msg.TYPE} is not a client request")
 

@@ -247,6 +247,8 @@ class StatusReply(Message):
     workers: tuple[WorkerEntry, ...]
     under_replicated: int
     files: int
+    uploads_in_flight: int = 0  # placed, not yet confirmed by every replica
+    repairs_in_flight: int = 0  # copies under way to restore replica counts
 
 
 # -- worker -> manager (and client) --------------------------------------------------------
