@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -29,8 +30,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from client.session import DownloadResult, Session, UploadResult
 from client.session import Progress as ProgressHooks
-from client.session import Session, UploadResult
 from warren import errors
 from warren.config import Settings
 from warren.errors import UsageError, WarrenError
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m client status --json",
     )
     st.add_argument("--json", action="store_true", help="print a JSON object")
+    st.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh until Ctrl-C: a live dashboard (with --json: a line per refresh)",
+    )
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     return parser
 
 
@@ -160,12 +167,26 @@ class RichProgress(ProgressHooks):
             self.bars.advance(self.task, nbytes)
 
     def replica(self, worker: str, hop: int) -> None:
-        self.console.print(
-            f"  [bold]{worker}[/] {role(hop)} [green]✓[/]", highlight=False, soft_wrap=True
-        )
+        self.console.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
 
     def retrying(self, reason: str) -> None:
         self.console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
+
+
+class BatchProgress(ProgressHooks):
+    """One file of a batch: its bytes advance the batch's shared bar."""
+
+    def __init__(self, bars: Progress | None, task: TaskID | None) -> None:
+        self.bars = bars
+        self.task = task
+
+    def transferred(self, nbytes: int) -> None:
+        if self.bars is not None and self.task is not None:
+            self.bars.advance(self.task, nbytes)
+
+
+def replica_line(worker: str, hop: int) -> str:
+    return f"  [bold]{worker}[/] {role(hop)} [green]✓[/]"
 
 
 class App:
@@ -178,15 +199,7 @@ class App:
     def bars(self) -> Progress | None:
         if not self.out.is_terminal or self.args.quiet:
             return None
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self.out,
-            transient=True,
-        )
+        return transfer_bars(self.out)
 
     def run(self) -> int:
         cmd = self.args.command
@@ -205,24 +218,46 @@ class App:
         paths: list[Path] = self.args.paths
         if self.args.name and len(paths) > 1:
             raise UsageError("--name works with a single file only.")
-        worst: WarrenError | None = None
-        for path in paths:
-            name = self.args.name or path.name
-            bars = self.bars()
-            try:
-                with bars or contextlib.nullcontext():
-                    hooks = RichProgress(self.out, name, bars, header=True)
-                    result = session.upload(path, name, self.args.replicas, hooks)
-            except WarrenError as exc:
-                if isinstance(exc, errors.Unavailable) and not session.conn.is_open:
-                    raise
-                self.err.print(f"error: {exc}", markup=False)
-                worst = worst or exc
-                continue
-            self.out.print(self.upload_summary(result), highlight=False, soft_wrap=True)
-        if worst is not None:
-            return worst.exit_code
+        items = [(p, self.args.name or p.name) for p in paths]
+        if len(items) == 1:
+            return self.upload_one(session, *items[0])
+        return self.upload_batch(session, items)
+
+    def upload_one(self, session: Session, path: Path, name: str) -> int:
+        """One file: its bar, then a line per replica as it confirms, then the summary."""
+        bars = self.bars()
+        with bars or contextlib.nullcontext():
+            hooks = RichProgress(self.out, name, bars, header=True)
+            result = session.upload(path, name, self.args.replicas, hooks)
+        self.out.print(self.upload_summary(result), highlight=False, soft_wrap=True)
         return errors.EXIT_OK
+
+    def upload_batch(self, session: Session, items: list[tuple[Path, str]]) -> int:
+        """Many files, pipelined: one bar for all of them; each file's replica lines and
+        summary are printed together when it finishes, so lines of files never interleave."""
+        bars = self.bars()
+        total = sum(p.stat().st_size for p, _ in items if p.is_file())
+        task = bars.add_task(f"{len(items)} files", total=total) if bars else None
+        hooks: dict[str, BatchProgress] = {}
+        worst: list[WarrenError] = []
+
+        def progress_for(name: str) -> ProgressHooks:
+            hooks[name] = BatchProgress(bars, task)
+            return hooks[name]
+
+        def done(name: str, outcome: UploadResult | WarrenError) -> None:
+            if isinstance(outcome, WarrenError):
+                self.err.print(f"error: {outcome}", markup=False)
+                worst.append(outcome)
+                return
+            self.out.print(f"[bold]{escape(name)}[/]", highlight=False, soft_wrap=True)
+            for worker, hop in sorted(outcome.confirmed.items(), key=lambda kv: kv[1]):
+                self.out.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
+            self.out.print(self.upload_summary(outcome), highlight=False, soft_wrap=True)
+
+        with bars or contextlib.nullcontext():
+            session.upload_many(items, self.args.replicas, progress_for, done)
+        return worst[0].exit_code if worst else errors.EXIT_OK
 
     @staticmethod
     def upload_summary(r: UploadResult) -> str:
@@ -238,12 +273,7 @@ class App:
         hooks = RichProgress(self.out, name, bars)
         with bars or contextlib.nullcontext():
             result = session.download(name, dest, hooks, overwrite=self.args.force)
-        self.out.print(
-            f"restored {escape(name)} ({human_size(result.size)}) from {result.worker} "
-            f"to {escape(str(result.path))}, SHA-256 verified",
-            highlight=False,
-            soft_wrap=True,
-        )
+        self.out.print(download_summary(result), highlight=False, soft_wrap=True)
         return errors.EXIT_OK
 
     def list(self, session: Session) -> int:
@@ -251,45 +281,106 @@ class App:
         if self.args.json:
             print(json.dumps([file_json(f) for f in files], ensure_ascii=False, indent=2))
             return errors.EXIT_OK
-        table = Table(title=f"{len(files)} files")
-        for col in ("name", "size", "stored", "replicas", "sha256"):
-            table.add_column(col, justify="right" if col == "size" else "left")
-        for f in files:
-            replicas = ", ".join(f.replicas) or "none"
-            if len(f.replicas) < f.wanted:
-                replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
-            table.add_row(
-                escape(f.name),
-                human_size(f.size),
-                relative_time(f.created),
-                replicas,
-                f.sha256[:12],
-            )
-        self.out.print(table)
+        self.out.print(files_table(files))
         return errors.EXIT_OK
 
     def status(self, session: Session) -> int:
+        if self.args.watch:
+            return self.watch(session)
         st = session.status()
         if self.args.json:
             print(json.dumps(status_json(st), indent=2))
             return errors.EXIT_OK
-        table = Table(title="workers")
-        for col in ("name", "state", "files", "used", "free", "last heartbeat"):
-            table.add_column(col)
-        for w in st.workers:
-            state = "[green]alive[/]" if w.alive else "[red]dead[/]"
-            table.add_row(
-                w.name,
-                state,
-                str(w.files),
-                human_size(w.used_bytes),
-                human_size(w.free_bytes),
-                relative_time(w.last_seen),
-            )
-        self.out.print(table)
-        colour = "red" if st.under_replicated else "green"
-        self.out.print(f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]")
+        self.out.print(workers_table(st))
+        self.out.print(status_summary(st))
         return errors.EXIT_OK
+
+    def watch(self, session: Session) -> int:
+        """``status --watch``: the dashboard redrawn every interval until Ctrl-C."""
+        interval = max(0.2, self.args.interval)
+        if self.args.json:
+            while True:
+                print(json.dumps(status_json(session.status())), flush=True)
+                session.idle(interval)
+        if not self.out.is_terminal:
+            raise UsageError("status --watch needs a terminal; add --json for a line per refresh.")
+        with Live(dashboard(session.status()), console=self.out, auto_refresh=False) as live:
+            while True:
+                session.idle(interval)
+                live.update(dashboard(session.status()), refresh=True)
+
+
+def transfer_bars(console: Console) -> Progress:
+    """The bar an upload or a restore draws while it runs; it vanishes when done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def download_summary(r: DownloadResult) -> str:
+    return (
+        f"restored {escape(r.name)} ({human_size(r.size)}) from {r.worker} "
+        f"to {escape(str(r.path))}, SHA-256 verified"
+    )
+
+
+def files_table(files: Sequence[FileEntry]) -> Table:
+    """The stored files, with missing replicas in red (``list``, and the menu's list)."""
+    table = Table(title=f"{len(files)} files")
+    for col in ("name", "size", "stored", "replicas", "sha256"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for f in files:
+        replicas = ", ".join(f.replicas) or "none"
+        if len(f.replicas) < f.wanted:
+            replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
+        table.add_row(
+            escape(f.name),
+            human_size(f.size),
+            relative_time(f.created),
+            replicas,
+            f.sha256[:12],
+        )
+    return table
+
+
+def workers_table(st: StatusReply) -> Table:
+    """The workers, alive or dead, with their space (``status``, and the menu's status)."""
+    table = Table(title="workers")
+    for col in ("name", "state", "files", "used", "free", "last heartbeat"):
+        table.add_column(col)
+    for w in st.workers:
+        state = "[green]alive[/]" if w.alive else "[red]dead[/]"
+        table.add_row(
+            w.name,
+            state,
+            str(w.files),
+            human_size(w.used_bytes),
+            human_size(w.free_bytes),
+            relative_time(w.last_seen),
+        )
+    return table
+
+
+def dashboard(st: StatusReply) -> Group:
+    """What ``status --watch`` shows: workers, then transfers and the repair backlog."""
+    line = (
+        f"{status_summary(st)}   uploads in flight: {st.uploads_in_flight}   "
+        f"repairs under way: {st.repairs_in_flight}   "
+        f"[dim]updated {time.strftime('%H:%M:%S')}, Ctrl-C to stop[/]"
+    )
+    return Group(workers_table(st), line)
+
+
+def status_summary(st: StatusReply) -> str:
+    """The line under the workers table: red when some file needs repair."""
+    colour = "red" if st.under_replicated else "green"
+    return f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]"
 
 
 def file_json(f: FileEntry) -> dict[str, Any]:
@@ -318,14 +409,17 @@ def status_json(st: StatusReply) -> dict[str, Any]:
         ],
         "under_replicated": st.under_replicated,
         "files": st.files,
+        "uploads_in_flight": st.uploads_in_flight,
+        "repairs_in_flight": st.repairs_in_flight,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
+    interactive = args.command is None
+    if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        parser.print_help(sys.stderr)  # a script or a pipe gets usage, never a menu it can't drive
         return errors.EXIT_USAGE
     if args.verbose:
         configure_logging("DEBUG", "client")
@@ -334,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("warren.alarm").setLevel(logging.WARNING)
         logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
+        if interactive:
+            from client.menu import run_menu  # imports this module: import it only when needed
+
+            return run_menu(args)
         return App(args).run()
     except WarrenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -121,6 +121,12 @@ class Session:
                 raise Unavailable(failure)
             self.conn.process(min(left, 0.25))
 
+    def idle(self, seconds: float) -> None:
+        """Wait, keeping the connection serviced (AMQP heartbeats, stray deliveries)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.conn.process(min(left, 0.25))
+
     def _send_request(self, msg: m.Message, cid: str, refused: Callable[[], None]) -> None:
         """Publish a request to the manager; ``refused()`` if RabbitMQ has nowhere to put it.
 

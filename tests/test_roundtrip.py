@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,38 @@ def test_same_name_again_replaces_the_listed_version(cluster: Cluster, tmp_path:
     dest = tmp_path / "restored.txt"
     cluster.client("download", "notes.txt", "-o", str(dest)).ok()
     assert dest.read_text() == "second version"
+
+
+def test_status_watch_streams_json_lines_until_interrupted(cluster: Cluster) -> None:
+    # Given `status --watch --json` running in a pipe
+    proc = cluster.client_process("status", "--watch", "--json", "--interval", "0.3")
+    assert proc.stdout is not None
+    # When three refreshes have come
+    lines = [json.loads(proc.stdout.readline()) for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    # Then each is a whole status object, and Ctrl-C ends it cleanly
+    for st in lines:
+        assert {"workers", "under_replicated", "uploads_in_flight", "repairs_in_flight"} <= set(st)
+        assert len(st["workers"]) == 4
+    assert proc.returncode == 130
+    assert "Traceback" not in err.decode()
+
+
+def test_many_small_files_in_one_command(cluster: Cluster, tmp_path: Path) -> None:
+    # Given 150 small files
+    paths = [make_file(tmp_path, f"small {i:03}.txt", 100 + i) for i in range(150)]
+    # When they are uploaded in one command (pipelined)
+    res = cluster.client("upload", *map(str, paths)).ok()
+    # Then every one is confirmed on two workers and listed, none twice
+    assert res.out.count("  stored small ") == 150
+    listed = cluster.files()
+    for p in paths:
+        assert len(listed[p.name]["replicas"]) == 2
+        assert listed[p.name]["sha256"] == sha(p)
+
+
+def test_status_watch_without_a_terminal_or_json_is_a_usage_error(cluster: Cluster) -> None:
+    res = cluster.client("status", "--watch")
+    assert res.code == 2
+    assert "needs a terminal" in res.err

@@ -1,0 +1,481 @@
+"""The interactive menu: ``python -m client`` with no arguments, in a terminal.
+
+It is for someone meeting warren for the first time, so everything is one key away: numbers
+pick an entry (several digits when the list is long), the arrow keys (or j/k) move and Enter
+chooses, ``q`` takes the last entry (quit, or back), Esc goes back from a submenu. Ctrl-C
+leaves at once (exit 130), Ctrl-D or quit leaves cleanly (exit 0).
+
+It draws exactly what the commands draw (``client.cli``'s bars, replica lines and tables),
+over one ``Session`` kept open from start to quit. Keys are read in cbreak mode, entered and
+left around each question so the terminal is always restored, even on Ctrl-C. Typed paths
+go through ``readline`` when it exists, for line editing, history and Tab completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import select
+import sys
+import termios
+import tty
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from client.cli import (
+    App,
+    RichProgress,
+    download_summary,
+    files_table,
+    human_size,
+    relative_time,
+    status_summary,
+    transfer_bars,
+    workers_table,
+)
+from client.session import Session
+from warren import errors
+from warren.config import Settings
+from warren.errors import WarrenError
+from warren.messages import StatusReply
+from warren.topology import client_reply_queue
+
+log = logging.getLogger("warren.client")
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMOS = (("notes.txt", "text"), ("picture.png", "image"), ("chime.wav", "sound"))
+REPLICAS = 2  # the same default as `upload`
+
+# Escape sequences of the keys the menu knows (after ESC), as xterm and most others send them.
+SEQUENCES = {
+    "[A": "up", "OA": "up", "[B": "down", "OB": "down",
+    "[H": "home", "OH": "home", "[1~": "home", "[7~": "home",
+    "[F": "end", "OF": "end", "[4~": "end", "[8~": "end",
+    "[5~": "pageup", "[6~": "pagedown",
+}  # fmt: skip
+NAMED = {
+    "\r": "enter",
+    "\n": "enter",
+    "\x7f": "backspace",
+    "\x08": "backspace",
+    "k": "up",
+    "j": "down",
+}
+CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+class Keyboard:
+    """Single keys from the terminal, arrow keys included.
+
+    While it waits it calls ``idle`` a few times a second: the menu uses that to keep its
+    AMQP connection alive, since pika answers the broker's heartbeats only when called.
+    """
+
+    def __init__(self, fd: int, idle: Callable[[], None] = lambda: None) -> None:
+        self.fd = fd
+        self.idle = idle
+
+    @contextlib.contextmanager
+    def cbreak(self) -> Iterator[None]:
+        """Keys arrive one by one, unechoed, and Ctrl-C still raises KeyboardInterrupt.
+
+        TCSADRAIN rather than tty's default TCSAFLUSH, so keys typed ahead are kept.
+        """
+        saved = termios.tcgetattr(self.fd)
+        try:
+            tty.setcbreak(self.fd, termios.TCSADRAIN)
+            yield
+        finally:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, saved)
+
+    def read(self) -> str:
+        """The next key: a character, or a name ("up", "enter", "escape", ...)."""
+        ch = self._byte(None)
+        if ch == "\x03":  # in case the terminal sends it as a byte rather than a signal
+            raise KeyboardInterrupt
+        if ch == "\x04":
+            raise EOFError
+        if ch == "\x1b":
+            return self._sequence()
+        return NAMED.get(ch, ch)
+
+    def _sequence(self) -> str:
+        intro = self._byte(0.05)
+        if intro not in ("[", "O"):
+            return "escape"  # Esc alone (or Alt with a key, which the menu has no use for)
+        body = ""
+        while True:
+            b = self._byte(0.05)
+            body += b
+            if not b or "@" <= b <= "~":
+                return SEQUENCES.get(intro + body, "unknown")
+
+    def _byte(self, wait: float | None) -> str:
+        """One byte, waiting ``wait`` seconds ("" after that) or for ever when None."""
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.25 if wait is None else wait)
+            if ready:
+                data = os.read(self.fd, 1)
+                if not data:
+                    raise EOFError  # the terminal went away
+                return data.decode("latin-1")
+            if wait is not None:
+                return ""
+            self.idle()
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    detail: str = ""
+
+
+def menu_view(
+    title: str, entries: Sequence[Entry], cursor: int, typed: str, rows: int
+) -> RenderableType:
+    """The menu as drawn: a window of ``rows`` entries around the cursor, and a hint."""
+    first = 0
+    if len(entries) > rows:
+        first = min(max(0, cursor - rows // 2), len(entries) - rows)
+    shown = range(first, min(len(entries), first + rows))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=1)
+    grid.add_column(justify="right")
+    grid.add_column()
+    grid.add_column(style="dim")
+    for i in shown:
+        here = i == cursor
+        grid.add_row(
+            "[bold cyan]❯[/]" if here else "",
+            Text(str(i + 1), style="bold cyan" if here else "cyan"),
+            Text(entries[i].label, style="bold" if here else ""),
+            Text(f"  {entries[i].detail}"),
+        )
+    more = []
+    if first > 0:
+        more.append(f"{first} more above")
+    if shown.stop < len(entries):
+        more.append(f"{len(entries) - shown.stop} more below")
+    hint = f"↑↓ move · enter choose · 1–{len(entries)} pick · q {escape(entries[-1].label)}"
+    if typed:
+        hint = f"number: [bold]{typed}[/]_ · enter choose"
+    parts: list[RenderableType] = [Text(title, style="bold"), grid]
+    if more:
+        parts.append(Text("  (" + ", ".join(more) + ")", style="dim"))
+    parts.append(Text.from_markup(hint, style="dim"))
+    return Group(*parts)
+
+
+def path_matches(text: str) -> list[str]:
+    """Completions of a partly typed path, kept as typed (``~`` stays), folders with a ``/``."""
+    slash = text.rfind("/")
+    prefix, start = text[: slash + 1], text[slash + 1 :]
+    folder = os.path.expanduser(prefix) if prefix else "."
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.startswith(start) and (start.startswith(".") or not name.startswith(".")):
+            is_dir = os.path.isdir(os.path.join(folder, name))
+            found.append(prefix + name + ("/" if is_dir else ""))
+    return found
+
+
+class PathCompleter:
+    """readline's completer protocol: called with state 0, 1, 2, ... until it returns None."""
+
+    def __init__(self) -> None:
+        self.matches: list[str] = []
+
+    def __call__(self, text: str, state: int) -> str | None:
+        if state == 0:
+            self.matches = path_matches(text)
+        return self.matches[state] if state < len(self.matches) else None
+
+
+def enable_path_completion() -> bool:
+    """Tab completes paths in the menu's prompts; False where Python has no readline."""
+    try:
+        import readline
+    except ImportError:
+        return False
+    readline.set_completer_delims("\t\n")  # the whole line is one path, spaces and all
+    readline.set_completer(PathCompleter())
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
+    return True
+
+
+class Menu:
+    """The menu's loop and its actions, over one open session."""
+
+    def __init__(
+        self,
+        session: Session,
+        out: Console,
+        err: Console,
+        quiet: bool = False,
+        readline: bool = False,
+    ) -> None:
+        self.session = session
+        self.out = out
+        self.err = err
+        # --quiet: no bars, no replica or retry lines; menus, tables, results and errors stay.
+        self.quiet = quiet
+        self.chatter = Console(quiet=True) if quiet else out
+        self.readline = readline
+        self.keys = Keyboard(sys.stdin.fileno(), idle=self.keep_alive)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, status: StatusReply) -> int:
+        self.banner(status)
+        actions: list[tuple[Entry, Callable[[], None] | None]] = [
+            (Entry("upload a demo file", "a text, an image or a sound"), self.upload_demo),
+            (Entry("upload a file", "any path on this computer"), self.upload_path),
+            (Entry("download a file", "restore a stored file, verified"), self.download),
+            (Entry("list stored files", "and the workers holding them"), self.list),
+            (Entry("cluster status", "workers, free space, repairs"), self.status),
+            (Entry("quit"), None),
+        ]
+        cursor = 0
+        try:
+            while True:
+                entries = [entry for entry, _ in actions]
+                cursor = self.choose("What would you like to do?", entries, cursor, submenu=False)
+                action = actions[cursor][1]
+                if action is None:
+                    return errors.EXIT_OK
+                try:
+                    self.ensure_connected()
+                    action()
+                except WarrenError as exc:
+                    self.err.print(f"error: {exc}", style="red", markup=False)
+                except OSError as exc:  # a local file the session did not vet (a folder, ...)
+                    where = f": {exc.filename}" if exc.filename else ""
+                    self.err.print(
+                        f"error: {exc.strerror or exc}{where}", style="red", markup=False
+                    )
+                self.out.print()
+        except EOFError:  # Ctrl-D
+            self.out.print()
+            return errors.EXIT_OK
+
+    def banner(self, st: StatusReply) -> None:
+        """Who we are, where we are connected, and whether the cluster can take a backup."""
+        alive = sum(1 for w in st.workers if w.alive)
+        colour = "green" if alive >= REPLICAS else "red"
+        self.out.print(
+            f"[bold]warren[/] · client [bold]{escape(self.session.client_name)}[/] on "
+            f"{escape(self.session.conn.url)} · [{colour}]{alive} of {len(st.workers)} workers "
+            f"alive[/] · {st.files} files stored\n",
+            soft_wrap=True,
+        )
+
+    def choose(
+        self, title: str, entries: Sequence[Entry], cursor: int = 0, submenu: bool = True
+    ) -> int:
+        """Let the user pick an entry; ``q`` picks the last one (back, or quit).
+
+        Esc goes back from a submenu but does nothing in the main menu: an arrow key's
+        sequence split by a slow link must not read as Esc and end the program.
+        """
+        typed = ""
+        rows = max(3, self.out.size.height - 5)
+        picked: int | None = None
+        with (
+            self.keys.cbreak(),
+            Live(
+                menu_view(title, entries, cursor, typed, rows),
+                console=self.out,
+                auto_refresh=False,
+                transient=True,
+            ) as live,
+        ):
+            while picked is None:
+                key = self.keys.read()
+                if key in ("up", "down", "pageup", "pagedown"):
+                    step = {"up": -1, "down": 1, "pageup": -rows, "pagedown": rows}[key]
+                    if key in ("up", "down"):
+                        cursor = (cursor + step) % len(entries)
+                    else:
+                        cursor = min(max(0, cursor + step), len(entries) - 1)
+                    typed = ""
+                elif key in ("home", "end"):
+                    cursor, typed = (0 if key == "home" else len(entries) - 1), ""
+                elif key == "enter":
+                    picked = cursor
+                elif key == "q" or (key == "escape" and submenu):
+                    picked = len(entries) - 1
+                elif key == "backspace":
+                    typed = typed[:-1]
+                    cursor = int(typed) - 1 if typed else cursor
+                elif len(key) == 1 and key.isascii() and key.isdigit():
+                    typed, cursor, picked = number_typed(typed, key, cursor, len(entries))
+                if picked is None:
+                    live.update(menu_view(title, entries, cursor, typed, rows), refresh=True)
+        self.out.print(f"[cyan]›[/] {escape(entries[picked].label)}", soft_wrap=True)
+        return picked
+
+    def ask(self, prompt: str) -> str:
+        """A line of text; readline (if any) needs the prompt's colour codes marked as such."""
+        with self.out.capture() as captured:
+            self.out.print(prompt, end="", soft_wrap=True)
+        shown = captured.get()
+        if self.readline:
+            shown = CSI.sub(lambda m: f"\001{m.group(0)}\002", shown)
+        return input(shown)
+
+    def confirm(self, question: str) -> bool:
+        """A yes/no question answered by one key; anything but y is no."""
+        self.out.print(f"{question} [dim](y/N)[/] ", end="", soft_wrap=True)
+        with self.keys.cbreak():
+            yes = self.keys.read() in ("y", "Y")
+        self.out.print("yes" if yes else "no")
+        return yes
+
+    # -- the connection --------------------------------------------------------------------
+
+    def keep_alive(self) -> None:
+        """Let pika answer heartbeats and settle late replies while the menu waits."""
+        conn = self.session.conn
+        if conn.is_open:
+            with contextlib.suppress(WarrenError):
+                conn.process(0)
+
+    def ensure_connected(self) -> None:
+        """Reconnect if the broker dropped us while someone was typing a path.
+
+        A readline prompt cannot call pika, so a long pause there may cost the connection
+        its heartbeats. A new connection is cheap; it gets a fresh reply queue because the
+        old, exclusive one may outlive its connection for a moment on the broker.
+        """
+        conn = self.session.conn
+        if conn.is_open:
+            try:
+                conn.process(0)
+                return
+            except WarrenError as exc:
+                log.info("%s; opening a new connection", exc)
+        self.session.close()
+        self.session.reply_queue = client_reply_queue(self.session.client_name)
+        with self.out.status("reconnecting to RabbitMQ ..."):
+            self.session.open()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def upload_demo(self) -> None:
+        entries = []
+        for name, kind in DEMOS:
+            path = DEMO_DIR / name
+            size = human_size(path.stat().st_size) if path.is_file() else "missing"
+            entries.append(Entry(name, f"{kind}, {size}"))
+        picked = self.choose("Which demo file?", [*entries, Entry("back")])
+        if picked < len(DEMOS):
+            self.upload(DEMO_DIR / DEMOS[picked][0])
+
+    def upload_path(self) -> None:
+        hint = ", Tab completes" if self.readline else ""
+        text = self.ask(f"path to upload [dim](empty goes back{hint})[/]: ").strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]  # pasted with the quotes a shell would need
+        if text:
+            self.upload(Path(text).expanduser())
+
+    def upload(self, path: Path) -> None:
+        self.ensure_connected()
+        bars = None if self.quiet else transfer_bars(self.out)
+        with bars or contextlib.nullcontext():
+            hooks = RichProgress(self.chatter, path.name, bars)  # the menu's › line names the file
+            result = self.session.upload(path, path.name, REPLICAS, hooks)
+        self.out.print(App.upload_summary(result), soft_wrap=True)
+
+    def download(self) -> None:
+        files = self.session.files()
+        if not files:
+            self.out.print("[yellow]Nothing is stored yet: upload a file first.[/]")
+            return
+        entries = [
+            Entry(
+                f.name,
+                f"{human_size(f.size)}, {relative_time(f.created)}, "
+                f"on {', '.join(f.replicas) or 'no live worker'}",
+            )
+            for f in files
+        ]
+        picked = self.choose("Which file?", [*entries, Entry("back")])
+        if picked == len(files):
+            return
+        name = files[picked].name
+        default = Path(Path(name).name or "download")
+        text = self.ask(f"save to [dim]\\[{escape(str(default))}][/]: ").strip()
+        dest = Path(text).expanduser() if text else default
+        if dest.is_dir():
+            dest = dest / default
+        overwrite = dest.exists()
+        if overwrite and not self.confirm(f"{escape(str(dest))} already exists. Overwrite it?"):
+            self.out.print(f"Kept {escape(str(dest))}; nothing was downloaded.")
+            return
+        self.ensure_connected()
+        bars = None if self.quiet else transfer_bars(self.out)
+        with bars or contextlib.nullcontext():
+            hooks = RichProgress(self.chatter, name, bars)
+            result = self.session.download(name, dest, hooks, overwrite=overwrite)
+        self.out.print(download_summary(result), soft_wrap=True)
+
+    def list(self) -> None:
+        self.out.print(files_table(self.session.files()))
+
+    def status(self) -> None:
+        st = self.session.status()
+        self.out.print(workers_table(st))
+        self.out.print(status_summary(st))
+
+
+def number_typed(typed: str, key: str, cursor: int, count: int) -> tuple[str, int, int | None]:
+    """A digit typed in a menu of ``count`` entries: (digits so far, cursor, pick or None).
+
+    The pick is made as soon as no longer number could follow: "3" picks at once among
+    12 entries, "1" waits for a second digit or Enter.
+    """
+    for digits in (typed + key, key):
+        n = int(digits)
+        if digits[0] != "0" and 1 <= n <= count:
+            return digits, n - 1, (n - 1 if n * 10 > count else None)
+    return typed, cursor, None
+
+
+def run_menu(args: argparse.Namespace) -> int:
+    """Open a session and run the menu until quit.
+
+    A cluster that cannot be reached at start ends the program (``cli.main`` prints the
+    sentence and exits with its code): there is nothing to offer without one. Later
+    failures only cost the action that met them.
+    """
+    settings = Settings.load({"client_name": args.client_name})
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    completion = enable_path_completion()
+    session = Session(settings)
+    try:
+        with out.status("connecting to warren ..."):  # a spinner, for as long as it takes
+            session.open()
+            status = session.status()  # proves the manager is there, and fills the banner
+        menu = Menu(session, out, err, quiet=bool(args.quiet), readline=completion)
+        return menu.run(status)
+    finally:
+        session.close()

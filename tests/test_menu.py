@@ -1,0 +1,255 @@
+"""The interactive menu, driven key by key in a pseudo-terminal as a person would drive it.
+
+The assertions read the screen the way a person does: colours and cursor movements are
+stripped, what is left is the text they saw, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from client.cli import human_size
+from client.demo import generate
+from tests.cluster import ROOT, Cluster
+from warren import errors
+from warren.localnode import free_port
+
+DEMO = ROOT / "client" / "demo"
+TEXT = DEMO / "notes.txt"
+TEXT_SIZE = human_size(TEXT.stat().st_size)  # as the client shows it, e.g. "292.6 KiB"
+MAIN_MENU = "What would you like to do?"
+DOWN, ENTER, CTRL_C, CTRL_D = "\x1b[B", "\r", "\x03", "\x04"
+# CSI sequences (colours, cursor moves), OSC titles, and two-byte escapes.
+CONTROL = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[@-Z\\-_])|\r")
+
+
+class Screen:
+    """A menu running in a pseudo-terminal, and everything it has shown so far."""
+
+    def __init__(self, child: pexpect.spawn) -> None:
+        self.child = child
+        self.raw = ""
+        self.pos = 0  # where the next expectation starts looking in the text seen
+
+    @property
+    def text(self) -> str:
+        return CONTROL.sub("", self.raw)
+
+    def send(self, keys: str) -> None:
+        self.child.send(keys)
+
+    def expect(self, *texts: str, timeout: float = 60) -> None:
+        """Wait until every one of ``texts`` has appeared since the last expectation."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.text
+            found = [seen.find(t, self.pos) for t in texts]
+            if all(i >= 0 for i in found):
+                self.pos = max(i + len(t) for i, t in zip(found, texts, strict=True))
+                return
+            if time.monotonic() > deadline or not self.child.isalive():
+                missing = [t for t, i in zip(texts, found, strict=True) if i < 0]
+                raise AssertionError(f"never saw {missing}; the screen showed:\n{seen[-4000:]}")
+            try:
+                self.raw += self.child.read_nonblocking(65536, timeout=0.5)
+            except pexpect.TIMEOUT:
+                pass
+            except pexpect.EOF:
+                pass  # the loop reports what was missing
+
+    def exit_status(self, timeout: float = 60) -> tuple[int, list[int]]:
+        """Wait for the program to end: its exit status and the terminal's modes after it."""
+        self.child.expect(pexpect.EOF, timeout=timeout)
+        self.raw += self.child.before or ""
+        modes = termios.tcgetattr(self.child.child_fd)
+        self.child.close()
+        status = self.child.exitstatus
+        assert status is not None, f"ended by signal {self.child.signalstatus}:\n{self.text}"
+        return status, modes
+
+
+def open_menu(env: dict[str, str], cwd: Path) -> Screen:
+    """``python -m client`` with no arguments in a 120×40 xterm, as a person starts it."""
+    terminal = {"TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "client"],
+        env={**env, **terminal, "WARREN_CLIENT_NAME": "menu-test"},
+        cwd=str(cwd),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 120),
+    )
+    return Screen(child)
+
+
+def line_editing_is_back(modes: list[int]) -> bool:
+    """The terminal echoes and edits lines again: the menu's cbreak mode was undone."""
+    lflag = modes[3]
+    return bool(lflag & termios.ECHO and lflag & termios.ICANON)
+
+
+def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given the menu, open in a terminal on a running cluster
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect("4 of 4 workers alive", MAIN_MENU)
+
+    # When they choose "upload a demo file" and then the text, by number
+    screen.send("1")
+    screen.expect("Which demo file?", "notes.txt", "picture.png", "chime.wav")
+    screen.send("1")
+
+    # Then both replicas are confirmed, one line each, and a summary names the workers
+    screen.expect("primary ✓", "backup ✓")
+    screen.expect(f"stored notes.txt ({TEXT_SIZE}) on ")
+
+    # When they move down to "list stored files" with the arrow keys and press Enter
+    screen.expect(MAIN_MENU)
+    screen.send(DOWN * 3 + ENTER)
+
+    # Then the table of stored files shows the demo text, its size and its hash
+    screen.expect("› list stored files")
+    screen.expect("notes.txt", TEXT_SIZE, hashlib.sha256(TEXT.read_bytes()).hexdigest()[:12])
+
+    # When they download it and accept the suggested destination
+    screen.expect(MAIN_MENU)
+    screen.send("3")
+    screen.expect("Which file?", "notes.txt")
+    screen.send("1")
+    screen.expect("save to [notes.txt]")
+    screen.send(ENTER)
+
+    # Then the restore is verified, and the bytes are the demo's
+    screen.expect(f"restored notes.txt ({TEXT_SIZE})", "SHA-256 verified")
+    assert (tmp_path / "notes.txt").read_bytes() == TEXT.read_bytes()
+
+    # When they quit
+    screen.expect(MAIN_MENU)
+    screen.send("6")
+
+    # Then the program ends with success and leaves the terminal as it found it
+    status, modes = screen.exit_status()
+    assert status == errors.EXIT_OK, screen.text
+    assert line_editing_is_back(modes)
+    assert "Traceback" not in screen.text
+
+
+@pytest.mark.parametrize(
+    ("keys", "waiting_for"),
+    [("", "1–6 pick"), ("2", "path to upload")],
+    ids=["in the main menu", "at a path prompt"],
+)
+def test_ctrl_c_leaves_at_once_and_cleanly(
+    cluster: Cluster, tmp_path: Path, keys: str, waiting_for: str
+) -> None:
+    # Given the menu, waiting for a key or for a line of text
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect(MAIN_MENU)
+    screen.send(keys)
+    screen.expect(waiting_for)
+
+    # When they press Ctrl-C
+    screen.send(CTRL_C)
+
+    # Then it says so and ends with 130, no traceback, the terminal back in line mode
+    status, modes = screen.exit_status()
+    assert status == errors.EXIT_INTERRUPTED, screen.text
+    assert "interrupted" in screen.text
+    assert "Traceback" not in screen.text
+    assert line_editing_is_back(modes)
+    assert screen.raw.rfind("\x1b[?25h") > screen.raw.rfind("\x1b[?25l"), "cursor left hidden"
+
+
+def test_ctrl_d_in_the_main_menu_quits(cluster: Cluster, tmp_path: Path) -> None:
+    # Given the menu, waiting for a choice
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect(MAIN_MENU)
+
+    # When they press Ctrl-D (end of input)
+    screen.send(CTRL_D)
+
+    # Then it ends as quit does: status 0, the terminal restored
+    status, modes = screen.exit_status()
+    assert status == errors.EXIT_OK, screen.text
+    assert line_editing_is_back(modes)
+    assert "Traceback" not in screen.text
+
+
+def test_a_long_pause_at_a_prompt_does_not_lose_the_session(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given the menu on a connection whose heartbeats the broker expects every 2 s
+    screen = open_menu(cluster.env(WARREN_AMQP_HEARTBEAT="2"), tmp_path)
+    screen.expect(MAIN_MENU)
+
+    # When they sit at the path prompt long enough for the broker to drop a silent client
+    screen.send("2")
+    screen.expect("path to upload")
+    time.sleep(8)
+    sound = DEMO / "chime.wav"
+    screen.send(f"{sound}{ENTER}")
+
+    # Then the upload still goes through, on a new connection, with no error shown
+    size = human_size(sound.stat().st_size)
+    screen.expect("primary ✓", "backup ✓", f"stored chime.wav ({size}) on ")
+    assert "error:" not in screen.text
+    screen.expect(MAIN_MENU)
+    screen.send("q")
+    assert screen.exit_status()[0] == errors.EXIT_OK
+
+
+def test_a_broker_out_of_reach_at_start_ends_the_menu_with_one_sentence(tmp_path: Path) -> None:
+    # Given a broker address where nothing listens
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="2")
+
+    # When the menu is started in a terminal
+    screen = open_menu(env, tmp_path)
+
+    # Then it says what it could not reach and ends with "unavailable", before any menu
+    status, modes = screen.exit_status()
+    assert status == errors.EXIT_UNAVAILABLE, screen.text
+    assert "error: cannot reach RabbitMQ at amqp://guest@127.0.0.1:" in screen.text
+    assert MAIN_MENU not in screen.text
+    assert "Traceback" not in screen.text
+    assert line_editing_is_back(modes)
+
+
+def test_without_a_terminal_it_prints_usage_instead_of_a_menu() -> None:
+    # Given stdin that is not a terminal (a script, a pipe, cron)
+    # When the client starts with no command
+    res = subprocess.run(
+        [sys.executable, "-m", "client"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then it exits 2 with the usage on stderr, and nothing on stdout
+    assert res.returncode == errors.EXIT_USAGE
+    assert res.stderr.startswith("usage: python -m client")
+    assert "interactive menu" in res.stderr
+    assert res.stdout == ""
+
+
+def test_the_shipped_demo_files_are_what_the_generator_makes() -> None:
+    # Given the demo files in the package
+    # When the generator makes them again, in memory
+    # Then they are byte for byte the same, and each a few hundred KiB
+    assert generate.main(["--check"]) == 0
+    for name in generate.DEMOS:
+        assert 150 * 1024 <= (DEMO / name).stat().st_size <= 700 * 1024, name
