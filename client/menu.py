@@ -48,7 +48,6 @@ from warren import errors
 from warren.config import Settings
 from warren.errors import WarrenError
 from warren.messages import StatusReply
-from warren.topology import client_reply_queue
 
 log = logging.getLogger("warren.client")
 
@@ -371,10 +370,8 @@ class Menu:
                 return
             except WarrenError as exc:
                 log.info("%s; opening a new connection", exc)
-        self.session.close()
-        self.session.reply_queue = client_reply_queue(self.session.client_name)
         with self.out.status("reconnecting to RabbitMQ ..."):
-            self.session.open()
+            self.session.reconnect()
 
     # -- actions ---------------------------------------------------------------------------
 

@@ -105,6 +105,13 @@ class Session:
     def close(self) -> None:
         self.conn.close()
 
+    def reconnect(self) -> None:
+        """A new connection, with a fresh reply queue: the old exclusive one may outlive
+        its connection on the broker for a moment."""
+        self.close()
+        self.reply_queue = client_reply_queue(self.client_name)
+        self.open()
+
     def _on_reply(self, d: Delivery) -> None:
         route = self._routes.get(d.correlation_id or "")
         if route is None:
