@@ -34,7 +34,9 @@ cluster-up: install
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m warren.localcluster cluster-down; fi
 
+# Chromium is optional: only the management-UI test needs it (skipped without it, outside CI).
 test: install
+	@sh scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 
 unit: $(STAMP)
