@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS replicas (
     sha256 TEXT NOT NULL, worker TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (sha256, worker));
 CREATE INDEX IF NOT EXISTS replicas_by_worker ON replicas (worker);
+CREATE INDEX IF NOT EXISTS uploads_by_state ON uploads (state);
 """
 
 PENDING = "pending"
@@ -245,12 +246,16 @@ class Catalog:
 
     # -- files -----------------------------------------------------------------------------
 
-    def files(self, now: float | None = None) -> list[FileEntry]:
+    def files(self, now: float | None = None, name: str | None = None) -> list[FileEntry]:
+        """Every file (or the one called ``name``) with the live workers holding it."""
         live = self.live_workers(now)
-        rows = self.db.execute(
-            "SELECT name, sha256, size, wanted, created FROM files ORDER BY name"
-        ).fetchall()
-        holders = self._holders()
+        query = "SELECT name, sha256, size, wanted, created FROM files"
+        if name is None:
+            rows = self.db.execute(query + " ORDER BY name").fetchall()
+            holders = self._holders()
+        else:
+            rows = self.db.execute(query + " WHERE name=?", (name,)).fetchall()
+            holders = self._holders(rows[0][1]) if rows else {}
         return [
             FileEntry(
                 name=r[0],
@@ -277,11 +282,17 @@ class Catalog:
         return out
 
     def file(self, name: str) -> FileEntry | None:
-        return next((f for f in self.files() if f.name == name), None)
+        found = self.files(name=name)
+        return found[0] if found else None
 
-    def _holders(self) -> dict[str, list[str]]:
+    def _holders(self, sha256: str | None = None) -> dict[str, list[str]]:
+        """Workers holding each blob (or just ``sha256``), alive or not."""
         holders: dict[str, list[str]] = {}
-        for sha, worker in self.db.execute("SELECT sha256, worker FROM replicas"):
+        query = "SELECT sha256, worker FROM replicas"
+        args: tuple[str, ...] = ()
+        if sha256 is not None:
+            query, args = query + " WHERE sha256=?", (sha256,)
+        for sha, worker in self.db.execute(query, args):
             holders.setdefault(sha, []).append(worker)
         return holders
 

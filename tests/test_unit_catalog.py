@@ -31,6 +31,8 @@ def test_a_file_is_listed_only_when_every_replica_is_stored(tmp_path: Path) -> N
     assert done is not None and done.name == "a b.txt"
     [entry] = c.files(now=1002)
     assert entry.replicas == ("w1", "w2")
+    assert c.files(now=1002, name="a b.txt") == [entry]
+    assert c.files(now=1002, name="other") == []
     assert c.upload("1" * 32).state == COMPLETE  # type: ignore[union-attr]
 
 

@@ -62,3 +62,21 @@ def test_ids_never_become_paths(tmp_path: Path) -> None:
         store.write_chunk("../../etc/passwd", 0, 0, b"x")
     with pytest.raises(ValueError):
         store.blob_path("../x")
+
+
+def test_out_of_order_chunks_are_verified_by_reading_back(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    store.write_chunk(UID, 1, 4, b"bbbb")
+    store.write_chunk(UID, 0, 0, b"aaaa")
+    good = hashlib.sha256(b"aaaabbbb").hexdigest()
+    assert store.finalize(UID, good, 8).read_bytes() == b"aaaabbbb"
+
+
+def test_in_order_hash_still_catches_a_wrong_announced_hash(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    store.write_chunk(UID, 0, 0, b"aaaa")
+    store.write_chunk(UID, 1, 4, b"bbbb")
+    with pytest.raises(CorruptUpload):
+        store.finalize(UID, hashlib.sha256(b"aaaabbbX").hexdigest(), 8)

@@ -166,26 +166,34 @@ class Worker:
 
     def _complete(self, conn: Connection, d: Delivery, h: m.ChunkHeaders) -> None:
         """All chunks are in: finalize off this thread (hashing a large file takes a while,
-        and the connection must keep its heartbeats), then confirm and ack back on it."""
+        and the connection must keep its heartbeats), then confirm and ack back on it.
 
-        def work() -> str | None:
-            try:
-                self._delay_for_tests()
-                self.store.finalize(h.upload_id, h.sha256, h.total_size)
-                metrics.REPLICAS_STORED.inc()
-                return None
-            except CorruptUpload as exc:
-                metrics.REPLICAS_FAILED.inc()
-                return str(exc)
-            except OSError as exc:
-                metrics.REPLICAS_FAILED.inc()
-                return f"disk error: {exc.strerror or exc}"
-            finally:
-                self._finalizing.pop(h.upload_id, None)
-
-        future = self._pool.submit(work)
-        self._finalizing[h.upload_id] = future
+        After a reconnect, redelivered chunks the worker already has can each complete the
+        count while the first finish is under way or done: they share that one finish.
+        """
+        future = self._finalizing.get(h.upload_id)
+        if future is None:
+            if self.store.done_sha256(h.upload_id) is not None:
+                self._finished(conn, d, h, None)
+                return
+            future = self._pool.submit(self._finalize, h)
+            self._finalizing[h.upload_id] = future
+            future.add_done_callback(lambda _f: self._finalizing.pop(h.upload_id, None))
         self._when_final(conn, d, h, future)
+
+    def _finalize(self, h: m.ChunkHeaders) -> str | None:
+        """On the pool: fsync, verify, store. Returns why it failed, or None."""
+        try:
+            self._delay_for_tests()
+            self.store.finalize(h.upload_id, h.sha256, h.total_size)
+            metrics.REPLICAS_STORED.inc()
+            return None
+        except CorruptUpload as exc:
+            metrics.REPLICAS_FAILED.inc()
+            return str(exc)
+        except OSError as exc:
+            metrics.REPLICAS_FAILED.inc()
+            return f"disk error: {exc.strerror or exc}"
 
     def _when_final(
         self, conn: Connection, d: Delivery, h: m.ChunkHeaders, future: Future[str | None]
