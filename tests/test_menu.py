@@ -253,3 +253,32 @@ def test_the_shipped_demo_files_are_what_the_generator_makes() -> None:
     assert generate.main(["--check"]) == 0
     for name in generate.DEMOS:
         assert 150 * 1024 <= (DEMO / name).stat().st_size <= 700 * 1024, name
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run a client command in a pseudo-terminal and return everything it drew."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "client", *args],
+        env=env,
+        cwd=str(cwd),
+        timeout=60,
+        dimensions=(40, 120),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before.decode()
+
+
+def test_colour_in_a_terminal_and_none_with_no_color(cluster: Cluster) -> None:
+    # Given a terminal, `status` marks the live workers in colour
+    env = cluster.env(TERM="xterm", COLUMNS="120", LINES="40")
+    coloured = run_in_terminal(["status"], env, cluster.base)
+    assert "alive" in coloured and re.search(r"\x1b\[[0-9;]*3[0-9]m", coloured)
+    # When NO_COLOR is set, the same table comes without any colour
+    plain = run_in_terminal(["status"], {**env, "NO_COLOR": "1"}, cluster.base)
+    assert "alive" in plain and not re.search(r"\x1b\[[0-9;]*3[0-9]m", plain)
+    # And piped output never has colour or bars, NO_COLOR or not
+    piped = cluster.client("status")
+    assert "alive" in piped.out and "\x1b[" not in piped.out
