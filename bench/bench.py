@@ -88,7 +88,7 @@ def main() -> int:
     rows: list[tuple[str, str, str]] = []
     try:
         url = node.url
-        size = args.size_mib * MIB
+        size: int = args.size_mib * MIB
         print(f"raw one hop of {args.size_mib} MiB ...", flush=True)
         raw_mbs = max(raw.one_hop(url, size) for _ in range(2))
         print("raw request/reply ...", flush=True)

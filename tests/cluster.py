@@ -16,11 +16,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from warren.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class MakeCluster(Protocol):
+    """The ``make_cluster`` fixture: a new cluster (its own vhost) on the suite's node or
+    another one, with extra WARREN_* settings for every process it starts."""
+
+    def __call__(self, node: LocalNode | None = None, **env: str) -> Cluster: ...
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "it") -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, MakeCluster
 from warren.errors import UsageError
 from warren.localnode import SERVER_CANDIDATES, LocalNode, find_binary
 
@@ -45,7 +45,7 @@ def rabbit() -> Iterator[LocalNode]:
 
 
 @pytest.fixture
-def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[type[Cluster]]:
+def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[MakeCluster]:
     """Build clusters inside this test; all are stopped at its end."""
     made: list[Cluster] = []
 
@@ -54,7 +54,7 @@ def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[type[Cluster]]:
         made.append(c)
         return c
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for c in made:
         c.stop_all()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, wait_for
+from tests.cluster import Cluster, MakeCluster, wait_for
 from tests.test_faults import chunks_on_disk, random_file
 from warren import errors
 from warren.localnode import LocalNode, cluster_url, start_cluster, stop_all
@@ -26,14 +26,14 @@ def nodes(rabbit: LocalNode) -> Iterator[list[LocalNode]]:
         stop_all(nodes)
 
 
-def quorum_cluster(make_cluster: type[Cluster], nodes: list[LocalNode]) -> Cluster:
+def quorum_cluster(make_cluster: MakeCluster, nodes: list[LocalNode]) -> Cluster:
     c = make_cluster(node=nodes[0], WARREN_QUEUE_TYPE="quorum")
     c.env_extra["WARREN_AMQP_URL"] = cluster_url(nodes, urllib.parse.quote(c.vhost, safe=""))
     return c
 
 
 def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
-    nodes: list[LocalNode], make_cluster: type[Cluster], tmp_path: Path
+    nodes: list[LocalNode], make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     # Given warren on a three-node cluster, every queue a quorum queue, a file stored
     c = quorum_cluster(make_cluster, nodes)

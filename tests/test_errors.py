@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cluster import Cluster, Result
+from tests.cluster import Cluster, MakeCluster, Result
 from warren import errors
 from warren.localnode import free_port
 
@@ -88,7 +88,7 @@ def test_usage_errors_exit_2(cluster: Cluster) -> None:
     assert_clean_failure(res, errors.EXIT_USAGE, "--name works with a single file only")
 
 
-def test_manager_never_started(make_cluster: type[Cluster], tmp_path: Path) -> None:
+def test_manager_never_started(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given a broker on which no warren service has ever run
     c = make_cluster()
     p = tmp_path / "f.txt"
@@ -99,7 +99,7 @@ def test_manager_never_started(make_cluster: type[Cluster], tmp_path: Path) -> N
         assert_clean_failure(res, errors.EXIT_UNAVAILABLE, "the manager has never run")
 
 
-def test_manager_down(make_cluster: type[Cluster]) -> None:
+def test_manager_down(make_cluster: MakeCluster) -> None:
     # Given a manager that ran once (its queue exists) but is stopped now
     c = make_cluster(WARREN_REQUEST_TIMEOUT="2")
     c.start("manager")

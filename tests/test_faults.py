@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.cluster import Cluster, wait_for
+from tests.cluster import Cluster, MakeCluster, wait_for
 from warren import errors
 from warren.localnode import LocalNode
 
@@ -40,7 +40,7 @@ def live_replicas(c: Cluster, name: str) -> list[str]:
 
 
 def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
-    make_cluster: type[Cluster], tmp_path: Path
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     # Given six files, two replicas each, on four workers
     c = make_cluster()
@@ -90,9 +90,7 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
     assert c.status()["under_replicated"] == 0
 
 
-def test_worker_killed_mid_upload_then_restarted(
-    make_cluster: type[Cluster], tmp_path: Path
-) -> None:
+def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given an upload of a large file in flight on a cluster of exactly two workers
     c = make_cluster()
     c.start_all(2)
@@ -119,7 +117,7 @@ def test_worker_killed_mid_upload_then_restarted(
 
 
 def test_restore_fails_over_when_the_serving_worker_dies(
-    make_cluster: type[Cluster], tmp_path: Path
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     # Given a stored file with two replicas
     c = make_cluster(WARREN_TRANSFER_TIMEOUT="3")
@@ -153,7 +151,7 @@ def test_restore_fails_over_when_the_serving_worker_dies(
     assert not list(out.glob(".movie.bin.*"))  # no temporary file left behind
 
 
-def test_manager_killed_during_an_upload(make_cluster: type[Cluster], tmp_path: Path) -> None:
+def test_manager_killed_during_an_upload(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given an upload in flight
     c = make_cluster()
     c.start_all(2)
@@ -174,7 +172,7 @@ def test_manager_killed_during_an_upload(make_cluster: type[Cluster], tmp_path: 
 
 
 def test_slow_disk_does_not_starve_amqp_heartbeats(
-    make_cluster: type[Cluster], tmp_path: Path
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     # Given workers whose every file takes 8 s to finish, and a 2 s AMQP heartbeat, so a
     # blocked I/O thread would make RabbitMQ drop the connection
@@ -193,7 +191,7 @@ def test_slow_disk_does_not_starve_amqp_heartbeats(
 
 
 def test_broker_alarm_blocks_publishers_who_say_so_and_time_out(
-    make_cluster: type[Cluster], tmp_path: Path
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     c = make_cluster(WARREN_BLOCKED_TIMEOUT="3")
     c.start_all(2)
@@ -216,9 +214,7 @@ def test_broker_alarm_blocks_publishers_who_say_so_and_time_out(
     c.client("upload", str(src)).ok()
 
 
-def test_broker_restart_loses_nothing_confirmed(
-    make_cluster: type[Cluster], tmp_path: Path
-) -> None:
+def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given a cluster on a broker of its own, with a file stored
     node = LocalNode.with_free_ports(tmp_path / "node", name="restart")
     node.start()

@@ -268,7 +268,8 @@ def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
-    return child.before.decode()
+    drawn: str = child.before.decode()
+    return drawn
 
 
 def test_colour_in_a_terminal_and_none_with_no_color(cluster: Cluster) -> None:

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.cluster import Cluster, wait_for
+from tests.cluster import Cluster, MakeCluster, wait_for
 from warren.broker import Connection, Delivery
 from warren.config import Settings
 from warren.localnode import LocalNode, free_port
@@ -94,7 +94,7 @@ def test_connections_and_queues_are_named_for_the_management_ui(cluster: Cluster
     assert {MANAGER_REQUESTS, MANAGER_EVENTS, DEAD_LETTER_QUEUE, worker_chunks("w4")} <= queues
 
 
-def test_sigterm_stops_services_cleanly(make_cluster: type[Cluster]) -> None:
+def test_sigterm_stops_services_cleanly(make_cluster: MakeCluster) -> None:
     c = make_cluster()
     c.start_all(workers=2)
     for name in ("w2", "manager"):
@@ -106,7 +106,7 @@ def test_sigterm_stops_services_cleanly(make_cluster: type[Cluster]) -> None:
         assert "Traceback" not in log
 
 
-def test_manager_restart_keeps_the_catalog(make_cluster: type[Cluster], tmp_path: Path) -> None:
+def test_manager_restart_keeps_the_catalog(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given a stored file
     c = make_cluster()
     c.start_all(workers=2)
@@ -127,7 +127,7 @@ def test_manager_restart_keeps_the_catalog(make_cluster: type[Cluster], tmp_path
 
 
 def test_services_wait_for_a_broker_that_is_not_up_yet(
-    make_cluster: type[Cluster], tmp_path: Path
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     # Given a worker and a manager started while nothing listens on their broker's port
     port = free_port()
@@ -156,7 +156,7 @@ def test_services_wait_for_a_broker_that_is_not_up_yet(
         node.stop()
 
 
-def test_metrics_count_what_the_services_do(make_cluster: type[Cluster], tmp_path: Path) -> None:
+def test_metrics_count_what_the_services_do(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given a manager and two workers exposing Prometheus metrics
     c = make_cluster()
     ports = {name: free_port() for name in ("manager", "w1", "w2")}
