@@ -1,9 +1,11 @@
 """The Docker deployment, checked without Docker or a broker.
 
-docker-compose.yml, the Dockerfile and broker/ only meet real code at `docker compose up`,
-which this suite never runs. These checks catch what would break there: a command a module
-does not accept, a mounted file that is missing, an env var nothing reads, a package the image
-lacks, a broker password hash that does not match its password.
+docker-compose.yml (one broker), docker-compose.cluster.yml (three clustered brokers), the
+Dockerfile and broker/ only meet real code at `docker compose up`, which this suite never runs.
+These checks catch what would break there: a command a module does not accept, a mounted file
+that is missing, an env var nothing reads, a package the image lacks, a broker password hash
+that does not match its password, a cluster node its peers cannot find or authenticate, and
+the two compose files or the two broker configs drifting apart.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,9 +30,9 @@ import pytest
 import yaml
 
 from warren.config import Settings
+from warren.topology import QUEUE_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BROKER = ROOT / "broker"
@@ -39,29 +42,65 @@ CLIENTS = ("client1", "client2")
 WARREN_SERVICES = ("manager", *WORKERS, *CLIENTS)
 SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
 SETTINGS_ENV = {"WARREN_" + name.upper() for name in SETTINGS_FIELDS}
+# Where Erlang (the node and the CLI tools) reads the cookie: $HOME of the rabbitmq user.
+COOKIE_PATH = "/var/lib/rabbitmq/.erlang.cookie"
 
 Service = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One compose file and what it must run."""
+
+    file: str
+    brokers: tuple[str, ...]  # the RabbitMQ services, each one node
+    broker_conf: str  # the file under broker/ its nodes mount as rabbitmq.conf
+    queue_type: str  # the manager's and the workers' Settings.queue_type
+
+
+SINGLE = Layout("docker-compose.yml", ("rabbitmq",), "rabbitmq.conf", "classic")
+CLUSTER = Layout(
+    "docker-compose.cluster.yml",
+    ("rabbitmq1", "rabbitmq2", "rabbitmq3"),
+    "rabbitmq-cluster.conf",
+    "quorum",
+)
+LAYOUTS = (SINGLE, CLUSTER)
+
+
+def each_layout() -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.file)
+
+
+def each_service(names: Callable[[Layout], Iterable[str]]) -> pytest.MarkDecorator:
+    """Parametrize (layout, name) over both compose files and the services ``names`` picks."""
+    params = [
+        pytest.param(layout, name, id=f"{layout.file}:{name}")
+        for layout in LAYOUTS
+        for name in names(layout)
+    ]
+    return pytest.mark.parametrize(("layout", "name"), params)
 
 
 # -- reading the files ---------------------------------------------------------------------
 
 
 @functools.cache
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+def compose(layout: Layout) -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / layout.file).read_text())
+    assert isinstance(data, dict), f"{layout.file} is not a mapping"
     return data
 
 
-def services() -> dict[str, Service]:
-    found = compose().get("services")
-    assert isinstance(found, dict), "docker-compose.yml has no services"
+def services(layout: Layout) -> dict[str, Service]:
+    found = compose(layout).get("services")
+    assert isinstance(found, dict), f"{layout.file} has no services"
     return found
 
 
-def service(name: str) -> Service:
-    svc = services().get(name)
-    assert isinstance(svc, dict), f"docker-compose.yml has no service {name!r}"
+def service(layout: Layout, name: str) -> Service:
+    svc = services(layout).get(name)
+    assert isinstance(svc, dict), f"{layout.file} has no service {name!r}"
     return svc
 
 
@@ -80,9 +119,9 @@ def argv(svc: Service) -> list[str]:
     return as_argv(svc.get("entrypoint")) + as_argv(svc.get("command"))
 
 
-def module_and_args(name: str) -> tuple[str, list[str]]:
-    cmd = argv(service(name))
-    assert cmd[:2] == ["python", "-m"] and len(cmd) >= 3, f"{name}: runs {cmd!r}"
+def module_and_args(layout: Layout, name: str) -> tuple[str, list[str]]:
+    cmd = argv(service(layout, name))
+    assert cmd[:2] == ["python", "-m"] and len(cmd) >= 3, f"{layout.file}: {name} runs {cmd!r}"
     return cmd[2], cmd[3:]
 
 
@@ -136,16 +175,33 @@ def mounts(svc: Service) -> list[Mount]:
     return found
 
 
-def container_ports(svc: Service) -> set[int]:
-    ports: set[int] = set()
+@dataclasses.dataclass(frozen=True)
+class Port:
+    host_ip: str  # "" when published on every interface
+    host_port: int | None
+    container_port: int
+
+
+def published(svc: Service) -> list[Port]:
+    ports: list[Port] = []
     for p in svc.get("ports") or []:
         if isinstance(p, dict):
-            ports.add(int(p["target"]))
-        else:
-            # Unquoted "5672:5672" is a base-60 integer to YAML 1.1: compose files quote ports.
-            assert isinstance(p, str), f"port {p!r} must be a quoted string"
-            ports.add(int(p.split(":")[-1].split("/")[0]))
+            host = p.get("published")
+            host_port = int(host) if host is not None else None
+            ports.append(Port(str(p.get("host_ip", "")), host_port, int(p["target"])))
+            continue
+        # Unquoted "5672:5672" is a base-60 integer to YAML 1.1: compose files quote ports.
+        assert isinstance(p, str), f"port {p!r} must be a quoted string"
+        parts = p.split("/")[0].split(":")
+        assert 1 <= len(parts) <= 3, f"port {p!r} is not [[IP:]HOST:]CONTAINER"
+        ip = parts[0] if len(parts) == 3 else ""
+        host_port = int(parts[-2]) if len(parts) >= 2 else None
+        ports.append(Port(ip, host_port, int(parts[-1])))
     return ports
+
+
+def container_ports(svc: Service) -> set[int]:
+    return {p.container_port for p in published(svc)}
 
 
 @functools.cache
@@ -194,13 +250,15 @@ def dockerfile_copy_sources() -> list[str]:
     return sources
 
 
-def broker_conf() -> dict[str, str]:
+@functools.cache
+def broker_conf(file: str = "rabbitmq.conf") -> dict[str, str]:
     conf: dict[str, str] = {}
-    for raw in (BROKER / "rabbitmq.conf").read_text().splitlines():
+    for raw in (BROKER / file).read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             key, sep, value = line.partition("=")
-            assert sep, f"rabbitmq.conf: {raw!r} is not 'key = value'"
+            assert sep, f"{file}: {raw!r} is not 'key = value'"
+            assert key.strip() not in conf, f"{file}: {key.strip()} is set twice"
             conf[key.strip()] = value.strip()
     return conf
 
@@ -219,57 +277,108 @@ def rabbit_sha256_matches(password_hash: str, password: str) -> bool:
     return len(salt) == 4 and hmac.compare_digest(digest, expected)
 
 
+def node_name(layout: Layout, broker: str) -> str:
+    """The node's name: rabbit@<hostname> (the image's default; RABBITMQ_NODENAME overrides)."""
+    svc = service(layout, broker)
+    default = f"rabbit@{svc.get('hostname', '')}"
+    return environment(svc).get("RABBITMQ_NODENAME", default)
+
+
+def erlang_cookie(layout: Layout, broker: str) -> str:
+    """The cookie a node runs with, read from where its service takes it.
+
+    Either a bind-mounted file that the command installs as $HOME/.erlang.cookie, owned by
+    rabbitmq and readable by it only, before handing over to the image's entrypoint; or the
+    (deprecated) RABBITMQ_ERLANG_COOKIE variable.
+    """
+    svc = service(layout, broker)
+    from_env = environment(svc).get("RABBITMQ_ERLANG_COOKIE")
+    cmd = argv(svc)
+    if cmd[:2] != ["sh", "-c"]:
+        assert from_env, f"{broker}: no Erlang cookie: its peers would refuse it"
+        return from_env
+    assert from_env is None, f"{broker}: give the cookie one way, not two"
+    assert len(cmd) == 3, f"{broker}: sh -c takes one script: {cmd!r}"
+    steps = [shlex.split(step) for step in cmd[2].split("&&")]
+    assert steps[-1] == ["exec", "docker-entrypoint.sh", "rabbitmq-server"], (
+        f"{broker}: the script must end by handing over to the image's entrypoint"
+    )
+    installs = [s for s in steps if s[:1] == ["install"] and s[-1] == COOKIE_PATH]
+    assert len(installs) == 1, f"{broker}: the script does not install {COOKIE_PATH}"
+    install = installs[0]
+    options = flag_values(install[1:-2])
+    assert options.get("-o") == "rabbitmq" and options.get("-g") == "rabbitmq", (
+        f"{broker}: the cookie must belong to the rabbitmq user: {install}"
+    )
+    assert options.get("-m") in ("0400", "400"), f"{broker}: the cookie must be 0400: {install}"
+    source = install[-2]
+    by_target = {m.target: m for m in mounts(svc)}
+    assert source in by_target, f"{broker}: {source} is not mounted"
+    mount = by_target[source]
+    assert mount.is_bind and mount.read_only, f"{broker}: mount {mount.source} read-only"
+    path = ROOT / mount.source
+    assert path.is_file(), f"{broker}: {mount.source} does not exist"
+    return path.read_text()
+
+
 # -- compose: services and commands --------------------------------------------------------
 
 
-def test_compose_has_the_broker_the_manager_four_workers_and_two_clients() -> None:
-    assert set(services()) == {"rabbitmq", *WARREN_SERVICES}
-    running_worker = {name for name in WARREN_SERVICES if module_and_args(name)[0] == "worker"}
+@each_layout()
+def test_compose_has_the_brokers_the_manager_four_workers_and_two_clients(layout: Layout) -> None:
+    assert set(services(layout)) == {*layout.brokers, *WARREN_SERVICES}
+    running_worker = {
+        name for name in WARREN_SERVICES if module_and_args(layout, name)[0] == "worker"
+    }
     assert running_worker == set(WORKERS)
 
 
-@pytest.mark.parametrize("name", WARREN_SERVICES)
-def test_command_runs_a_repo_module_with_flags_it_accepts(name: str) -> None:
-    module, args = module_and_args(name)
+@each_service(lambda layout: WARREN_SERVICES)
+def test_command_runs_a_repo_module_with_flags_it_accepts(layout: Layout, name: str) -> None:
+    module, args = module_and_args(layout, name)
     assert (ROOT / module / "__main__.py").is_file(), f"{name}: no module {module}/__main__.py"
     options = help_options(module)
     for flag in flag_values(args):
         assert flag in options, f"{name}: python -m {module} has no option {flag}"
 
 
-@pytest.mark.parametrize("name", ["manager", *WORKERS])
-def test_service_settings_load_from_its_flags_and_environment(name: str) -> None:
-    _, args = module_and_args(name)
+@each_service(lambda layout: ("manager", *WORKERS))
+def test_service_settings_load_from_its_flags_and_environment(layout: Layout, name: str) -> None:
+    _, args = module_and_args(layout, name)
     overrides = {}
     for flag, value in flag_values(args).items():
         field = flag.lstrip("-").replace("-", "_")
         if field in SETTINGS_FIELDS:
             overrides[field] = value
-    settings = Settings.load(overrides, environ=environment(service(name)))
+    svc = service(layout, name)
+    settings = Settings.load(overrides, environ=environment(svc))
     assert settings.data_dir is not None, f"{name}: give --data-dir so state lands on a volume"
-    data_volumes = {m.target for m in mounts(service(name)) if not m.is_bind}
+    data_volumes = {m.target for m in mounts(svc) if not m.is_bind}
     assert str(settings.data_dir) in data_volumes, f"{name}: {settings.data_dir} is no volume"
     if name in WORKERS:
         assert settings.name == name, f"{name}: runs as worker {settings.name!r}"
+    assert settings.queue_type == layout.queue_type, f"{layout.file}: {name} declares queues"
 
 
-def test_workers_each_keep_data_on_their_own_volume() -> None:
+@each_layout()
+def test_every_service_keeps_its_data_on_a_volume_of_its_own(layout: Layout) -> None:
     volumes = {}
-    for name in ("manager", *WORKERS):
-        named = [m.source for m in mounts(service(name)) if not m.is_bind]
+    for name in (*layout.brokers, "manager", *WORKERS):
+        named = [m.source for m in mounts(service(layout, name)) if not m.is_bind]
         assert len(named) == 1, f"{name}: expected one named volume, got {named}"
         volumes[name] = named[0]
     assert len(set(volumes.values())) == len(volumes), f"volumes are shared: {volumes}"
-    declared = compose().get("volumes") or {}
+    declared = compose(layout).get("volumes") or {}
     for name, volume in volumes.items():
         assert volume in declared, f"{name}: volume {volume!r} is not declared under volumes:"
 
 
-def test_clients_run_on_demand_under_distinct_names() -> None:
+@each_layout()
+def test_clients_run_on_demand_under_distinct_names(layout: Layout) -> None:
     names = set()
     for name in CLIENTS:
-        svc = service(name)
-        assert module_and_args(name)[0] == "client"
+        svc = service(layout, name)
+        assert module_and_args(layout, name)[0] == "client"
         assert "client" in (svc.get("profiles") or []), f"{name}: `up` would start it"
         assert "command" not in svc, f"{name}: `compose run {name} ARGS` should append to it"
         client_name = environment(svc).get("WARREN_CLIENT_NAME", "")
@@ -279,54 +388,186 @@ def test_clients_run_on_demand_under_distinct_names() -> None:
     assert len(names) == len(CLIENTS)
 
 
-# -- compose: environment, mounts, broker, ordering -----------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(["rabbitmq", *WARREN_SERVICES]))
-def test_only_settings_fields_are_set_as_warren_env_vars(name: str) -> None:
-    unknown = {k for k in environment(service(name)) if k.startswith("WARREN_")} - SETTINGS_ENV
-    assert not unknown, f"{name}: {sorted(unknown)} are not fields of warren.config.Settings"
+def test_the_two_layouts_are_separate_projects() -> None:
+    names = [compose(layout).get("name") for layout in LAYOUTS]
+    assert all(names), "give every compose file a project name: its volumes are named after it"
+    assert len(set(names)) == len(names), f"the layouts would share containers and volumes: {names}"
 
 
 @pytest.mark.parametrize("name", WARREN_SERVICES)
-def test_services_reach_the_compose_broker(name: str) -> None:
-    url = environment(service(name)).get("WARREN_AMQP_URL", "")
-    parts = urlsplit(url)
-    assert parts.hostname == "rabbitmq" and parts.port == 5672, f"{name}: WARREN_AMQP_URL={url}"
+def test_cluster_services_are_the_single_broker_services_but_for_the_broker(name: str) -> None:
+    # Only the broker addresses, the queue type and what to wait for may differ.
+    cluster, single = service(CLUSTER, name), service(SINGLE, name)
+    differing = ("environment", "depends_on")
+    assert {k: v for k, v in cluster.items() if k not in differing} == {
+        k: v for k, v in single.items() if k not in differing
+    }, f"{name}: docker-compose.cluster.yml and docker-compose.yml run it differently"
+    per_layout = ("WARREN_AMQP_URL", "WARREN_QUEUE_TYPE")
+    cluster_env = {k: v for k, v in environment(cluster).items() if k not in per_layout}
+    single_env = {k: v for k, v in environment(single).items() if k not in per_layout}
+    assert cluster_env == single_env, f"{name}: the layouts set different environments"
 
 
-@pytest.mark.parametrize("name", sorted(["rabbitmq", *WARREN_SERVICES]))
-def test_bind_mounted_host_paths_exist(name: str) -> None:
-    for m in mounts(service(name)):
+def test_cluster_header_commands_name_the_cluster_file() -> None:
+    # A bare `docker compose ...` would act on docker-compose.yml's project instead.
+    text = (ROOT / CLUSTER.file).read_text()
+    commands = [line for line in text.splitlines() if re.match(r"#\s+docker compose ", line)]
+    assert commands, f"{CLUSTER.file}: start with the commands that use it"
+    for line in commands:
+        assert f"docker compose -f {CLUSTER.file} " in line, f"{CLUSTER.file}: {line!r}"
+
+
+# -- compose: environment, mounts, broker, ordering -----------------------------------------
+
+
+@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES]))
+def test_only_settings_fields_are_set_as_warren_env_vars(layout: Layout, name: str) -> None:
+    env = environment(service(layout, name))
+    unknown = {k for k in env if k.startswith("WARREN_")} - SETTINGS_ENV
+    assert not unknown, f"{name}: {sorted(unknown)} are not fields of warren.config.Settings"
+
+
+@each_service(lambda layout: WARREN_SERVICES)
+def test_services_reach_every_broker_of_their_compose_file(layout: Layout, name: str) -> None:
+    settings = Settings.load(environ=environment(service(layout, name)))
+    urls = settings.amqp_urls
+    hosts = [urlsplit(url).hostname for url in urls]
+    assert sorted(h or "" for h in hosts) == sorted(layout.brokers), (
+        f"{layout.file}: {name} lists {hosts}, not each of {list(layout.brokers)} once"
+    )
+    for url in urls:
+        assert urlsplit(url).port == 5672, f"{name}: {url} is not the AMQP port"
+    # The URLs differ only in the host, so no node gets other credentials or another vhost.
+    shapes = {url.replace(f"@{urlsplit(url).hostname}:", "@HOST:") for url in urls}
+    assert len(shapes) == 1, f"{name}: {sorted(shapes)}"
+
+
+@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES]))
+def test_bind_mounted_host_paths_exist(layout: Layout, name: str) -> None:
+    for m in mounts(service(layout, name)):
         if m.is_bind:
             assert (ROOT / m.source).exists(), f"{name}: {m.source} does not exist"
 
 
-def test_rabbitmq_mounts_its_config_read_only() -> None:
-    by_target = {m.target: m for m in mounts(service("rabbitmq"))}
-    for file in ("rabbitmq.conf", "definitions.json", "enabled_plugins"):
+@each_service(lambda layout: layout.brokers)
+def test_rabbitmq_mounts_its_config_read_only(layout: Layout, name: str) -> None:
+    by_target = {m.target: m for m in mounts(service(layout, name))}
+    sources = {
+        "rabbitmq.conf": layout.broker_conf,
+        "definitions.json": "definitions.json",
+        "enabled_plugins": "enabled_plugins",
+    }
+    for file, source in sources.items():
         m = by_target.get(f"/etc/rabbitmq/{file}")
-        assert m is not None, f"rabbitmq: /etc/rabbitmq/{file} is not mounted"
-        assert (ROOT / m.source).resolve() == BROKER / file
-        assert m.read_only, f"rabbitmq: mount {file} read-only"
-    assert "/var/lib/rabbitmq" in by_target, "rabbitmq: keep /var/lib/rabbitmq on a volume"
+        assert m is not None, f"{name}: /etc/rabbitmq/{file} is not mounted"
+        assert (ROOT / m.source).resolve() == BROKER / source, f"{name}: mount broker/{source}"
+        assert m.read_only, f"{name}: mount {file} read-only"
+    assert "/var/lib/rabbitmq" in by_target, f"{name}: keep /var/lib/rabbitmq on a volume"
+    assert not by_target["/var/lib/rabbitmq"].is_bind, f"{name}: /var/lib/rabbitmq on a volume"
 
 
-def test_rabbitmq_publishes_its_ports_and_has_a_healthcheck() -> None:
-    svc = service("rabbitmq")
+@each_service(lambda layout: layout.brokers)
+def test_rabbitmq_publishes_its_ports_on_localhost_and_has_a_healthcheck(
+    layout: Layout, name: str
+) -> None:
+    svc = service(layout, name)
     assert {5672, 15672} <= container_ports(svc)
+    for port in published(svc):
+        assert port.host_ip == "127.0.0.1", f"{name}: guest/guest must not face the network"
+        assert port.host_port is not None, f"{name}: give {port.container_port} a fixed port"
     check = svc.get("healthcheck") or {}
-    assert not check.get("disable"), "rabbitmq: the healthcheck is disabled"
-    assert as_argv(check.get("test"))[:1] in (["CMD"], ["CMD-SHELL"]), "rabbitmq: no healthcheck"
+    assert not check.get("disable"), f"{name}: the healthcheck is disabled"
+    assert as_argv(check.get("test"))[:1] in (["CMD"], ["CMD-SHELL"]), f"{name}: no healthcheck"
+    assert check == service(SINGLE, "rabbitmq")["healthcheck"], (
+        f"{layout.file}: {name} is checked differently from docker-compose.yml's broker"
+    )
+
+
+@each_layout()
+def test_brokers_publish_on_host_ports_of_their_own(layout: Layout) -> None:
+    seen: dict[int | None, str] = {}
+    for name in layout.brokers:
+        for port in published(service(layout, name)):
+            assert port.host_port not in seen, (
+                f"{layout.file}: {name} and {seen[port.host_port]} both publish {port.host_port}"
+            )
+            seen[port.host_port] = name
+
+
+@each_layout()
+def test_brokers_have_fixed_distinct_hostnames(layout: Layout) -> None:
+    # A node is rabbit@<hostname> and keeps its data under that name: a recreated container
+    # must come back as the same node. The hostname is the service name, which is how the
+    # services and the peer nodes reach it.
+    for name in layout.brokers:
+        svc = service(layout, name)
+        assert svc.get("hostname") == name, f"{layout.file}: give {name} `hostname: {name}`"
+        assert node_name(layout, name) == f"rabbit@{name}"
+    assert len({node_name(layout, name) for name in layout.brokers}) == len(layout.brokers)
+
+
+@each_service(lambda layout: WARREN_SERVICES)
+def test_services_wait_for_every_healthy_broker(layout: Layout, name: str) -> None:
+    depends = service(layout, name).get("depends_on")
+    assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+    for broker in layout.brokers:
+        condition = (depends.get(broker) or {}).get("condition")
+        assert condition == "service_healthy", f"{layout.file}: {name} must wait for {broker}"
+    if name != "manager":
+        assert "manager" in depends, f"{name}: start the manager first"
+
+
+@each_layout()
+def test_brokers_do_not_wait_for_each_other(layout: Layout) -> None:
+    # A restarted node waits for the peer that stopped last: if it had to wait for a peer to
+    # be healthy before starting, the cluster could never come back.
+    for name in layout.brokers:
+        depends = service(layout, name).get("depends_on") or {}
+        assert not set(depends) & set(layout.brokers), f"{name}: waits for {sorted(depends)}"
+
+
+# -- compose: the cluster --------------------------------------------------------------------
+
+
+def test_cluster_conf_is_rabbitmq_conf_plus_peer_discovery_of_the_three_nodes() -> None:
+    single, cluster = broker_conf(SINGLE.broker_conf), broker_conf(CLUSTER.broker_conf)
+    for key, value in single.items():
+        assert cluster.get(key) == value, (
+            f"{CLUSTER.broker_conf}: {key} = {cluster.get(key)}, rabbitmq.conf says {value}"
+        )
+    extra = {k: v for k, v in cluster.items() if k not in single}
+    for key in extra:
+        assert key.startswith("cluster_formation."), f"{CLUSTER.broker_conf}: {key} only here"
+    backend = extra.get("cluster_formation.peer_discovery_backend")
+    assert backend in ("rabbit_peer_discovery_classic_config", "classic_config"), backend
+    listed = {
+        k: v for k, v in extra.items() if k.startswith("cluster_formation.classic_config.nodes.")
+    }
+    expected = sorted(node_name(CLUSTER, name) for name in CLUSTER.brokers)
+    assert sorted(listed.values()) == expected, f"{CLUSTER.broker_conf} lists {listed}"
+
+
+def test_cluster_nodes_share_one_valid_erlang_cookie() -> None:
+    cookies = {name: erlang_cookie(CLUSTER, name) for name in CLUSTER.brokers}
+    assert len(set(cookies.values())) == 1, f"the nodes would refuse each other: {cookies}"
+    # Erlang reads the first line: printable ASCII, at most 255 characters.
+    lines = next(iter(cookies.values())).splitlines()
+    assert len(lines) == 1, "the cookie file holds one line"
+    assert re.fullmatch(r"[!-~]{20,255}", lines[0]), "a cookie is 20-255 printable characters"
 
 
 @pytest.mark.parametrize("name", ["manager", *WORKERS])
-def test_services_wait_for_a_healthy_broker(name: str) -> None:
-    depends = service(name).get("depends_on")
-    assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
-    assert (depends.get("rabbitmq") or {}).get("condition") == "service_healthy"
-    if name in WORKERS:
-        assert "manager" in depends, f"{name}: start the manager first"
+def test_cluster_manager_and_workers_declare_quorum_queues(name: str) -> None:
+    value = environment(service(CLUSTER, name)).get("WARREN_QUEUE_TYPE")
+    assert value == "quorum", f"{name}: set WARREN_QUEUE_TYPE: quorum on the cluster"
+    assert value in QUEUE_TYPES
+    assert Settings.load(environ={"WARREN_QUEUE_TYPE": value}).queue_type == "quorum"
+
+
+@each_service(lambda layout: CLIENTS)
+def test_clients_leave_the_queue_type_to_the_services(layout: Layout, name: str) -> None:
+    # Clients declare no shared queue: a queue type set here would only mislead.
+    assert "WARREN_QUEUE_TYPE" not in environment(service(layout, name))
 
 
 # -- the image ------------------------------------------------------------------------------
@@ -334,7 +575,7 @@ def test_services_wait_for_a_healthy_broker(name: str) -> None:
 
 def test_dockerfile_copies_every_package_the_services_run() -> None:
     copied = set(dockerfile_copy_sources())
-    modules = {module_and_args(name)[0] for name in WARREN_SERVICES}
+    modules = {module_and_args(layout, name)[0] for layout in LAYOUTS for name in WARREN_SERVICES}
     for package in modules | {"warren"}:
         assert package in copied, f"the Dockerfile does not COPY {package}/"
     tomllib = pytest.importorskip("tomllib")
@@ -398,8 +639,9 @@ def test_guest_password_hash_matches_guest() -> None:
     assert not rabbit_sha256_matches(password_hash, "guest2")
 
 
-def test_rabbitmq_conf_matches_the_compose_service() -> None:
-    conf = broker_conf()
+@pytest.mark.parametrize("file", [layout.broker_conf for layout in LAYOUTS])
+def test_rabbitmq_conf_matches_the_compose_service(file: str) -> None:
+    conf = broker_conf(file)
     assert conf["listeners.tcp.default"].rsplit(":", 1)[-1] == "5672"
     assert conf["management.tcp.port"] == "15672"
     assert conf["load_definitions"] == "/etc/rabbitmq/definitions.json"
