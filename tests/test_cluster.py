@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ def nodes(rabbit: LocalNode) -> Iterator[list[LocalNode]]:
         yield nodes
     finally:
         stop_all(nodes)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def quorum_cluster(make_cluster: MakeCluster, nodes: list[LocalNode]) -> Cluster:
