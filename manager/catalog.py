@@ -68,6 +68,7 @@ class Catalog:
         self.path = path
         self.dead_after = dead_after
         self._db: sqlite3.Connection | None = None
+        self._usage: dict[str, tuple[int, int]] | None = None  # see _replica_usage
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,27 +124,39 @@ class Catalog:
     def candidates(self, now: float | None = None) -> list[Candidate]:
         reserved: dict[str, int] = {}
         count: dict[str, int] = {}
-        for up in self.pending_uploads():
-            for w in up.chain:
-                reserved[w] = reserved.get(w, 0) + up.size
-                count[w] = count.get(w, 0) + 1
-        used: dict[str, int] = {}
         for worker, nbytes, nfiles in self.db.execute(
-            "SELECT worker, SUM(size), COUNT(*) FROM replicas GROUP BY worker"
+            "SELECT j.value, SUM(u.size), COUNT(*) FROM uploads u, json_each(u.chain) j "
+            "WHERE u.state=? GROUP BY j.value",
+            (PENDING,),
         ):
-            used[worker] = nbytes
-            count[worker] = count.get(worker, 0) + nfiles
+            reserved[worker], count[worker] = nbytes, nfiles
+        usage = self._replica_usage()
         return [
             Candidate(
                 w.name,
                 w.alive,
                 w.free_bytes,
-                used.get(w.name, 0),
+                usage.get(w.name, (0, 0))[0],
                 reserved.get(w.name, 0),
-                count.get(w.name, 0),
+                count.get(w.name, 0) + usage.get(w.name, (0, 0))[1],
             )
             for w in self.workers(now)
         ]
+
+    def _replica_usage(self) -> dict[str, tuple[int, int]]:
+        """(bytes, replicas) the catalog knows on each worker.
+
+        Placement asks on every upload, so this is summed over the replicas table once and
+        then kept up to date as replicas are recorded; a reconcile sums it again.
+        """
+        if self._usage is None:
+            self._usage = {
+                worker: (nbytes, nfiles)
+                for worker, nbytes, nfiles in self.db.execute(
+                    "SELECT worker, SUM(size), COUNT(*) FROM replicas GROUP BY worker"
+                )
+            }
+        return self._usage
 
     def reconcile(self, worker: str, blobs: Iterable[BlobEntry]) -> tuple[int, int]:
         """Make the catalog's replicas on ``worker`` exactly what it reports holding.
@@ -157,6 +170,7 @@ class Catalog:
         }
         added = set(reported) - known
         removed = known - set(reported)
+        self._usage = None  # summed again on next use
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -209,7 +223,12 @@ class Catalog:
         up = self.upload(upload_id)
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute("INSERT OR IGNORE INTO replicas VALUES (?,?,?)", (sha256, worker, size))
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO replicas VALUES (?,?,?)", (sha256, worker, size)
+            )
+            if cur.rowcount == 1 and self._usage is not None:
+                nbytes, nfiles = self._usage.get(worker, (0, 0))
+                self._usage[worker] = (nbytes + size, nfiles + 1)
             if up is None or up.sha256 != sha256:
                 return None
             self.db.execute(

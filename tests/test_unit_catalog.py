@@ -80,3 +80,15 @@ def test_pending_uploads_reserve_space_for_placement(tmp_path: Path) -> None:
     assert reserved == {"w1": 5, "w2": 5, "w3": 0}
     assert c.expire_uploads(older_than=2000) == 1
     assert all(cand.reserved_bytes == 0 for cand in c.candidates(now=1000))
+
+
+def test_placement_sees_replicas_as_they_are_recorded(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    assert {x.name: x.used_bytes for x in c.candidates(now=1000)} == {"w1": 0, "w2": 0, "w3": 0}
+    c.add_upload(upload(), now=1000)
+    c.replica_stored("1" * 32, "w1", SHA, 5, now=1001)
+    c.replica_stored("1" * 32, "w1", SHA, 5, now=1001)  # a duplicate counts once
+    used = {x.name: (x.used_bytes, x.files) for x in c.candidates(now=1001)}
+    assert used["w1"] == (5, 2)  # 5 bytes stored, and 1 replica + 1 pending upload
+    c.reconcile("w1", [])
+    assert {x.name: x.used_bytes for x in c.candidates(now=1001)}["w1"] == 0

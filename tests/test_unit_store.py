@@ -17,7 +17,7 @@ def test_chunks_in_any_order_with_repeats_make_the_file(tmp_path: Path) -> None:
     store.open()
     data = b"0123456789" * 3
     pieces = [(0, 0, data[:10]), (2, 20, data[20:]), (1, 10, data[10:20])]
-    counts = [store.write_chunk(UID, s, o, b) for s, o, b in pieces + pieces[:1]]
+    counts = [store.write_chunk(UID, s, o, b, 3) for s, o, b in pieces + pieces[:1]]
     assert counts == [1, 2, 3, 3]  # the repeat is a no-op
     sha = hashlib.sha256(data).hexdigest()
     path = store.finalize(UID, sha, len(data))
@@ -31,16 +31,16 @@ def test_chunks_in_any_order_with_repeats_make_the_file(tmp_path: Path) -> None:
 def test_a_restarted_store_resumes_from_its_journal(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
-    store.write_chunk(UID, 0, 0, b"aaaa")
+    store.write_chunk(UID, 0, 0, b"aaaa", 2)
     again = ChunkStore(tmp_path)  # a new process after a crash
     again.open()
-    assert again.write_chunk(UID, 1, 4, b"bbbb") == 2
+    assert again.write_chunk(UID, 1, 4, b"bbbb", 2) == 2
 
 
 def test_a_bad_hash_is_never_stored(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
-    store.write_chunk(UID, 0, 0, b"data")
+    store.write_chunk(UID, 0, 0, b"data", 2)
     with pytest.raises(CorruptUpload):
         store.finalize(UID, "00" * 32, 4)
     assert list(store.inventory()) == []
@@ -50,7 +50,7 @@ def test_a_bad_hash_is_never_stored(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
-    store.write_chunk(UID, 0, 0, b"")
+    store.write_chunk(UID, 0, 0, b"", 1)
     path = store.finalize(UID, hashlib.sha256(b"").hexdigest(), 0)
     assert path.read_bytes() == b""
 
@@ -59,7 +59,7 @@ def test_ids_never_become_paths(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
     with pytest.raises(ValueError):
-        store.write_chunk("../../etc/passwd", 0, 0, b"x")
+        store.write_chunk("../../etc/passwd", 0, 0, b"x", 1)
     with pytest.raises(ValueError):
         store.blob_path("../x")
 
@@ -67,8 +67,8 @@ def test_ids_never_become_paths(tmp_path: Path) -> None:
 def test_out_of_order_chunks_are_verified_by_reading_back(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
-    store.write_chunk(UID, 1, 4, b"bbbb")
-    store.write_chunk(UID, 0, 0, b"aaaa")
+    store.write_chunk(UID, 1, 4, b"bbbb", 2)
+    store.write_chunk(UID, 0, 0, b"aaaa", 2)
     good = hashlib.sha256(b"aaaabbbb").hexdigest()
     assert store.finalize(UID, good, 8).read_bytes() == b"aaaabbbb"
 
@@ -76,7 +76,20 @@ def test_out_of_order_chunks_are_verified_by_reading_back(tmp_path: Path) -> Non
 def test_in_order_hash_still_catches_a_wrong_announced_hash(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     store.open()
-    store.write_chunk(UID, 0, 0, b"aaaa")
-    store.write_chunk(UID, 1, 4, b"bbbb")
+    store.write_chunk(UID, 0, 0, b"aaaa", 2)
+    store.write_chunk(UID, 1, 4, b"bbbb", 2)
     with pytest.raises(CorruptUpload):
         store.finalize(UID, hashlib.sha256(b"aaaabbbX").hexdigest(), 8)
+
+
+def test_a_one_chunk_file_leaves_no_journal_and_can_be_stored_again(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    sha = hashlib.sha256(b"small").hexdigest()
+    store.write_chunk(UID, 0, 0, b"small", 1)
+    store.finalize(UID, sha, 5)
+    assert not any(store.incoming.iterdir())  # no .part, .seqs or .done left behind
+    # A redelivery of its only chunk stores it again, identically, and counts once
+    store.write_chunk(UID, 0, 0, b"small", 1)
+    assert store.finalize(UID, sha, 5).read_bytes() == b"small"
+    assert store.usage().files == 1

@@ -69,10 +69,21 @@ def decode(type_name: str | None, body: bytes) -> Message:
     return cls.decode(body)
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    """The resolved field types of a message class, cached: resolving costs an eval each."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _build(cls: type[Any], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise DecodeError(f"{where}: expected an object")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:

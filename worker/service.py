@@ -126,7 +126,7 @@ class Worker:
             self._forward(conn, d, h, lambda: self._finished(conn, d, h, None))
             return
 
-        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body)
+        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body, h.chunk_count)
         metrics.BYTES_IN.inc(len(d.body))
         complete = count == h.chunk_count
         self._forward(conn, d, h, lambda: self._complete(conn, d, h) if complete else d.ack())

@@ -7,6 +7,7 @@ Layout under the worker's data dir::
     incoming/<id>.seqs         the chunks already written (one number per line): a journal that
                                lets a restarted worker resume instead of starting over
     incoming/<id>.done         the upload finished (its sha256): a redelivered chunk is a no-op
+                               (both only for files of more than one chunk)
 
 Every write is idempotent: a redelivered chunk rewrites the same bytes at the same offset.
 A replica becomes visible only by an atomic rename after fsync and SHA-256 verification,
@@ -81,8 +82,15 @@ class ChunkStore:
         except FileNotFoundError:
             return None
 
-    def write_chunk(self, upload_id: str, seq: int, offset: int, data: bytes) -> int:
-        """Write one chunk at its offset and journal it; return how many chunks are in."""
+    def write_chunk(
+        self, upload_id: str, seq: int, offset: int, data: bytes, chunk_count: int
+    ) -> int:
+        """Write one chunk at its offset and journal it; return how many chunks are in.
+
+        A file of one chunk needs no journal (nor, later, a done marker): a redelivery of
+        its only chunk simply stores it again, identically. Small files skip two file
+        creations per replica that way, and creating files is most of what they cost.
+        """
         received = self._received_set(upload_id)
         if seq not in received:
             self._hash_in_order(upload_id, offset, data, fresh=not received)
@@ -94,8 +102,9 @@ class ChunkStore:
                     written += os.pwrite(fd, view[written:], offset + written)
             finally:
                 os.close(fd)
-            with open(self._path(upload_id, ".seqs"), "a") as journal:
-                journal.write(f"{seq}\n")
+            if chunk_count > 1:
+                with open(self._path(upload_id, ".seqs"), "a") as journal:
+                    journal.write(f"{seq}\n")
             received.add(seq)
         return len(received)
 
@@ -155,10 +164,11 @@ class ChunkStore:
         existed = target.exists()
         os.replace(part, target)
         _fsync_dir(target.parent)
-        done = self._path(upload_id, ".done")
-        done.write_text(sha256)
-        self._path(upload_id, ".seqs").unlink(missing_ok=True)
-        _fsync_dir(self.incoming)
+        journal = self._path(upload_id, ".seqs")
+        if journal.exists():  # more than one chunk: remember it is done, for redeliveries
+            self._path(upload_id, ".done").write_text(sha256)
+            journal.unlink()
+            _fsync_dir(self.incoming)
         self._received.pop(upload_id, None)
         if not existed:
             with self._lock:
