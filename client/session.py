@@ -173,7 +173,8 @@ class Session:
                 try:
                     answers.append(m.decode(d.type, d.body))
                 except DecodeError as exc:
-                    answers.append(m.ErrorReply("invalid", f"garbled answer from manager: {exc}"))
+                    garbled = f"garbled answer from the manager: {exc}"
+                    answers.append(m.ErrorReply("unavailable", garbled))
                 d.ack()
             elif on_other is not None:
                 on_other(d)
