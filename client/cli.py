@@ -229,7 +229,7 @@ class App:
         with bars or contextlib.nullcontext():
             hooks = RichProgress(self.out, name, bars, header=True)
             result = session.upload(path, name, self.args.replicas, hooks)
-        self.out.print(self.upload_summary(result), highlight=False, soft_wrap=True)
+        self.summarize(result)
         return errors.EXIT_OK
 
     def upload_batch(self, session: Session, items: list[tuple[Path, str]]) -> int:
@@ -253,11 +253,20 @@ class App:
             self.out.print(f"[bold]{escape(name)}[/]", highlight=False, soft_wrap=True)
             for worker, hop in sorted(outcome.confirmed.items(), key=lambda kv: kv[1]):
                 self.out.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
-            self.out.print(self.upload_summary(outcome), highlight=False, soft_wrap=True)
+            self.summarize(outcome)
 
         with bars or contextlib.nullcontext():
             session.upload_many(items, self.args.replicas, progress_for, done)
         return worst[0].exit_code if worst else errors.EXIT_OK
+
+    def summarize(self, r: UploadResult) -> None:
+        self.out.print(self.upload_summary(r), highlight=False, soft_wrap=True)
+        if not r.recorded:
+            self.err.print(
+                f"note: every replica of {r.name} is stored, but the manager has not recorded "
+                "it yet; `list` shows it once the manager catches up.",
+                markup=False,
+            )
 
     @staticmethod
     def upload_summary(r: UploadResult) -> str:

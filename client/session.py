@@ -71,6 +71,7 @@ class UploadResult:
     sha256: str
     chain: tuple[str, ...]
     confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
+    recorded: bool = True  # False: stored on every replica, but not yet in the catalog
 
 
 @dataclass
@@ -266,10 +267,17 @@ class Session:
                     sent[up.route] = up
                 now = time.monotonic()
                 for route, up in list(sent.items()):
-                    if up.failures or up.complete or up.error:
+                    if up.complete and not up.recorded and up.record_deadline == 0.0:
+                        # Every replica is safe: now give the manager a moment to record it,
+                        # so a `list` right after this command shows the file.
+                        up.record_deadline = now + self.settings.request_timeout
+                    if up.failures or up.error or (up.complete and up.recorded):
                         del sent[route]
                         finish(up, up.outcome())
-                    elif now > up.deadline:
+                    elif up.complete and now > up.record_deadline:
+                        del sent[route]
+                        finish(up, up.outcome())  # stored all the same: only the catalog lags
+                    elif not up.complete and now > up.deadline:
                         del sent[route]
                         finish(up, up.timed_out())
                 if asked or sent:
@@ -450,6 +458,8 @@ class _Upload:
         self.error: WarrenError | None = None
         self.confirmed: dict[str, int] = {}  # worker -> hop
         self.failures: list[str] = []
+        self.recorded = False  # the manager has it in the catalog
+        self.record_deadline = 0.0
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
@@ -473,6 +483,8 @@ class _Upload:
             self.progress.replica(msg.worker, msg.hop)
         elif isinstance(msg, m.ReplicaFailed):
             self.failures.append(f"{msg.worker}: {msg.reason}")
+        elif isinstance(msg, m.UploadRecorded):
+            self.recorded = True
 
     @property
     def complete(self) -> bool:
@@ -485,7 +497,12 @@ class _Upload:
             return IntegrityError(f"storing {self.name!r} failed on {'; '.join(self.failures)}.")
         assert self.accepted is not None
         return UploadResult(
-            self.name, self.size, self.sha256, self.accepted.chain, dict(self.confirmed)
+            self.name,
+            self.size,
+            self.sha256,
+            self.accepted.chain,
+            dict(self.confirmed),
+            recorded=self.recorded,
         )
 
     def timed_out(self) -> WarrenError:

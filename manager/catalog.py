@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL,
     sha256 TEXT NOT NULL, wanted INTEGER NOT NULL, chain TEXT NOT NULL,
-    client TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL);
+    client TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
+    reply_to TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS upload_replicas (
     upload_id TEXT NOT NULL, worker TEXT NOT NULL, PRIMARY KEY (upload_id, worker));
 CREATE TABLE IF NOT EXISTS files (
@@ -53,6 +54,7 @@ class Upload:
     chain: tuple[str, ...]
     client: str
     state: str
+    reply_to: str = ""  # the client's queue, told when the upload is recorded
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Catalog:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
+        if "reply_to" not in columns:  # a catalog from before uploads remembered it
+            db.execute("ALTER TABLE uploads ADD COLUMN reply_to TEXT NOT NULL DEFAULT ''")
         self._db = db
 
     def close(self) -> None:
@@ -186,7 +191,7 @@ class Catalog:
 
     def add_upload(self, up: Upload, now: float) -> None:
         self.db.execute(
-            "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 up.upload_id,
                 up.name,
@@ -197,12 +202,13 @@ class Catalog:
                 up.client,
                 up.state,
                 now,
+                up.reply_to,
             ),
         )
 
     def upload(self, upload_id: str) -> Upload | None:
         row = self.db.execute(
-            "SELECT upload_id, name, size, sha256, wanted, chain, client, state "
+            "SELECT upload_id, name, size, sha256, wanted, chain, client, state, reply_to "
             "FROM uploads WHERE upload_id=?",
             (upload_id,),
         ).fetchone()
@@ -210,7 +216,7 @@ class Catalog:
 
     def pending_uploads(self) -> list[Upload]:
         rows = self.db.execute(
-            "SELECT upload_id, name, size, sha256, wanted, chain, client, state "
+            "SELECT upload_id, name, size, sha256, wanted, chain, client, state, reply_to "
             "FROM uploads WHERE state=?",
             (PENDING,),
         ).fetchall()
@@ -326,4 +332,5 @@ def _upload(row: tuple[Any, ...]) -> Upload:
         chain=tuple(json.loads(row[5])),
         client=row[6],
         state=row[7],
+        reply_to=row[8],
     )

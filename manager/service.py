@@ -145,6 +145,7 @@ class Manager:
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
+                self._tell_recorded(conn, up)
         elif isinstance(msg, m.ReplicaFailed):
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
             self.catalog.upload_failed(msg.upload_id)
@@ -152,6 +153,19 @@ class Manager:
         else:
             raise DecodeError(f"{d.type} is not a worker event")
         d.ack()
+
+    def _tell_recorded(self, conn: Connection, up: Upload) -> None:
+        """Tell the uploading client its file is in the catalog, so that a ``list`` right
+        after ``upload`` shows it. Best effort: the client may be gone (then it is returned)."""
+        if up.reply_to:
+            done = m.UploadRecorded(upload_id=up.upload_id, name=up.name)
+            conn.publish(
+                up.reply_to,
+                done.encode(),
+                type=done.TYPE,
+                correlation_id=up.upload_id,
+                persistent=False,
+            )
 
     # -- client requests -------------------------------------------------------------------
 
@@ -164,6 +178,8 @@ class Manager:
             msg = m.decode(d.type, d.body)
             if isinstance(msg, m.DownloadRequest):
                 reply, serve_on = self._restore(msg)
+            elif isinstance(msg, m.UploadRequest):
+                reply = self._place(msg, d.reply_to)
             else:
                 reply = self._answer(msg)
         except DecodeError as exc:
@@ -192,8 +208,6 @@ class Manager:
         d.ack()
 
     def _answer(self, msg: m.Message) -> m.Message:
-        if isinstance(msg, m.UploadRequest):
-            return self._place(msg)
         if isinstance(msg, m.ListRequest):
             return m.ListReply(files=tuple(self.catalog.files()))
         if isinstance(msg, m.StatusRequest):
@@ -208,7 +222,7 @@ class Manager:
             )
         raise DecodeError(f"{msg.TYPE} is not a client request")
 
-    def _place(self, req: m.UploadRequest) -> m.Message:
+    def _place(self, req: m.UploadRequest, reply_to: str) -> m.Message:
         chain = choose_chain(self.catalog.candidates(), req.size, req.replicas)
         up = Upload(
             upload_id=uuid.uuid4().hex,
@@ -219,6 +233,7 @@ class Manager:
             chain=tuple(chain),
             client=req.client,
             state=PENDING,
+            reply_to=reply_to,
         )
         self.catalog.add_upload(up, time.time())
         log.info(

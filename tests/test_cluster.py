@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, MakeCluster, wait_for
-from tests.test_faults import chunks_on_disk, random_file
+from tests.cluster import Cluster, MakeCluster
+from tests.test_faults import random_file, upload_in_flight
 from warren import errors
 from warren.localnode import LocalNode, cluster_url, start_cluster, stop_all
 
@@ -48,9 +48,7 @@ def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
 
     # When the node everyone is connected to (the first in the URL list) is killed
     # while a large upload is in flight
-    big = random_file(tmp_path, "big.bin", 120 * 1024 * 1024)
-    client = c.client_process("upload", str(big))
-    wait_for(lambda: chunks_on_disk(c, ("w1", "w2", "w3")) >= 5, what="chunks on disk")
+    big, client = upload_in_flight(c, tmp_path, "big.bin", 120, ("w1", "w2", "w3"))
     nodes[0].kill()
 
     # Then the upload finished or failed with one clear sentence

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from tests.cluster import Cluster, MakeCluster, wait_for
 from warren import errors
+from warren.chunks import sha256_file
 from warren.localnode import LocalNode
 
 
@@ -34,6 +36,16 @@ def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2")) -> int:
     return total
 
 
+def upload_in_flight(
+    c: Cluster, folder: Path, name: str, mib: int, workers: tuple[str, ...] = ("w1", "w2")
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """Start uploading a new random file and return once its chunks are landing on disk."""
+    src = random_file(folder, name, mib * 1024 * 1024)
+    client = c.client_process("upload", str(src))
+    wait_for(lambda: chunks_on_disk(c, workers) >= 5, what="chunks on disk")
+    return src, client
+
+
 def live_replicas(c: Cluster, name: str) -> list[str]:
     replicas: list[str] = c.files()[name]["replicas"]
     return replicas
@@ -54,11 +66,13 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
     c.kill(victim)
 
     # Then the manager marks it dead and copies its files until none is short of replicas
+    def repaired() -> bool:
+        st = c.status()  # one snapshot: the victim dead *and* nothing short of replicas
+        victim_alive = any(w["alive"] for w in st["workers"] if w["name"] == victim)
+        return not victim_alive and st["under_replicated"] == 0
+
     wait_for(
-        lambda: (
-            c.status()["under_replicated"] == 0
-            and not any(w["alive"] for w in c.status()["workers"] if w["name"] == victim)
-        ),
+        repaired,
         timeout=60,
         what="re-replication",
     )
@@ -94,9 +108,7 @@ def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_
     # Given an upload of a large file in flight on a cluster of exactly two workers
     c = make_cluster()
     c.start_all(2)
-    src = random_file(tmp_path, "big.bin", 160 * 1024 * 1024)
-    client = c.client_process("upload", str(src))
-    wait_for(lambda: chunks_on_disk(c) >= 10, what="chunks on disk")
+    src, client = upload_in_flight(c, tmp_path, "big.bin", 160)
     primary = c.chain("big.bin")[0]
 
     # When the primary is killed with chunks flowing, and restarted
@@ -155,9 +167,7 @@ def test_manager_killed_during_an_upload(make_cluster: MakeCluster, tmp_path: Pa
     # Given an upload in flight
     c = make_cluster()
     c.start_all(2)
-    src = random_file(tmp_path, "during.bin", 120 * 1024 * 1024)
-    client = c.client_process("upload", str(src))
-    wait_for(lambda: chunks_on_disk(c) >= 10, what="chunks on disk")
+    src, client = upload_in_flight(c, tmp_path, "during.bin", 120)
 
     # When the manager is killed and restarted while the chunks flow
     c.kill("manager")
@@ -168,7 +178,9 @@ def test_manager_killed_during_an_upload(make_cluster: MakeCluster, tmp_path: Pa
     _, err = client.communicate(timeout=180)
     assert client.returncode == 0, err.decode()
     wait_for(lambda: "during.bin" in c.files(), what="catalog to catch up")
-    assert sorted(c.files()["during.bin"]["replicas"]) == ["w1", "w2"]
+    entry = c.files()["during.bin"]
+    assert sorted(entry["replicas"]) == ["w1", "w2"]
+    assert entry["sha256"] == sha256_file(src)
 
 
 def test_slow_disk_does_not_starve_amqp_heartbeats(
@@ -223,9 +235,7 @@ def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_p
         c.start_all(2)
         before = random_file(tmp_path, "before.bin", 5 * 1024 * 1024)
         c.client("upload", str(before)).ok()
-        in_flight = random_file(tmp_path, "in flight.bin", 150 * 1024 * 1024)
-        client = c.client_process("upload", str(in_flight))
-        wait_for(lambda: chunks_on_disk(c) >= 5, what="chunks on disk")
+        in_flight, client = upload_in_flight(c, tmp_path, "in flight.bin", 150)
 
         # When the broker stops in the middle of an upload and starts again on the same data
         node.stop()

@@ -206,6 +206,16 @@ class UploadAccepted(Message):
 
 @message
 @dataclass(frozen=True)
+class UploadRecorded(Message):
+    """Every replica of the upload is in the catalog: ``list`` shows the file from now on."""
+
+    TYPE = "upload.recorded"
+    upload_id: str
+    name: str
+
+
+@message
+@dataclass(frozen=True)
 class DownloadAccepted(Message):
     TYPE = "download.accepted"
     name: str
