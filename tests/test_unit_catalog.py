@@ -92,3 +92,25 @@ def test_placement_sees_replicas_as_they_are_recorded(tmp_path: Path) -> None:
     assert used["w1"] == (5, 2)  # 5 bytes stored, and 1 replica + 1 pending upload
     c.reconcile("w1", [])
     assert {x.name: x.used_bytes for x in c.candidates(now=1001)}["w1"] == 0
+
+
+def test_a_catalog_from_before_reply_to_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "catalog.sqlite3")
+    old.execute(
+        "CREATE TABLE uploads (upload_id TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER "
+        "NOT NULL, sha256 TEXT NOT NULL, wanted INTEGER NOT NULL, chain TEXT NOT NULL, client "
+        "TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?)",
+        ("2" * 32, "old.txt", 1, SHA, 2, '["w1", "w2"]', "c", "pending", 1.0),
+    )
+    old.commit()
+    old.close()
+    c = catalog(tmp_path)
+    assert c.upload("2" * 32) == Upload(
+        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
+    )
+    c.add_upload(upload(), now=1000)  # and new uploads keep their reply_to

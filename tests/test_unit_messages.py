@@ -13,6 +13,8 @@ UID = "cd" * 16
 SAMPLES: list[m.Message] = [
     m.UploadRequest(name="a file ü.txt", size=10, sha256=SHA, replicas=2, client="c1"),
     m.UploadAccepted(upload_id=UID, chain=("w1", "w2"), chunk_size=1 << 20),
+    m.UploadRecorded(upload_id=UID, name="a file ü.txt"),
+    m.CopyRequest(sha256=SHA, size=4, target="w2", upload_id=UID),
     m.DownloadRequest(name="x", exclude=("w3",)),
     m.DownloadAccepted(name="x", size=1, sha256=SHA, worker="w1"),
     m.ListRequest(),
