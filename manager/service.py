@@ -69,7 +69,9 @@ class Manager:
     # -- periodic --------------------------------------------------------------------------
 
     def _tick(self, conn: Connection) -> None:
-        """Notice workers that went silent, and expire abandoned uploads."""
+        """Once a second: notice silent workers, expire abandoned uploads, update the gauges
+        and start repairs. (It scans the catalog each time: fine for the thousands of files
+        of a few servers; a much larger catalog would want counters kept as it changes.)"""
         if not conn.is_open or self.stop.is_set():
             return
         alive = self.catalog.live_workers()
