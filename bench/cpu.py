@@ -1,0 +1,97 @@
+"""Where the CPU goes: per-process CPU seconds of one upload command, on a private cluster.
+
+    .venv/bin/python bench/cpu.py --size-mib 256      # one large file, 2 replicas
+    .venv/bin/python bench/cpu.py --files 500         # 500 files of 4 KiB in one command
+
+Prints the wall time and the CPU seconds (user + system) that the broker, the manager, each
+worker and the client spent on it, read from /proc and from the kernel's child accounting.
+On a 2-core machine, a sum near 2 x wall time means the machine is CPU-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.cluster import Cluster  # noqa: E402
+from warren.localnode import LocalNode  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=0, help="upload one file of this size")
+    parser.add_argument("--files", type=int, default=0, help="upload this many 4 KiB files")
+    parser.add_argument("--replicas", type=int, default=2)
+    args = parser.parse_args()
+    if bool(args.size_mib) == bool(args.files):
+        parser.error("give exactly one of --size-mib and --files")
+
+    base = Path(tempfile.mkdtemp(prefix="warren-cpu-"))
+    node = LocalNode.with_free_ports(base / "rabbitmq", name="cpu")
+    node.start()
+    c = Cluster(node, base / "cluster")
+    try:
+        c.start_all(4)
+        data = base / "data"
+        data.mkdir()
+        if args.size_mib:
+            paths = [data / "big.bin"]
+            paths[0].write_bytes(os.urandom(args.size_mib * 1024 * 1024))
+        else:
+            paths = [data / f"f{i:05}" for i in range(args.files)]
+            for p in paths:
+                p.write_bytes(os.urandom(4096))
+        pids = {name: proc.pid for name, proc in c.procs.items()}
+        pids["broker"] = int((node.base / "beam.pid").read_text())
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "client",
+                "upload",
+                *map(str, paths),
+                "--replicas",
+                str(args.replicas),
+            ],
+            env=c.env(),
+            cwd=c.base,
+            capture_output=True,
+            check=True,
+        )
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        spent["client"] = (after.ru_utime + after.ru_stime) - (
+            children.ru_utime + children.ru_stime
+        )
+        print(f"wall {wall:.2f} s, CPU {sum(spent.values()):.2f} s in all")
+        for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:8} {seconds:6.2f} s")
+    finally:
+        c.stop_all()
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
