@@ -136,7 +136,6 @@ class Connection:
             collections.OrderedDict()
         )
         self._returned: set[int] = set()
-        self._nacked = 0
         self._done: collections.deque[tuple[ConfirmCallback, bool]] = collections.deque()
         self._wakeup_scheduled = False
         self._declared: set[str] = set()
@@ -310,10 +309,6 @@ class Connection:
         """Block until every publish so far is confirmed (and its callback has run)."""
         self._wait_window(0, timeout)
 
-    @property
-    def unconfirmed(self) -> int:
-        return len(self._pending)
-
     def _wait_window(self, at_most: int, timeout: float | None = None) -> None:
         if len(self._pending) > at_most:
             deadline = time.monotonic() + (timeout or self.settings.transfer_timeout)
@@ -343,8 +338,6 @@ class Connection:
             callback = self._pending.pop(tag, None)
             good = ok and tag not in self._returned
             self._returned.discard(tag)
-            if not good:
-                self._nacked += 1
             if callback is not None:
                 self._done.append((callback, good))
         if self._done and not self._wakeup_scheduled and self._conn is not None:
@@ -421,10 +414,6 @@ class Connection:
             self._channel.basic_qos(prefetch_count=prefetch or self.settings.prefetch)
             tag: str = self._channel.basic_consume(queue, on_message)
         return tag
-
-    def cancel(self, consumer_tag: str) -> None:
-        with translate_errors():
-            self._channel.basic_cancel(consumer_tag)
 
     def ack(self, delivery_tag: int) -> None:
         with translate_errors():

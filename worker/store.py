@@ -185,9 +185,6 @@ class ChunkStore:
 
     # -- what is stored --------------------------------------------------------------------
 
-    def has(self, sha256: str) -> bool:
-        return self.blob_path(sha256).is_file()
-
     def inventory(self) -> Iterator[BlobEntry]:
         for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
             for blob in sorted(sub.iterdir()):
