@@ -171,11 +171,7 @@ class Session:
 
         def route(d: Delivery) -> None:
             if d.type in (expect.TYPE, m.ErrorReply.TYPE) and not answers:
-                try:
-                    answers.append(m.decode(d.type, d.body))
-                except DecodeError as exc:
-                    garbled = f"garbled answer from the manager: {exc}"
-                    answers.append(m.ErrorReply("unavailable", garbled))
+                answers.append(_decode_answer(d))
                 d.ack()
             elif on_other is not None:
                 on_other(d)
@@ -465,11 +461,7 @@ class _Upload:
         d.ack()
         if self.accepted is not None or self.error is not None:
             return
-        try:
-            answer = m.decode(d.type, d.body)
-        except DecodeError as exc:
-            self.error = Unavailable(f"garbled answer from the manager: {exc}")
-            return
+        answer = _decode_answer(d)
         if isinstance(answer, m.UploadAccepted):
             self.accepted = answer
         elif isinstance(answer, m.ErrorReply):
@@ -551,6 +543,14 @@ class _ReplicaProblem(Exception):
         super().__init__(str(error))
         self.worker = worker
         self.error = error
+
+
+def _decode_answer(d: Delivery) -> m.Message:
+    """The manager's answer; one that cannot be decoded becomes an "unavailable" error."""
+    try:
+        return m.decode(d.type, d.body)
+    except DecodeError as exc:
+        return m.ErrorReply("unavailable", f"garbled answer from the manager: {exc}")
 
 
 def _error(reply: m.ErrorReply) -> WarrenError:

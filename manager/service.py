@@ -161,13 +161,7 @@ class Manager:
         after ``upload`` shows it. Best effort: the client may be gone (then it is returned)."""
         if up.reply_to:
             done = m.UploadRecorded(upload_id=up.upload_id, name=up.name)
-            conn.publish(
-                up.reply_to,
-                done.encode(),
-                type=done.TYPE,
-                correlation_id=up.upload_id,
-                persistent=False,
-            )
+            _to_client(conn, up.reply_to, done, up.upload_id)
 
     # -- client requests -------------------------------------------------------------------
 
@@ -190,13 +184,7 @@ class Manager:
         except WarrenError as exc:
             reply = m.ErrorReply(code=_code(exc), message=str(exc))
         # The reply goes first: it reaches the client's queue before any restore chunk.
-        conn.publish(
-            d.reply_to,
-            reply.encode(),
-            type=reply.TYPE,
-            correlation_id=d.correlation_id,
-            persistent=False,
-        )
+        _to_client(conn, d.reply_to, reply, d.correlation_id)
         if serve_on is not None and isinstance(reply, m.DownloadAccepted):
             serve = m.ServeRequest(
                 sha256=reply.sha256,
@@ -263,6 +251,11 @@ class Manager:
             name=entry.name, size=entry.size, sha256=entry.sha256, worker=worker
         )
         return accepted, worker
+
+
+def _to_client(conn: Connection, queue: str, msg: m.Message, cid: str | None) -> None:
+    """A message to a client's reply queue: transient, like the queue itself."""
+    conn.publish(queue, msg.encode(), type=msg.TYPE, correlation_id=cid, persistent=False)
 
 
 def _code(exc: WarrenError) -> str:
