@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -50,8 +51,14 @@ SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
 NO_MANAGER = m.ErrorReply(
     "unavailable", "the manager has never run on this broker (it has no request queue)."
 )
-# Files an upload command keeps in flight at once (placed or sent, not yet confirmed).
+# Uploads (files or packs) a command keeps in flight at once (placed or sent, not confirmed).
 UPLOADS_IN_FLIGHT = 32
+# Files up to this size travel in packs: many files to a request and to a message.
+PACK_FILE_MAX = 256 * 1024
+# A pack holds at most this many files, and at most settings.chunk_size bytes.
+PACK_FILES = 128
+# Packs in flight at once: each holds its files' bytes until it is sent.
+PACKS_IN_FLIGHT = 8
 
 
 class Progress:
@@ -229,37 +236,46 @@ class Session:
         it finishes, in the order they finish. A broker failure ends the whole batch.
         """
         todo = collections.deque(items)
-        asked: dict[str, _Upload] = {}  # request id -> upload waiting for the manager
-        ready: collections.deque[_Upload] = collections.deque()  # placed, chunks not yet sent
-        sent: dict[str, _Upload] = {}  # upload id -> upload waiting for its replicas
+        asked: dict[str, _Upload | _Pack] = {}  # request id -> waiting for the manager
+        ready: collections.deque[_Upload | _Pack] = collections.deque()  # placed, not sent
+        sent: dict[str, _Upload | _Pack] = {}  # route -> waiting for its replicas
 
-        def finish(up: _Upload, outcome: UploadResult | WarrenError) -> None:
+        def finish(up: _Upload | _Pack, timed_out: bool = False) -> None:
             self._routes.pop(up.route, None)
-            done(up.name, outcome)
+            for name, outcome in up.outcomes(timed_out):
+                done(name, outcome)
+
+        def packs_in_flight() -> int:
+            units = (*asked.values(), *ready, *sent.values())
+            return sum(1 for u in units if isinstance(u, _Pack))
 
         try:
             while todo or asked or ready or sent:
                 while todo and len(asked) + len(ready) + len(sent) < UPLOADS_IN_FLIGHT:
-                    path, name = todo.popleft()
-                    up = _Upload(path, name, progress_for(name))
+                    if packs_in_flight() >= PACKS_IN_FLIGHT and _is_small(todo[0][0]):
+                        break
+                    up = self._next_upload(todo, progress_for, done)
+                    if up is None:
+                        continue
                     try:
                         self._ask_placement(up, replicas)
                         asked[up.route] = up
                     except WarrenError as exc:  # a local problem: this file only
-                        done(name, exc)
+                        up.error = exc
+                        finish(up)
                 now = time.monotonic()
                 for route, up in list(asked.items()):
                     if up.accepted is not None or up.error is not None:
                         del asked[route]
                         if up.error is not None:
-                            finish(up, up.error)
+                            finish(up)
                         else:
                             ready.append(up)
                     elif now > up.deadline:
                         raise Unavailable(self._silent())
                 while ready:
                     up = ready.popleft()
-                    self._send_chunks(up)
+                    self._send(up)
                     sent[up.route] = up
                 now = time.monotonic()
                 for route, up in list(sent.items()):
@@ -269,18 +285,59 @@ class Session:
                         up.record_deadline = now + self.settings.request_timeout
                     if up.failures or up.error or (up.complete and up.recorded):
                         del sent[route]
-                        finish(up, up.outcome())
+                        finish(up)
                     elif up.complete and now > up.record_deadline:
                         del sent[route]
-                        finish(up, up.outcome())  # stored all the same: only the catalog lags
+                        finish(up)  # stored all the same: only the catalog lags
                     elif not up.complete and now > up.deadline:
                         del sent[route]
-                        finish(up, up.timed_out())
+                        finish(up, timed_out=True)
                 if asked or sent:
                     self.conn.process(0.05)
         finally:
             for up in (*asked.values(), *ready, *sent.values()):
                 self._routes.pop(up.route, None)
+
+    def _next_upload(
+        self,
+        todo: collections.deque[tuple[Path, str]],
+        progress_for: Callable[[str], Progress],
+        done: Callable[[str, UploadResult | WarrenError], None],
+    ) -> _Upload | _Pack | None:
+        """The next file to upload, or a pack of the small files that come next.
+
+        Small files are read (and hashed) whole into the pack, which holds at most
+        PACK_FILES files and chunk_size bytes. A pack of one is sent as a plain upload.
+        None when the files taken had problems of their own (reported through ``done``).
+        """
+        path, name = todo.popleft()
+        if not _is_small(path):
+            return _Upload(path, name, progress_for(name))
+        pack = _Pack()
+        limit = self.settings.chunk_size
+        while True:
+            try:
+                data = _read_small(path)
+            except WarrenError as exc:
+                done(name, exc)
+            else:
+                member = _Upload(path, name, progress_for(name))
+                member.size, member.data = len(data), data
+                member.sha256 = hashlib.sha256(data).hexdigest()
+                member.progress.hashing(len(data))
+                pack.members.append(member)
+                pack.size += len(data)
+            if not todo or len(pack.members) >= PACK_FILES:
+                break
+            size = _small_size(todo[0][0])
+            if size is None or pack.size + size > limit:
+                break
+            path, name = todo.popleft()
+        if len(pack.members) == 1:
+            single = pack.members[0]
+            single.data = b""  # sent in chunks from the file, like any other
+            return single
+        return pack if pack.members else None
 
     def _silent(self) -> str:
         return (
@@ -288,8 +345,19 @@ class Session:
             "is it running?"
         )
 
-    def _ask_placement(self, up: _Upload, replicas: int) -> None:
+    def _ask_placement(self, up: _Upload | _Pack, replicas: int) -> None:
         """Hash the file and ask the manager where it goes; the answer arrives later."""
+        if isinstance(up, _Pack):
+            files = tuple(m.PackFile(u.name, u.size, u.sha256) for u in up.members)
+            req: m.Message = m.PackRequest(files=files, replicas=replicas, client=self.client_name)
+        else:
+            req = self._upload_request(up, replicas)
+        up.route = uuid.uuid4().hex
+        up.deadline = time.monotonic() + self.settings.request_timeout
+        self._routes[up.route] = up.on_placement
+        self._send_request(req, up.route, lambda: setattr(up, "error", _error(NO_MANAGER)))
+
+    def _upload_request(self, up: _Upload, replicas: int) -> m.UploadRequest:
         path = up.path
         try:
             up.size = path.stat().st_size
@@ -304,13 +372,52 @@ class Session:
             raise UsageError(f"{path}: permission denied.") from None
         except IsADirectoryError:
             raise UsageError(f"{path} is a directory, not a file.") from None
-        req = m.UploadRequest(
+        return m.UploadRequest(
             name=up.name, size=up.size, sha256=up.sha256, replicas=replicas, client=self.client_name
         )
-        up.route = uuid.uuid4().hex
-        up.deadline = time.monotonic() + self.settings.request_timeout
-        self._routes[up.route] = up.on_placement
-        self._send_request(req, up.route, lambda: setattr(up, "error", _error(NO_MANAGER)))
+
+    def _send(self, up: _Upload | _Pack) -> None:
+        if isinstance(up, _Pack):
+            self._send_pack(up)
+        else:
+            self._send_chunks(up)
+
+    def _send_pack(self, pack: _Pack) -> None:
+        """One message to the primary with every file's bytes; its confirmations and the
+        manager's PackRecorded arrive under the pack's route."""
+        acc = pack.accepted
+        assert isinstance(acc, m.PackAccepted)
+        files = []
+        for member, upload_id in zip(pack.members, acc.upload_ids, strict=True):
+            member.upload_id = upload_id
+            member.accepted = m.UploadAccepted(upload_id, acc.chain, self.settings.chunk_size)
+            member.progress.started(member.size)
+            files.append(m.PackEntry(upload_id, member.sha256, member.size))
+        headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0)
+        body = b"".join(u.data for u in pack.members)
+        for member in pack.members:
+            member.data = b""
+
+        def confirmed(ok: bool) -> None:
+            if not ok:
+                pack.error = Unavailable("RabbitMQ did not accept a pack of files.")
+                return
+            for member in pack.members:
+                member.progress.transferred(member.size)
+
+        self._routes[pack.route] = pack.on_replica
+        self.conn.publish(
+            worker_chunks(acc.chain[0]),
+            body,
+            type=m.PACK_TYPE,
+            headers=headers.to_headers(),
+            reply_to=self.reply_queue,
+            correlation_id=pack.route,
+            on_confirm=confirmed,
+        )
+        pack.deadline = (
+            time.monotonic() + self.settings.transfer_timeout + pack.size * SECONDS_PER_BYTE
+        )
 
     def _send_chunks(self, up: _Upload) -> None:
         """Stream the file to the primary; replica confirmations arrive on up.on_replica."""
@@ -456,6 +563,11 @@ class _Upload:
         self.failures: list[str] = []
         self.recorded = False  # the manager has it in the catalog
         self.record_deadline = 0.0
+        self.data = b""  # a small file's bytes, until its pack is sent
+        self.upload_id = ""
+
+    def outcomes(self, timed_out: bool) -> list[tuple[str, UploadResult | WarrenError]]:
+        return [(self.name, self.timed_out() if timed_out else self.outcome())]
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
@@ -501,6 +613,96 @@ class _Upload:
         assert self.accepted is not None
         missing = [w for w in self.accepted.chain if w not in self.confirmed]
         return Unavailable(f"{', '.join(missing)} did not confirm {self.name!r} in time.")
+
+
+class _Pack:
+    """Small files on their way together: one request, one message, one confirmation per
+    worker. Each member is an _Upload that keeps its own confirmations and outcome."""
+
+    def __init__(self) -> None:
+        self.members: list[_Upload] = []
+        self.size = 0
+        self.route = ""
+        self.deadline = 0.0
+        self.accepted: m.PackAccepted | None = None
+        self.error: WarrenError | None = None
+        self.failures: list[str] = []  # the pack's own failures (its members keep theirs)
+        self.record_deadline = 0.0
+
+    def on_placement(self, d: Delivery) -> None:
+        d.ack()
+        if self.accepted is not None or self.error is not None:
+            return
+        answer = _decode_answer(d)
+        if isinstance(answer, m.PackAccepted) and len(answer.upload_ids) == len(self.members):
+            self.accepted = answer
+        elif isinstance(answer, m.ErrorReply):
+            self.error = _error(answer)
+        else:
+            self.error = Unavailable("the manager answered a pack with something else.")
+
+    def on_replica(self, d: Delivery) -> None:
+        d.ack()
+        msg = m.decode(d.type, d.body)
+        by_id = {u.upload_id: u for u in self.members}
+        if isinstance(msg, m.PackStored):
+            for f in msg.files:
+                member = by_id.get(f.upload_id)
+                if member is not None and msg.worker not in member.confirmed:
+                    member.confirmed[msg.worker] = msg.hop
+                    member.progress.replica(msg.worker, msg.hop)
+        elif isinstance(msg, m.ReplicaFailed) and msg.upload_id in by_id:
+            by_id[msg.upload_id].failures.append(f"{msg.worker}: {msg.reason}")
+        elif isinstance(msg, m.PackRecorded):
+            for upload_id in msg.upload_ids:
+                if upload_id in by_id:
+                    by_id[upload_id].recorded = True
+
+    @property
+    def complete(self) -> bool:
+        """Every member is stored on the whole chain, or has failed."""
+        if self.accepted is None:
+            return False
+        chain = len(self.accepted.chain)
+        return all(u.failures or len(u.confirmed) == chain for u in self.members)
+
+    @property
+    def recorded(self) -> bool:
+        return all(u.failures or u.recorded for u in self.members)
+
+    def outcomes(self, timed_out: bool) -> list[tuple[str, UploadResult | WarrenError]]:
+        if self.error is not None:
+            return [(u.name, self.error) for u in self.members]
+        out: list[tuple[str, UploadResult | WarrenError]] = []
+        for u in self.members:
+            late = timed_out and not u.failures and not u.complete
+            out.append((u.name, u.timed_out() if late else u.outcome()))
+        return out
+
+
+def _small_size(path: Path) -> int | None:
+    """The size of a regular file small enough for a pack, else None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size <= PACK_FILE_MAX else None
+
+
+def _is_small(path: Path) -> bool:
+    return _small_size(path) is not None
+
+
+def _read_small(path: Path) -> bytes:
+    """A small file's bytes, or the sentence that says why they cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file.") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied.") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
 
 
 class _Restore:

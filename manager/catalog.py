@@ -190,8 +190,11 @@ class Catalog:
     # -- uploads ---------------------------------------------------------------------------
 
     def add_upload(self, up: Upload, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
+        self.add_uploads([up], now)
+
+    def add_uploads(self, ups: list[Upload], now: float) -> None:
+        """Record placed uploads (a pack's files together), in one transaction."""
+        rows = [
             (
                 up.upload_id,
                 up.name,
@@ -203,8 +206,12 @@ class Catalog:
                 up.state,
                 now,
                 up.reply_to,
-            ),
-        )
+            )
+            for up in ups
+        ]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
     def upload(self, upload_id: str) -> Upload | None:
         row = self.db.execute(
@@ -226,35 +233,51 @@ class Catalog:
         self, upload_id: str, worker: str, sha256: str, size: int, now: float
     ) -> Upload | None:
         """Record a verified replica. Returns the upload if this completed it."""
-        up = self.upload(upload_id)
+        done = self.replicas_stored(worker, [(upload_id, sha256, size)], now)
+        return done[0] if done else None
+
+    def replicas_stored(
+        self, worker: str, stored: list[tuple[str, str, int]], now: float
+    ) -> list[Upload]:
+        """Record verified replicas on ``worker``, given as (upload id, sha256, size), in
+        one transaction. Returns the uploads this completed."""
+        completed = []
         with self.db:
             self.db.execute("BEGIN")
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO replicas VALUES (?,?,?)", (sha256, worker, size)
+            for upload_id, sha256, size in stored:
+                up = self._record_replica(upload_id, worker, sha256, size, now)
+                if up is not None:
+                    completed.append(up)
+        return completed
+
+    def _record_replica(
+        self, upload_id: str, worker: str, sha256: str, size: int, now: float
+    ) -> Upload | None:
+        up = self.upload(upload_id)
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO replicas VALUES (?,?,?)", (sha256, worker, size)
+        )
+        if cur.rowcount == 1 and self._usage is not None:
+            nbytes, nfiles = self._usage.get(worker, (0, 0))
+            self._usage[worker] = (nbytes + size, nfiles + 1)
+        if up is None or up.sha256 != sha256:
+            return None
+        self.db.execute("INSERT OR IGNORE INTO upload_replicas VALUES (?,?)", (upload_id, worker))
+        have = {
+            r[0]
+            for r in self.db.execute(
+                "SELECT worker FROM upload_replicas WHERE upload_id=?", (upload_id,)
             )
-            if cur.rowcount == 1 and self._usage is not None:
-                nbytes, nfiles = self._usage.get(worker, (0, 0))
-                self._usage[worker] = (nbytes + size, nfiles + 1)
-            if up is None or up.sha256 != sha256:
-                return None
-            self.db.execute(
-                "INSERT OR IGNORE INTO upload_replicas VALUES (?,?)", (upload_id, worker)
-            )
-            have = {
-                r[0]
-                for r in self.db.execute(
-                    "SELECT worker FROM upload_replicas WHERE upload_id=?", (upload_id,)
-                )
-            }
-            if up.state != PENDING or not set(up.chain) <= have:
-                return None
-            self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
-            self.db.execute(
-                "INSERT INTO files VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "sha256=excluded.sha256, size=excluded.size, wanted=excluded.wanted, "
-                "created=excluded.created, upload_id=excluded.upload_id",
-                (up.name, up.sha256, up.size, up.wanted, now, up.upload_id),
-            )
+        }
+        if up.state != PENDING or not set(up.chain) <= have:
+            return None
+        self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
+        self.db.execute(
+            "INSERT INTO files VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+            "sha256=excluded.sha256, size=excluded.size, wanted=excluded.wanted, "
+            "created=excluded.created, upload_id=excluded.upload_id",
+            (up.name, up.sha256, up.size, up.wanted, now, up.upload_id),
+        )
         return up
 
     def upload_failed(self, upload_id: str) -> None:

@@ -148,6 +148,21 @@ class Manager:
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
                 self._tell_recorded(conn, up)
+        elif isinstance(msg, m.PackStored):
+            entries = [(f.upload_id, f.sha256, f.size) for f in msg.files]
+            completed = self.catalog.replicas_stored(msg.worker, entries, now)
+            for f in msg.files:
+                self.repairs.stored(f.sha256, msg.worker)
+            log.info(
+                "pack %s: %d files on %s (hop %d)",
+                d.correlation_id,
+                len(entries),
+                msg.worker,
+                msg.hop,
+            )
+            if completed:
+                log.info("pack %s: %d files complete", d.correlation_id, len(completed))
+                self._tell_pack_recorded(conn, completed, d.correlation_id)
         elif isinstance(msg, m.ReplicaFailed):
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
             self.catalog.upload_failed(msg.upload_id)
@@ -163,6 +178,12 @@ class Manager:
             done = m.UploadRecorded(upload_id=up.upload_id, name=up.name)
             _to_client(conn, up.reply_to, done, up.upload_id)
 
+    def _tell_pack_recorded(self, conn: Connection, ups: list[Upload], cid: str | None) -> None:
+        """The pack's UploadRecorded: one message for the files one event completed."""
+        for reply_to in sorted({up.reply_to for up in ups if up.reply_to}):
+            ids = tuple(up.upload_id for up in ups if up.reply_to == reply_to)
+            _to_client(conn, reply_to, m.PackRecorded(upload_ids=ids), cid)
+
     # -- client requests -------------------------------------------------------------------
 
     def _on_request(self, conn: Connection, d: Delivery) -> None:
@@ -176,6 +197,8 @@ class Manager:
                 reply, serve_on = self._restore(msg)
             elif isinstance(msg, m.UploadRequest):
                 reply = self._place(msg, d.reply_to)
+            elif isinstance(msg, m.PackRequest):
+                reply = self._place_pack(msg, d.reply_to)
             else:
                 reply = self._answer(msg)
         except DecodeError as exc:
@@ -237,6 +260,34 @@ class Manager:
         return m.UploadAccepted(
             upload_id=up.upload_id, chain=up.chain, chunk_size=self.settings.chunk_size
         )
+
+    def _place_pack(self, req: m.PackRequest, reply_to: str) -> m.Message:
+        """One chain for every file of the pack, room for all of them on each worker."""
+        total = sum(f.size for f in req.files)
+        chain = tuple(choose_chain(self.catalog.candidates(), total, req.replicas))
+        ups = [
+            Upload(
+                upload_id=uuid.uuid4().hex,
+                name=f.name,
+                size=f.size,
+                sha256=f.sha256,
+                wanted=req.replicas,
+                chain=chain,
+                client=req.client,
+                state=PENDING,
+                reply_to=reply_to,
+            )
+            for f in req.files
+        ]
+        self.catalog.add_uploads(ups, time.time())
+        log.info(
+            "pack of %d files (%d bytes) from %s, placed on %s",
+            len(ups),
+            total,
+            req.client or "a client",
+            " -> ".join(chain),
+        )
+        return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=chain)
 
     def _restore(self, req: m.DownloadRequest) -> tuple[m.DownloadAccepted, str]:
         entry = self.catalog.file(req.name)

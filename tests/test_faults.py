@@ -128,6 +128,41 @@ def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_
         assert not list(c.data_dir(w).glob("incoming/*.part"))  # nothing half-written kept
 
 
+def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    # Given a batch of small files (they travel in packs) on a cluster of exactly two
+    # workers whose disks are slow, so the packs sit unacknowledged on the workers
+    c = make_cluster(WARREN_FINALIZE_DELAY="3")
+    c.start_all(2)
+    paths = [random_file(tmp_path, f"small {i:03}", 500 + i) for i in range(300)]
+    client = c.client_process("upload", *map(str, paths))
+    placed = c.log_path("manager")
+    wait_for(lambda: "pack of " in placed.read_text(), what="a pack placed")
+    line = next(ln for ln in placed.read_text().splitlines() if "pack of " in ln)
+    primary = line.rsplit(", placed on ", 1)[1].split(" -> ")[0]
+    time.sleep(1.0)
+
+    # When the primary is killed with packs in hand, and restarted (a fast disk now)
+    c.kill(primary)
+    c.start(primary, WARREN_FINALIZE_DELAY="0")
+
+    # Then every file is confirmed: the redelivered packs are stored again, idempotently
+    out, err = client.communicate(timeout=180)
+    assert client.returncode == 0, err.decode()
+    assert out.decode().count("  stored small ") == 300
+    listed = c.files()
+    for p in paths:
+        assert sorted(listed[p.name]["replicas"]) == ["w1", "w2"]
+        for w in ("w1", "w2"):
+            assert c.blob(w, listed[p.name]["sha256"]).read_bytes() == p.read_bytes()
+    dest = tmp_path / "back"
+    c.client("download", paths[7].name, "-o", str(dest)).ok()
+    assert dest.read_bytes() == paths[7].read_bytes()
+    for w in ("w1", "w2"):
+        assert not list(c.data_dir(w).glob("incoming/*.blob"))  # nothing half-written kept
+
+
 def test_restore_fails_over_when_the_serving_worker_dies(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import urllib.parse
@@ -53,6 +54,23 @@ def test_invalid_messages_are_dead_lettered_and_services_carry_on(
                 "hop": 0,
             },
         ),
+        (worker_chunks("w1"), b"bytes", "upload.pack", {}),  # no manifest
+        (
+            worker_chunks("w1"),
+            b"bytes",
+            "upload.pack",
+            {
+                "files": json.dumps([["../../../etc/passwd", "ab" * 32, 5]]),
+                "chain": ["w1"],
+                "hop": 0,
+            },
+        ),
+        (  # well formed, but the bytes are not what the manifest says: never stored
+            worker_chunks("w1"),
+            b"bytes",
+            "upload.pack",
+            {"files": json.dumps([["ab" * 16, "ab" * 32, 5]]), "chain": ["w1"], "hop": 0},
+        ),
     ]
     for queue, body, type_, headers in garbage:
         conn.publish_and_wait(queue, body, type=type_, headers=headers or None)
@@ -75,6 +93,7 @@ def test_invalid_messages_are_dead_lettered_and_services_carry_on(
     # And every service is still running and still works
     assert all(p.poll() is None for p in cluster.procs.values())
     assert not list((cluster.base).glob("**/etc/passwd"))
+    assert not cluster.blob("w1", "ab" * 32).exists()
     p = tmp_path / "after.txt"
     p.write_text("still fine")
     cluster.client("upload", str(p)).ok()

@@ -114,3 +114,15 @@ def test_a_catalog_from_before_reply_to_is_upgraded_in_place(tmp_path: Path) -> 
         "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
     )
     c.add_upload(upload(), now=1000)  # and new uploads keep their reply_to
+
+
+def test_a_pack_is_placed_and_recorded_in_one_go(tmp_path: Path) -> None:
+    c = catalog(tmp_path)
+    ups = [upload(str(i) * 32, f"f{i}") for i in range(1, 4)]
+    c.add_uploads(ups, now=1000)
+    stored = [(u.upload_id, u.sha256, u.size) for u in ups]
+    assert c.replicas_stored("w1", stored, now=1001) == []
+    done = c.replicas_stored("w2", stored, now=1002)
+    assert [u.name for u in done] == ["f1", "f2", "f3"]
+    assert [f.name for f in c.files(now=1002)] == ["f1", "f2", "f3"]
+    assert c.replicas_stored("w2", stored, now=1003) == []  # a redelivery completes nothing

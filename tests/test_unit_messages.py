@@ -29,6 +29,10 @@ SAMPLES: list[m.Message] = [
     m.RestoreEnd(worker="w1", sha256=SHA, size=4),
     m.RestoreFailed(worker="w1", reason="gone"),
     m.ErrorReply(code="refused", message="no"),
+    m.PackRequest(files=(m.PackFile("a", 1, SHA), m.PackFile("b ü", 0, SHA)), replicas=2),
+    m.PackAccepted(upload_ids=(UID, UID), chain=("w1", "w2")),
+    m.PackStored(worker="w2", hop=1, files=(m.PackEntry(UID, SHA, 3),)),
+    m.PackRecorded(upload_ids=(UID,)),
 ]
 
 
@@ -58,6 +62,13 @@ def test_every_message_round_trips(msg: m.Message) -> None:
         ("upload.request", b'{"name": "x", "size": 1, "sha256": "nothex", "replicas": 2}'),
         ("upload.accepted", b'{"upload_id": "../../etc", "chain": ["w1"], "chunk_size": 1}'),
         ("worker.heartbeat", b'{"worker": "../x", "free_bytes": 1, "used_bytes": 1, "files": 1}'),
+        ("pack.request", b'{"files": [], "replicas": 2}'),
+        ("pack.request", b'{"files": [{"name": "", "size": 1, "sha256": "x"}], "replicas": 2}'),
+        (
+            "pack.stored",
+            b'{"worker": "w1", "hop": 0, "files": [{"upload_id": "../x", '
+            b'"sha256": "' + SHA.encode() + b'", "size": 1}]}',
+        ),
         ("no.such.type", b"{}"),
         (None, b"{}"),
     ],
@@ -107,3 +118,37 @@ def test_bad_chunk_headers_are_rejected(over: dict[str, object], body_len: int) 
 def test_missing_chunk_headers_are_rejected() -> None:
     with pytest.raises(DecodeError):
         m.ChunkHeaders.from_headers(None, 0)
+
+
+def pack(**over: object) -> dict[str, object]:
+    files = (m.PackEntry(UID, SHA, 3), m.PackEntry("ef" * 16, SHA, 0), m.PackEntry(UID, SHA, 4))
+    h = m.PackHeaders(files=files, chain=("w1", "w2"), hop=0).to_headers()
+    h.update(over)
+    return h
+
+
+def test_pack_headers_round_trip_and_cut_the_body_in_order() -> None:
+    p = m.PackHeaders.from_headers(pack(), body_len=7)
+    assert p.next_worker == "w2"
+    assert [(f.size, a, b) for f, a, b in p.slices()] == [(3, 0, 3), (0, 3, 3), (4, 3, 7)]
+    assert m.PackHeaders.from_headers(pack(hop=1), body_len=7).next_worker is None
+
+
+@pytest.mark.parametrize(
+    "over, body_len",
+    [
+        ({}, 8),  # the sizes do not add up to the body
+        ({"files": "[]"}, 0),  # an empty pack
+        ({"files": "not json"}, 7),
+        ({"files": '[["../../etc/passwd", "' + SHA + '", 7]]'}, 7),  # would become a path
+        ({"files": '[["' + UID + '", "' + SHA + '", -1]]'}, 0),
+        ({"files": '[["' + UID + '", "' + SHA + '"]]'}, 0),  # a row too short
+        ({"hop": 2}, 7),
+        ({"hop": "0"}, 7),
+        ({"chain": ["w1", "bad/name"]}, 7),
+        ({"chain": "w1"}, 7),
+    ],
+)
+def test_bad_pack_headers_are_rejected(over: dict[str, object], body_len: int) -> None:
+    with pytest.raises(DecodeError):
+        m.PackHeaders.from_headers(pack(**over), body_len)

@@ -93,3 +93,35 @@ def test_a_one_chunk_file_leaves_no_journal_and_can_be_stored_again(tmp_path: Pa
     store.write_chunk(UID, 0, 0, b"small", 1)
     assert store.finalize(UID, sha, 5).read_bytes() == b"small"
     assert store.usage().files == 1
+
+
+def blob(data: bytes) -> tuple[str, memoryview]:
+    return hashlib.sha256(data).hexdigest(), memoryview(data)
+
+
+def test_a_pack_stores_each_file_whole_and_again_is_a_no_op(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    files = [blob(b"first"), blob(b""), blob(b"first"), blob(b"x" * 5000)]
+    store.put_blobs(files)
+    store.put_blobs(files)  # a redelivered pack
+    for sha, data in files:
+        assert store.blob_path(sha).read_bytes() == bytes(data)
+    assert store.usage().files == 3 and store.usage().used_bytes == 5 + 0 + 5000
+    assert not any(store.incoming.iterdir())
+
+
+def test_a_pack_with_one_bad_hash_stores_nothing(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    with pytest.raises(CorruptUpload):
+        store.put_blobs([blob(b"good"), ("00" * 32, memoryview(b"bad"))])
+    assert list(store.inventory()) == []
+
+
+def test_a_pack_cut_short_by_a_crash_leaves_nothing_at_restart(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.open()
+    (store.incoming / f"{'ab' * 32}.1234abcd.blob").write_bytes(b"half")
+    ChunkStore(tmp_path).open()
+    assert not any(store.incoming.iterdir())

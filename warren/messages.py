@@ -162,6 +162,37 @@ class UploadRequest(Message):
         check_sha256(self.sha256, "sha256")
 
 
+# Small files travel in packs: one request, one message and one confirmation per worker for
+# up to MAX_PACK_FILES files, instead of all of that for each file.
+MAX_PACK_FILES = 256
+
+
+@dataclass(frozen=True)
+class PackFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@message
+@dataclass(frozen=True)
+class PackRequest(Message):
+    """Place several small files at once, on one chain; the manager answers PackAccepted."""
+
+    TYPE = "pack.request"
+    files: tuple[PackFile, ...]
+    replicas: int
+    client: str = ""
+
+    def validate(self) -> None:
+        if not 1 <= len(self.files) <= MAX_PACK_FILES:
+            raise DecodeError(f"pack.request: 1 to {MAX_PACK_FILES} files")
+        for f in self.files:
+            check_file_name(f.name)
+            check_size(f.size, "size")
+            check_sha256(f.sha256, "sha256")
+
+
 @message
 @dataclass(frozen=True)
 class DownloadRequest(Message):
@@ -202,6 +233,33 @@ class UploadAccepted(Message):
             raise DecodeError("upload.accepted: empty chain")
         for w in self.chain:
             check_worker(w, "chain")
+
+
+@message
+@dataclass(frozen=True)
+class PackAccepted(Message):
+    """Where a pack goes: one upload id per file, in the request's order, and one chain."""
+
+    TYPE = "pack.accepted"
+    upload_ids: tuple[str, ...]
+    chain: tuple[str, ...]
+
+    def validate(self) -> None:
+        for u in self.upload_ids:
+            check_upload_id(u, "upload_ids")
+        if not self.chain:
+            raise DecodeError("pack.accepted: empty chain")
+        for w in self.chain:
+            check_worker(w, "chain")
+
+
+@message
+@dataclass(frozen=True)
+class PackRecorded(Message):
+    """These uploads of a pack are in the catalog (the pack's UploadRecorded)."""
+
+    TYPE = "pack.recorded"
+    upload_ids: tuple[str, ...]
 
 
 @message
@@ -291,6 +349,36 @@ class ReplicaStored(Message):
         check_upload_id(self.upload_id, "upload_id")
         check_worker(self.worker, "worker")
         check_sha256(self.sha256, "sha256")
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """One file of a pack: its upload and its bytes' hash and length (in pack order)."""
+
+    upload_id: str
+    sha256: str
+    size: int
+
+    def validate(self, where: str) -> None:
+        check_upload_id(self.upload_id, f"{where}.upload_id")
+        check_sha256(self.sha256, f"{where}.sha256")
+        check_size(self.size, f"{where}.size")
+
+
+@message
+@dataclass(frozen=True)
+class PackStored(Message):
+    """A worker has these files of a pack on disk, synced and SHA-256 verified."""
+
+    TYPE = "pack.stored"
+    worker: str
+    hop: int
+    files: tuple[PackEntry, ...]
+
+    def validate(self) -> None:
+        check_worker(self.worker, "worker")
+        for f in self.files:
+            f.validate("files")
 
 
 @message
@@ -450,6 +538,73 @@ class ChunkHeaders:
     def next_worker(self) -> str | None:
         nxt = self.hop + 1
         return self.chain[nxt] if nxt < len(self.chain) else None
+
+
+PACK_TYPE = "upload.pack"
+
+
+@dataclass(frozen=True)
+class PackHeaders:
+    """What a pack message holds: its body is the files' bytes back to back, in order."""
+
+    files: tuple[PackEntry, ...]
+    chain: tuple[str, ...]
+    hop: int
+
+    def to_headers(self) -> dict[str, Any]:
+        manifest = [[f.upload_id, f.sha256, f.size] for f in self.files]
+        return {
+            "files": json.dumps(manifest, separators=(",", ":")),
+            "chain": list(self.chain),
+            "hop": self.hop,
+        }
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any] | None, body_len: int) -> PackHeaders:
+        h = headers or {}
+        manifest, chain, hop = h.get("files"), h.get("chain"), h.get("hop")
+        if isinstance(manifest, bytes):
+            manifest = manifest.decode("utf-8", "replace")
+        if not isinstance(manifest, str) or not isinstance(chain, list):
+            raise DecodeError("upload.pack: no manifest or chain")
+        try:
+            rows = json.loads(manifest)
+            files = tuple(PackEntry(str(u), str(s), int(n)) for u, s, n in rows)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"upload.pack: bad manifest ({exc})") from None
+        names = tuple(c.decode() if isinstance(c, bytes) else c for c in chain)
+        if not isinstance(hop, int) or isinstance(hop, bool):
+            raise DecodeError("upload.pack: hop is not a number")
+        value = cls(files, names, hop)
+        value.validate(body_len)
+        return value
+
+    def validate(self, body_len: int) -> None:
+        if not 1 <= len(self.files) <= MAX_PACK_FILES:
+            raise DecodeError(f"upload.pack: 1 to {MAX_PACK_FILES} files")
+        for f in self.files:
+            f.validate("upload.pack")
+        if sum(f.size for f in self.files) != body_len:
+            raise DecodeError("upload.pack: the sizes do not add up to the body")
+        if not self.chain or not 0 <= self.hop < len(self.chain):
+            raise DecodeError("upload.pack: hop is outside the chain")
+        for w in self.chain:
+            if not isinstance(w, str):
+                raise DecodeError("upload.pack: chain holds a non-name")
+            check_worker(w, "chain")
+
+    @property
+    def next_worker(self) -> str | None:
+        nxt = self.hop + 1
+        return self.chain[nxt] if nxt < len(self.chain) else None
+
+    def slices(self) -> list[tuple[PackEntry, int, int]]:
+        """Each file with its start and end in the body."""
+        out, at = [], 0
+        for f in self.files:
+            out.append((f, at, at + f.size))
+            at += f.size
+        return out
 
 
 @dataclass(frozen=True)

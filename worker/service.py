@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from warren import messages as m
 from warren import metrics
@@ -107,8 +108,11 @@ class Worker:
         conn.call_later(self.settings.heartbeat_interval, lambda: self._heartbeat(conn))
 
     def _on_chunk(self, conn: Connection, d: Delivery) -> None:
+        if d.type == m.PACK_TYPE:
+            self._on_pack(conn, d)
+            return
         if d.type != m.CHUNK_TYPE:
-            raise DecodeError(f"expected {m.CHUNK_TYPE}, got {d.type!r}")
+            raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")
         h = m.ChunkHeaders.from_headers(d.headers, len(d.body))
         if h.chain[h.hop] != self.name:
             raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
@@ -132,7 +136,28 @@ class Worker:
         self._forward(conn, d, h, lambda: self._complete(conn, d, h) if complete else d.ack())
 
     def _forward(self, conn: Connection, d: Delivery, h: m.ChunkHeaders, then: Callback) -> None:
-        nxt = h.next_worker
+        self._relay(
+            conn,
+            d,
+            h.next_worker,
+            dataclasses.replace(h, hop=h.hop + 1).to_headers(),
+            f"upload {h.upload_id}: chunk {h.seq}",
+            then,
+            lambda reason: self._fail(conn, d, h, reason),
+        )
+
+    def _relay(
+        self,
+        conn: Connection,
+        d: Delivery,
+        nxt: str | None,
+        headers: dict[str, Any],
+        what: str,
+        then: Callback,
+        fail: Callable[[str], None],
+    ) -> None:
+        """Republish a chunk or pack to the next worker of the chain; ``then()`` once it is
+        confirmed. Refused once, it is requeued to try again; refused again, ``fail``."""
         if nxt is None:
             then()
             return
@@ -142,27 +167,90 @@ class Worker:
             if ok:
                 then()
             elif d.redelivered:
-                log.error(
-                    "upload %s: cannot forward chunk %d to %s; giving up on it",
-                    h.upload_id,
-                    h.seq,
-                    nxt,
-                )
-                self._fail(conn, d, h, f"could not forward to {nxt}")
+                log.error("%s: cannot forward it to %s; giving up on it", what, nxt)
+                fail(f"could not forward to {nxt}")
             else:
                 d.reject(requeue=True)  # try once more
 
         metrics.BYTES_OUT.labels("forward").inc(len(d.body))
-        headers = dataclasses.replace(h, hop=h.hop + 1).to_headers()
         conn.publish(
             worker_chunks(nxt),
             d.body,
-            type=m.CHUNK_TYPE,
+            type=d.type or m.CHUNK_TYPE,
             headers=headers,
             reply_to=d.reply_to,
             correlation_id=d.correlation_id,
             on_confirm=confirmed,
         )
+
+    # -- packs: small files, whole, several to a message -----------------------------------
+
+    def _on_pack(self, conn: Connection, d: Delivery) -> None:
+        """Store every file of the pack (on the pool) while forwarding it down the chain;
+        once both are done, announce them all in one "pack stored" and ack."""
+        p = m.PackHeaders.from_headers(d.headers, len(d.body))
+        if p.chain[p.hop] != self.name:
+            raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
+        metrics.BYTES_IN.inc(len(d.body))
+        body = memoryview(d.body)
+        blobs = [(f.sha256, body[start:end]) for f, start, end in p.slices()]
+        waiting = {"stored", "forwarded"}
+        error: list[str | None] = []
+
+        def settle(step: str) -> None:
+            waiting.discard(step)
+            if waiting:
+                return
+            if error[0] is not None:
+                self._fail_pack(conn, d, p, error[0])
+                return
+            stored = m.PackStored(worker=self.name, hop=p.hop, files=p.files)
+            self._announce(conn, d, stored.encode(), m.PackStored.TYPE, then=d.ack)
+
+        def on_stored(f: Future[str | None]) -> None:
+            error.append(f.result())
+            self._call_on(conn, lambda: settle("stored"))
+
+        self._pool.submit(self._store_pack, blobs).add_done_callback(on_stored)
+        self._relay(
+            conn,
+            d,
+            p.next_worker,
+            dataclasses.replace(p, hop=p.hop + 1).to_headers(),
+            f"pack {d.correlation_id}",
+            lambda: settle("forwarded"),
+            lambda reason: self._fail_pack(conn, d, p, reason),
+        )
+
+    def _store_pack(self, blobs: list[tuple[str, memoryview]]) -> str | None:
+        """On the pool: verify and store a pack's files. Returns why it failed, or None."""
+        try:
+            self._delay_for_tests()
+            self.store.put_blobs(blobs)
+            metrics.REPLICAS_STORED.inc(len(blobs))
+            return None
+        except CorruptUpload as exc:
+            metrics.REPLICAS_FAILED.inc(len(blobs))
+            return str(exc)
+        except OSError as exc:
+            metrics.REPLICAS_FAILED.inc(len(blobs))
+            return f"disk error: {exc.strerror or exc}"
+
+    def _fail_pack(self, conn: Connection, d: Delivery, p: m.PackHeaders, reason: str) -> None:
+        """Every file of the pack failed here: say so for each, then dead-letter the pack."""
+        log.error(
+            "pack %s: %d files failed on %s: %s", d.correlation_id, len(p.files), self.name, reason
+        )
+        for i, f in enumerate(p.files):
+            failed = m.ReplicaFailed(upload_id=f.upload_id, worker=self.name, reason=reason)
+            last = i == len(p.files) - 1
+            self._announce(
+                conn,
+                d,
+                failed.encode(),
+                m.ReplicaFailed.TYPE,
+                then=(lambda: d.reject(requeue=False)) if last else (lambda: None),
+            )
 
     def _complete(self, conn: Connection, d: Delivery, h: m.ChunkHeaders) -> None:
         """All chunks are in: finalize off this thread (hashing a large file takes a while,
