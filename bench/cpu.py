@@ -26,6 +26,14 @@ from tests.cluster import Cluster  # noqa: E402
 from warren.localnode import LocalNode  # noqa: E402
 
 
+def disk_writes(pid: int) -> int:
+    """Bytes the process caused to be written to disk (its page-cache writes included)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -60,6 +68,7 @@ def main() -> int:
         pids = {name: proc.pid for name, proc in c.procs.items()}
         pids["broker"] = int((node.base / "beam.pid").read_text())
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        written = {name: disk_writes(pid) for name, pid in pids.items()}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(
@@ -80,12 +89,16 @@ def main() -> int:
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        written = {name: disk_writes(pid) - written[name] for name, pid in pids.items()}
         spent["client"] = (after.ru_utime + after.ru_stime) - (
             children.ru_utime + children.ru_stime
         )
-        print(f"wall {wall:.2f} s, CPU {sum(spent.values()):.2f} s in all")
+        print(
+            f"wall {wall:.2f} s, CPU {sum(spent.values()):.2f} s and "
+            f"{sum(written.values()) / 1e6:.0f} MB written to disk in all"
+        )
         for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:8} {seconds:6.2f} s")
+            print(f"  {name:8} {seconds:6.2f} s CPU {written.get(name, 0) / 1e6:8.0f} MB written")
     finally:
         c.stop_all()
         node.stop()

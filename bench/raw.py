@@ -4,56 +4,89 @@ This is the only code outside ``warren/broker.py`` that imports pika, on purpose
 the baseline, not part of warren.
 
 * ``one_hop``: a SelectConnection producer keeps ``window`` persistent publishes of
-  ``chunk`` bytes unconfirmed on a durable queue; a consumer at prefetch 32 acks each.
-  MB/s from the first publish to the last ack.
+  ``chunk`` bytes unconfirmed on a durable queue; a consumer at prefetch 32 acks each,
+  in another process. MB/s from the first publish to the last ack.
 * ``round_trips``: a blocking requester sends a small message and waits for the reply
   from a blocking responder, one at a time. Round trips per second.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import threading
 import time
 import uuid
+from typing import Any
 
 import pika
 
 
 def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 16) -> float:
+    """MB/s of one hop. Producer and consumer are separate processes, as warren's are: in
+    one process they would share one interpreter lock and measure less than pika can do."""
     queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
     count = total_bytes // chunk
-    body = b"\x5a" * chunk
     params = pika.URLParameters(url)
-
     setup = pika.BlockingConnection(params)
     setup.channel().queue_declare(queue, durable=True)
     setup.close()
 
-    consumed = threading.Event()
+    ctx = multiprocessing.get_context("fork")
+    times: multiprocessing.queues.Queue[tuple[str, float]] = ctx.Queue()
+    ready = ctx.Event()
+    consumer = ctx.Process(target=_consume, args=(url, queue, count, ready, times))
+    consumer.start()
+    ready.wait()
+    producer = ctx.Process(target=_produce, args=(url, queue, count, chunk, window, times))
+    producer.start()
+    producer.join()
+    consumer.join()
+    stamps = dict(times.get() for _ in range(2))
 
-    def consumer() -> None:
-        conn = pika.BlockingConnection(params)
-        ch = conn.channel()
-        ch.basic_qos(prefetch_count=32)
-        got = 0
+    cleanup = pika.BlockingConnection(params)
+    cleanup.channel().queue_delete(queue)
+    cleanup.close()
+    return count * chunk / (stamps["last ack"] - stamps["first publish"]) / 1e6
 
-        def on_message(c: object, method: pika.spec.Basic.Deliver, _p: object, _b: bytes) -> None:
-            nonlocal got
-            ch.basic_ack(method.delivery_tag)
-            got += 1
-            if got == count:
-                ch.stop_consuming()
 
-        ch.basic_consume(queue, on_message)
-        ch.start_consuming()
-        conn.close()
-        consumed.set()
+def _consume(
+    url: str,
+    queue: str,
+    count: int,
+    ready: Any,
+    times: multiprocessing.queues.Queue[tuple[str, float]],
+) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=32)
+    got = 0
 
-    reader = threading.Thread(target=consumer)
-    reader.start()
+    def on_message(c: object, method: pika.spec.Basic.Deliver, _p: object, _b: bytes) -> None:
+        nonlocal got
+        ch.basic_ack(method.delivery_tag)
+        got += 1
+        if got == count:
+            times.put(("last ack", time.monotonic()))
+            ch.stop_consuming()
 
+    ch.basic_consume(queue, on_message)
+    ready.set()
+    ch.start_consuming()
+    conn.close()
+
+
+def _produce(
+    url: str,
+    queue: str,
+    count: int,
+    chunk: int,
+    window: int,
+    times: multiprocessing.queues.Queue[tuple[str, float]],
+) -> None:
+    """A SelectConnection keeping ``window`` persistent publishes unconfirmed."""
+    body = b"\x5a" * chunk
     state = {"sent": 0, "acked": 0}
-    started = time.perf_counter()
 
     def on_open(conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=on_channel)
@@ -68,6 +101,8 @@ def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 
             pump()
 
         def pump() -> None:
+            if state["sent"] == 0:
+                times.put(("first publish", time.monotonic()))
             props = pika.BasicProperties(delivery_mode=2)
             while state["sent"] < count and state["sent"] - state["acked"] < window:
                 ch.basic_publish("", queue, body, props)
@@ -77,21 +112,13 @@ def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 
 
         ch.confirm_delivery(on_confirm, callback=lambda _f: pump())
 
-    producer = pika.SelectConnection(params, on_open_callback=on_open)
+    producer = pika.SelectConnection(pika.URLParameters(url), on_open_callback=on_open)
 
     def on_close(_c: object, _reason: object) -> None:
         producer.ioloop.stop()
 
     producer.add_on_close_callback(on_close)
     producer.ioloop.start()
-    consumed.wait()
-    elapsed = time.perf_counter() - started
-    reader.join()
-
-    cleanup = pika.BlockingConnection(params)
-    cleanup.channel().queue_delete(queue)
-    cleanup.close()
-    return count * chunk / elapsed / 1e6
 
 
 def round_trips(url: str, seconds: float = 3.0) -> float:
