@@ -65,6 +65,7 @@ def main() -> int:
             paths = [data / f"f{i:05}" for i in range(args.files)]
             for p in paths:
                 p.write_bytes(os.urandom(4096))
+        os.sync()  # the files just made are not this upload's disk writes
         pids = {name: proc.pid for name, proc in c.procs.items()}
         pids["broker"] = int((node.base / "beam.pid").read_text())
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from warren import messages as m
 from warren.broker import Connection, Delivery
-from warren.chunks import ChunkPlan, read_chunks, sha256_file
+from warren.chunks import ChunkPlan, Writeback, read_chunks, sha256_file
 from warren.config import Settings
 from warren.errors import (
     DecodeError,
@@ -717,6 +717,7 @@ class _Restore:
         self._digest = hashlib.sha256()
         self._next_offset = 0
         self._in_order = True
+        self._writeback = Writeback()
 
     def on_delivery(self, d: Delivery) -> None:
         d.ack()
@@ -726,6 +727,7 @@ class _Restore:
             if chunk.offset == self._next_offset:
                 self._digest.update(d.body)
                 self._next_offset += len(d.body)
+                self._writeback.written_up_to(self.fd, self._next_offset)
             else:
                 self._in_order = False
             self.received += len(d.body)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from warren.chunks import sha256_file
+from warren.chunks import Writeback, sha256_file
 from warren.messages import HEX32, HEX64, BlobEntry
 
 log = logging.getLogger("warren.worker.store")
@@ -100,13 +100,15 @@ class ChunkStore:
         """
         received = self._received_set(upload_id)
         if seq not in received:
-            self._hash_in_order(upload_id, offset, data, fresh=not received)
+            running = self._hash_in_order(upload_id, offset, data, fresh=not received)
             fd = os.open(self._path(upload_id, ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 view = memoryview(data)
                 written = 0
                 while written < len(view):
                     written += os.pwrite(fd, view[written:], offset + written)
+                if running is not None:
+                    running.writeback.written_up_to(fd, running.next_offset)
             finally:
                 os.close(fd)
             if chunk_count > 1:
@@ -115,19 +117,22 @@ class ChunkStore:
             received.add(seq)
         return len(received)
 
-    def _hash_in_order(self, upload_id: str, offset: int, data: bytes, fresh: bool) -> None:
+    def _hash_in_order(
+        self, upload_id: str, offset: int, data: bytes, fresh: bool
+    ) -> _Running | None:
         """Hash the bytes as they are written, while chunks come in order (they do, except after
         a restart or a redelivery), so finishing need not read the file back."""
         if fresh and offset == 0:
             self._digests[upload_id] = _Running()
         running = self._digests.get(upload_id)
         if running is None:
-            return
+            return None
         if running.next_offset == offset:
             running.digest.update(data)
             running.next_offset += len(data)
-        else:
-            del self._digests[upload_id]  # out of order: finishing reads the file back
+            return running
+        del self._digests[upload_id]  # out of order: finishing reads the file back
+        return None
 
     def _received_set(self, upload_id: str) -> set[int]:
         received = self._received.get(upload_id)
@@ -244,11 +249,12 @@ class ChunkStore:
 
 
 class _Running:
-    """The SHA-256 of an upload's first ``next_offset`` bytes."""
+    """The SHA-256 of an upload's first ``next_offset`` bytes, and their write-back."""
 
     def __init__(self) -> None:
         self.digest = hashlib.sha256()
         self.next_offset = 0
+        self.writeback = Writeback()
 
 
 def _syncfs() -> Callable[[int], int] | None:
