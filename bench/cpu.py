@@ -27,11 +27,9 @@ from warren.localnode import LocalNode  # noqa: E402
 
 
 def disk_writes(pid: int) -> int:
-    """Bytes the process caused to be written to disk (its page-cache writes included)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
+    """Bytes the process sent towards the disk, less those deleted before they got there."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["write_bytes"]) - int(fields["cancelled_write_bytes"])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -25,7 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from client.session import Session  # noqa: E402
 from tests.cluster import Cluster, wait_for  # noqa: E402
+from warren.config import Settings  # noqa: E402
+from warren.errors import WarrenError  # noqa: E402
 from warren.localnode import LocalNode  # noqa: E402
 
 
@@ -43,22 +46,36 @@ class Tally:
 
 
 def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tally) -> None:
+    """Upload a file, or one time in three a batch of small files (they travel in packs),
+    and now and then restore something confirmed and compare its bytes."""
     rng = random.Random(n)
     i = 0
     while not stop.is_set():
         i += 1
-        name = f"client{n} file {i}.bin"
-        size = rng.choice([0, 1, 4096, 300_000, 1_500_000, 6_000_000])
-        path = folder / name
-        path.write_bytes(os.urandom(size))
-        res = c.client("upload", str(path), "--replicas", "2", WARREN_CLIENT_NAME=f"soak{n}")
+        if rng.random() < 1 / 3:
+            sizes = [rng.choice([0, 1, 700, 4096, 65_536]) for _ in range(rng.randint(2, 40))]
+        else:
+            sizes = [rng.choice([0, 1, 4096, 300_000, 1_500_000, 6_000_000])]
+        paths = []
+        for j, size in enumerate(sizes):
+            path = folder / f"client{n} file {i}.{j}.bin"
+            path.write_bytes(os.urandom(size))
+            paths.append(path)
+        res = c.client("upload", *map(str, paths), "--replicas", "2", WARREN_CLIENT_NAME=f"soak{n}")
+        stored = {
+            ln.strip().split("stored ", 1)[1].split(" (")[0]
+            for ln in res.out.splitlines()
+            if ln.strip().startswith("stored ")
+        }
         with t.lock:
-            if res.code == 0:
-                t.confirmed[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-                t.bytes += size
-            else:
-                t.failed_uploads += 1
-        path.unlink()
+            for path in paths:
+                if path.name in stored:
+                    t.confirmed[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                    t.bytes += path.stat().st_size
+                else:
+                    t.failed_uploads += 1
+        for path in paths:
+            path.unlink()
         if t.confirmed and rng.random() < 0.4:
             pick = rng.choice(sorted(t.confirmed))
             dest = folder / f"restore-{n}"
@@ -130,11 +147,18 @@ def main() -> int:
         c.wait_alive(workers, timeout=120)
         wait_for(lambda: c.status()["under_replicated"] == 0, timeout=600, what="repair")
         lost = []
-        for name, sha in sorted(t.confirmed.items()):
-            dest = base / "final-restore"
-            res = c.client("download", name, "-o", str(dest), "--force")
-            if res.code != 0 or hashlib.sha256(dest.read_bytes()).hexdigest() != sha:
-                lost.append(name)
+        dest = base / "final-restore"
+        # Every confirmed file, restored through the client's own code: one session for
+        # all of them (a process per file would spend most of the time starting Python).
+        with Session(Settings.load(environ=c.env(WARREN_CLIENT_NAME="soak-check"))) as session:
+            for name, sha in sorted(t.confirmed.items()):
+                try:
+                    session.download(name, dest, overwrite=True)
+                except WarrenError:
+                    lost.append(name)
+                    continue
+                if hashlib.sha256(dest.read_bytes()).hexdigest() != sha:
+                    lost.append(name)
         print(f"soak: {args.minutes:g} min, {args.clients} clients, {args.workers} workers")
         print(f"  files confirmed   {len(t.confirmed)} ({t.bytes / 1e6:.1f} MB)")
         print(f"  uploads failed    {t.failed_uploads} (clear error, not confirmed)")

@@ -696,7 +696,11 @@ def _is_small(path: Path) -> bool:
 def _read_small(path: Path) -> bytes:
     """A small file's bytes, or the sentence that says why they cannot be read."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(PACK_FILE_MAX + 1)
+        if len(data) > PACK_FILE_MAX:
+            raise UsageError(f"{path} changed size while it was being read.")
+        return data
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file.") from None
     except PermissionError:

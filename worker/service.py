@@ -204,6 +204,15 @@ class Worker:
             if error[0] is not None:
                 self._fail_pack(conn, d, p, error[0])
                 return
+            if not d.redelivered:
+                log.info(
+                    "pack %s: %d files stored on %s (%d bytes, hop %d)",
+                    d.correlation_id,
+                    len(p.files),
+                    self.name,
+                    len(d.body),
+                    p.hop,
+                )
             stored = m.PackStored(worker=self.name, hop=p.hop, files=p.files)
             self._announce(conn, d, stored.encode(), m.PackStored.TYPE, then=d.ack)
 

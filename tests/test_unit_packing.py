@@ -1,0 +1,72 @@
+"""How an upload command groups files: small ones into packs, large ones alone."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from pathlib import Path
+
+from client.session import PACK_FILE_MAX, PACK_FILES, Progress, Session, _Pack, _Upload
+from warren.config import Settings
+from warren.errors import WarrenError
+
+
+def plan(paths: list[Path]) -> tuple[list[list[str]], list[str]]:
+    """The uploads an upload command would make, as lists of names; and the failures."""
+    session = Session(Settings.load({"client_name": "unit"}))
+    todo = collections.deque((p, p.name) for p in paths)
+    failed: list[str] = []
+
+    def done(name: str, outcome: object) -> None:
+        assert isinstance(outcome, WarrenError)
+        failed.append(name)
+
+    units: list[list[str]] = []
+    while todo:
+        up = session._next_upload(todo, lambda _n: Progress(), done)
+        if isinstance(up, _Pack):
+            units.append([u.name for u in up.members])
+            for u in up.members:
+                assert u.sha256 == hashlib.sha256(u.path.read_bytes()).hexdigest()
+                assert u.data == u.path.read_bytes()
+        elif isinstance(up, _Upload):
+            assert up.data == b""  # sent in chunks from the file
+            units.append([up.name])
+    return units, failed
+
+
+def files(folder: Path, sizes: list[int], prefix: str = "f") -> list[Path]:
+    paths = []
+    for i, size in enumerate(sizes):
+        p = folder / f"{prefix}{i:04}"
+        p.write_bytes(b"x" * size)
+        paths.append(p)
+    return paths
+
+
+def test_small_files_go_together_and_large_ones_alone(tmp_path: Path) -> None:
+    small = files(tmp_path, [10, 0, 4096], "s")
+    big = files(tmp_path, [PACK_FILE_MAX + 1], "b")
+    more = files(tmp_path, [5, 6], "t")
+    units, failed = plan(small + big + more)
+    assert units == [["s0000", "s0001", "s0002"], ["b0000"], ["t0000", "t0001"]]
+    assert failed == []
+
+
+def test_a_pack_stops_at_its_file_count_and_at_the_chunk_size(tmp_path: Path) -> None:
+    units, _ = plan(files(tmp_path, [1] * (PACK_FILES + 5)))
+    assert [len(u) for u in units] == [PACK_FILES, 5]
+    quarter = PACK_FILE_MAX  # four of these fill a 1 MiB pack
+    units, _ = plan(files(tmp_path, [quarter] * 6, "q"))
+    assert [len(u) for u in units] == [4, 2]
+
+
+def test_a_lone_small_file_is_a_plain_upload_and_so_is_a_missing_one(tmp_path: Path) -> None:
+    [only] = files(tmp_path, [3])
+    assert plan([only]) == ([[only.name]], [])
+    # A missing file is no pack member: it fails alone, as a plain upload ("no such file")
+    a, b, c = files(tmp_path, [1, 2, 3], "m")
+    b.unlink()
+    units, failed = plan([a, b, c])
+    assert units == [[a.name], [b.name], [c.name]]
+    assert failed == []
