@@ -4,6 +4,7 @@ Starts its own private RabbitMQ node, manager and workers in a temporary folder,
 measures in one run:
 
 * raw: one pika hop of the same bytes (bench/raw.py), the ceiling for a byte crossing the broker;
+* the disk: how fast it takes 1 GiB and an fsync (a 2-replica upload writes each byte 4 times);
 * warren upload with 2 replicas and with 1, and restore, of one large file;
 * 1,000 files of 4 KiB in one upload command, against the raw request/reply rate;
 * peak RSS of the client and of each worker at 64 MiB and at 1 GiB.
@@ -17,6 +18,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,14 @@ def disk_write_rate(folder: Path, size: int) -> float:
     elapsed = time.perf_counter() - started
     path.unlink()
     return size / elapsed / 1e6
+
+
+def median(runs: int, measure: Callable[[], float]) -> float:
+    rates = []
+    for _ in range(runs):
+        settle()
+        rates.append(measure())
+    return statistics.median(rates)
 
 
 def best(runs: int, measure: Callable[[], float]) -> float:
@@ -130,7 +140,7 @@ def main() -> int:
         print(f"raw one hop of {args.size_mib} MiB ...", flush=True)
         raw_mbs = best(runs, lambda: raw.one_hop(url, size))
         print("disk ...", flush=True)
-        disk = best(runs, lambda: disk_write_rate(base, 1024 * MIB))
+        disk = median(runs, lambda: disk_write_rate(base, 1024 * MIB))
         print("raw request/reply ...", flush=True)
         raw_rr = best(runs, lambda: raw.round_trips(url, seconds=2.0))
 
@@ -161,14 +171,7 @@ def main() -> int:
 
         rows += [
             ("raw one hop (pika, window 16, prefetch 32)", f"{raw_mbs:.0f} MB/s", "1.00", "1.00"),
-            ("disk: 1 GiB written, then fsync", f"{disk:.0f} MB/s", "", ""),
-            (
-                "ceiling for 2 replicas: disk / 4 (each byte is written twice by the broker, "
-                "once by each worker)",
-                f"{disk / 4:.0f} MB/s",
-                f"{disk / 4 / raw_mbs:.2f}",
-                f"{disk / 4 / raw_mbs:.2f}",
-            ),
+            ("disk: 1 GiB written, then fsync (median)", f"{disk:.0f} MB/s", "", ""),
             row("warren upload, 2 replicas", t2),
             row("warren upload, 1 replica", t1),
             row("warren restore", tr),
@@ -239,7 +242,10 @@ def main() -> int:
             "subtracts the client's start-up (Python, imports, connecting, one request to the "
             "manager), which the raw figures do not pay. Each throughput is the best of "
             f"{args.runs} runs, raw and warren alike, each run after the disk has settled "
-            "(`sync`): single runs vary by up to 30% here.",
+            "(`sync`): single runs vary by up to 30% here. A 2-replica upload writes each "
+            "byte four times (twice in the broker's message store, once on each worker), so "
+            "when the disk writes less than four times its rate, the disk is the limit; this "
+            "machine's disk has measured anywhere from 350 to 1,800 MB/s.",
             "",
             *table,
             "",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, MakeCluster
+from tests.cluster import Cluster, MakeCluster, wait_for
 from tests.test_faults import random_file, upload_in_flight
 from warren import errors
 from warren.localnode import LocalNode, cluster_url, start_cluster, stop_all
@@ -59,6 +59,15 @@ def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
     # And the services moved to the surviving nodes by themselves
     c.wait_alive(["w1", "w2", "w3"], timeout=90)
     assert all(p.poll() is None for p in c.procs.values())
+    # (Each quorum queue that had its leader on the dead node elects a new one; until then
+    # RabbitMQ may refuse publishes to it, so an operator waits for that, and so does this.)
+    survivors = {n.nodename for n in nodes[1:]}
+
+    def leaders_elected() -> bool:
+        quorum = [q for q in nodes[1].api("GET", f"queues/{vhost}") if q["type"] == "quorum"]
+        return bool(quorum) and all(q.get("leader") in survivors for q in quorum)
+
+    wait_for(leaders_elected, timeout=90, what="quorum queue leaders on the surviving nodes")
     # And what was confirmed before is still there, and a retry completes
     dest = tmp_path / "before again.bin"
     c.client("download", "before.bin", "-o", str(dest)).ok()
