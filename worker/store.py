@@ -208,15 +208,20 @@ class ChunkStore:
                 todo[sha256] = (self.incoming / f"{sha256}.{uuid.uuid4().hex[:8]}.blob", data)
         if not todo:
             return
-        for tmp, data in todo.values():
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
-        _sync_files([tmp for tmp, _ in todo.values()])
+        try:
+            for tmp, data in todo.values():
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                finally:
+                    os.close(fd)
+            _sync_files([tmp for tmp, _ in todo.values()])
+        except OSError:
+            for tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
+                tmp.unlink(missing_ok=True)
+            raise
         for sha256, (tmp, data) in todo.items():
             target = self.blob_path(sha256)
             target.parent.mkdir(exist_ok=True)
