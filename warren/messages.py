@@ -132,6 +132,16 @@ def check_worker(value: str, where: str) -> None:
         raise DecodeError(f"{where}: {value!r} is not a worker name")
 
 
+def check_chain(chain: tuple[str, ...], where: str) -> None:
+    """A chain names at least one worker, each by a valid name."""
+    if not chain:
+        raise DecodeError(f"{where}: empty chain")
+    for w in chain:
+        if not isinstance(w, str):
+            raise DecodeError(f"{where}: the chain holds a non-name")
+        check_worker(w, "chain")
+
+
 def check_file_name(value: str) -> None:
     """File names may hold spaces and any Unicode; they only ever live in the catalog."""
     if not value or "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
@@ -229,10 +239,7 @@ class UploadAccepted(Message):
 
     def validate(self) -> None:
         check_upload_id(self.upload_id, "upload_id")
-        if not self.chain:
-            raise DecodeError("upload.accepted: empty chain")
-        for w in self.chain:
-            check_worker(w, "chain")
+        check_chain(self.chain, "upload.accepted")
 
 
 @message
@@ -247,10 +254,7 @@ class PackAccepted(Message):
     def validate(self) -> None:
         for u in self.upload_ids:
             check_upload_id(u, "upload_ids")
-        if not self.chain:
-            raise DecodeError("pack.accepted: empty chain")
-        for w in self.chain:
-            check_worker(w, "chain")
+        check_chain(self.chain, "pack.accepted")
 
 
 @message
@@ -523,10 +527,9 @@ class ChunkHeaders:
     def validate(self, body_len: int) -> None:
         check_upload_id(self.upload_id, "upload_id")
         check_sha256(self.sha256, "sha256")
-        if not self.chain or not 0 <= self.hop < len(self.chain):
+        check_chain(self.chain, "upload.chunk")
+        if not 0 <= self.hop < len(self.chain):
             raise DecodeError("upload.chunk: hop is outside the chain")
-        for w in self.chain:
-            check_worker(w, "chain")
         if self.total_size < 0 or self.chunk_count < 1:
             raise DecodeError("upload.chunk: bad sizes")
         if not 0 <= self.seq < self.chunk_count:
@@ -586,12 +589,9 @@ class PackHeaders:
             f.validate("upload.pack")
         if sum(f.size for f in self.files) != body_len:
             raise DecodeError("upload.pack: the sizes do not add up to the body")
-        if not self.chain or not 0 <= self.hop < len(self.chain):
+        check_chain(self.chain, "upload.pack")
+        if not 0 <= self.hop < len(self.chain):
             raise DecodeError("upload.pack: hop is outside the chain")
-        for w in self.chain:
-            if not isinstance(w, str):
-                raise DecodeError("upload.pack: chain holds a non-name")
-            check_worker(w, "chain")
 
     @property
     def next_worker(self) -> str | None:
