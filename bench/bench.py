@@ -240,7 +240,7 @@ def main() -> int:
             "here. A 2-replica upload writes each "
             "byte four times (twice in the broker's message store, once on each worker), so "
             "when the disk writes less than four times its rate, the disk is the limit; this "
-            "machine's disk has measured anywhere from 350 to 1,800 MB/s.",
+            "machine's disk has measured anywhere from 300 to 1,850 MB/s.",
             "",
             *table,
             "",
