@@ -239,7 +239,7 @@ def main() -> int:
             "(`sync`), in rounds that take turns with raw: single runs vary by up to 30% "
             "here. A 2-replica upload writes each "
             "byte four times (twice in the broker's message store, once on each worker), so "
-            "when the disk writes less than four times its rate, the disk is the limit; this "
+            "it can go no faster than a quarter of what the disk writes; this "
             "machine's disk has measured anywhere from 300 to 1,850 MB/s.",
             "",
             *table,
