@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import threading
@@ -220,7 +221,8 @@ class Worker:
             error.append(f.result())
             self._call_on(conn, lambda: settle("stored"))
 
-        self._pool.submit(self._store_pack, blobs).add_done_callback(on_stored)
+        store = functools.partial(self.store.put_blobs, blobs)
+        self._pool.submit(self._store, store, len(blobs)).add_done_callback(on_stored)
         self._relay(
             conn,
             d,
@@ -230,20 +232,6 @@ class Worker:
             lambda: settle("forwarded"),
             lambda reason: self._fail_pack(conn, d, p, reason),
         )
-
-    def _store_pack(self, blobs: list[tuple[str, memoryview]]) -> str | None:
-        """On the pool: verify and store a pack's files. Returns why it failed, or None."""
-        try:
-            self._delay_for_tests()
-            self.store.put_blobs(blobs)
-            metrics.REPLICAS_STORED.inc(len(blobs))
-            return None
-        except CorruptUpload as exc:
-            metrics.REPLICAS_FAILED.inc(len(blobs))
-            return str(exc)
-        except OSError as exc:
-            metrics.REPLICAS_FAILED.inc(len(blobs))
-            return f"disk error: {exc.strerror or exc}"
 
     def _fail_pack(self, conn: Connection, d: Delivery, p: m.PackHeaders, reason: str) -> None:
         """Every file of the pack failed here: say so for each, then dead-letter the pack."""
@@ -273,23 +261,25 @@ class Worker:
             if self.store.done_sha256(h.upload_id) is not None:
                 self._finished(conn, d, h, None)
                 return
-            future = self._pool.submit(self._finalize, h)
+            finish = functools.partial(self.store.finalize, h.upload_id, h.sha256, h.total_size)
+            future = self._pool.submit(self._store, finish, 1)
             self._finalizing[h.upload_id] = future
             future.add_done_callback(lambda _f: self._finalizing.pop(h.upload_id, None))
         self._when_final(conn, d, h, future)
 
-    def _finalize(self, h: m.ChunkHeaders) -> str | None:
-        """On the pool: fsync, verify, store. Returns why it failed, or None."""
+    def _store(self, write: Callable[[], object], files: int) -> str | None:
+        """On the pool: ``write`` replicas to the store (a finished upload, or a pack's
+        files): fsync, verify, move into place. Returns why it failed, or None."""
         try:
             self._delay_for_tests()
-            self.store.finalize(h.upload_id, h.sha256, h.total_size)
-            metrics.REPLICAS_STORED.inc()
+            write()
+            metrics.REPLICAS_STORED.inc(files)
             return None
         except CorruptUpload as exc:
-            metrics.REPLICAS_FAILED.inc()
+            metrics.REPLICAS_FAILED.inc(files)
             return str(exc)
         except OSError as exc:
-            metrics.REPLICAS_FAILED.inc()
+            metrics.REPLICAS_FAILED.inc(files)
             return f"disk error: {exc.strerror or exc}"
 
     def _when_final(

@@ -39,6 +39,10 @@ log = logging.getLogger("warren.worker.store")
 class CorruptUpload(Exception):
     """The assembled bytes do not match the SHA-256 the client announced."""
 
+    @classmethod
+    def mismatch(cls, expected: str, actual: str) -> CorruptUpload:
+        return cls(f"SHA-256 mismatch: expected {expected[:12]}…, got {actual[:12]}…")
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -170,7 +174,7 @@ class ChunkStore:
             actual = sha256_file(part)
         if actual != sha256:
             self.discard(upload_id)
-            raise CorruptUpload(f"SHA-256 mismatch: expected {sha256[:12]}…, got {actual[:12]}…")
+            raise CorruptUpload.mismatch(sha256, actual)
         target = self.blob_path(sha256)
         target.parent.mkdir(exist_ok=True)
         existed = target.exists()
@@ -199,9 +203,7 @@ class ChunkStore:
         for sha256, data in blobs:
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha256:
-                raise CorruptUpload(
-                    f"SHA-256 mismatch: expected {sha256[:12]}…, got {actual[:12]}…"
-                )
+                raise CorruptUpload.mismatch(sha256, actual)
         todo: dict[str, tuple[Path, memoryview]] = {}
         for sha256, data in blobs:
             if sha256 not in todo and not self.blob_path(sha256).exists():
