@@ -236,58 +236,54 @@ class Manager:
         raise DecodeError(f"{msg.TYPE} is not a client request")
 
     def _place(self, req: m.UploadRequest, reply_to: str) -> m.Message:
-        chain = choose_chain(self.catalog.candidates(), req.size, req.replicas)
-        up = Upload(
-            upload_id=uuid.uuid4().hex,
-            name=req.name,
-            size=req.size,
-            sha256=req.sha256,
-            wanted=req.replicas,
-            chain=tuple(chain),
-            client=req.client,
-            state=PENDING,
-            reply_to=reply_to,
-        )
-        self.catalog.add_upload(up, time.time())
+        file = m.PackFile(req.name, req.size, req.sha256)
+        [up] = self._reserve([file], req.replicas, req.client, reply_to)
         log.info(
             "upload %s: %r (%d bytes) from %s, placed on %s",
             up.upload_id,
             req.name,
             req.size,
             req.client or "a client",
-            " -> ".join(chain),
+            " -> ".join(up.chain),
         )
         return m.UploadAccepted(
             upload_id=up.upload_id, chain=up.chain, chunk_size=self.settings.chunk_size
         )
 
     def _place_pack(self, req: m.PackRequest, reply_to: str) -> m.Message:
-        """One chain for every file of the pack, room for all of them on each worker."""
-        total = sum(f.size for f in req.files)
-        chain = tuple(choose_chain(self.catalog.candidates(), total, req.replicas))
+        ups = self._reserve(list(req.files), req.replicas, req.client, reply_to)
+        log.info(
+            "pack of %d files (%d bytes) from %s, placed on %s",
+            len(ups),
+            sum(up.size for up in ups),
+            req.client or "a client",
+            " -> ".join(ups[0].chain),
+        )
+        return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=ups[0].chain)
+
+    def _reserve(
+        self, files: list[m.PackFile], replicas: int, client: str, reply_to: str
+    ) -> list[Upload]:
+        """Pick one chain with room for all of ``files`` and record each as a pending
+        upload, in one transaction (a plain upload is one file, a pack several)."""
+        total = sum(f.size for f in files)
+        chain = tuple(choose_chain(self.catalog.candidates(), total, replicas))
         ups = [
             Upload(
                 upload_id=uuid.uuid4().hex,
                 name=f.name,
                 size=f.size,
                 sha256=f.sha256,
-                wanted=req.replicas,
+                wanted=replicas,
                 chain=chain,
-                client=req.client,
+                client=client,
                 state=PENDING,
                 reply_to=reply_to,
             )
-            for f in req.files
+            for f in files
         ]
         self.catalog.add_uploads(ups, time.time())
-        log.info(
-            "pack of %d files (%d bytes) from %s, placed on %s",
-            len(ups),
-            total,
-            req.client or "a client",
-            " -> ".join(chain),
-        )
-        return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=chain)
+        return ups
 
     def _restore(self, req: m.DownloadRequest) -> tuple[m.DownloadAccepted, str]:
         entry = self.catalog.file(req.name)
