@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -359,19 +359,13 @@ class Session:
 
     def _upload_request(self, up: _Upload, replicas: int) -> m.UploadRequest:
         path = up.path
-        try:
+        with _local_file(path):
             up.size = path.stat().st_size
             if path.is_dir():
                 raise UsageError(f"{path} is a directory, not a file.")
             if not path.is_file():
                 raise UsageError(f"{path} is not a regular file.")
             up.sha256 = sha256_file(path, up.progress.hashing)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file.") from None
-        except PermissionError:
-            raise UsageError(f"{path}: permission denied.") from None
-        except IsADirectoryError:
-            raise UsageError(f"{path} is a directory, not a file.") from None
         return m.UploadRequest(
             name=up.name, size=up.size, sha256=up.sha256, replicas=replicas, client=self.client_name
         )
@@ -693,20 +687,29 @@ def _is_small(path: Path) -> bool:
     return _small_size(path) is not None
 
 
-def _read_small(path: Path) -> bytes:
-    """A small file's bytes, or the sentence that says why they cannot be read."""
+@contextlib.contextmanager
+def _local_file(path: Path) -> Iterator[None]:
+    """The sentence for what commonly goes wrong with a file to upload."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(PACK_FILE_MAX + 1)
-        if len(data) > PACK_FILE_MAX:
-            raise UsageError(f"{path} changed size while it was being read.")
-        return data
+        yield
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file.") from None
     except PermissionError:
         raise UsageError(f"{path}: permission denied.") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a file.") from None
+
+
+def _read_small(path: Path) -> bytes:
+    """A small file's bytes, or the sentence that says why they cannot be read."""
+    try:
+        with _local_file(path), open(path, "rb") as f:
+            data = f.read(PACK_FILE_MAX + 1)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
+    if len(data) > PACK_FILE_MAX:
+        raise UsageError(f"{path} changed size while it was being read.")
+    return data
 
 
 class _Restore:
