@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-from warren.chunks import EMPTY_SHA256, ChunkPlan, read_chunks, sha256_file
+from warren.chunks import (
+    EMPTY_SHA256,
+    WRITEBACK_EVERY,
+    ChunkPlan,
+    Writeback,
+    read_chunks,
+    sha256_file,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +60,21 @@ def test_sha256_file_streams_and_reports_progress(tmp_path: Path) -> None:
     seen: list[int] = []
     assert sha256_file(path, seen.append) == hashlib.sha256(data).hexdigest()
     assert sum(seen) == len(data)
+
+
+def test_writeback_drops_only_what_was_handed_to_the_disk_before(tmp_path: Path) -> None:
+    """Every WRITEBACK_EVERY bytes the new bytes start going to disk and the window before
+    them is dropped from memory; the file reads back exactly as written."""
+    path = tmp_path / "big"
+    block = os.urandom(1024 * 1024)
+    blocks = 2 * WRITEBACK_EVERY // len(block) + 3
+    wb = Writeback()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for i in range(blocks):
+            os.pwrite(fd, block, i * len(block))
+            wb.written_up_to(fd, (i + 1) * len(block))
+    finally:
+        os.close(fd)
+    assert (wb.dropping, wb.started) == (WRITEBACK_EVERY, 2 * WRITEBACK_EVERY)
+    assert sha256_file(path) == hashlib.sha256(block * blocks).hexdigest()
