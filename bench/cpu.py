@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/cpu.py --size-mib 256      # one large file, 2 replicas
     .venv/bin/python bench/cpu.py --files 500         # 500 files of 4 KiB in one command
+    .venv/bin/python bench/cpu.py --size-mib 512 --restore   # then restore it, from disk
 
 Prints the wall time and the CPU seconds (user + system) that the broker, the manager, each
 worker and the client spent on it, read from /proc and from the kernel's child accounting.
+With --restore it then restores the first file and measures that too: the blob is read from
+disk, as workers drop what they write from memory. Disk writes are the services' only.
 On a 2-core machine, a sum near 2 x wall time means the machine is CPU-bound.
 """
 
@@ -37,6 +40,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure(c: Cluster, pids: dict[str, int], command: list[str]) -> None:
+    """Run one client command; print its wall time and every process's CPU and disk writes."""
+    os.sync()  # what came before is not this command's disk writes
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    written = {name: disk_writes(pid) for name, pid in pids.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "client", *command],
+        env=c.env(),
+        cwd=c.base,
+        capture_output=True,
+        check=True,
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    written = {name: disk_writes(pid) - written[name] for name, pid in pids.items()}
+    spent["client"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    print(
+        f"wall {wall:.2f} s, CPU {sum(spent.values()):.2f} s and "
+        f"{sum(written.values()) / 1e6:.0f} MB written to disk by the services"
+    )
+    for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        disk = f"{written[name] / 1e6:8.0f} MB written" if name in written else ""
+        print(f"  {name:8} {seconds:6.2f} s CPU {disk}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,6 +75,9 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=0, help="upload one file of this size")
     parser.add_argument("--files", type=int, default=0, help="upload this many 4 KiB files")
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument(
+        "--restore", action="store_true", help="then restore the first file, and measure that"
+    )
     args = parser.parse_args()
     if bool(args.size_mib) == bool(args.files):
         parser.error("give exactly one of --size-mib and --files")
@@ -63,41 +97,13 @@ def main() -> int:
             paths = [data / f"f{i:05}" for i in range(args.files)]
             for p in paths:
                 p.write_bytes(os.urandom(4096))
-        os.sync()  # the files just made are not this upload's disk writes
         pids = {name: proc.pid for name, proc in c.procs.items()}
         pids["broker"] = int((node.base / "beam.pid").read_text())
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        written = {name: disk_writes(pid) for name, pid in pids.items()}
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "client",
-                "upload",
-                *map(str, paths),
-                "--replicas",
-                str(args.replicas),
-            ],
-            env=c.env(),
-            cwd=c.base,
-            capture_output=True,
-            check=True,
-        )
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-        written = {name: disk_writes(pid) - written[name] for name, pid in pids.items()}
-        spent["client"] = (after.ru_utime + after.ru_stime) - (
-            children.ru_utime + children.ru_stime
-        )
-        print(
-            f"wall {wall:.2f} s, CPU {sum(spent.values()):.2f} s and "
-            f"{sum(written.values()) / 1e6:.0f} MB written to disk in all"
-        )
-        for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:8} {seconds:6.2f} s CPU {written.get(name, 0) / 1e6:8.0f} MB written")
+        upload = ["upload", *map(str, paths), "--replicas", str(args.replicas)]
+        measure(c, pids, upload)
+        if args.restore:
+            print("restore of the first file:")
+            measure(c, pids, ["download", paths[0].name, "-o", str(data / "restored")])
     finally:
         c.stop_all()
         node.stop()

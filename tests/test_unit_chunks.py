@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from warren.chunks import (
+    CACHE_WINDOW,
     EMPTY_SHA256,
-    WRITEBACK_EVERY,
     ChunkPlan,
     Writeback,
     read_chunks,
@@ -62,12 +62,12 @@ def test_sha256_file_streams_and_reports_progress(tmp_path: Path) -> None:
     assert sum(seen) == len(data)
 
 
-def test_writeback_drops_only_what_was_handed_to_the_disk_before(tmp_path: Path) -> None:
-    """Every WRITEBACK_EVERY bytes the new bytes start going to disk and the window before
+def test_large_files_are_written_and_read_back_while_their_pages_are_let_go(tmp_path: Path) -> None:
+    """Every CACHE_WINDOW bytes the new bytes start going to disk and the window before
     them is dropped from memory; the file reads back exactly as written."""
     path = tmp_path / "big"
     block = os.urandom(1024 * 1024)
-    blocks = 2 * WRITEBACK_EVERY // len(block) + 3
+    blocks = 2 * CACHE_WINDOW // len(block) + 3
     wb = Writeback()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -76,5 +76,8 @@ def test_writeback_drops_only_what_was_handed_to_the_disk_before(tmp_path: Path)
             wb.written_up_to(fd, (i + 1) * len(block))
     finally:
         os.close(fd)
-    assert (wb.dropping, wb.started) == (WRITEBACK_EVERY, 2 * WRITEBACK_EVERY)
+    assert (wb.dropping, wb.started) == (CACHE_WINDOW, 2 * CACHE_WINDOW)
     assert sha256_file(path) == hashlib.sha256(block * blocks).hexdigest()
+    # Read back in chunks, dropping what was read as it goes: every chunk intact.
+    plan = ChunkPlan(len(block) * blocks, len(block))
+    assert all(data == block for _seq, _offset, data in read_chunks(path, plan))
