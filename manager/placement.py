@@ -24,10 +24,12 @@ class Candidate:
 def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[str]:
     """Pick ``replicas`` distinct live workers with room, primary first.
 
-    Most free space first (after what pending uploads will take); free space is compared
-    in whole GiB because workers sharing a disk report nearly the same number, and then
-    the least used worker (bytes, then files) wins, so files spread over the cluster
-    instead of piling up on the same pair.
+    Most free space first (after what pending uploads will take), but workers within a GiB
+    of the roomiest count as equally roomy, because workers sharing a disk report nearly
+    the same number; among those the least used worker (bytes, then files) wins, so files
+    spread over the cluster instead of piling up on the same pair. (Whole GiB buckets
+    would split such workers whenever the disk's free space crossed a GiB boundary
+    between their reports.)
     """
     live = [c for c in candidates if c.alive]
     if replicas < 1:
@@ -43,12 +45,11 @@ def choose_chain(candidates: list[Candidate], size: int, replicas: int) -> list[
             f"asked for {replicas} replicas but only {len(roomy)} live "
             f"worker{'s have' if len(roomy) != 1 else ' has'} room for {size} bytes."
         )
-    roomy.sort(
-        key=lambda c: (
-            -((c.free_bytes - c.reserved_bytes) // GIB),
-            c.used_bytes + c.reserved_bytes,
-            c.files,
-            c.name,
-        )
-    )
+    most = max(c.free_bytes - c.reserved_bytes for c in roomy)
+
+    def short_of_most(c: Candidate) -> int:
+        behind = most - (c.free_bytes - c.reserved_bytes)
+        return 0 if behind < GIB else behind
+
+    roomy.sort(key=lambda c: (short_of_most(c), c.used_bytes + c.reserved_bytes, c.files, c.name))
     return [c.name for c in roomy[:replicas]]

@@ -43,6 +43,17 @@ def test_equal_disks_spread_by_use() -> None:
     assert choose_chain(workers, size=1, replicas=2) == ["w2", "w4"]
 
 
+def test_one_disk_reported_either_side_of_a_gib_still_spreads_by_use() -> None:
+    # Four workers on one disk; its free space crossed 10 GiB between their reports.
+    workers = [
+        c("w1", 10 + 1e-6, used=5000),
+        c("w2", 10 + 1e-6, used=5000),
+        c("w3", 10 - 1e-6),
+        c("w4", 10 - 1e-6),
+    ]
+    assert choose_chain(workers, size=1, replicas=2) == ["w3", "w4"]
+
+
 def test_chain_members_are_distinct() -> None:
     chain = choose_chain([c(f"w{i}") for i in range(1, 5)], 1, 4)
     assert sorted(chain) == ["w1", "w2", "w3", "w4"]
