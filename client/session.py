@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import stat
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,6 +61,8 @@ PACK_FILE_MAX = 256 * 1024
 PACK_FILES = 128
 # Packs in flight at once: each holds its files' bytes until it is sent.
 PACKS_IN_FLIGHT = 8
+# Files hashed ahead of their placement request, on the hashing thread.
+HASH_AHEAD = 2
 
 
 class Progress:
@@ -236,6 +240,7 @@ class Session:
         it finishes, in the order they finish. A broker failure ends the whole batch.
         """
         todo = collections.deque(items)
+        hashing: collections.deque[_Upload] = collections.deque()  # on the hasher, in order
         asked: dict[str, _Upload | _Pack] = {}  # request id -> waiting for the manager
         ready: collections.deque[_Upload | _Pack] = collections.deque()  # placed, not sent
         sent: dict[str, _Upload | _Pack] = {}  # route -> waiting for its replicas
@@ -249,20 +254,32 @@ class Session:
             units = (*asked.values(), *ready, *sent.values())
             return sum(1 for u in units if isinstance(u, _Pack))
 
+        def ask(up: _Upload | _Pack) -> None:
+            if up.error is not None:  # a local problem: this file only
+                finish(up)
+                return
+            self._ask_placement(up, replicas)
+            asked[up.route] = up
+
+        hasher = _Hasher(self._wake)
         try:
-            while todo or asked or ready or sent:
-                while todo and len(asked) + len(ready) + len(sent) < UPLOADS_IN_FLIGHT:
-                    if packs_in_flight() >= PACKS_IN_FLIGHT and _is_small(todo[0][0]):
+            while todo or hashing or asked or ready or sent:
+                while todo and len(hashing) + len(asked) + len(ready) + len(sent) < (
+                    UPLOADS_IN_FLIGHT
+                ):
+                    small = _is_small(todo[0][0])
+                    if small and packs_in_flight() >= PACKS_IN_FLIGHT:
+                        break
+                    if not small and len(hashing) >= HASH_AHEAD:
                         break
                     up = self._next_upload(todo, progress_for, done)
-                    if up is None:
-                        continue
-                    try:
-                        self._ask_placement(up, replicas)
-                        asked[up.route] = up
-                    except WarrenError as exc:  # a local problem: this file only
-                        up.error = exc
-                        finish(up)
+                    if isinstance(up, _Pack):
+                        ask(up)
+                    elif up is not None:
+                        hasher.add(up)
+                        hashing.append(up)
+                while hashing and hashing[0].hashed.is_set():
+                    ask(hashing.popleft())
                 now = time.monotonic()
                 for route, up in list(asked.items()):
                     if up.accepted is not None or up.error is not None:
@@ -273,10 +290,14 @@ class Session:
                             ready.append(up)
                     elif now > up.deadline:
                         raise Unavailable(self._silent())
-                while ready:
-                    up = ready.popleft()
-                    self._send(up)
-                    sent[up.route] = up
+                if ready:
+                    while ready:
+                        up = ready.popleft()
+                        self._send(up)
+                        sent[up.route] = up
+                    # Sending a large file takes a while: take in what arrived meanwhile
+                    # (answers, confirmations) before any deadline is judged.
+                    self.conn.process(0)
                 now = time.monotonic()
                 for route, up in list(sent.items()):
                     if up.complete and not up.recorded and up.record_deadline == 0.0:
@@ -292,9 +313,10 @@ class Session:
                     elif not up.complete and now > up.deadline:
                         del sent[route]
                         finish(up, timed_out=True)
-                if asked or sent:
+                if hashing or asked or sent:
                     self.conn.process(0.05)
         finally:
+            hasher.stop()
             for up in (*asked.values(), *ready, *sent.values()):
                 self._routes.pop(up.route, None)
 
@@ -339,36 +361,34 @@ class Session:
             return single
         return pack if pack.members else None
 
+    def _wake(self) -> None:
+        """From another thread: make the connection's thread return from ``process``."""
+        with contextlib.suppress(WarrenError):
+            self.conn.call_threadsafe(lambda: None)
+
     def _silent(self) -> str:
         return (
-            f"the manager did not answer within {self.settings.request_timeout:.0f} s; "
-            "is it running?"
+            f"the manager did not answer within {self.settings.request_timeout:g} s; is it running?"
         )
 
     def _ask_placement(self, up: _Upload | _Pack, replicas: int) -> None:
-        """Hash the file and ask the manager where it goes; the answer arrives later."""
+        """Ask the manager where the hashed file (or pack) goes; the answer arrives later."""
         if isinstance(up, _Pack):
             files = tuple(m.PackFile(u.name, u.size, u.sha256) for u in up.members)
             req: m.Message = m.PackRequest(files=files, replicas=replicas, client=self.client_name)
         else:
-            req = self._upload_request(up, replicas)
+            up.progress.hashing(up.size)
+            req = m.UploadRequest(
+                name=up.name,
+                size=up.size,
+                sha256=up.sha256,
+                replicas=replicas,
+                client=self.client_name,
+            )
         up.route = uuid.uuid4().hex
         up.deadline = time.monotonic() + self.settings.request_timeout
         self._routes[up.route] = up.on_placement
         self._send_request(req, up.route, lambda: setattr(up, "error", _error(NO_MANAGER)))
-
-    def _upload_request(self, up: _Upload, replicas: int) -> m.UploadRequest:
-        path = up.path
-        with _local_file(path):
-            up.size = path.stat().st_size
-            if path.is_dir():
-                raise UsageError(f"{path} is a directory, not a file.")
-            if not path.is_file():
-                raise UsageError(f"{path} is not a regular file.")
-            up.sha256 = sha256_file(path, up.progress.hashing)
-        return m.UploadRequest(
-            name=up.name, size=up.size, sha256=up.sha256, replicas=replicas, client=self.client_name
-        )
 
     def _send(self, up: _Upload | _Pack) -> None:
         if isinstance(up, _Pack):
@@ -559,6 +579,7 @@ class _Upload:
         self.record_deadline = 0.0
         self.data = b""  # a small file's bytes, until its pack is sent
         self.upload_id = ""
+        self.hashed = threading.Event()  # size and sha256 are known, or error says why not
 
     def outcomes(self, timed_out: bool) -> list[tuple[str, UploadResult | WarrenError]]:
         return [(self.name, self.timed_out() if timed_out else self.outcome())]
@@ -672,6 +693,68 @@ class _Pack:
             late = timed_out and not u.failures and not u.complete
             out.append((u.name, u.timed_out() if late else u.outcome()))
         return out
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Hasher:
+    """Hashes the files of an upload command on a thread of its own, in order.
+
+    A large file takes seconds to hash. On the connection's thread that would leave the
+    broker's confirmations and the manager's answers unread meanwhile, for as long as the
+    hashing of every file in flight took: long enough, with a batch of large files, to take
+    a silent manager for a dead one. ``wake`` is called after each file, so the connection's
+    thread picks it up at once. The thread starts with the first file and ends with ``stop``.
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._todo: queue.SimpleQueue[_Upload | None] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, up: _Upload) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="warren-hash", daemon=True)
+            self._thread.start()
+        self._todo.put(up)
+
+    def stop(self) -> None:
+        """Give up on the files not hashed yet (the command is over)."""
+        self._stopped.set()
+        self._todo.put(None)
+
+    def _run(self) -> None:
+        while (up := self._todo.get()) is not None:
+            try:
+                up.size, up.sha256 = _hash_file(up.path, self._check)
+            except WarrenError as exc:
+                up.error = exc
+            except _Stopped:
+                return
+            finally:
+                up.hashed.set()
+            self._wake()
+
+    def _check(self, _nbytes: int) -> None:
+        if self._stopped.is_set():
+            raise _Stopped
+
+
+def _hash_file(path: Path, progress: Callable[[int], None]) -> tuple[int, str]:
+    """A file's size and SHA-256, or the sentence that says why it cannot be uploaded."""
+    try:
+        with _local_file(path):
+            size = path.stat().st_size
+            if path.is_dir():
+                raise UsageError(f"{path} is a directory, not a file.")
+            if not path.is_file():
+                raise UsageError(f"{path} is not a regular file.")
+            return size, sha256_file(path, progress)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
 
 
 def _small_size(path: Path) -> int | None:

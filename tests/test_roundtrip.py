@@ -6,11 +6,16 @@ import hashlib
 import json
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from client import session
 from tests.cluster import Cluster
+from warren.chunks import sha256_file
+from warren.config import Settings
 
 MIB = 1024 * 1024
 
@@ -142,6 +147,40 @@ def test_many_small_files_in_one_command(cluster: Cluster, tmp_path: Path) -> No
     for p in paths:
         assert len(listed[p.name]["replicas"]) == 2
         assert listed[p.name]["sha256"] == sha(p)
+
+
+def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given files too large for packs, each taking longer to hash than the manager is given
+    # to answer (as large files on a slow disk do), in one command
+    paths = [make_file(tmp_path, f"slow {i}.bin", session.PACK_FILE_MAX + 1 + i) for i in range(4)]
+
+    def slow_sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+        time.sleep(0.4)
+        return sha256_file(path, progress)
+
+    monkeypatch.setattr("client.session.sha256_file", slow_sha256_file)
+    settings = Settings.load(environ=cluster.env(WARREN_REQUEST_TIMEOUT="0.5"))
+    results: dict[str, object] = {}
+
+    # When they are uploaded together
+    with session.Session(settings) as s:
+        s.upload_many(
+            [(p, p.name) for p in paths],
+            2,
+            lambda _name: session.Progress(),
+            results.__setitem__,
+        )
+
+    # Then every one is stored on two workers: hashing never kept the answers unread
+    assert {name: type(r).__name__ for name, r in results.items()} == {
+        p.name: "UploadResult" for p in paths
+    }
+    listed = cluster.files()
+    for p in paths:
+        assert listed[p.name]["sha256"] == sha(p)
+        assert cluster.holders_on_disk(sha(p)) == set(listed[p.name]["replicas"])
 
 
 def test_status_watch_without_a_terminal_or_json_is_a_usage_error(cluster: Cluster) -> None:
