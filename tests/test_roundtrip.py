@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from client import session
-from tests.cluster import Cluster
+from tests.cluster import Cluster, MakeCluster
 from warren.chunks import sha256_file
 from warren.config import Settings
 
@@ -85,13 +85,18 @@ def test_round_trip_many_files(cluster: Cluster, tmp_path: Path, replicas: int) 
         assert dest.read_bytes() == path.read_bytes()
 
 
-def test_primary_and_backup_are_distinct_and_spread(cluster: Cluster, tmp_path: Path) -> None:
-    # Given four small files uploaded one after another
+def test_primary_and_backup_are_distinct_and_spread(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    # Given four small files uploaded one after another to four empty workers (the least
+    # used go first: on the module's cluster, earlier tests' files would decide)
+    fresh = make_cluster()
+    fresh.start_all(4)
     chains = []
     for i in range(4):
         p = make_file(tmp_path, f"spread-{i}.txt", 1000)
-        cluster.client("upload", str(p)).ok()
-        chains.append(tuple(cluster.files()[p.name]["replicas"]))
+        fresh.client("upload", str(p)).ok()
+        chains.append(tuple(fresh.files()[p.name]["replicas"]))
     # Then each has two distinct workers, and they are not all on the same pair
     assert all(len(set(c)) == 2 for c in chains)
     assert len({w for c in chains for w in c}) > 2
