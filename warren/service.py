@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from warren.broker import Connection
 from warren.config import Settings
-from warren.errors import BrokerRefused, BrokerUnavailable, WarrenError
+from warren.errors import BrokerRefused, BrokerUnavailable, Undeliverable, WarrenError
 
 log = logging.getLogger("warren.service")
 
@@ -25,8 +25,10 @@ def run_connection(
     """Connect, run ``setup`` (declare, consume), then process events until ``stop``.
 
     When the connection is lost, reconnect with capped back-off and run ``setup`` again,
-    so topology is redeclared and consumers resume. Refusals propagate: retrying a wrong
-    password forever helps nobody.
+    so topology is redeclared and consumers resume. So too when ``setup`` could not deliver
+    a message to a queue it has just declared: on a RabbitMQ cluster that happens while a
+    quorum queue elects a new leader after a node died. Refusals propagate: retrying a
+    wrong password forever helps nobody.
     """
     while not stop.is_set():
         conn = Connection(settings, name)
@@ -39,7 +41,7 @@ def run_connection(
                 conn.process(0.5)
         except BrokerRefused:
             raise
-        except BrokerUnavailable as exc:
+        except (BrokerUnavailable, Undeliverable) as exc:
             if stop.is_set():
                 return
             log.warning("%s: %s; reconnecting", name, exc)
