@@ -153,6 +153,15 @@ class RichProgress(ProgressHooks):
         self.header = header
         self.task: TaskID | None = None
 
+    def hashing(self, done: int, total: int) -> None:
+        """From the hashing thread (rich's Progress takes a lock of its own)."""
+        if self.bars is None:
+            return
+        if self.task is None:
+            self.task = self.bars.add_task(f"hashing {self.label}", total=total)
+            self.bars.refresh()  # show it at once, however soon the transfer follows
+        self.bars.update(self.task, completed=done)
+
     def started(self, total: int) -> None:
         if self.header:  # once the manager has accepted: failures before it need no header
             self.header = False

@@ -68,7 +68,9 @@ HASH_AHEAD = 2
 class Progress:
     """Hooks a user interface overrides; the defaults do nothing."""
 
-    def hashing(self, nbytes: int) -> None: ...
+    def hashing(self, done: int, total: int) -> None:
+        """``done`` of ``total`` bytes hashed; called from the hashing thread."""
+
     def started(self, total: int) -> None: ...
     def transferred(self, nbytes: int) -> None: ...
     def replica(self, worker: str, hop: int) -> None: ...
@@ -346,7 +348,6 @@ class Session:
                 member = _Upload(path, name, progress_for(name))
                 member.size, member.data = len(data), data
                 member.sha256 = hashlib.sha256(data).hexdigest()
-                member.progress.hashing(len(data))
                 pack.members.append(member)
                 pack.size += len(data)
             if not todo or len(pack.members) >= PACK_FILES:
@@ -377,7 +378,6 @@ class Session:
             files = tuple(m.PackFile(u.name, u.size, u.sha256) for u in up.members)
             req: m.Message = m.PackRequest(files=files, replicas=replicas, client=self.client_name)
         else:
-            up.progress.hashing(up.size)
             req = m.UploadRequest(
                 name=up.name,
                 size=up.size,
@@ -729,21 +729,28 @@ class _Hasher:
     def _run(self) -> None:
         while (up := self._todo.get()) is not None:
             try:
-                up.size, up.sha256 = _hash_file(up.path, self._check)
+                up.size, up.sha256 = _hash_file(up.path, self._progress(up))
             except WarrenError as exc:
                 up.error = exc
             except _Stopped:
                 return
+            except Exception as exc:  # a bug (in a progress hook, say): fail this file only
+                log.debug("hashing %s failed", up.path, exc_info=True)
+                up.error = WarrenError(f"{up.path}: hashing it failed ({exc}).")
             finally:
                 up.hashed.set()
             self._wake()
 
-    def _check(self, _nbytes: int) -> None:
-        if self._stopped.is_set():
-            raise _Stopped
+    def _progress(self, up: _Upload) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            if self._stopped.is_set():
+                raise _Stopped
+            up.progress.hashing(done, total)
+
+        return progress
 
 
-def _hash_file(path: Path, progress: Callable[[int], None]) -> tuple[int, str]:
+def _hash_file(path: Path, progress: Callable[[int, int], None]) -> tuple[int, str]:
     """A file's size and SHA-256, or the sentence that says why it cannot be uploaded."""
     try:
         with _local_file(path):
@@ -752,7 +759,14 @@ def _hash_file(path: Path, progress: Callable[[int], None]) -> tuple[int, str]:
                 raise UsageError(f"{path} is a directory, not a file.")
             if not path.is_file():
                 raise UsageError(f"{path} is not a regular file.")
-            return size, sha256_file(path, progress)
+            done = 0
+
+            def step(nbytes: int) -> None:
+                nonlocal done
+                done += nbytes
+                progress(done, size)
+
+            return size, sha256_file(path, step)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
 

@@ -272,6 +272,19 @@ def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return drawn
 
 
+def test_an_upload_in_a_terminal_shows_its_hashing_then_its_transfer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a file too large for a pack, uploaded from a terminal
+    big = tmp_path / "hashed first.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    env = cluster.env(TERM="xterm", COLUMNS="120", LINES="40")
+    drawn = run_in_terminal(["upload", str(big)], env, cluster.base)
+    # Then a bar says it is being hashed before the transfer's bar, and the upload succeeds
+    assert "hashing hashed first.bin" in drawn
+    assert "stored hashed first.bin" in drawn
+
+
 def test_colour_in_a_terminal_and_none_with_no_color(cluster: Cluster) -> None:
     # Given a terminal, `status` marks the live workers in colour
     env = cluster.env(TERM="xterm", COLUMNS="120", LINES="40")

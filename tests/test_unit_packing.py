@@ -1,4 +1,5 @@
-"""How an upload command groups files: small ones into packs, large ones alone."""
+"""How an upload command groups files (small ones into packs, large ones alone), and hashes
+the large ones on a thread of their own."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import collections
 import hashlib
 from pathlib import Path
 
-from client.session import PACK_FILE_MAX, PACK_FILES, Progress, Session, _Pack, _Upload
+from client.session import (
+    PACK_FILE_MAX,
+    PACK_FILES,
+    Progress,
+    Session,
+    _Hasher,
+    _Pack,
+    _Upload,
+)
 from warren.config import Settings
 from warren.errors import WarrenError
 
@@ -70,3 +79,33 @@ def test_a_lone_small_file_is_a_plain_upload_and_so_is_a_missing_one(tmp_path: P
     units, failed = plan([a, b, c])
     assert units == [[a.name], [b.name], [c.name]]
     assert failed == []
+
+
+class Boom(Progress):
+    def hashing(self, done: int, total: int) -> None:
+        raise RuntimeError("boom")
+
+
+def test_the_hasher_gives_each_file_its_hash_or_its_sentence(tmp_path: Path) -> None:
+    # Given a good file, a missing one, and one whose progress hook is broken, in that order
+    good, missing, hooked = files(tmp_path, [PACK_FILE_MAX + 1, 1, PACK_FILE_MAX + 2])
+    missing.unlink()
+    ups = [_Upload(good, "good", Progress()), _Upload(missing, "missing", Progress())]
+    ups.append(_Upload(hooked, "hooked", Boom()))
+    woken: list[int] = []
+    hasher = _Hasher(lambda: woken.append(1))
+    try:
+        # When they are hashed
+        for up in ups:
+            hasher.add(up)
+        assert all(up.hashed.wait(10) for up in ups)
+    finally:
+        hasher.stop()
+    # Then each has its size and hash, or the sentence that says why not, and the hasher
+    # went on to the next file after each failure
+    assert ups[0].size == PACK_FILE_MAX + 1
+    assert ups[0].sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert ups[0].error is None
+    assert str(ups[1].error) == f"{missing}: no such file."
+    assert str(ups[2].error) == f"{hooked}: hashing it failed (boom)."
+    assert len(woken) == 3
