@@ -752,23 +752,20 @@ class _Hasher:
 
 def _hash_file(path: Path, progress: Callable[[int, int], None]) -> tuple[int, str]:
     """A file's size and SHA-256, or the sentence that says why it cannot be uploaded."""
-    try:
-        with _local_file(path):
-            size = path.stat().st_size
-            if path.is_dir():
-                raise UsageError(f"{path} is a directory, not a file.")
-            if not path.is_file():
-                raise UsageError(f"{path} is not a regular file.")
-            done = 0
+    with _local_file(path):
+        size = path.stat().st_size
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory, not a file.")
+        if not path.is_file():
+            raise UsageError(f"{path} is not a regular file.")
+        done = 0
 
-            def step(nbytes: int) -> None:
-                nonlocal done
-                done += nbytes
-                progress(done, size)
+        def step(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+            progress(done, size)
 
-            return size, sha256_file(path, step)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
+        return size, sha256_file(path, step)
 
 
 def _small_size(path: Path) -> int | None:
@@ -786,7 +783,7 @@ def _is_small(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _local_file(path: Path) -> Iterator[None]:
-    """The sentence for what commonly goes wrong with a file to upload."""
+    """The sentence for what goes wrong with a file to upload, rather than an OSError."""
     try:
         yield
     except FileNotFoundError:
@@ -795,15 +792,14 @@ def _local_file(path: Path) -> Iterator[None]:
         raise UsageError(f"{path}: permission denied.") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory, not a file.") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
 
 
 def _read_small(path: Path) -> bytes:
     """A small file's bytes, or the sentence that says why they cannot be read."""
-    try:
-        with _local_file(path), open(path, "rb") as f:
-            data = f.read(PACK_FILE_MAX + 1)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
+    with _local_file(path), open(path, "rb") as f:
+        data = f.read(PACK_FILE_MAX + 1)
     if len(data) > PACK_FILE_MAX:
         raise UsageError(f"{path} changed size while it was being read.")
     return data
