@@ -140,10 +140,7 @@ class Manager:
             )
         elif isinstance(msg, m.ReplicaStored):
             up = self.catalog.replica_stored(msg.upload_id, msg.worker, msg.sha256, msg.size, now)
-            copy = self.repairs.stored(msg.sha256, msg.worker)
-            if copy is not None:
-                metrics.REPAIRS.labels("done").inc()
-                log.info("repair %s: %s now holds %s", copy.upload_id, msg.worker, msg.sha256[:12])
+            self._copy_landed(msg.worker, msg.sha256)
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
@@ -152,7 +149,7 @@ class Manager:
             entries = [(f.upload_id, f.sha256, f.size) for f in msg.files]
             completed = self.catalog.replicas_stored(msg.worker, entries, now)
             for f in msg.files:
-                self.repairs.stored(f.sha256, msg.worker)
+                self._copy_landed(msg.worker, f.sha256)
             log.info(
                 "pack %s: %d files on %s (hop %d)",
                 d.correlation_id,
@@ -170,6 +167,13 @@ class Manager:
         else:
             raise DecodeError(f"{d.type} is not a worker event")
         d.ack()
+
+    def _copy_landed(self, worker: str, sha256: str) -> None:
+        """A verified copy of ``sha256`` is on ``worker``: it may be a repair finishing."""
+        copy = self.repairs.stored(sha256, worker)
+        if copy is not None:
+            metrics.REPAIRS.labels("done").inc()
+            log.info("repair %s: %s now holds %s", copy.upload_id, worker, sha256[:12])
 
     def _tell_recorded(self, conn: Connection, up: Upload) -> None:
         """Tell the uploading client its file is in the catalog, so that a ``list`` right
