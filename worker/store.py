@@ -107,10 +107,7 @@ class ChunkStore:
             running = self._hash_in_order(upload_id, offset, data, fresh=not received)
             fd = os.open(self._path(upload_id, ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                view = memoryview(data)
-                written = 0
-                while written < len(view):
-                    written += os.pwrite(fd, view[written:], offset + written)
+                _write_all(fd, memoryview(data), offset)
                 if running is not None:
                     running.writeback.written_up_to(fd, running.next_offset)
             finally:
@@ -214,9 +211,7 @@ class ChunkStore:
             for tmp, data in todo.values():
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    written = 0
-                    while written < len(data):
-                        written += os.write(fd, data[written:])
+                    _write_all(fd, data, 0)
                 finally:
                     os.close(fd)
             _sync_files([tmp for tmp, _ in todo.values()])
@@ -262,6 +257,13 @@ class _Running:
         self.digest = hashlib.sha256()
         self.next_offset = 0
         self.writeback = Writeback()
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset`` (one pwrite may write fewer)."""
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def _syncfs() -> Callable[[int], int] | None:
