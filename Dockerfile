@@ -21,6 +21,7 @@ COPY warren/ warren/
 COPY manager/ manager/
 COPY worker/ worker/
 COPY client/ client/
+COPY devtools/ devtools/
 RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info
 

@@ -19,20 +19,20 @@ rabbitmq:
 	@sh scripts/ensure-rabbitmq.sh
 
 up: install
-	$(PY) -m warren.localcluster up
+	$(PY) -m devtools.localcluster up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m warren.localcluster down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devtools.localcluster down; fi
 
 status: install
-	$(PY) -m warren.localcluster status
+	$(PY) -m devtools.localcluster status
 
 # The same on a three-node RabbitMQ cluster with quorum queues (data in .warren/cluster/).
 cluster-up: install
-	$(PY) -m warren.localcluster cluster-up
+	$(PY) -m devtools.localcluster cluster-up
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) -m warren.localcluster cluster-down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devtools.localcluster cluster-down; fi
 
 # Chromium is optional: only the management-UI test needs it (skipped without it, outside CI).
 test: install

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import raw  # noqa: E402
+from devtools.localnode import LocalNode  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from warren.chunks import sha256_file  # noqa: E402
-from warren.localnode import LocalNode  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devtools.localnode import LocalNode  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
-from warren.localnode import LocalNode  # noqa: E402
 
 
 def disk_writes(pid: int) -> int:

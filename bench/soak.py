@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.session import Session  # noqa: E402
+from devtools.localnode import LocalNode  # noqa: E402
 from tests.cluster import Cluster, wait_for  # noqa: E402
 from warren.config import Settings  # noqa: E402
 from warren.errors import WarrenError  # noqa: E402
-from warren.localnode import LocalNode  # noqa: E402
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from warren.localnode import LocalNode
+from devtools.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localnode import SERVER_CANDIDATES, LocalNode, find_binary
 from tests.cluster import Cluster, MakeCluster
 from warren.errors import UsageError
-from warren.localnode import SERVER_CANDIDATES, LocalNode, find_binary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

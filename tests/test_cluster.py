@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localnode import LocalNode, cluster_url, start_cluster, stop_all
 from tests.cluster import Cluster, MakeCluster, wait_for
 from tests.test_faults import random_file, upload_in_flight
 from warren import errors
-from warren.localnode import LocalNode, cluster_url, start_cluster, stop_all
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools.localnode import free_port
 from tests.cluster import Cluster, MakeCluster, Result
 from warren import errors
-from warren.localnode import free_port
 
 
 def assert_clean_failure(res: Result, code: int, words: str) -> None:

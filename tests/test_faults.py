@@ -9,10 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from devtools.localnode import LocalNode
 from tests.cluster import Cluster, MakeCluster, wait_for
 from warren import errors
 from warren.chunks import sha256_file
-from warren.localnode import LocalNode
 
 
 def random_file(folder: Path, name: str, size: int) -> Path:

@@ -20,9 +20,9 @@ import pytest
 
 from client.cli import human_size
 from client.demo import generate
+from devtools.localnode import free_port
 from tests.cluster import ROOT, Cluster
 from warren import errors
-from warren.localnode import free_port
 
 DEMO = ROOT / "client" / "demo"
 TEXT = DEMO / "notes.txt"

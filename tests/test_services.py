@@ -9,10 +9,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from devtools.localnode import LocalNode, free_port
 from tests.cluster import Cluster, MakeCluster, wait_for
 from warren.broker import Connection, Delivery
 from warren.config import Settings
-from warren.localnode import LocalNode, free_port
 from warren.topology import (
     DEAD_LETTER_QUEUE,
     MANAGER_EVENTS,

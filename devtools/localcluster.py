@@ -6,8 +6,8 @@ its own folder: ``.warren/`` (single node) or ``.warren/cluster/``, with the nod
 the manager's catalog, each worker's store, logs and pid files. A second ``up`` reuses the
 same ports and data.
 
-    python -m warren.localcluster up|down|status [--workers N]
-    python -m warren.localcluster cluster-up|cluster-down|cluster-status [--workers N]
+    python -m devtools.localcluster up|down|status [--workers N]
+    python -m devtools.localcluster cluster-up|cluster-down|cluster-status [--workers N]
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from warren.config import Settings
-from warren.errors import WarrenError
-from warren.localnode import (
+from devtools.localnode import (
     LocalNode,
     cluster_url,
     free_port,
@@ -33,6 +31,8 @@ from warren.localnode import (
     start_cluster,
     stop_all,
 )
+from warren.config import Settings
+from warren.errors import WarrenError
 
 DEFAULT_PORTS = (5672, 15672, 25672)
 
@@ -194,7 +194,7 @@ def status(layout: Layout) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m warren.localcluster",
+        prog="python -m devtools.localcluster",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
