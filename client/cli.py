@@ -1,7 +1,8 @@
-"""The console client: argument parsing and everything the user sees.
+"""The commands (upload, download, list, status): their arguments and what each one does.
 
 Results go to stdout, progress and errors to stderr. Progress bars and colour appear only
-on a terminal (rich honours NO_COLOR); ``--json`` prints nothing but JSON.
+on a terminal (rich honours NO_COLOR); ``--json`` prints nothing but JSON. How things look
+lives in ``client.render``, shared with the menu; ``client.__main__`` picks between the two.
 """
 
 from __future__ import annotations
@@ -9,34 +10,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from rich.progress import Progress
 
-from client.session import DownloadResult, Session, UploadResult
+from client.render import (
+    BatchProgress,
+    RichProgress,
+    dashboard,
+    download_summary,
+    file_json,
+    files_table,
+    replica_line,
+    status_json,
+    status_summary,
+    transfer_bars,
+    upload_summary,
+    workers_table,
+)
 from client.session import Progress as ProgressHooks
+from client.session import Session, UploadResult
 from warren import errors
 from warren.config import Settings
 from warren.errors import UsageError, WarrenError
-from warren.messages import FileEntry, StatusReply
-from warren.service import configure_logging
 
 EXIT_CODES = f"""\
 exit codes:
@@ -50,32 +49,9 @@ exit codes:
   {errors.EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
-HOPS = ("primary", "backup")
-
-
-def role(hop: int) -> str:
-    return HOPS[min(hop, 1)]
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def relative_time(then: float, now: float | None = None) -> str:
-    delta = (time.time() if now is None else now) - then
-    if delta < 0:
-        return "just now"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
-        if delta >= size:
-            return f"{int(delta // size)} {unit} ago"
-    return "just now"
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command takes the common flags too, so they work before or after its name."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--client-name",
@@ -141,64 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class RichProgress(ProgressHooks):
-    """Progress hooks drawn with rich: a bar per transfer, a line per replica."""
-
-    def __init__(
-        self, console: Console, label: str, bars: Progress | None, header: bool = False
-    ) -> None:
-        self.console = console
-        self.label = label
-        self.bars = bars
-        self.header = header
-        self.task: TaskID | None = None
-
-    def hashing(self, done: int, total: int) -> None:
-        """From the hashing thread (rich's Progress takes a lock of its own)."""
-        if self.bars is None:
-            return
-        if self.task is None:
-            self.task = self.bars.add_task(f"hashing {self.label}", total=total)
-            self.bars.refresh()  # show it at once, however soon the transfer follows
-        self.bars.update(self.task, completed=done)
-
-    def started(self, total: int) -> None:
-        if self.header:  # once the manager has accepted: failures before it need no header
-            self.header = False
-            self.console.print(f"[bold]{escape(self.label)}[/]", highlight=False, soft_wrap=True)
-        if self.bars is not None:
-            if self.task is not None:
-                self.bars.remove_task(self.task)
-            self.task = self.bars.add_task(self.label, total=total)
-
-    def transferred(self, nbytes: int) -> None:
-        if self.bars is not None and self.task is not None:
-            self.bars.advance(self.task, nbytes)
-
-    def replica(self, worker: str, hop: int) -> None:
-        self.console.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
-
-    def retrying(self, reason: str) -> None:
-        self.console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
-
-
-class BatchProgress(ProgressHooks):
-    """One file of a batch: its bytes advance the batch's shared bar."""
-
-    def __init__(self, bars: Progress | None, task: TaskID | None) -> None:
-        self.bars = bars
-        self.task = task
-
-    def transferred(self, nbytes: int) -> None:
-        if self.bars is not None and self.task is not None:
-            self.bars.advance(self.task, nbytes)
-
-
-def replica_line(worker: str, hop: int) -> str:
-    return f"  [bold]{worker}[/] {role(hop)} [green]✓[/]"
-
-
 class App:
+    """One command run over one session: the parsed arguments say which, and how to print."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Console(highlight=False, quiet=bool(getattr(args, "quiet", False)))
@@ -269,20 +190,13 @@ class App:
         return worst[0].exit_code if worst else errors.EXIT_OK
 
     def summarize(self, r: UploadResult) -> None:
-        self.out.print(self.upload_summary(r), highlight=False, soft_wrap=True)
+        self.out.print(upload_summary(r), highlight=False, soft_wrap=True)
         if not r.recorded:
             self.err.print(
                 f"note: every replica of {r.name} is stored, but the manager has not recorded "
                 "it yet; `list` shows it once the manager catches up.",
                 markup=False,
             )
-
-    @staticmethod
-    def upload_summary(r: UploadResult) -> str:
-        holders = ", ".join(
-            f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
-        )
-        return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
 
     def download(self, session: Session) -> int:
         name: str = self.args.name
@@ -326,134 +240,3 @@ class App:
             while True:
                 session.idle(interval)
                 live.update(dashboard(session.status()), refresh=True)
-
-
-def transfer_bars(console: Console) -> Progress:
-    """The bar an upload or a restore draws while it runs; it vanishes when done."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-def download_summary(r: DownloadResult) -> str:
-    return (
-        f"restored {escape(r.name)} ({human_size(r.size)}) from {r.worker} "
-        f"to {escape(str(r.path))}, SHA-256 verified"
-    )
-
-
-def files_table(files: Sequence[FileEntry]) -> Table:
-    """The stored files, with missing replicas in red (``list``, and the menu's list)."""
-    table = Table(title=f"{len(files)} files")
-    for col in ("name", "size", "stored", "replicas", "sha256"):
-        table.add_column(col, justify="right" if col == "size" else "left")
-    for f in files:
-        replicas = ", ".join(f.replicas) or "none"
-        if len(f.replicas) < f.wanted:
-            replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
-        table.add_row(
-            escape(f.name),
-            human_size(f.size),
-            relative_time(f.created),
-            replicas,
-            f.sha256[:12],
-        )
-    return table
-
-
-def workers_table(st: StatusReply) -> Table:
-    """The workers, alive or dead, with their space (``status``, and the menu's status)."""
-    table = Table(title="workers")
-    for col in ("name", "state", "files", "used", "free", "last heartbeat"):
-        table.add_column(col)
-    for w in st.workers:
-        state = "[green]alive[/]" if w.alive else "[red]dead[/]"
-        table.add_row(
-            w.name,
-            state,
-            str(w.files),
-            human_size(w.used_bytes),
-            human_size(w.free_bytes),
-            relative_time(w.last_seen),
-        )
-    return table
-
-
-def dashboard(st: StatusReply) -> Group:
-    """What ``status --watch`` shows: workers, then transfers and the repair backlog."""
-    line = (
-        f"{status_summary(st)}   uploads in flight: {st.uploads_in_flight}   "
-        f"repairs under way: {st.repairs_in_flight}   "
-        f"[dim]updated {time.strftime('%H:%M:%S')}, Ctrl-C to stop[/]"
-    )
-    return Group(workers_table(st), line)
-
-
-def status_summary(st: StatusReply) -> str:
-    """The line under the workers table: red when some file needs repair."""
-    colour = "red" if st.under_replicated else "green"
-    return f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]"
-
-
-def file_json(f: FileEntry) -> dict[str, Any]:
-    return {
-        "name": f.name,
-        "size": f.size,
-        "sha256": f.sha256,
-        "replicas": list(f.replicas),
-        "wanted": f.wanted,
-        "created": f.created,
-    }
-
-
-def status_json(st: StatusReply) -> dict[str, Any]:
-    return {
-        "workers": [
-            {
-                "name": w.name,
-                "alive": w.alive,
-                "free_bytes": w.free_bytes,
-                "used_bytes": w.used_bytes,
-                "files": w.files,
-                "last_seen": w.last_seen,
-            }
-            for w in st.workers
-        ],
-        "under_replicated": st.under_replicated,
-        "files": st.files,
-        "uploads_in_flight": st.uploads_in_flight,
-        "repairs_in_flight": st.repairs_in_flight,
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    interactive = args.command is None
-    if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        parser.print_help(sys.stderr)  # a script or a pipe gets usage, never a menu it can't drive
-        return errors.EXIT_USAGE
-    if args.verbose:
-        configure_logging("DEBUG", "client")
-    else:  # quiet logs, but a broker alarm is news the user must see while they wait
-        logging.basicConfig(level=logging.ERROR, format="%(message)s", stream=sys.stderr)
-        logging.getLogger("warren.alarm").setLevel(logging.WARNING)
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
-    try:
-        if interactive:
-            from client.menu import run_menu  # imports this module: import it only when needed
-
-            return run_menu(args)
-        return App(args).run()
-    except WarrenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return errors.EXIT_INTERRUPTED

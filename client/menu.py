@@ -5,7 +5,7 @@ pick an entry (several digits when the list is long), the arrow keys (or j/k) mo
 chooses, ``q`` takes the last entry (quit, or back), Esc goes back from a submenu. Ctrl-C
 leaves at once (exit 130), Ctrl-D or quit leaves cleanly (exit 0).
 
-It draws exactly what the commands draw (``client.cli``'s bars, replica lines and tables),
+It draws exactly what the commands draw (``client.render``'s bars, replica lines, tables),
 over one ``Session`` kept open from start to quit. Keys are read in cbreak mode, entered and
 left around each question so the terminal is always restored, even on Ctrl-C. Typed paths
 go through ``readline`` when it exists, for line editing, history and Tab completion.
@@ -32,8 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from client.cli import (
-    App,
+from client.render import (
     RichProgress,
     download_summary,
     files_table,
@@ -41,6 +40,7 @@ from client.cli import (
     relative_time,
     status_summary,
     transfer_bars,
+    upload_summary,
     workers_table,
 )
 from client.session import Session
@@ -399,7 +399,7 @@ class Menu:
         with bars or contextlib.nullcontext():
             hooks = RichProgress(self.chatter, path.name, bars)  # the menu's › line names the file
             result = self.session.upload(path, path.name, REPLICAS, hooks)
-        self.out.print(App.upload_summary(result), soft_wrap=True)
+        self.out.print(upload_summary(result), soft_wrap=True)
 
     def download(self) -> None:
         files = self.session.files()
@@ -459,8 +459,8 @@ def number_typed(typed: str, key: str, cursor: int, count: int) -> tuple[str, in
 def run_menu(args: argparse.Namespace) -> int:
     """Open a session and run the menu until quit.
 
-    A cluster that cannot be reached at start ends the program (``cli.main`` prints the
-    sentence and exits with its code): there is nothing to offer without one. Later
+    A cluster that cannot be reached at start ends the program (``client.__main__`` prints
+    the sentence and exits with its code): there is nothing to offer without one. Later
     failures only cost the action that met them.
     """
     settings = Settings.load({"client_name": args.client_name})

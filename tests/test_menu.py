@@ -18,8 +18,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from client.cli import human_size
 from client.demo import generate
+from client.render import human_size
 from devtools.localnode import free_port
 from tests.cluster import ROOT, Cluster
 from warren import errors

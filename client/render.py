@@ -1,0 +1,229 @@
+"""What the client shows: sizes and ages, the transfer bars, replica lines, summaries, tables.
+
+The commands (``client.cli``) and the interactive menu (``client.menu``) draw the same things
+the same way, so both take them from here and neither has to import the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from client.session import DownloadResult, UploadResult
+from client.session import Progress as ProgressHooks
+from warren.messages import FileEntry, StatusReply
+
+HOPS = ("primary", "backup")
+
+
+def role(hop: int) -> str:
+    """A replica's place in the chain as the user reads it: the first hop is the primary,
+    every later hop a backup."""
+    return HOPS[min(hop, 1)]
+
+
+def human_size(n: float) -> str:
+    """Binary units, one decimal: the sizes people compare with their file manager."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def relative_time(then: float, now: float | None = None) -> str:
+    """An age ("3 min ago") rather than a timestamp: the question is how fresh it is."""
+    delta = (time.time() if now is None else now) - then
+    if delta < 0:
+        return "just now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if delta >= size:
+            return f"{int(delta // size)} {unit} ago"
+    return "just now"
+
+
+def replica_line(worker: str, hop: int) -> str:
+    """The line printed as a worker confirms its copy, e.g. ``w3 primary ✓``."""
+    return f"  [bold]{worker}[/] {role(hop)} [green]✓[/]"
+
+
+class RichProgress(ProgressHooks):
+    """Progress hooks drawn with rich: a bar per transfer, a line per replica."""
+
+    def __init__(
+        self, console: Console, label: str, bars: Progress | None, header: bool = False
+    ) -> None:
+        self.console = console
+        self.label = label
+        self.bars = bars
+        self.header = header
+        self.task: TaskID | None = None
+
+    def hashing(self, done: int, total: int) -> None:
+        """From the hashing thread (rich's Progress takes a lock of its own)."""
+        if self.bars is None:
+            return
+        if self.task is None:
+            self.task = self.bars.add_task(f"hashing {self.label}", total=total)
+            self.bars.refresh()  # show it at once, however soon the transfer follows
+        self.bars.update(self.task, completed=done)
+
+    def started(self, total: int) -> None:
+        if self.header:  # once the manager has accepted: failures before it need no header
+            self.header = False
+            self.console.print(f"[bold]{escape(self.label)}[/]", highlight=False, soft_wrap=True)
+        if self.bars is not None:
+            if self.task is not None:
+                self.bars.remove_task(self.task)
+            self.task = self.bars.add_task(self.label, total=total)
+
+    def transferred(self, nbytes: int) -> None:
+        if self.bars is not None and self.task is not None:
+            self.bars.advance(self.task, nbytes)
+
+    def replica(self, worker: str, hop: int) -> None:
+        self.console.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
+
+    def retrying(self, reason: str) -> None:
+        self.console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
+
+
+class BatchProgress(ProgressHooks):
+    """One file of a batch: its bytes advance the batch's shared bar."""
+
+    def __init__(self, bars: Progress | None, task: TaskID | None) -> None:
+        self.bars = bars
+        self.task = task
+
+    def transferred(self, nbytes: int) -> None:
+        if self.bars is not None and self.task is not None:
+            self.bars.advance(self.task, nbytes)
+
+
+def transfer_bars(console: Console) -> Progress:
+    """The bar an upload or a restore draws while it runs; it vanishes when done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def upload_summary(r: UploadResult) -> str:
+    """The last line of an upload: where every copy is, primary first."""
+    holders = ", ".join(
+        f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
+    )
+    return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
+
+
+def download_summary(r: DownloadResult) -> str:
+    """The last line of a restore: it names the worker and says the bytes were checked."""
+    return (
+        f"restored {escape(r.name)} ({human_size(r.size)}) from {r.worker} "
+        f"to {escape(str(r.path))}, SHA-256 verified"
+    )
+
+
+def files_table(files: Sequence[FileEntry]) -> Table:
+    """The stored files, with missing replicas in red (``list``, and the menu's list)."""
+    table = Table(title=f"{len(files)} files")
+    for col in ("name", "size", "stored", "replicas", "sha256"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for f in files:
+        replicas = ", ".join(f.replicas) or "none"
+        if len(f.replicas) < f.wanted:
+            replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
+        table.add_row(
+            escape(f.name),
+            human_size(f.size),
+            relative_time(f.created),
+            replicas,
+            f.sha256[:12],
+        )
+    return table
+
+
+def workers_table(st: StatusReply) -> Table:
+    """The workers, alive or dead, with their space (``status``, and the menu's status)."""
+    table = Table(title="workers")
+    for col in ("name", "state", "files", "used", "free", "last heartbeat"):
+        table.add_column(col)
+    for w in st.workers:
+        state = "[green]alive[/]" if w.alive else "[red]dead[/]"
+        table.add_row(
+            w.name,
+            state,
+            str(w.files),
+            human_size(w.used_bytes),
+            human_size(w.free_bytes),
+            relative_time(w.last_seen),
+        )
+    return table
+
+
+def status_summary(st: StatusReply) -> str:
+    """The line under the workers table: red when some file needs repair."""
+    colour = "red" if st.under_replicated else "green"
+    return f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]"
+
+
+def dashboard(st: StatusReply) -> Group:
+    """What ``status --watch`` shows: workers, then transfers and the repair backlog."""
+    line = (
+        f"{status_summary(st)}   uploads in flight: {st.uploads_in_flight}   "
+        f"repairs under way: {st.repairs_in_flight}   "
+        f"[dim]updated {time.strftime('%H:%M:%S')}, Ctrl-C to stop[/]"
+    )
+    return Group(workers_table(st), line)
+
+
+def file_json(f: FileEntry) -> dict[str, Any]:
+    """A file as ``list --json`` prints it: the README documents these keys, keep them."""
+    return {
+        "name": f.name,
+        "size": f.size,
+        "sha256": f.sha256,
+        "replicas": list(f.replicas),
+        "wanted": f.wanted,
+        "created": f.created,
+    }
+
+
+def status_json(st: StatusReply) -> dict[str, Any]:
+    """The cluster as ``status --json`` prints it: the README documents these keys, keep them."""
+    return {
+        "workers": [
+            {
+                "name": w.name,
+                "alive": w.alive,
+                "free_bytes": w.free_bytes,
+                "used_bytes": w.used_bytes,
+                "files": w.files,
+                "last_seen": w.last_seen,
+            }
+            for w in st.workers
+        ],
+        "under_replicated": st.under_replicated,
+        "files": st.files,
+        "uploads_in_flight": st.uploads_in_flight,
+        "repairs_in_flight": st.repairs_in_flight,
+    }
