@@ -2,15 +2,21 @@
 
     make soak                      # 5 minutes, 3 clients
     .venv/bin/python bench/soak.py --minutes 2 --clients 2
+    .venv/bin/python bench/soak.py --minutes 0.5 --corrupt-one   # must exit 1: proves the check
 
-Everything runs on a private RabbitMQ node in a temporary folder. At the end every upload
-the client confirmed (exit 0) must restore byte-identical: the "lost" figure must be 0.
+Everything runs on a private RabbitMQ node in a temporary folder. Every failure is recorded,
+from whichever thread it happens in: a restore that returns other bytes (during the chaos or
+at the end), a confirmed file that cannot be restored, a client that prints a traceback, and a
+thread that dies of an exception. At the end every upload the client confirmed (exit 0) is
+restored and compared byte for byte, and its blobs on the workers' disks are hashed. The exit
+status is 0 only when nothing was lost, wrong or broken.
 Not part of `make test`: it runs for minutes and its load is random.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import random
@@ -20,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,18 +39,67 @@ from tests.cluster import Cluster, wait_for  # noqa: E402
 from warren.config import Settings  # noqa: E402
 from warren.errors import WarrenError  # noqa: E402
 
+REPLICAS = 2
+
 
 @dataclass
 class Tally:
     confirmed: dict[str, str] = field(default_factory=dict)  # name -> sha256
-    bytes: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # name -> bytes
     failed_uploads: int = 0
     restores: int = 0
     failed_restores: int = 0
     kills: int = 0
     restarts: int = 0
     broker_restarts: int = 0
+    # Every failure that must make the soak exit non-zero, in words.
+    wrong: list[str] = field(default_factory=list)  # a restore returned other bytes
+    lost: list[str] = field(default_factory=list)  # a confirmed file did not come back
+    short: list[str] = field(default_factory=list)  # fewer verified blobs on disk than wanted
+    broken: list[str] = field(default_factory=list)  # tracebacks, dead threads
+    corrupt_one: bool = False  # fault injection: damage the next restore before it is compared
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failures(self) -> int:
+        return len(self.wrong) + len(self.lost) + len(self.short) + len(self.broken)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def restored_sha(t: Tally, path: Path) -> str:
+    """The SHA-256 of a restored file. With --corrupt-one, the first call flips one byte of
+    the file first (or adds one, to an empty file): a restore gone wrong, which the soak must
+    count."""
+    with t.lock:
+        corrupt, t.corrupt_one = t.corrupt_one, False
+    if corrupt:
+        data = bytearray(path.read_bytes())
+        if data:
+            data[len(data) // 2] ^= 0xFF
+        else:
+            data = bytearray(b"\x00")
+        path.write_bytes(bytes(data))
+        print(f"soak: --corrupt-one: flipped a byte of the restore in {path.name!r}", flush=True)
+    return sha256_of(path)
+
+
+def guarded(t: Tally, name: str, target: Callable[[], None]) -> threading.Thread:
+    """A thread whose death by any exception is recorded, not lost with the thread."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException:  # noqa: BLE001 - SystemExit too: the point is to see it
+            with t.lock:
+                t.broken.append(f"thread {name} died:\n{traceback.format_exc()}")
+
+    return threading.Thread(target=run, name=name)
 
 
 def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tally) -> None:
@@ -61,31 +118,46 @@ def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tall
             path = folder / f"client{n} file {i}.{j}.bin"
             path.write_bytes(os.urandom(size))
             paths.append(path)
-        res = c.client("upload", *map(str, paths), "--replicas", "2", WARREN_CLIENT_NAME=f"soak{n}")
+        res = c.client(
+            "upload", *map(str, paths), "--replicas", str(REPLICAS), WARREN_CLIENT_NAME=f"soak{n}"
+        )
         stored = {
             ln.strip().split("stored ", 1)[1].split(" (")[0]
             for ln in res.out.splitlines()
             if ln.strip().startswith("stored ")
         }
         with t.lock:
+            if "Traceback" in res.err:
+                t.broken.append(f"client{n} upload printed a traceback:\n{res.err}")
             for path in paths:
                 if path.name in stored:
-                    t.confirmed[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-                    t.bytes += path.stat().st_size
+                    t.confirmed[path.name] = sha256_of(path)
+                    t.sizes[path.name] = path.stat().st_size
                 else:
                     t.failed_uploads += 1
+        if res.code == 0 and len(stored) != len(paths):
+            with t.lock:
+                t.broken.append(
+                    f"client{n} upload exited 0 but confirmed {len(stored)} of "
+                    f"{len(paths)} files:\n{res.out}"
+                )
         for path in paths:
             path.unlink()
-        if t.confirmed and rng.random() < 0.4:
-            pick = rng.choice(sorted(t.confirmed))
-            dest = folder / f"restore-{n}"
-            res = c.client("download", pick, "-o", str(dest), "--force")
-            with t.lock:
-                t.restores += 1
-                if res.code != 0:
-                    t.failed_restores += 1
-                elif hashlib.sha256(dest.read_bytes()).hexdigest() != t.confirmed[pick]:
-                    raise SystemExit(f"restore of {pick} returned different bytes")
+        with t.lock:
+            pick = rng.choice(sorted(t.confirmed)) if t.confirmed and rng.random() < 0.4 else None
+        if pick is None:
+            continue
+        dest = folder / f"restore-{n}"
+        res = c.client("download", pick, "-o", str(dest), "--force")
+        got = restored_sha(t, dest) if res.code == 0 else None
+        with t.lock:
+            t.restores += 1
+            if "Traceback" in res.err:
+                t.broken.append(f"client{n} download printed a traceback:\n{res.err}")
+            if got is None:
+                t.failed_restores += 1
+            elif got != t.confirmed[pick]:
+                t.wrong.append(f"{pick} (restored during the chaos)")
 
 
 def chaos_loop(
@@ -107,6 +179,36 @@ def chaos_loop(
         t.restarts += 1
 
 
+def verify_all(c: Cluster, workers: list[str], folder: Path, t: Tally) -> int:
+    """Restore every confirmed file through the client's own code and compare it, then hash
+    its blobs on the workers' disks. Returns how many files came back byte for byte."""
+    verified = 0
+    dest = folder / "final-restore"
+    # One session for all of them (a process per file would spend most of the time starting
+    # Python).
+    with Session(Settings.load(environ=c.env(WARREN_CLIENT_NAME="soak-check"))) as session:
+        for name, sha in sorted(t.confirmed.items()):
+            try:
+                session.download(name, dest, overwrite=True)
+            except WarrenError as exc:
+                t.lost.append(f"{name}: {exc}")
+                continue
+            if restored_sha(t, dest) != sha:
+                t.wrong.append(f"{name} (restored at the end)")
+            else:
+                verified += 1
+    good: dict[str, int] = {}  # sha256 -> copies on disk that hash right
+    for sha in set(t.confirmed.values()):
+        for w in workers:
+            blob = c.blob(w, sha)
+            if blob.is_file() and sha256_of(blob) == sha:
+                good[sha] = good.get(sha, 0) + 1
+    for name, sha in sorted(t.confirmed.items()):
+        if good.get(sha, 0) < REPLICAS:
+            t.short.append(f"{name}: {good.get(sha, 0)} verified blobs on disk")
+    return verified
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,25 +216,28 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--corrupt-one",
+        action="store_true",
+        help="flip a byte of one restored file before it is compared: the soak must exit 1",
+    )
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="warren-soak-"))
     node = LocalNode.with_free_ports(base / "rabbitmq", name="soak")
     node.start()
     c = Cluster(node, base / "cluster", env_extra={"WARREN_TRANSFER_TIMEOUT": "20"})
-    t = Tally()
+    t = Tally(corrupt_one=args.corrupt_one)
     try:
         c.start_all(args.workers)
         workers = [f"w{i}" for i in range(1, args.workers + 1)]
         stop = threading.Event()
         seconds = args.minutes * 60
         threads = [
-            threading.Thread(target=client_loop, args=(c, i, base, stop, t))
+            guarded(t, f"client{i}", functools.partial(client_loop, c, i, base, stop, t))
             for i in range(1, args.clients + 1)
         ]
-        threads.append(
-            threading.Thread(target=chaos_loop, args=(c, node, workers, seconds, stop, t))
-        )
+        threads.append(guarded(t, "chaos", lambda: chaos_loop(c, node, workers, seconds, stop, t)))
         for th in threads:
             th.start()
         time.sleep(seconds)
@@ -146,27 +251,26 @@ def main() -> int:
                 c.start(w)
         c.wait_alive(workers, timeout=120)
         wait_for(lambda: c.status()["under_replicated"] == 0, timeout=600, what="repair")
-        lost = []
-        dest = base / "final-restore"
-        # Every confirmed file, restored through the client's own code: one session for
-        # all of them (a process per file would spend most of the time starting Python).
-        with Session(Settings.load(environ=c.env(WARREN_CLIENT_NAME="soak-check"))) as session:
-            for name, sha in sorted(t.confirmed.items()):
-                try:
-                    session.download(name, dest, overwrite=True)
-                except WarrenError:
-                    lost.append(name)
-                    continue
-                if hashlib.sha256(dest.read_bytes()).hexdigest() != sha:
-                    lost.append(name)
+        verified = verify_all(c, workers, base, t)
+        total = sum(t.sizes.values())
         print(f"soak: {args.minutes:g} min, {args.clients} clients, {args.workers} workers")
-        print(f"  files confirmed   {len(t.confirmed)} ({t.bytes / 1e6:.1f} MB)")
+        print(f"  files confirmed   {len(t.confirmed)} ({total / 1e6:.1f} MB)")
         print(f"  uploads failed    {t.failed_uploads} (clear error, not confirmed)")
         print(f"  restores          {t.restores} during chaos, {t.failed_restores} failed")
         print(f"  worker kills      {t.kills} (kill -9), restarts {t.restarts}")
         print(f"  broker restarts   {t.broker_restarts}")
-        print(f"  lost              {len(lost)} {lost if lost else ''}")
-        return 1 if lost else 0
+        print(f"  verified          {verified} of {len(t.confirmed)} files restored byte for byte")
+        print(f"  wrong bytes       {len(t.wrong)} {t.wrong if t.wrong else ''}")
+        print(f"  lost              {len(t.lost)} {t.lost if t.lost else ''}")
+        print(f"  short on disk     {len(t.short)} {t.short if t.short else ''}")
+        print(f"  broken            {len(t.broken)}")
+        for problem in t.broken:
+            print(problem)
+        if t.failures():
+            print(f"soak: FAILED, {t.failures()} problem(s)")
+            return 1
+        print("soak: OK, nothing confirmed was lost")
+        return 0
     finally:
         c.stop_all()
         node.stop()
