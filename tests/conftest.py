@@ -3,6 +3,10 @@
 Broker tests never depend on a broker someone left running: the suite starts its own
 node from the ``rabbitmq-server`` binary on free ports in a temporary folder. In CI a
 missing binary fails those tests; on a laptop it skips them with the reason.
+
+In CI (the environment variable ``CI`` set) no test may skip at all: a skip there hides a
+test that should have run, so it is reported as a failure with the skip's reason. Outside
+CI a skip is allowed, and ``-rs`` (in pyproject.toml) prints why.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +29,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "rabbit" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (os.environ.get("CI") and report.skipped) or hasattr(report, "wasxfail"):
+        return  # an expected failure is reported as skipped too: it is not a skip
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
