@@ -234,9 +234,14 @@ def test_restore_chunk_headers_are_golden() -> None:
 
 
 def backticked(text: str) -> list[str]:
-    """The names in backticks, leaving out what is in parentheses and in [...] lists."""
-    text = re.sub(r"\([^()]*\)", "", text)
-    text = re.sub(r"\[[^\]]*\]", "", text)
+    """The names in backticks, leaving out what is in parentheses (nested too), in [...]
+    lists, and after a ";" (a remark)."""
+    while True:
+        stripped = re.sub(r"\([^()]*\)", "", text)
+        if stripped == text:
+            break
+        text = stripped
+    text = re.sub(r"\[[^\]]*\]", "", text).split(";")[0]
     return re.findall(r"`([a-z_][a-z0-9_]*)`", text)
 
 
@@ -254,7 +259,7 @@ def documented_fields(type_name: str) -> str:
     quoted = re.escape(f"`{type_name}`")
     row = re.search(rf"^\| {quoted} \| (.*?) \|", PROTOCOL, re.M)
     if row:
-        return row.group(1).split(";")[0]  # after a ";" comes a remark
+        return row.group(1)
     text = " ".join(PROTOCOL.split())  # a sentence may wrap
     inline = re.search(rf"{quoted} \(((?:[^()]|\([^()]*\))*)\)", text)
     if inline and "`" in inline.group(1):
