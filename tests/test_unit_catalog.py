@@ -113,7 +113,17 @@ def test_a_catalog_from_before_reply_to_is_upgraded_in_place(tmp_path: Path) -> 
     assert c.upload("2" * 32) == Upload(
         "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
     )
-    c.add_upload(upload(), now=1000)  # and new uploads keep their reply_to
+    # And new uploads keep their reply_to, across a reopen too
+    new = Upload("3" * 32, "new.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, "amq.gen-q1")
+    c.add_upload(new, now=1000)
+    assert c.upload("3" * 32) == new
+    c.close()
+    again = Catalog(tmp_path / "catalog.sqlite3", dead_after=10)
+    again.open()
+    assert again.upload("3" * 32) == new
+    assert again.upload("2" * 32) == Upload(
+        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
+    )
 
 
 def test_a_pack_is_placed_and_recorded_in_one_go(tmp_path: Path) -> None:
