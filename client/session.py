@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from warren import messages as m
-from warren.broker import Connection, Delivery
+from warren.broker import Connection
 from warren.chunks import ChunkPlan, Writeback, read_chunks, sha256_file
 from warren.config import Settings
 from warren.errors import (
     DecodeError,
     IntegrityError,
-    NotFound,
-    Refused,
+    NoReplica,
     Unavailable,
     UsageError,
     WarrenError,
+    from_wire,
 )
 from warren.topology import (
     MANAGER_REQUESTS,
@@ -42,6 +42,7 @@ from warren.topology import (
     client_topology,
     worker_chunks,
 )
+from warren.transport import Connect, Delivery
 
 log = logging.getLogger("warren.client")
 
@@ -97,10 +98,11 @@ class DownloadResult:
 
 
 class Session:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, connect: Connect = Connection) -> None:
         self.settings = settings
         self.client_name = settings.client_name or f"{os.uname().nodename}-{os.getpid()}"
-        self.conn = Connection(settings, f"warren client {self.client_name}")
+        self.connect = connect
+        self.conn = connect(settings, f"warren client {self.client_name}")
         self.reply_queue = client_reply_queue(self.client_name)
         self._routes: dict[str, Callable[[Delivery], None]] = {}
 
@@ -439,10 +441,15 @@ class Session:
         assert acc is not None
         plan = ChunkPlan(up.size, acc.chunk_size)
         primary = acc.chain[0]
-        rejected: list[int] = []
 
         def confirmed(n: int) -> Callable[[bool], None]:
-            return lambda ok: up.progress.transferred(n) if ok else rejected.append(n)
+            def on_confirm(ok: bool) -> None:
+                if ok:
+                    up.progress.transferred(n)
+                elif up.error is None:
+                    up.error = Unavailable(f"RabbitMQ did not accept chunks of {up.name!r}.")
+
+            return on_confirm
 
         self._routes.pop(up.route, None)
         up.route = acc.upload_id
@@ -468,12 +475,9 @@ class Session:
                 correlation_id=acc.upload_id,
                 on_confirm=confirmed(len(data)),
             )
-            if up.failures:
+            self.conn.poll_confirms()  # progress as the broker takes the chunks
+            if up.failures or up.error:
                 break
-        if rejected:
-            up.error = Unavailable(
-                f"RabbitMQ did not accept {len(rejected)} chunks of {up.name!r}."
-            )
         # Workers hash the whole file at the end: allow time for the bytes on top.
         up.deadline = time.monotonic() + self.settings.transfer_timeout + up.size * SECONDS_PER_BYTE
 
@@ -499,9 +503,9 @@ class Session:
                 exclude.append(exc.worker)
                 last_error = exc.error
                 progress.retrying(f"{exc.worker}: {exc.error}; trying another replica")
-            except Unavailable as exc:
-                if exclude and "no live worker" in str(exc):
-                    break  # every replica was tried
+            except NoReplica:
+                if exclude:
+                    break  # every replica was tried: say why the last one failed
                 raise
         assert last_error is not None
         raise last_error
@@ -858,10 +862,4 @@ def _decode_answer(d: Delivery) -> m.Message:
 
 
 def _error(reply: m.ErrorReply) -> WarrenError:
-    kinds: dict[str, type[WarrenError]] = {
-        "not_found": NotFound,
-        "refused": Refused,
-        "unavailable": Unavailable,
-        "invalid": UsageError,
-    }
-    return kinds.get(reply.code, WarrenError)(reply.message)
+    return from_wire(reply.code, reply.message)

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from manager.service import Manager
+from warren.broker import Connection
 from warren.config import Settings
 from warren.service import main
 
@@ -29,7 +30,7 @@ def settings() -> Settings:
 
 
 def run(s: Settings, stop: threading.Event) -> None:
-    Manager(s, stop).run()
+    Manager(s, stop, Connection).run()
 
 
 if __name__ == "__main__":

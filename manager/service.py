@@ -19,9 +19,8 @@ from manager.placement import choose_chain
 from manager.repair import Repairs
 from warren import messages as m
 from warren import metrics
-from warren.broker import Connection, Delivery
 from warren.config import Settings
-from warren.errors import DecodeError, NotFound, Refused, Unavailable, WarrenError
+from warren.errors import DecodeError, NoReplica, NotFound, WarrenError, to_wire
 from warren.service import run_connection
 from warren.topology import (
     MANAGER_EVENTS,
@@ -30,6 +29,7 @@ from warren.topology import (
     worker_control,
     worker_topology,
 )
+from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
@@ -38,8 +38,9 @@ UPLOAD_EXPIRY = 24 * 3600.0
 
 
 class Manager:
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
         self.settings = settings
+        self.connect = connect
         self.stop = stop
         data_dir = Path(settings.data_dir or ".")
         self.catalog = Catalog(data_dir / "catalog.sqlite3", settings.dead_after)
@@ -53,12 +54,12 @@ class Manager:
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info("manager: catalog at %s, %d files", self.catalog.path, len(self.catalog.files()))
         try:
-            run_connection(self.settings, "warren manager", self._setup, self.stop)
+            run_connection(self.connect, self.settings, "warren manager", self._setup, self.stop)
         finally:
             self.catalog.close()
             log.info("manager: stopped")
 
-    def _setup(self, conn: Connection) -> None:
+    def _setup(self, conn: Transport) -> None:
         conn.declare(manager_topology())
         conn.consume(MANAGER_EVENTS, lambda d: self._on_event(conn, d))
         conn.consume(MANAGER_REQUESTS, lambda d: self._on_request(conn, d))
@@ -68,7 +69,7 @@ class Manager:
 
     # -- periodic --------------------------------------------------------------------------
 
-    def _tick(self, conn: Connection) -> None:
+    def _tick(self, conn: Transport) -> None:
         """Once a second: notice silent workers, expire abandoned uploads, update the gauges
         and start repairs. (It scans the catalog each time: fine for the thousands of files
         of a few servers; a much larger catalog would want counters kept as it changes.)"""
@@ -88,7 +89,7 @@ class Manager:
         self._repair(conn)
         conn.call_later(1.0, lambda: self._tick(conn))
 
-    def _repair(self, conn: Connection) -> None:
+    def _repair(self, conn: Transport) -> None:
         """Start copies for files with too few live replicas, a few at a time.
 
         Not in the first ``dead_after`` seconds after start: until every live worker has
@@ -117,7 +118,7 @@ class Manager:
 
     # -- worker events ---------------------------------------------------------------------
 
-    def _on_event(self, conn: Connection, d: Delivery) -> None:
+    def _on_event(self, conn: Transport, d: Delivery) -> None:
         msg = m.decode(d.type, d.body)
         now = time.time()
         if isinstance(msg, m.Heartbeat):
@@ -175,14 +176,14 @@ class Manager:
             metrics.REPAIRS.labels("done").inc()
             log.info("repair %s: %s now holds %s", copy.upload_id, worker, sha256[:12])
 
-    def _tell_recorded(self, conn: Connection, up: Upload) -> None:
+    def _tell_recorded(self, conn: Transport, up: Upload) -> None:
         """Tell the uploading client its file is in the catalog, so that a ``list`` right
         after ``upload`` shows it. Best effort: the client may be gone (then it is returned)."""
         if up.reply_to:
             done = m.UploadRecorded(upload_id=up.upload_id, name=up.name)
             _to_client(conn, up.reply_to, done, up.upload_id)
 
-    def _tell_pack_recorded(self, conn: Connection, ups: list[Upload], cid: str | None) -> None:
+    def _tell_pack_recorded(self, conn: Transport, ups: list[Upload], cid: str | None) -> None:
         """The pack's UploadRecorded: one message for the files one event completed."""
         for reply_to in sorted({up.reply_to for up in ups if up.reply_to}):
             ids = tuple(up.upload_id for up in ups if up.reply_to == reply_to)
@@ -190,7 +191,7 @@ class Manager:
 
     # -- client requests -------------------------------------------------------------------
 
-    def _on_request(self, conn: Connection, d: Delivery) -> None:
+    def _on_request(self, conn: Transport, d: Delivery) -> None:
         if not d.reply_to:
             raise DecodeError(f"{d.type} request without reply_to")
         serve_on: str | None = None
@@ -209,7 +210,7 @@ class Manager:
             log.warning("invalid %s request: %s", d.type, exc)
             reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
         except WarrenError as exc:
-            reply = m.ErrorReply(code=_code(exc), message=str(exc))
+            reply = m.ErrorReply(code=to_wire(exc), message=str(exc))
         # The reply goes first: it reaches the client's queue before any restore chunk.
         _to_client(conn, d.reply_to, reply, d.correlation_id)
         if serve_on is not None and isinstance(reply, m.DownloadAccepted):
@@ -295,7 +296,7 @@ class Manager:
             raise NotFound(f"no file named {req.name!r} is stored.")
         holders = [w for w in entry.replicas if w not in req.exclude]
         if not holders:
-            raise Unavailable(f"no live worker holds a copy of {req.name!r} right now.")
+            raise NoReplica(f"no live worker holds a copy of {req.name!r} right now.")
         worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
         self._serving[worker] = self._serving.get(worker, 0) + 1
         accepted = m.DownloadAccepted(
@@ -304,16 +305,6 @@ class Manager:
         return accepted, worker
 
 
-def _to_client(conn: Connection, queue: str, msg: m.Message, cid: str | None) -> None:
+def _to_client(conn: Transport, queue: str, msg: m.Message, cid: str | None) -> None:
     """A message to a client's reply queue: transient, like the queue itself."""
     conn.publish(queue, msg.encode(), type=msg.TYPE, correlation_id=cid, persistent=False)
-
-
-def _code(exc: WarrenError) -> str:
-    if isinstance(exc, NotFound):
-        return "not_found"
-    if isinstance(exc, Refused):
-        return "refused"
-    if isinstance(exc, Unavailable):
-        return "unavailable"
-    return "invalid"

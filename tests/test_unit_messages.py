@@ -152,3 +152,16 @@ def test_pack_headers_round_trip_and_cut_the_body_in_order() -> None:
 def test_bad_pack_headers_are_rejected(over: dict[str, object], body_len: int) -> None:
     with pytest.raises(DecodeError):
         m.PackHeaders.from_headers(pack(**over), body_len)
+
+
+def test_every_error_crosses_the_wire_as_itself() -> None:
+    from warren import errors
+
+    for code, cls in errors.WIRE_CODES.items():
+        assert errors.to_wire(cls("x")) == code
+        back = errors.from_wire(code, "one sentence.")
+        assert type(back) is cls and str(back) == "one sentence."
+    # Subclasses travel as their nearest listed class; unknown codes are plain failures.
+    assert errors.to_wire(errors.BrokerRefused("no")) == "refused"
+    assert errors.to_wire(errors.DecodeError("bad")) == "invalid"
+    assert errors.from_wire("something-new", "?").exit_code == errors.EXIT_FAILURE

@@ -13,7 +13,7 @@ from warren.errors import BrokerRefused, Undeliverable, WarrenError
 
 
 class FakeConnection:
-    """Stands in for warren.broker.Connection: the loop's policy needs no broker."""
+    """Stands in for a transport: the loop's policy needs no broker."""
 
     def __init__(self, _settings: Settings, _name: str) -> None:
         self.closed = False
@@ -31,7 +31,6 @@ class FakeConnection:
 def run(setup_errors: list[WarrenError], monkeypatch: pytest.MonkeyPatch) -> int:
     """Run the loop with a setup that fails with these errors in turn, then succeeds and
     stops the service; return how many times setup ran."""
-    monkeypatch.setattr(service, "Connection", FakeConnection)
     monkeypatch.setattr("warren.service.time.sleep", lambda _s: None)
     stop = threading.Event()
     calls = []
@@ -42,7 +41,7 @@ def run(setup_errors: list[WarrenError], monkeypatch: pytest.MonkeyPatch) -> int
             raise setup_errors.pop(0)
         stop.set()
 
-    service.run_connection(Settings(), "test", setup, stop)
+    service.run_connection(FakeConnection, Settings(), "test", setup, stop)  # type: ignore[arg-type]
     return len(calls)
 
 

@@ -14,9 +14,14 @@ does not:
 * pika's exceptions converted at the edge into ``warren.errors``: transient ones become
   ``BrokerUnavailable`` (reconnect and carry on), refusals ``BrokerRefused`` (stop).
 
+It implements ``warren.transport.Transport``; ``warren.testing`` is its in-memory twin.
+
 The blocking channel has no windowed confirms, so confirm mode is switched on through its
 underlying channel (``_impl``) and waited for with its ``_flush_output``, exactly as the
-blocking channel's own ``confirm_delivery`` does; pika is pinned to 1.4.4 for that reason.
+blocking channel's own ``confirm_delivery`` does. Every use of pika's private attributes
+sits in the ``_pika_*`` functions below, and ``tests/test_unit_broker.py`` fails loudly when
+a pika release changes one of them; pika is pinned to 1.4.4 for that reason
+(docs/operations.md says why each one is worth it).
 """
 
 from __future__ import annotations
@@ -27,13 +32,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions as pex
 import tenacity
-from pika.adapters.utils import io_services_utils
 
 from warren import metrics
 from warren.config import Settings, redact
@@ -41,23 +44,21 @@ from warren.errors import (
     BrokerBlocked,
     BrokerRefused,
     BrokerUnavailable,
-    DecodeError,
     Undeliverable,
     WarrenError,
 )
 from warren.topology import Topology, queue_arguments
+from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
 
 log = logging.getLogger("warren.broker")
 # Broker alarms get their own logger: the console client shows these even when quiet.
 alarm_log = logging.getLogger("warren.alarm")
 
-ConfirmCallback = Callable[[bool], None]
-
 # pika reads its socket 4 KiB at a time; chunks are 1 MiB. Larger reads cut the Python
-# work per byte received (measured by `make bench`). A private attribute of pika 1.4.4,
-# which is pinned; at worst a newer pika ignores it.
-io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = 256 * 1024
-io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = 4 * 1024 * 1024
+# work per byte received (measured by `make bench`). Set on each of our connections'
+# transports only, never on pika's class: other pika users in the process are untouched.
+RECV_BYTES = 256 * 1024
+CONSUME_BYTES = 4 * 1024 * 1024
 
 # The header every publish carries: when it was sent (ms since the epoch), for queue lag.
 SENT_AT = "sent_at_ms"
@@ -91,36 +92,6 @@ def translate_errors() -> Iterator[None]:
         raise BrokerUnavailable(f"RabbitMQ closed the connection: {exc.reply_text}") from None
     except (pex.AMQPError, OSError) as exc:
         raise BrokerUnavailable(f"lost the connection to RabbitMQ ({type(exc).__name__})") from None
-
-
-@dataclass
-class Delivery:
-    """One message taken from a queue. Settle it exactly once: ack or reject."""
-
-    body: bytes
-    delivery_tag: int
-    redelivered: bool
-    type: str | None
-    headers: dict[str, Any] | None
-    reply_to: str | None
-    correlation_id: str | None
-    queue: str
-    connection: Connection = field(repr=False)
-    settled: bool = False
-
-    def ack(self) -> None:
-        if not self.settled:
-            self.settled = True
-            self.connection.ack(self.delivery_tag)
-
-    def reject(self, requeue: bool = False) -> None:
-        """Without requeue the message goes to the dead-letter queue."""
-        if not self.settled:
-            self.settled = True
-            self.connection.reject(self.delivery_tag, requeue)
-
-
-Handler = Callable[[Delivery], None]
 
 
 class Connection:
@@ -198,23 +169,17 @@ class Connection:
             self._conn = pika.BlockingConnection(params)
             self._conn.add_on_connection_blocked_callback(self._on_blocked)
             self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+            _pika_tune_reads(self._conn)
             self._channel = self._conn.channel()
-            self._enable_confirms()
-        params_used = self._conn._impl.params  # which URL of a cluster list answered
-        self.url = f"amqp://{params_used.host}:{params_used.port}/"
+            _pika_enable_confirms(self._channel, self._on_confirm, self._on_return)
+        host, port = _pika_connected_to(self._conn)  # which URL of a cluster list answered
+        self.url = f"amqp://{host}:{port}/"
         self._next_tag = 1
         self._pending.clear()
         self._returned.clear()
         self._declared.clear()
         self._done.clear()
         self._wakeup_scheduled = False
-
-    def _enable_confirms(self) -> None:
-        impl = self._channel._impl
-        ready = threading.Event()
-        impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: ready.set())
-        impl.add_on_return_callback(self._on_return)
-        self._channel._flush_output(ready.is_set)
 
     def close(self) -> None:
         """Wait briefly for outstanding confirms, then close; unacked deliveries go back."""
@@ -275,9 +240,10 @@ class Connection:
         """Publish to a queue by name, mandatory, with a confirm.
 
         Returns once the message is written and fewer than ``window`` publishes are
-        unconfirmed. ``on_confirm(True)`` runs on this thread when the broker has taken
-        responsibility for the message; ``on_confirm(False)`` when it was returned
-        (no such queue) or nacked.
+        unconfirmed. ``on_confirm(True)`` runs on this thread once the broker has taken
+        responsibility for the message, ``on_confirm(False)`` when it was returned (no such
+        queue) or nacked: later, from ``process``, ``wait_for_confirms`` or
+        ``poll_confirms``, never inside this or another ``publish``.
         """
         self._wait_window(self.settings.window - 1)
         tag = self._next_tag
@@ -295,7 +261,6 @@ class Connection:
         self._pending[tag] = on_confirm
         with translate_errors():
             self._channel.basic_publish("", queue, body, properties=props, mandatory=True)
-        self._run_done()
 
     def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
         """Publish and wait for this one confirm; raise Undeliverable if it fails."""
@@ -320,9 +285,15 @@ class Connection:
                 return len(self._pending) <= at_most or timed_out
 
             with translate_errors():
-                self._channel._flush_output(ready)
+                _pika_flush(self._channel, ready)
             if timed_out:
                 raise BrokerUnavailable("RabbitMQ did not confirm publishes in time.")
+        if at_most == 0:
+            self._run_done()
+
+    def poll_confirms(self) -> None:
+        """Run the confirm callbacks of what the broker has confirmed so far (no I/O):
+        for a loop that publishes a long stream and wants to hear of a refusal early."""
         self._run_done()
 
     def _on_confirm(self, frame: Any) -> None:
@@ -384,44 +355,21 @@ class Connection:
                 reply_to=props.reply_to,
                 correlation_id=props.correlation_id,
                 queue=queue,
-                connection=self,
+                settle=self._settle,
             )
-            try:
-                handler(delivery)
-            except (BrokerUnavailable, BrokerRefused):
-                raise
-            except DecodeError as exc:
-                log.warning(
-                    "%s: dead-lettering an invalid %s message from %s: %s",
-                    self.name,
-                    props.type,
-                    queue,
-                    exc,
-                )
-                metrics.REJECTED.labels(queue).inc()
-                delivery.reject(requeue=False)
-            except Exception:
-                log.exception(
-                    "%s: dead-lettering a %s message from %s that failed",
-                    self.name,
-                    props.type,
-                    queue,
-                )
-                metrics.REJECTED.labels(queue).inc()
-                delivery.reject(requeue=False)
+            dispatch(self.name, delivery, handler)
 
         with translate_errors():
             self._channel.basic_qos(prefetch_count=prefetch or self.settings.prefetch)
             tag: str = self._channel.basic_consume(queue, on_message)
         return tag
 
-    def ack(self, delivery_tag: int) -> None:
+    def _settle(self, delivery_tag: int, ack: bool, requeue: bool) -> None:
         with translate_errors():
-            self._channel.basic_ack(delivery_tag)
-
-    def reject(self, delivery_tag: int, requeue: bool) -> None:
-        with translate_errors():
-            self._channel.basic_reject(delivery_tag, requeue=requeue)
+            if ack:
+                self._channel.basic_ack(delivery_tag)
+            else:
+                self._channel.basic_reject(delivery_tag, requeue=requeue)
 
     def process(self, time_limit: float = 0.5) -> None:
         """Run I/O, consumer handlers, timers and confirm callbacks for up to time_limit."""
@@ -456,3 +404,37 @@ class Connection:
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
         alarm_log.warning("%s: RabbitMQ unblocked publishes", self.name)
+
+
+# -- pika's private attributes: every use in one place ----------------------------------------
+# tests/test_unit_broker.py checks each of them exists on the installed pika.
+
+
+def _pika_tune_reads(conn: Any) -> None:
+    """Larger socket reads for this connection's transport (see RECV_BYTES)."""
+    transport = conn._impl._transport
+    transport._MAX_RECV_BYTES = RECV_BYTES
+    transport._MAX_CONSUME_BYTES = CONSUME_BYTES
+
+
+def _pika_enable_confirms(
+    channel: Any, on_confirm: Callable[[Any], None], on_return: Callable[..., None]
+) -> None:
+    """Confirm mode with a callback per confirm (the blocking channel only offers a wait
+    per publish, which would allow one message in flight at a time)."""
+    impl = channel._impl
+    ready = threading.Event()
+    impl.confirm_delivery(ack_nack_callback=on_confirm, callback=lambda _f: ready.set())
+    impl.add_on_return_callback(on_return)
+    _pika_flush(channel, ready.is_set)
+
+
+def _pika_flush(channel: Any, ready: Callable[[], bool]) -> None:
+    """Run the connection's I/O until ``ready()``: how the blocking channel waits itself."""
+    channel._flush_output(ready)
+
+
+def _pika_connected_to(conn: Any) -> tuple[str, int]:
+    """The host and port of the URL (of a cluster's list) that answered."""
+    params = conn._impl.params
+    return str(params.host), int(params.port)

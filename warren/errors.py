@@ -42,6 +42,10 @@ class Unavailable(WarrenError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class NoReplica(Unavailable):
+    """No live worker holds a copy that the client has not already tried."""
+
+
 class BrokerUnavailable(Unavailable):
     """The connection to RabbitMQ failed or was lost; retrying may help."""
 
@@ -74,3 +78,31 @@ class DecodeError(WarrenError):
 
 class Undeliverable(WarrenError):
     """A published message had no queue to go to, or the broker nacked it."""
+
+
+# -- errors on the wire ---------------------------------------------------------------------
+# The manager answers a request it cannot serve with an ``error`` message whose ``code`` is
+# one of these; the client turns it back into the same exception, and acts on the class,
+# never on the message's text. One table, both directions (docs/protocol.md lists it).
+WIRE_CODES: dict[str, type[WarrenError]] = {
+    "not_found": NotFound,
+    "refused": Refused,
+    "unavailable": Unavailable,
+    "no_replica": NoReplica,
+    "integrity": IntegrityError,
+    "invalid": UsageError,
+}
+_CODE_OF = {cls: code for code, cls in WIRE_CODES.items()} | {DecodeError: "invalid"}
+
+
+def to_wire(exc: WarrenError) -> str:
+    """The wire code for ``exc``: that of its nearest class in the table, else "error"."""
+    for cls in type(exc).__mro__:
+        if cls in _CODE_OF:
+            return _CODE_OF[cls]
+    return "error"
+
+
+def from_wire(code: str, message: str) -> WarrenError:
+    """The exception a wire code stands for; an unknown code is a plain failure (exit 1)."""
+    return WIRE_CODES.get(code, WarrenError)(message)

@@ -292,7 +292,7 @@ class ErrorReply(Message):
     """The manager's answer when it cannot do what was asked; ``code`` picks the exit code."""
 
     TYPE = "error"
-    code: str  # "refused" | "not_found" | "invalid" | "unavailable"
+    code: str  # one of warren.errors.WIRE_CODES ("not_found", "refused", ...)
     message: str
 
 

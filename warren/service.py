@@ -9,17 +9,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from warren.broker import Connection
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, Undeliverable, WarrenError
+from warren.transport import Connect, Transport
 
 log = logging.getLogger("warren.service")
 
 
 def run_connection(
+    connect: Connect,
     settings: Settings,
     name: str,
-    setup: Callable[[Connection], None],
+    setup: Callable[[Transport], None],
     stop: threading.Event,
 ) -> None:
     """Connect, run ``setup`` (declare, consume), then process events until ``stop``.
@@ -31,7 +32,7 @@ def run_connection(
     wrong password forever helps nobody.
     """
     while not stop.is_set():
-        conn = Connection(settings, name)
+        conn = connect(settings, name)
         try:
             conn.open(stop=stop)
             if stop.is_set():

@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from warren.broker import Connection
 from warren.config import Settings
 from warren.errors import UsageError
 from warren.messages import WORKER_NAME
@@ -36,7 +37,7 @@ def settings() -> Settings:
 
 
 def run(s: Settings, stop: threading.Event) -> None:
-    Worker(s, stop).run()
+    Worker(s, stop, Connection).run()
 
 
 if __name__ == "__main__":

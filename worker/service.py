@@ -1,14 +1,16 @@
 """The storage worker: stores chunks, forwards them down the chain, serves restores.
 
-Two threads, each with its own connection (pika's blocking connection is one thread's):
+Three threads, each with its own connection (pika's blocking connection is one thread's):
 
 * **ingest** consumes ``warren.worker.<name>.chunks``. For each chunk: write it at its
   offset, forward it to the next worker in the chain with a confirm, and only then ack.
   The chunk that completes an upload is acked only after the replica is fsynced, verified
-  and renamed into the store (that work runs on a small thread pool, so hashing a large
-  file never starves the connection's heartbeats) and "replica stored" is confirmed.
-  It also sends the heartbeats and, on every (re)connect, the inventory.
+  and renamed into the store (that work runs on a small thread pool) and "replica stored"
+  is confirmed. On every (re)connect it sends the inventory first.
 * **serve** consumes ``warren.worker.<name>.control`` and streams stored files to clients.
+* **heartbeat** only sends heartbeats. Nothing else runs on its thread or connection, so
+  no ingest, fsync, finalize or restore can delay them: a busy worker is never taken for
+  a dead one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from typing import Any
 
 from warren import messages as m
 from warren import metrics
-from warren.broker import Connection, Delivery
 from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, DecodeError
@@ -35,10 +36,12 @@ from warren.service import run_connection
 from warren.topology import (
     HEARTBEAT_TTL_MS,
     MANAGER_EVENTS,
+    manager_topology,
     worker_chunks,
     worker_control,
     worker_topology,
 )
+from warren.transport import Connect, Delivery, Transport
 from worker.store import ChunkStore, CorruptUpload
 
 log = logging.getLogger("warren.worker")
@@ -47,15 +50,19 @@ Callback = Callable[[], None]
 
 
 class Worker:
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
         self.settings = settings
+        self.connect = connect
         self.name = settings.name
         self.stop = stop
         self.store = ChunkStore(Path(settings.data_dir or "."))
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-final")
         self._finalizing: dict[str, Future[str | None]] = {}  # upload id -> its finish
-        # Started once ingest is connected, so a missing broker is reported once, not twice.
-        self._serve_loop = threading.Thread(target=self._serve_thread, name=f"{self.name}-serve")
+        # Started once ingest is connected, so a missing broker is reported once, not thrice.
+        self._threads = [
+            threading.Thread(target=self._serve_thread, name=f"{self.name}-serve"),
+            threading.Thread(target=self._heartbeat_thread, name=f"{self.name}-heartbeat"),
+        ]
 
     def run(self) -> None:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
@@ -71,28 +78,44 @@ class Worker:
         )
         try:
             run_connection(
-                self.settings, f"warren worker {self.name}", self._setup_ingest, self.stop
+                self.connect,
+                self.settings,
+                f"warren worker {self.name}",
+                self._setup_ingest,
+                self.stop,
             )
         finally:
             self.stop.set()
-            if self._serve_loop.ident is not None:
-                self._serve_loop.join()
+            for thread in self._threads:
+                if thread.ident is not None:
+                    thread.join()
             self._pool.shutdown(wait=True)
             log.info("worker %s: stopped", self.name)
 
     # -- ingest ----------------------------------------------------------------------------
 
-    def _setup_ingest(self, conn: Connection) -> None:
+    def _setup_ingest(self, conn: Transport) -> None:
         conn.declare(worker_topology(self.name))
         inventory = m.Inventory(worker=self.name, blobs=tuple(self.store.inventory()))
         conn.publish_and_wait(MANAGER_EVENTS, inventory.encode(), type=m.Inventory.TYPE)
-        self._heartbeat(conn)
         conn.consume(worker_chunks(self.name), lambda d: self._on_chunk(conn, d))
-        if self._serve_loop.ident is None:
-            self._serve_loop.start()
+        for thread in self._threads:
+            if thread.ident is None:
+                thread.start()
         log.info("worker %s: ready, %d blobs reported", self.name, len(inventory.blobs))
 
-    def _heartbeat(self, conn: Connection) -> None:
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def _heartbeat_thread(self) -> None:
+        self._side_thread("heartbeat", self._setup_heartbeat)
+
+    def _setup_heartbeat(self, conn: Transport) -> None:
+        conn.declare(manager_topology())
+        self._heartbeat(conn)
+
+    def _heartbeat(self, conn: Transport) -> None:
+        """One heartbeat now, the next in ``heartbeat_interval`` seconds (a timer on this
+        thread's own connection: nothing else ever runs here)."""
         if not conn.is_open or self.stop.is_set():
             return
         u = self.store.usage()
@@ -108,7 +131,7 @@ class Worker:
         )
         conn.call_later(self.settings.heartbeat_interval, lambda: self._heartbeat(conn))
 
-    def _on_chunk(self, conn: Connection, d: Delivery) -> None:
+    def _on_chunk(self, conn: Transport, d: Delivery) -> None:
         if d.type == m.PACK_TYPE:
             self._on_pack(conn, d)
             return
@@ -136,7 +159,7 @@ class Worker:
         complete = count == h.chunk_count
         self._forward(conn, d, h, lambda: self._complete(conn, d, h) if complete else d.ack())
 
-    def _forward(self, conn: Connection, d: Delivery, h: m.ChunkHeaders, then: Callback) -> None:
+    def _forward(self, conn: Transport, d: Delivery, h: m.ChunkHeaders, then: Callback) -> None:
         self._relay(
             conn,
             d,
@@ -149,7 +172,7 @@ class Worker:
 
     def _relay(
         self,
-        conn: Connection,
+        conn: Transport,
         d: Delivery,
         nxt: str | None,
         headers: dict[str, Any],
@@ -186,7 +209,7 @@ class Worker:
 
     # -- packs: small files, whole, several to a message -----------------------------------
 
-    def _on_pack(self, conn: Connection, d: Delivery) -> None:
+    def _on_pack(self, conn: Transport, d: Delivery) -> None:
         """Store every file of the pack (on the pool) while forwarding it down the chain;
         once both are done, announce them all in one "pack stored" and ack."""
         p = m.PackHeaders.from_headers(d.headers, len(d.body))
@@ -233,7 +256,7 @@ class Worker:
             lambda reason: self._fail_pack(conn, d, p, reason),
         )
 
-    def _fail_pack(self, conn: Connection, d: Delivery, p: m.PackHeaders, reason: str) -> None:
+    def _fail_pack(self, conn: Transport, d: Delivery, p: m.PackHeaders, reason: str) -> None:
         """Every file of the pack failed here: say so for each, then dead-letter the pack."""
         log.error(
             "pack %s: %d files failed on %s: %s", d.correlation_id, len(p.files), self.name, reason
@@ -249,7 +272,7 @@ class Worker:
                 then=(lambda: d.reject(requeue=False)) if last else (lambda: None),
             )
 
-    def _complete(self, conn: Connection, d: Delivery, h: m.ChunkHeaders) -> None:
+    def _complete(self, conn: Transport, d: Delivery, h: m.ChunkHeaders) -> None:
         """All chunks are in: finalize off this thread (hashing a large file takes a while,
         and the connection must keep its heartbeats), then confirm and ack back on it.
 
@@ -283,7 +306,7 @@ class Worker:
             return f"disk error: {exc.strerror or exc}"
 
     def _when_final(
-        self, conn: Connection, d: Delivery, h: m.ChunkHeaders, future: Future[str | None]
+        self, conn: Transport, d: Delivery, h: m.ChunkHeaders, future: Future[str | None]
     ) -> None:
         def done(f: Future[str | None]) -> None:
             error = f.result()
@@ -296,9 +319,7 @@ class Worker:
         if self.settings.finalize_delay > 0:
             time.sleep(self.settings.finalize_delay)
 
-    def _finished(
-        self, conn: Connection, d: Delivery, h: m.ChunkHeaders, error: str | None
-    ) -> None:
+    def _finished(self, conn: Transport, d: Delivery, h: m.ChunkHeaders, error: str | None) -> None:
         if error is not None:
             log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error)
             self._fail(conn, d, h, error)
@@ -316,14 +337,14 @@ class Worker:
         )
         self._announce(conn, d, stored.encode(), m.ReplicaStored.TYPE, then=d.ack)
 
-    def _fail(self, conn: Connection, d: Delivery, h: m.ChunkHeaders, reason: str) -> None:
+    def _fail(self, conn: Transport, d: Delivery, h: m.ChunkHeaders, reason: str) -> None:
         failed = m.ReplicaFailed(upload_id=h.upload_id, worker=self.name, reason=reason)
         self._announce(
             conn, d, failed.encode(), m.ReplicaFailed.TYPE, then=lambda: d.reject(requeue=False)
         )
 
     def _announce(
-        self, conn: Connection, d: Delivery, body: bytes, type: str, then: Callback
+        self, conn: Transport, d: Delivery, body: bytes, type: str, then: Callback
     ) -> None:
         """Tell the manager (confirmed, then ``then``) and the client (best effort)."""
         if d.reply_to:
@@ -338,7 +359,7 @@ class Worker:
             on_confirm=lambda ok: then() if ok else d.reject(requeue=True),
         )
 
-    def _call_on(self, conn: Connection, fn: Callback) -> None:
+    def _call_on(self, conn: Transport, fn: Callback) -> None:
         """Run fn on conn's thread if that connection is still the live one."""
         # If the connection died, the unacked chunk will be redelivered: nothing to do.
         with contextlib.suppress(BrokerUnavailable):
@@ -347,19 +368,24 @@ class Worker:
     # -- serve -----------------------------------------------------------------------------
 
     def _serve_thread(self) -> None:
+        self._side_thread("serve", self._setup_serve)
+
+    def _side_thread(self, what: str, setup: Callable[[Transport], None]) -> None:
+        """Run one of the worker's own connections besides ingest, until the worker stops;
+        a refusal stops the whole worker."""
         try:
             run_connection(
-                self.settings, f"warren worker {self.name} serve", self._setup_serve, self.stop
+                self.connect, self.settings, f"warren worker {self.name} {what}", setup, self.stop
             )
         except BrokerRefused as exc:
-            log.error("worker %s: serve connection refused: %s", self.name, exc)
+            log.error("worker %s: %s connection refused: %s", self.name, what, exc)
             self.stop.set()
 
-    def _setup_serve(self, conn: Connection) -> None:
+    def _setup_serve(self, conn: Transport) -> None:
         conn.declare(worker_topology(self.name))
         conn.consume(worker_control(self.name), lambda d: self._on_control(conn, d), prefetch=1)
 
-    def _on_control(self, conn: Connection, d: Delivery) -> None:
+    def _on_control(self, conn: Transport, d: Delivery) -> None:
         try:
             if d.type == m.ServeRequest.TYPE:
                 self._serve(conn, m.ServeRequest.decode(d.body))
@@ -386,11 +412,12 @@ class Worker:
             send(seq, offset, data)
         return digest.hexdigest()
 
-    def _serve(self, conn: Connection, req: m.ServeRequest) -> None:
+    def _serve(self, conn: Transport, req: m.ServeRequest) -> None:
         """Stream one blob to a client's reply queue, checking its hash on the way."""
         gone: list[bool] = []
 
         def publish(body: bytes, type: str, headers: dict[str, int] | None = None) -> None:
+            conn.poll_confirms()  # a client that went away is noticed within a window
             if gone:
                 raise _ClientGone
             conn.publish(
@@ -432,7 +459,7 @@ class Worker:
             with contextlib.suppress(_ClientGone):
                 publish(failed.encode(), m.RestoreFailed.TYPE)
 
-    def _copy(self, conn: Connection, req: m.CopyRequest) -> None:
+    def _copy(self, conn: Transport, req: m.CopyRequest) -> None:
         """Repair: send a blob to another worker as a one-hop upload it will verify."""
         conn.declare(worker_topology(req.target))
         count = ChunkPlan(req.size, self.settings.chunk_size).count

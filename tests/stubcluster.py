@@ -1,0 +1,102 @@
+"""The manager and workers as threads on the in-memory broker: role logic, tested fast.
+
+The same classes run here as in production (``Manager``, ``Worker``, ``Session``); only the
+transport differs (``warren.testing.StubBroker`` instead of RabbitMQ). Killing a service is
+dropping its connections, as a kill -9 would, and stopping its thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from client.session import Session
+from manager.service import Manager
+from warren.config import Settings
+from warren.testing import StubBroker
+from warren.topology import MANAGER_REQUESTS
+from worker.service import Worker
+
+FAST = Settings(
+    chunk_size=64 * 1024,
+    heartbeat_interval=0.1,
+    dead_after=1.0,
+    request_timeout=5.0,
+    transfer_timeout=10.0,
+    connect_timeout=2.0,
+)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class StubCluster:
+    def __init__(self, base: Path, settings: Settings = FAST) -> None:
+        self.base = base
+        self.settings = settings
+        self.broker = StubBroker()
+        self.workers: dict[str, Worker] = {}
+        self.manager: Manager | None = None
+        self._stops: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def _start(self, key: str, run: Callable[[], None]) -> None:
+        thread = threading.Thread(target=run, name=f"stub-{key}", daemon=True)
+        self._threads[key] = thread
+        thread.start()
+
+    def start_manager(self) -> Manager:
+        stop = self._stops["manager"] = threading.Event()
+        s = dataclasses.replace(self.settings, data_dir=self.base / "manager")
+        self.manager = Manager(s, stop, self.broker.connect)
+        self._start("manager", self.manager.run)
+        return self.manager
+
+    def start_worker(self, name: str, **overrides: Any) -> Worker:
+        stop = self._stops[name] = threading.Event()
+        s = dataclasses.replace(
+            self.settings, name=name, data_dir=self.base / "workers" / name, **overrides
+        )
+        worker = self.workers[name] = Worker(s, stop, self.broker.connect)
+        self._start(name, worker.run)
+        return worker
+
+    def start(self, workers: int = 4) -> StubCluster:
+        self.start_manager()
+        for i in range(1, workers + 1):
+            self.start_worker(f"w{i}")
+        wait_for(lambda: MANAGER_REQUESTS in self.broker.queues, what="the manager's queue")
+        with self.session() as s:
+            wait_for(
+                lambda: sum(w.alive for w in s.status().workers) == workers,
+                what=f"{workers} live workers",
+            )
+        return self
+
+    def kill(self, key: str) -> None:
+        """As kill -9: its connections drop at once (unacked messages go back), then its
+        thread is stopped."""
+        prefix = "warren manager" if key == "manager" else f"warren worker {key}"
+        self._stops[key].set()
+        self.broker.disconnect(lambda n: n == prefix or n.startswith(prefix + " "))
+        self._threads[key].join(timeout=10)
+
+    def stop_all(self) -> None:
+        for key in list(self._threads):
+            self._stops[key].set()
+        for thread in self._threads.values():
+            thread.join(timeout=10)
+
+    def session(self, **overrides: Any) -> Session:
+        s = dataclasses.replace(self.settings, client_name="tester", **overrides)
+        return Session(s, self.broker.connect)

@@ -1,0 +1,43 @@
+"""pika's private attributes that ``warren.broker`` relies on, checked on the installed pika.
+
+Each ``_pika_*`` function in ``warren/broker.py`` uses one of these. A pika release that
+renames or drops one must fail here, loudly, rather than slow warren down or break its
+publisher confirms in some run far from the cause.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from pika.adapters import base_connection, blocking_connection
+from pika.adapters.utils import io_services_utils
+from pika.channel import Channel
+from pika.connection import Connection
+
+
+def test_socket_reads_are_sized_through_the_transport_instance() -> None:
+    transport = io_services_utils._AsyncTransportBase
+    assert isinstance(transport._MAX_RECV_BYTES, int)
+    assert isinstance(transport._MAX_CONSUME_BYTES, int)
+    source = inspect.getsource(transport)
+    # Read through self, so setting them on one transport changes only that connection.
+    assert "self._MAX_RECV_BYTES" in source and "self._MAX_CONSUME_BYTES" in source
+    assert "self._transport = " in inspect.getsource(base_connection.BaseConnection)
+
+
+def test_blocking_objects_expose_their_async_implementation() -> None:
+    conn_source = inspect.getsource(blocking_connection.BlockingConnection.__init__)
+    assert "self._impl" in conn_source
+    channel = blocking_connection.BlockingChannel
+    assert "self._impl" in inspect.getsource(channel.__init__)
+    assert callable(channel._flush_output)
+    assert list(inspect.signature(channel._flush_output).parameters)[1:2] == ["waiters"]
+
+
+def test_confirm_mode_takes_a_callback_per_confirm() -> None:
+    params = inspect.signature(Channel.confirm_delivery).parameters
+    assert "ack_nack_callback" in params and "callback" in params
+    assert callable(Channel.add_on_return_callback)
+    assert isinstance(inspect.getattr_static(Connection, "params", None), property) or (
+        "self.params" in inspect.getsource(Connection.__init__)
+    )

@@ -1,0 +1,265 @@
+"""The manager, workers and client together on the in-memory broker: the protocol's cases
+(duplicates, reordering, redelivery after a crash, a busy worker, a lost worker) in seconds.
+
+What is asserted is what a user sees: bytes restored, replicas on the workers' disks,
+workers alive or dead in ``status``, and where a bad message ended up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.session import Progress
+from tests.stubcluster import StubCluster, wait_for
+from warren import messages as m
+from warren.errors import NotFound
+from warren.testing import Message
+from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
+from worker.store import ChunkStore
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[StubCluster]:
+    c = StubCluster(tmp_path)
+    try:
+        yield c.start(4)
+    finally:
+        c.stop_all()
+
+
+def random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def stored(c: StubCluster, worker: str, data: bytes) -> bytes | None:
+    """The bytes of ``data``'s blob on ``worker``'s disk, or None when it has none."""
+    path = c.workers[worker].store.blob_path(hashlib.sha256(data).hexdigest())
+    return path.read_bytes() if path.exists() else None
+
+
+def restore(c: StubCluster, name: str, dest: Path) -> bytes:
+    with c.session() as s:
+        s.download(name, dest, overwrite=True)
+    return dest.read_bytes()
+
+
+def test_upload_is_on_both_disks_and_restores_byte_for_byte(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = random_file(tmp_path / "a.bin", 5 * 64 * 1024 + 123)  # 6 chunks, the last short
+    with stub.session() as s:
+        result = s.upload(tmp_path / "a.bin", "a.bin", 2)
+    assert len(result.chain) == 2 and set(result.confirmed) == set(result.chain)
+    for worker in result.chain:
+        assert stored(stub, worker, data) == data
+    others = set(stub.workers) - set(result.chain)
+    assert all(stored(stub, w, data) is None for w in others)
+    assert restore(stub, "a.bin", tmp_path / "out.bin") == data
+
+
+def test_small_files_travel_in_packs_and_are_all_listed(stub: StubCluster, tmp_path: Path) -> None:
+    items = []
+    for i in range(40):
+        random_file(tmp_path / f"f{i}", 1000 + i)
+        items.append((tmp_path / f"f{i}", f"small/f{i}"))
+    outcomes: dict[str, object] = {}
+    with stub.session() as s:
+        s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
+        listed = {f.name: f for f in s.files()}
+    assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
+    assert set(listed) == {name for _, name in items}
+    assert all(len(f.replicas) == 2 for f in listed.values())
+    packs = [
+        p for p in stub.broker.published if p.type == m.PACK_TYPE and p.queue.endswith("chunks")
+    ]
+    assert packs, "no pack was sent: 40 small files went one by one"
+
+
+def test_every_chunk_delivered_twice_stores_one_good_copy(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    def twice(msg: Message) -> list[Message]:
+        return [msg, msg] if msg.type == m.CHUNK_TYPE else [msg]
+
+    stub.broker.intercept = twice
+    data = random_file(tmp_path / "d.bin", 4 * 64 * 1024)
+    with stub.session() as s:
+        result = s.upload(tmp_path / "d.bin", "d.bin", 2)
+    stub.broker.intercept = None
+    for worker in result.chain:
+        assert stored(stub, worker, data) == data
+    assert restore(stub, "d.bin", tmp_path / "out") == data
+
+
+def test_chunks_arriving_out_of_order_still_make_the_file(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    """The client's first chunk reaches the primary last."""
+    held: list[Message] = []
+
+    def reorder(msg: Message) -> list[Message]:
+        if msg.type != m.CHUNK_TYPE or (msg.headers or {}).get("hop") != 0:
+            return [msg]
+        seq = int((msg.headers or {})["seq"])
+        count = int((msg.headers or {})["chunk_count"])
+        if seq == 0:
+            held.append(msg)
+            return []
+        if seq == count - 1:
+            mine = [h for h in held if h.queue == msg.queue]
+            for h in mine:
+                held.remove(h)
+            return [msg, *mine]
+        return [msg]
+
+    stub.broker.intercept = reorder
+    data = random_file(tmp_path / "o.bin", 5 * 64 * 1024)
+    with stub.session() as s:
+        result = s.upload(tmp_path / "o.bin", "o.bin", 2)
+    stub.broker.intercept = None
+    for worker in result.chain:
+        assert stored(stub, worker, data) == data
+
+
+def test_primary_losing_its_connection_mid_upload_loses_nothing(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    seen: list[str] = []
+
+    def drop_primary_at_third_chunk(msg: Message) -> list[Message]:
+        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 0:
+            seen.append(msg.queue)
+            if len(seen) == 3:
+                worker = msg.queue.split(".")[2]
+                stub.broker.disconnect(lambda n: n == f"warren worker {worker}")
+        return [msg]
+
+    stub.broker.intercept = drop_primary_at_third_chunk
+    data = random_file(tmp_path / "p.bin", 8 * 64 * 1024)
+    with stub.session() as s:
+        result = s.upload(tmp_path / "p.bin", "p.bin", 2)
+    stub.broker.intercept = None
+    assert len(seen) >= 3, "the fault was never injected"
+    for worker in result.chain:
+        assert stored(stub, worker, data) == data
+    assert restore(stub, "p.bin", tmp_path / "out") == data
+
+
+def test_a_crash_between_write_and_ack_is_finished_by_the_restarted_worker(
+    tmp_path: Path,
+) -> None:
+    """The primary dies while it verifies the last chunk (a slow disk); restarted on the
+    same data, it finishes the replica from the redelivered chunk."""
+    c = StubCluster(tmp_path)
+    try:
+        c.start_manager()
+        c.start_worker("w1", finalize_delay=1.0)
+        c.start_worker("w2")
+        data = random_file(tmp_path / "c.bin", 3 * 64 * 1024)
+        outcome: list[object] = []
+
+        def upload() -> None:
+            with c.session() as s:
+                outcome.append(s.upload(tmp_path / "c.bin", "c.bin", 1))
+
+        with c.session() as s:
+            wait_for(lambda: sum(w.alive for w in s.status().workers) == 2, what="2 workers")
+        # Make w1 the only choice: a one-replica upload goes to the roomiest, so stop w2.
+        c.kill("w2")
+        thread = threading.Thread(target=upload)
+        thread.start()
+        store = ChunkStore(tmp_path / "workers" / "w1")
+        wait_for(lambda: list(store.incoming.glob("*")), what="w1 to take in the file")
+        time.sleep(0.3)  # inside the 1 s finalize: every chunk written, the last not acked
+        c.kill("w1")
+        c.start_worker("w1")
+        thread.join(timeout=30)
+        assert outcome and not isinstance(outcome[0], Exception), outcome
+        assert stored(c, "w1", data) == data
+        assert restore(c, "c.bin", tmp_path / "out") == data
+    finally:
+        c.stop_all()
+
+
+def test_a_busy_worker_is_never_taken_for_dead(stub: StubCluster, tmp_path: Path) -> None:
+    """Ingest blocked for three times ``dead_after`` on every chunk's write: heartbeats
+    come from their own thread and connection, so no worker is reported dead."""
+    dead_after = stub.settings.dead_after
+    for worker in stub.workers.values():
+        write = worker.store.write_chunk
+
+        def slow_write(*args: object, _write: object = write) -> int:
+            time.sleep(dead_after * 1.5)
+            return _write(*args)  # type: ignore[operator, no-any-return]
+
+        worker.store.write_chunk = slow_write  # type: ignore[method-assign, assignment]
+    random_file(tmp_path / "busy.bin", 2 * 64 * 1024)
+    deaths: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with stub.session() as s:
+            while not done.is_set():
+                deaths.extend(w.name for w in s.status().workers if not w.alive)
+                s.idle(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with stub.session() as s:
+            s.upload(tmp_path / "busy.bin", "busy.bin", 2)
+    finally:
+        done.set()
+        watcher.join()
+    assert deaths == []
+
+
+def test_a_lost_worker_s_files_get_their_replicas_back(stub: StubCluster, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "r.bin", 3 * 64 * 1024)
+    with stub.session() as s:
+        result = s.upload(tmp_path / "r.bin", "r.bin", 2)
+    lost = result.chain[0]
+    stub.kill(lost)
+    with stub.session() as s:
+
+        def repaired() -> bool:
+            [f] = s.files()
+            return len(f.replicas) == 2 and lost not in f.replicas
+
+        wait_for(repaired, what="a second copy elsewhere")
+        [entry] = s.files()
+    new = (set(entry.replicas) - set(result.chain)).pop()
+    assert stored(stub, new, data) == data
+
+
+def test_restore_fails_over_when_a_copy_is_damaged(stub: StubCluster, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "f.bin", 2 * 64 * 1024)
+    with stub.session() as s:
+        result = s.upload(tmp_path / "f.bin", "f.bin", 2)
+    for worker in result.chain:  # damage the copy that would be served first
+        path = stub.workers[worker].store.blob_path(hashlib.sha256(data).hexdigest())
+        path.write_bytes(b"rot" + data[3:])
+        break
+    assert restore(stub, "f.bin", tmp_path / "out") == data
+
+
+def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    raw = stub.broker.connect(stub.settings, "mallory")
+    raw.open()
+    raw.publish(MANAGER_REQUESTS, b"\xff not json", type=m.ListRequest.TYPE)  # no reply_to
+    raw.publish(worker_chunks("w1"), b"x", type=m.CHUNK_TYPE, headers={"seq": "nope"})
+    wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 2, what="two dead letters")
+    raw.close()
+    with stub.session() as s, pytest.raises(NotFound):
+        s.download("nothing-here", tmp_path / "x")  # the manager still answers

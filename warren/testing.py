@@ -1,0 +1,410 @@
+"""An in-memory broker for fast tests of the manager, worker and client logic.
+
+``StubBroker`` keeps queues, messages and consumers in memory and hands out
+``StubConnection``s that implement ``warren.transport.Transport`` the way
+``warren.broker.Connection`` does on RabbitMQ: one connection per thread, deliveries and
+confirm callbacks run only inside that thread's ``process`` (or an explicit wait),
+mandatory publishes to a missing queue confirmed as failures, unacked deliveries requeued
+as redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
+with their connection, transient messages and queues lost on a broker restart.
+
+Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
+killed process would), ``restart`` restarts the broker, ``intercept`` sees every publish
+and may drop, duplicate or reorder it. ``published`` is a firehose of what was sent, by
+whom.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from warren.config import Settings
+from warren.errors import BrokerRefused, BrokerUnavailable, Undeliverable
+from warren.topology import Topology
+from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as the stub broker holds it."""
+
+    queue: str
+    body: bytes
+    type: str
+    headers: dict[str, Any] | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    persistent: bool = True
+    expires_at: float | None = None
+    sender: str = ""  # the publishing connection's name
+    redelivered: bool = False
+
+
+# Sees each publish that found its queue; returns what the queue gets instead (drop: []).
+Intercept = Callable[[Message], list[Message]]
+
+
+@dataclass
+class _Consumer:
+    conn: StubConnection
+    handler: Handler
+    prefetch: int
+    tag: str
+    unacked: int = 0
+
+
+@dataclass
+class _Queue:
+    name: str
+    durable: bool
+    owner: StubConnection | None  # exclusive queues belong to one connection
+    dead_letter_exchange: str | None
+    messages: collections.deque[Message] = field(default_factory=collections.deque)
+    consumers: list[_Consumer] = field(default_factory=list)
+    next_consumer: int = 0
+
+
+class StubBroker:
+    """One in-memory broker, shared by every connection a test makes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.queues: dict[str, _Queue] = {}
+        self.bindings: dict[str, list[str]] = {}  # fanout exchange -> queues
+        self.connections: list[StubConnection] = []
+        self.published: list[Message] = []
+        self.intercept: Intercept | None = None
+        self.up = True
+        self._tags = itertools.count(1)
+        self._turn = 0
+
+    def connect(self, settings: Settings, name: str) -> StubConnection:
+        """The ``Connect`` factory the roles take: ``Worker(settings, stop, broker.connect)``."""
+        return StubConnection(self, settings, name)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        with self.lock:
+            q = self.queues.get(queue)
+            return len(q.messages) if q else 0
+
+    def messages(self, queue: str) -> list[Message]:
+        with self.lock:
+            q = self.queues.get(queue)
+            return list(q.messages) if q else []
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def disconnect(self, match: Callable[[str], bool] = lambda _n: True) -> int:
+        """Drop every open connection whose name matches; return how many."""
+        with self.lock:
+            dropped = [c for c in self.connections if match(c.name)]
+            for conn in dropped:
+                self._drop(conn)
+            self.changed.notify_all()
+            return len(dropped)
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Stop and start again: connections drop, transient queues and messages are lost."""
+        with self.lock:
+            self.up = False
+            for conn in list(self.connections):
+                self._drop(conn)
+            for name, q in list(self.queues.items()):
+                if not q.durable:
+                    del self.queues[name]
+                else:
+                    q.messages = collections.deque(m for m in q.messages if m.persistent)
+            self.changed.notify_all()
+        time.sleep(downtime)
+        with self.lock:
+            self.up = True
+            self.changed.notify_all()
+
+    # -- internals (under the lock) --------------------------------------------------------
+
+    def _drop(self, conn: StubConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        conn.closed = True
+        for queue, msg in conn.unacked.values():
+            q = self.queues.get(queue)
+            if q is not None:
+                q.messages.appendleft(replace(msg, redelivered=True))
+        conn.unacked.clear()
+        for name, q in list(self.queues.items()):
+            q.consumers = [c for c in q.consumers if c.conn is not conn]
+            if q.owner is conn:
+                del self.queues[name]
+
+    def _route(self, msg: Message) -> bool:
+        q = self.queues.get(msg.queue)
+        if q is None:
+            return False
+        self.published.append(msg)
+        arrived = self.intercept(msg) if self.intercept else [msg]
+        for m in arrived:
+            self.queues[m.queue].messages.append(m)
+        self.changed.notify_all()
+        return True
+
+    def _dead_letter(self, queue: str, msg: Message) -> None:
+        q = self.queues.get(queue)
+        if q is None or q.dead_letter_exchange is None:
+            return
+        for target in self.bindings.get(q.dead_letter_exchange, []):
+            if target in self.queues:
+                self.queues[target].messages.append(replace(msg, queue=target, redelivered=False))
+
+    def _next_delivery(self, conn: StubConnection) -> tuple[_Consumer, str, Message] | None:
+        """A message for one of ``conn``'s consumers with room under its prefetch."""
+        now = time.monotonic()
+        names = list(self.queues)
+        self._turn += 1  # start at another queue each time, so none starves the others
+        for i in range(len(names)):
+            name = names[(self._turn + i) % len(names)]
+            q = self.queues[name]
+            while q.messages and (exp := q.messages[0].expires_at) is not None and exp < now:
+                q.messages.popleft()
+            if not q.messages:
+                continue
+            mine = [c for c in q.consumers if c.conn is conn and c.unacked < c.prefetch]
+            if not mine:
+                continue
+            consumer = mine[q.next_consumer % len(mine)]
+            q.next_consumer += 1
+            consumer.unacked += 1
+            return consumer, name, q.messages.popleft()
+        return None
+
+
+class StubConnection:
+    """One connection to a ``StubBroker``, owned by one thread: ``Transport`` in memory."""
+
+    def __init__(self, broker: StubBroker, settings: Settings, name: str) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.name = name
+        self.url = "stub://"
+        self.closed = True
+        self.unacked: dict[int, tuple[str, Message]] = {}
+        self._consumers: dict[int, _Consumer] = {}  # delivery tag -> who got it
+        self._done: collections.deque[tuple[ConfirmCallback, bool]] = collections.deque()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, give_up_after: float | None = None, stop: threading.Event | None = None) -> None:
+        started = time.monotonic()
+        with self.broker.lock:
+            while not self.broker.up:
+                if stop is not None and stop.is_set():
+                    raise BrokerUnavailable("stopped while waiting for the broker")
+                if give_up_after is not None and time.monotonic() - started >= give_up_after:
+                    raise BrokerUnavailable("cannot reach the stub broker.")
+                self.broker.changed.wait(0.05)
+            self.closed = False
+            self.broker.connections.append(self)
+
+    def close(self) -> None:
+        with self.broker.lock:
+            if not self.closed:
+                self.broker._drop(self)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed
+
+    def _check(self) -> None:
+        if self.closed:
+            raise BrokerUnavailable(f"{self.name}: lost the connection to the stub broker")
+
+    # -- topology --------------------------------------------------------------------------
+
+    def declare(self, topology: Topology) -> None:
+        self._check()
+        with self.broker.lock:
+            for ex in topology.exchanges:
+                self.broker.bindings.setdefault(ex.name, [])
+            for spec in topology.queues:
+                q = self.broker.queues.get(spec.name)
+                if q is not None and q.owner is not None and q.owner is not self:
+                    raise BrokerRefused(f"queue {spec.name} is exclusive to another connection")
+                if q is None:
+                    self.broker.queues[spec.name] = _Queue(
+                        spec.name,
+                        durable=spec.durable,
+                        owner=self if spec.exclusive else None,
+                        dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
+                    )
+                if spec.bind_to and spec.name not in self.broker.bindings[spec.bind_to]:
+                    self.broker.bindings[spec.bind_to].append(spec.name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        type: str,
+        headers: dict[str, Any] | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        persistent: bool = True,
+        expiration_ms: int | None = None,
+        on_confirm: ConfirmCallback | None = None,
+    ) -> None:
+        self._check()
+        expires = time.monotonic() + expiration_ms / 1000 if expiration_ms is not None else None
+        msg = Message(
+            queue,
+            bytes(body),
+            type,
+            dict(headers) if headers else None,
+            reply_to,
+            correlation_id,
+            persistent,
+            expires,
+            self.name,
+        )
+        with self.broker.lock:
+            ok = self.broker._route(msg)
+        if on_confirm is not None:
+            self._done.append((on_confirm, ok))
+
+    def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
+        result: list[bool] = []
+        self.publish(queue, body, type=type, on_confirm=result.append, **kw)
+        self.wait_for_confirms()
+        if result != [True]:
+            raise Undeliverable(f"the stub broker did not accept a {type} message for {queue}.")
+
+    def wait_for_confirms(self, timeout: float | None = None) -> None:
+        self._check()
+        self.poll_confirms()
+
+    def poll_confirms(self) -> None:
+        while self._done:
+            callback, ok = self._done.popleft()
+            callback(ok)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consume(self, queue: str, handler: Handler, prefetch: int | None = None) -> str:
+        self._check()
+        with self.broker.lock:
+            q = self.broker.queues.get(queue)
+            if q is None:
+                raise BrokerRefused(f"no queue {queue!r} to consume from")
+            tag = f"ctag-{next(self.broker._tags)}"
+            q.consumers.append(_Consumer(self, handler, prefetch or self.settings.prefetch, tag))
+            self.broker.changed.notify_all()
+        return tag
+
+    def _settle(self, tag: int, ack: bool, requeue: bool) -> None:
+        self._check()
+        with self.broker.lock:
+            entry = self.unacked.pop(tag, None)
+            consumer = self._consumers.pop(tag, None)
+            if entry is None:
+                raise BrokerRefused(f"unknown delivery tag {tag} (PRECONDITION_FAILED)")
+            if consumer is not None:
+                consumer.unacked -= 1
+            queue, msg = entry
+            q = self.broker.queues.get(queue)
+            if not ack and requeue and q is not None:
+                q.messages.appendleft(replace(msg, redelivered=True))
+            elif not ack:
+                self.broker._dead_letter(queue, msg)
+            self.broker.changed.notify_all()
+
+    def process(self, time_limit: float = 0.5) -> None:
+        """Run due timers, threadsafe calls, confirm callbacks and deliveries on this
+        thread until ``time_limit`` has passed (at least one round, even for 0)."""
+        deadline = time.monotonic() + time_limit
+        while True:
+            self._check()
+            worked = self._run_ready()
+            if time.monotonic() >= deadline:
+                return
+            if not worked:
+                with self.broker.lock:
+                    if not self._has_work():
+                        wait = deadline - time.monotonic()
+                        if self._timers:
+                            wait = min(wait, self._timers[0][0] - time.monotonic())
+                        self.broker.changed.wait(max(0.0, min(wait, 0.05)))
+
+    def _has_work(self) -> bool:
+        if self._calls or self._done or self.closed:
+            return True
+        if self._timers and self._timers[0][0] <= time.monotonic():
+            return True
+        return any(
+            q.messages and any(c.conn is self and c.unacked < c.prefetch for c in q.consumers)
+            for q in self.broker.queues.values()
+        )
+
+    def _run_ready(self) -> bool:
+        worked = False
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+            worked = True
+        with self.broker.lock:
+            calls = list(self._calls)
+            self._calls.clear()
+        for fn in calls:
+            fn()
+            worked = True
+        if self._done:
+            self.poll_confirms()
+            worked = True
+        while not self.closed:
+            with self.broker.lock:
+                got = self.broker._next_delivery(self)
+                if got is None:
+                    break
+                consumer, queue, msg = got
+                tag = next(self.broker._tags)
+                self.unacked[tag] = (queue, msg)
+                self._consumers[tag] = consumer
+            delivery = Delivery(
+                body=msg.body,
+                delivery_tag=tag,
+                redelivered=msg.redelivered,
+                type=msg.type,
+                headers=msg.headers,
+                reply_to=msg.reply_to,
+                correlation_id=msg.correlation_id,
+                queue=queue,
+                settle=self._settle,
+            )
+            dispatch(self.name, delivery, consumer.handler)
+            worked = True
+        return worked
+
+    # -- threads and timers ----------------------------------------------------------------
+
+    def call_threadsafe(self, fn: Callable[[], None]) -> None:
+        with self.broker.lock:
+            if self.closed:
+                raise BrokerUnavailable("the connection is closed")
+            self._calls.append(fn)
+            self.broker.changed.notify_all()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
