@@ -6,6 +6,8 @@ dirs and logs, so tests cannot see each other's queues or files.
 
 from __future__ import annotations
 
+import filecmp
+import hashlib
 import json
 import os
 import signal
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from client.session import Session
 from devtools.localnode import LocalNode
+from warren.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +41,23 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stored_names(out: str) -> set[str]:
+    """The files a client's ``upload`` output says are stored: every replica confirmed."""
+    return {
+        ln.strip().split("stored ", 1)[1].split(" (")[0]
+        for ln in out.splitlines()
+        if ln.strip().startswith("stored ")
+    }
 
 
 @dataclass
@@ -182,6 +203,53 @@ class Cluster:
             for d in data.iterdir()
             if d.name != "manager" and (d / "blobs" / sha256[:2] / sha256).is_file()
         }
+
+    def verify_stored(
+        self, files: list[Path] | dict[str, Path], replicas: int = 2, timeout: float = 60
+    ) -> dict[str, list[str]]:
+        """Check that confirmed uploads are not lost. ``files`` maps each stored name to its
+        source (a list: stored under their own names). Each must be listed with ``replicas``
+        live holders (waiting up to ``timeout`` for the catalog to catch up), each holder's
+        blob on disk must hash to the file's SHA-256, and a download, through the client's
+        own code, must give back the same bytes. Returns each name's holders."""
+        named = files if isinstance(files, dict) else {p.name: p for p in files}
+        want = {name: file_sha256(src) for name, src in named.items()}
+        listed: dict[str, dict[str, Any]] = {}
+
+        def all_listed() -> bool:
+            listed.clear()
+            listed.update(self.files())
+            return all(
+                listed.get(n, {}).get("sha256") == sha and len(listed[n]["replicas"]) >= replicas
+                for n, sha in want.items()
+            )
+
+        try:
+            wait_for(all_listed, timeout, what=f"every file listed with {replicas} replicas")
+        except AssertionError as exc:
+            wrong = {
+                n: listed.get(n)
+                for n, sha in want.items()
+                if listed.get(n, {}).get("sha256") != sha or len(listed[n]["replicas"]) < replicas
+            }
+            raise AssertionError(f"{exc}: {wrong}") from None
+        holders: dict[str, list[str]] = {}
+        for name, sha in want.items():
+            holders[name] = listed[name]["replicas"]
+            for w in holders[name]:
+                blob = self.blob(w, sha)
+                assert blob.is_file(), f"{name!r}: {w} is listed as a holder but has no blob"
+                assert file_sha256(blob) == sha, f"{name!r}: {w}'s blob has other bytes"
+        dest = self.base / f"verify-{uuid.uuid4().hex}"
+        settings = Settings.load(environ=self.env(WARREN_CLIENT_NAME=f"verify-{self.vhost}"))
+        try:
+            with Session(settings) as session:
+                for name, src in named.items():
+                    session.download(name, dest, overwrite=True)
+                    assert filecmp.cmp(src, dest, shallow=False), f"{name!r}: other bytes"
+        finally:
+            dest.unlink(missing_ok=True)
+        return holders
 
     def logs(self) -> str:
         out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from devtools.localnode import LocalNode
-from tests.cluster import Cluster, MakeCluster, wait_for
+from tests.cluster import Cluster, MakeCluster, file_sha256, stored_names, wait_for
 from warren import errors
 from warren.chunks import sha256_file
 
@@ -71,18 +72,18 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
         victim_alive = any(w["alive"] for w in st["workers"] if w["name"] == victim)
         return not victim_alive and st["under_replicated"] == 0
 
-    wait_for(
-        repaired,
-        timeout=60,
-        what="re-replication",
-    )
-    for p in paths:
-        holders = live_replicas(c, p.name)
-        assert len(holders) == 2 and victim not in holders
-        sha = c.files()[p.name]["sha256"]
-        assert all(c.blob(w, sha).is_file() for w in holders)
-    assert "repair" in c.log_path("manager").read_text()
-
+    before = {p.name: set(live_replicas(c, p.name)) for p in paths}  # may still list the victim
+    wait_for(repaired, timeout=60, what="re-replication")
+    # ... by copying the bytes: each file the victim held has a new holder, never one of its
+    # holders before, whose blob on disk hashes right
+    listed = c.files()
+    moved = [p for p in paths if victim in before[p.name]]
+    assert moved, f"{victim} held none of the files"
+    for p in moved:
+        sha = listed[p.name]["sha256"]
+        new = set(listed[p.name]["replicas"]) - before[p.name]
+        assert len(new) == 1, (p.name, before[p.name], listed[p.name]["replicas"])
+        assert file_sha256(c.blob(new.pop(), sha)) == sha
     # And when the other original holder of the first file dies too, every file still restores
     c.kill(first[1])
     wait_for(
@@ -98,10 +99,20 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
     c.start(victim)
     c.wait_alive([victim])
     wait_for(lambda: victim in live_replicas(c, paths[0].name), what="reconciled inventory")
-    for p in paths:
-        holders = live_replicas(c, p.name)
-        assert len(holders) == len(set(holders))  # nothing double-counted
-    assert c.status()["under_replicated"] == 0
+    # ... and the catalog counts exactly the live workers that hold each file on disk: no
+    # stale record, none twice (repairs of the second victim's files may still be landing)
+    dead = {first[1]}
+
+    def catalog_matches_disks() -> bool:
+        listed = c.files()
+        return all(
+            sorted(listed[p.name]["replicas"])
+            == sorted(c.holders_on_disk(listed[p.name]["sha256"]) - dead)
+            for p in paths
+        )
+
+    wait_for(catalog_matches_disks, timeout=60, what="the catalog to match the disks")
+    wait_for(lambda: c.status()["under_replicated"] == 0, timeout=60, what="repairs")
 
 
 def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_path: Path) -> None:
@@ -119,11 +130,10 @@ def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_
     out, err = client.communicate(timeout=180)
     assert client.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
-    entry = c.files()["big.bin"]
-    assert sorted(entry["replicas"]) == ["w1", "w2"]
-    dest = tmp_path / "back.bin"
-    c.client("download", "big.bin", "-o", str(dest)).ok()
-    assert dest.read_bytes() == src.read_bytes()
+    # And the file is on both disks, the restarted primary's copy too, byte for byte
+    holders = c.verify_stored([src])
+    assert sorted(holders["big.bin"]) == ["w1", "w2"]
+    assert filecmp.cmp(c.blob(primary, sha256_file(src)), src, shallow=False)
     for w in ("w1", "w2"):
         assert not list(c.data_dir(w).glob("incoming/*.part"))  # nothing half-written kept
 
@@ -166,35 +176,43 @@ def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
 def test_restore_fails_over_when_the_serving_worker_dies(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
-    # Given a stored file with two replicas
-    c = make_cluster(WARREN_TRANSFER_TIMEOUT="3")
+    # Given a stored file with two replicas (workers count as alive for as long as this
+    # test runs, so only the client's own timeout moves the restore on)
+    c = make_cluster(WARREN_TRANSFER_TIMEOUT="3", WARREN_DEAD_AFTER="120")
     c.start_all(3)
-    src = random_file(tmp_path, "movie.bin", 200 * 1024 * 1024)
+    src = random_file(tmp_path, "movie.bin", 24 * 1024 * 1024)
     c.client("upload", str(src)).ok()
+    holders = live_replicas(c, "movie.bin")
     out = tmp_path / "out"
     out.mkdir()
 
-    # When the worker serving a restore freezes mid-stream and then dies
+    # When the worker chosen to serve a restore is frozen before it sends a byte (both
+    # holders are frozen until the manager has chosen; then the other one thaws), and dies
+    for w in holders:
+        c.procs[w].send_signal(signal.SIGSTOP)
     client = c.client_process("download", "movie.bin", "-o", str(out / "movie.bin"))
 
-    def streaming() -> bool:
-        return any(p.stat().st_size > 8 * 1024 * 1024 for p in out.glob(".movie.bin.*"))
+    def choices() -> list[str]:
+        log = c.log_path("manager").read_text().splitlines()
+        return [
+            ln.rsplit(" served by ", 1)[1].strip() for ln in log if "'movie.bin' served by " in ln
+        ]
 
-    wait_for(streaming, timeout=60, what="restore to start")
-    server = next(
-        line.rsplit(" served by ", 1)[1].strip()
-        for line in reversed(c.log_path("manager").read_text().splitlines())
-        if " served by " in line
-    )
-    c.procs[server].send_signal(signal.SIGSTOP)
-    time.sleep(0.5)
+    wait_for(choices, timeout=60, what="the manager to choose a worker")
+    server = choices()[0]
+    for w in holders:
+        if w != server:
+            c.procs[w].send_signal(signal.SIGCONT)
+    assert client.poll() is None and not (out / "movie.bin").exists()
+    wait_for(lambda: len(choices()) > 1, timeout=60, what="the client to ask for another replica")
     c.kill(server)
 
-    # Then the client asks again, finishes from the other replica, verified
+    # Then the client asked again, and finished from the other replica, verified
+    assert choices()[1] != server
     stdout, stderr = client.communicate(timeout=120)
     assert client.returncode == 0, stderr.decode()
-    assert "trying another replica" in stdout.decode()
-    assert (out / "movie.bin").read_bytes() == src.read_bytes()
+    assert f"{server}: no data for 3 s; trying another replica" in stdout.decode()
+    assert filecmp.cmp(out / "movie.bin", src, shallow=False)
     assert not list(out.glob(".movie.bin.*"))  # no temporary file left behind
 
 
@@ -213,9 +231,8 @@ def test_manager_killed_during_an_upload(make_cluster: MakeCluster, tmp_path: Pa
     _, err = client.communicate(timeout=180)
     assert client.returncode == 0, err.decode()
     wait_for(lambda: "during.bin" in c.files(), what="catalog to catch up")
-    entry = c.files()["during.bin"]
-    assert sorted(entry["replicas"]) == ["w1", "w2"]
-    assert entry["sha256"] == sha256_file(src)
+    # And the confirmed file is on both disks and restores byte for byte
+    assert sorted(c.verify_stored([src])["during.bin"]) == ["w1", "w2"]
 
 
 def test_slow_disk_does_not_starve_amqp_heartbeats(
@@ -261,6 +278,20 @@ def test_broker_alarm_blocks_publishers_who_say_so_and_time_out(
     c.client("upload", str(src)).ok()
 
 
+def finish(client: subprocess.Popen[bytes], files: list[Path], timeout: float = 180) -> list[Path]:
+    """Wait for an upload command that met a fault. It must have finished, or failed with one
+    clear sentence (exit 4); return the files it confirmed, either way."""
+    out, err = client.communicate(timeout=timeout)
+    assert "Traceback" not in err.decode(), err.decode()
+    stored = stored_names(out.decode())
+    if client.returncode == 0:
+        assert stored == {p.name for p in files}, out.decode()
+    else:
+        assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
+        assert err.decode().startswith("error: "), err.decode()
+    return [p for p in files if p.name in stored]
+
+
 def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Given a cluster on a broker of its own, with a file stored
     node = LocalNode.with_free_ports(tmp_path / "node", name="restart")
@@ -272,27 +303,30 @@ def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_p
         c.client("upload", str(before)).ok()
         in_flight, client = upload_in_flight(c, tmp_path, "in flight.bin", 150)
 
-        # When the broker stops in the middle of an upload and starts again on the same data
+        # When the broker stops in the middle of an upload, another upload (a large file
+        # and a pack of small ones) is started while it is down, and the broker starts
+        # again on the same data
         node.stop()
+        during = [random_file(tmp_path, "during.bin", 3 * 1024 * 1024)]
+        during += [random_file(tmp_path, f"during {i:02}", 700 + i) for i in range(20)]
+        late = c.client_process("upload", *map(str, during), WARREN_CONNECT_TIMEOUT="120")
         node.start()
 
-        # Then the interrupted upload either finished or failed with one clear sentence
-        _, err = client.communicate(timeout=180)
-        assert "Traceback" not in err.decode()
-        if client.returncode != 0:
-            assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
-            assert err.decode().startswith("error: ")
-        # And every service reconnected by itself, nothing confirmed is lost, work goes on
+        # Then each upload either finished or failed with one clear sentence
+        confirmed = [before, *finish(client, [in_flight]), *finish(late, during)]
+        # And every service reconnected by itself
         c.wait_alive(["w1", "w2"], timeout=60)
         assert all(p.poll() is None for p in c.procs.values())
         for w in ("w1", "w2", "manager"):
             assert "reconnecting" in c.log_path(w).read_text()
-        dest = tmp_path / "before again.bin"
-        c.client("download", "before.bin", "-o", str(dest)).ok()
-        assert dest.read_bytes() == before.read_bytes()
-        c.client("upload", str(in_flight)).ok()  # a retry completes
-        dest = tmp_path / "in flight again.bin"
-        c.client("download", "in flight.bin", "-o", str(dest)).ok()
-        assert dest.read_bytes() == in_flight.read_bytes()
+        # And nothing confirmed, before the restart or across it, is lost: before anything
+        # is uploaded again, each such file is listed, on both disks, and restores byte for
+        # byte
+        c.verify_stored(confirmed)
+        # And a retry of what failed completes
+        retry = [p for p in (in_flight, *during) if p not in confirmed]
+        if retry:
+            c.client("upload", *map(str, retry)).ok()
+            c.verify_stored(retry)
     finally:
         node.stop()
