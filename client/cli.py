@@ -17,6 +17,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import Progress
 
+from client.outcomes import Progress as ProgressHooks
+from client.outcomes import UploadResult
 from client.render import (
     BatchProgress,
     RichProgress,
@@ -31,8 +33,7 @@ from client.render import (
     upload_summary,
     workers_table,
 )
-from client.session import Progress as ProgressHooks
-from client.session import Session, UploadResult
+from client.session import Session
 from warren import errors
 from warren.config import Settings
 from warren.errors import UsageError, WarrenError

@@ -23,8 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client.session import DownloadResult, UploadResult
-from client.session import Progress as ProgressHooks
+from client.outcomes import DownloadResult, UploadResult
+from client.outcomes import Progress as ProgressHooks
 from warren.messages import FileEntry, StatusReply
 
 HOPS = ("primary", "backup")

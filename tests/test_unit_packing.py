@@ -7,22 +7,13 @@ import collections
 import hashlib
 from pathlib import Path
 
-from client.session import (
-    PACK_FILE_MAX,
-    PACK_FILES,
-    Progress,
-    Session,
-    _Hasher,
-    _Pack,
-    _Upload,
-)
-from warren.config import Settings
+from client.outcomes import Progress
+from client.upload import PACK_FILE_MAX, PACK_FILES, Hasher, Pack, Upload, next_unit
 from warren.errors import WarrenError
 
 
 def plan(paths: list[Path]) -> tuple[list[list[str]], list[str]]:
     """The uploads an upload command would make, as lists of names; and the failures."""
-    session = Session(Settings.load({"client_name": "unit"}))
     todo = collections.deque((p, p.name) for p in paths)
     failed: list[str] = []
 
@@ -32,13 +23,13 @@ def plan(paths: list[Path]) -> tuple[list[list[str]], list[str]]:
 
     units: list[list[str]] = []
     while todo:
-        up = session._next_upload(todo, lambda _n: Progress(), done)
-        if isinstance(up, _Pack):
+        up = next_unit(todo, 1024 * 1024, lambda _n: Progress(), done)
+        if isinstance(up, Pack):
             units.append([u.name for u in up.members])
             for u in up.members:
                 assert u.sha256 == hashlib.sha256(u.path.read_bytes()).hexdigest()
                 assert u.data == u.path.read_bytes()
-        elif isinstance(up, _Upload):
+        elif isinstance(up, Upload):
             assert up.data == b""  # sent in chunks from the file
             units.append([up.name])
     return units, failed
@@ -90,10 +81,10 @@ def test_the_hasher_gives_each_file_its_hash_or_its_sentence(tmp_path: Path) -> 
     # Given a good file, a missing one, and one whose progress hook is broken, in that order
     good, missing, hooked = files(tmp_path, [PACK_FILE_MAX + 1, 1, PACK_FILE_MAX + 2])
     missing.unlink()
-    ups = [_Upload(good, "good", Progress()), _Upload(missing, "missing", Progress())]
-    ups.append(_Upload(hooked, "hooked", Boom()))
+    ups = [Upload(good, "good", Progress()), Upload(missing, "missing", Progress())]
+    ups.append(Upload(hooked, "hooked", Boom()))
     woken: list[int] = []
-    hasher = _Hasher(lambda: woken.append(1))
+    hasher = Hasher(lambda: woken.append(1))
     try:
         # When they are hashed
         for up in ups:

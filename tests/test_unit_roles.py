@@ -202,7 +202,7 @@ def test_a_busy_worker_is_never_taken_for_dead(stub: StubCluster, tmp_path: Path
             return _write(*args)  # type: ignore[operator, no-any-return]
 
         worker.store.write_chunk = slow_write  # type: ignore[method-assign, assignment]
-    random_file(tmp_path / "busy.bin", 2 * 64 * 1024)
+    random_file(tmp_path / "busy.bin", 64 * 1024)  # one chunk: 1.5 s on each of two hops
     deaths: list[str] = []
     done = threading.Event()
 

@@ -151,11 +151,22 @@ class ChunkStore:
         return received
 
     def finalize(self, upload_id: str, sha256: str, size: int) -> Path:
+        """Finish an upload whose chunks are all in, on this one thread."""
+        return self.finish(upload_id, sha256, size, self.take_running(upload_id))
+
+    def take_running(self, upload_id: str) -> _Running | None:
+        """The receiving side's bookkeeping for an upload about to be finished: forgotten
+        here, on the thread that receives chunks (the journal on disk stays the truth), and
+        its running hash handed to ``finish``."""
+        self._received.pop(upload_id, None)
+        return self._digests.pop(upload_id, None)
+
+    def finish(self, upload_id: str, sha256: str, size: int, running: _Running | None) -> Path:
         """fsync, verify the whole-file SHA-256, and move the replica into the store.
 
         The hash is the one computed as the chunks were written when they came in order,
-        else the file is read back. Runs off the connection's thread: that read of a large
-        file takes a while.
+        else the file is read back. Touches only the disk and the locked usage counters, so
+        it runs on a pool thread: that read of a large file takes a while.
         """
         part = self._path(upload_id, ".part")
         fd = os.open(part, os.O_RDWR)  # every upload wrote its first chunk, even an empty one
@@ -164,13 +175,12 @@ class ChunkStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        running = self._digests.pop(upload_id, None)
         if running is not None and running.next_offset == size:
             actual = running.digest.hexdigest()
         else:
             actual = sha256_file(part)
         if actual != sha256:
-            self.discard(upload_id)
+            self._discard_files(upload_id)
             raise CorruptUpload.mismatch(sha256, actual)
         target = self.blob_path(sha256)
         target.parent.mkdir(exist_ok=True)
@@ -182,7 +192,6 @@ class ChunkStore:
             self._path(upload_id, ".done").write_text(sha256)
             journal.unlink()
             _fsync(self.incoming)
-        self._received.pop(upload_id, None)
         if not existed:
             with self._lock:
                 self._used += size
@@ -231,10 +240,12 @@ class ChunkStore:
 
     def discard(self, upload_id: str) -> None:
         """Forget a partial upload (bad hash, or abandoned)."""
+        self.take_running(upload_id)
+        self._discard_files(upload_id)
+
+    def _discard_files(self, upload_id: str) -> None:
         for suffix in (".part", ".seqs"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
-        self._received.pop(upload_id, None)
-        self._digests.pop(upload_id, None)
 
     # -- what is stored --------------------------------------------------------------------
 

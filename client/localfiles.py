@@ -1,0 +1,142 @@
+"""The local files of an upload: what they hold, hashed on a thread of their own, and a
+sentence for what is wrong with them.
+
+Every OSError about a file the user named becomes a ``UsageError`` whose one sentence says
+which file and why, so a batch can fail that file alone and go on with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from warren.chunks import sha256_file
+from warren.errors import UsageError, WarrenError
+
+if TYPE_CHECKING:
+    from client.upload import Upload
+
+log = logging.getLogger("warren.client")
+
+# Files up to this size travel in packs: many files to a request and to a message.
+PACK_FILE_MAX = 256 * 1024
+
+
+def hash_file(path: Path, progress: Callable[[int, int], None]) -> tuple[int, str]:
+    """A file's size and SHA-256, or the sentence that says why it cannot be uploaded."""
+    with local_file(path):
+        size = path.stat().st_size
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory, not a file.")
+        if not path.is_file():
+            raise UsageError(f"{path} is not a regular file.")
+        done = 0
+
+        def step(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+            progress(done, size)
+
+        return size, sha256_file(path, step)
+
+
+def small_size(path: Path) -> int | None:
+    """The size of a regular file small enough for a pack, else None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size <= PACK_FILE_MAX else None
+
+
+def is_small(path: Path) -> bool:
+    return small_size(path) is not None
+
+
+@contextlib.contextmanager
+def local_file(path: Path) -> Iterator[None]:
+    """The sentence for what goes wrong with a file to upload, rather than an OSError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file.") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied.") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a file.") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}).") from None
+
+
+def read_small(path: Path) -> bytes:
+    """A small file's bytes, or the sentence that says why they cannot be read."""
+    with local_file(path), open(path, "rb") as f:
+        data = f.read(PACK_FILE_MAX + 1)
+    if len(data) > PACK_FILE_MAX:
+        raise UsageError(f"{path} changed size while it was being read.")
+    return data
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Hasher:
+    """Hashes the files of an upload command on a thread of its own, in order.
+
+    A large file takes seconds to hash. On the connection's thread that would leave the
+    broker's confirmations and the manager's answers unread meanwhile, for as long as the
+    hashing of every file in flight took: long enough, with a batch of large files, to take
+    a silent manager for a dead one. ``wake`` is called after each file, so the connection's
+    thread picks it up at once. The thread starts with the first file and ends with ``stop``.
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._todo: queue.SimpleQueue[Upload | None] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, up: Upload) -> None:
+        if up.hashed.is_set():  # a small file read whole: nothing to do
+            self._wake()
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="warren-hash", daemon=True)
+            self._thread.start()
+        self._todo.put(up)
+
+    def stop(self) -> None:
+        """Give up on the files not hashed yet (the command is over)."""
+        self._stopped.set()
+        self._todo.put(None)
+
+    def _run(self) -> None:
+        while (up := self._todo.get()) is not None:
+            try:
+                up.size, up.sha256 = hash_file(up.path, self._progress(up))
+            except WarrenError as exc:
+                up.error = exc
+            except _Stopped:
+                return
+            except Exception as exc:  # a bug (in a progress hook, say): fail this file only
+                log.debug("hashing %s failed", up.path, exc_info=True)
+                up.error = WarrenError(f"{up.path}: hashing it failed ({exc}).")
+            finally:
+                up.hashed.set()
+            with contextlib.suppress(Exception):
+                self._wake()
+
+    def _progress(self, up: Upload) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            if self._stopped.is_set():
+                raise _Stopped
+            up.progress.hashing(done, total)
+
+        return progress

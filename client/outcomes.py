@@ -1,0 +1,55 @@
+"""What a transfer reports as it goes and when it ends: the hooks a user interface
+implements (``client/render.py`` with rich bars, tests with nothing) and the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from warren import messages as m
+from warren.errors import DecodeError
+from warren.transport import Delivery
+
+# The answer a request gets when RabbitMQ had no queue to put it in.
+NO_MANAGER = m.ErrorReply(
+    "unavailable", "the manager has never run on this broker (it has no request queue)."
+)
+
+
+class Progress:
+    """Hooks a user interface overrides; the defaults do nothing."""
+
+    def hashing(self, done: int, total: int) -> None:
+        """``done`` of ``total`` bytes hashed; called from the hashing thread."""
+
+    def started(self, total: int) -> None: ...
+    def transferred(self, nbytes: int) -> None: ...
+    def replica(self, worker: str, hop: int) -> None: ...
+    def retrying(self, reason: str) -> None: ...
+
+
+@dataclass
+class UploadResult:
+    name: str
+    size: int
+    sha256: str
+    chain: tuple[str, ...]
+    confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
+    recorded: bool = True  # False: stored on every replica, but not yet in the catalog
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    size: int
+    sha256: str
+    worker: str
+    path: Path
+
+
+def decode_answer(d: Delivery) -> m.Message:
+    """The manager's answer; one that cannot be decoded becomes an "unavailable" error."""
+    try:
+        return m.decode(d.type, d.body)
+    except DecodeError as exc:
+        return m.ErrorReply("unavailable", f"garbled answer from the manager: {exc}")

@@ -1,0 +1,176 @@
+"""Restores: a file streamed back from one worker, verified, and tried on another replica
+when that one fails.
+
+The bytes go to a hidden ``.NAME.*.part`` file beside the destination, written at their
+offsets as chunks arrive and hashed as they come in order; only a file whose size and
+SHA-256 match the catalog is moved into place. Anything else is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from client.outcomes import DownloadResult, Progress
+from warren import messages as m
+from warren.chunks import Writeback, sha256_file
+from warren.errors import IntegrityError, NoReplica, Unavailable, UsageError, WarrenError
+from warren.transport import Delivery
+
+if TYPE_CHECKING:
+    from client.session import Session
+
+
+class Restorer:
+    """The restores of one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def download(
+        self, name: str, dest: Path, progress: Progress | None = None, overwrite: bool = False
+    ) -> DownloadResult:
+        """Restore ``name`` to ``dest``, verified; ask again (another replica) on failure."""
+        progress = progress or Progress()
+        if dest.is_dir():
+            dest = dest / Path(name).name
+        if dest.exists() and not overwrite:
+            raise UsageError(f"{dest} already exists; pass --force to overwrite it.")
+        if not dest.parent.is_dir():
+            raise UsageError(f"{dest.parent} is not a directory.")
+        exclude: list[str] = []
+        last_error: WarrenError | None = None
+        for _attempt in range(4):
+            try:
+                return self._once(name, dest, exclude, progress)
+            except _ReplicaProblem as exc:
+                exclude.append(exc.worker)
+                last_error = exc.error
+                progress.retrying(f"{exc.worker}: {exc.error}; trying another replica")
+            except NoReplica:
+                if exclude:
+                    break  # every replica was tried: say why the last one failed
+                raise
+        assert last_error is not None
+        raise last_error
+
+    def _once(
+        self, name: str, dest: Path, exclude: list[str], progress: Progress
+    ) -> DownloadResult:
+        with _writing(dest):
+            fd, tmp_name = tempfile.mkstemp(
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
+            )
+        tmp = Path(tmp_name)
+        state = _Restore(fd, dest)
+        cid = uuid.uuid4().hex
+        try:
+            acc = self.session.request(
+                m.DownloadRequest(
+                    name=name, exclude=tuple(exclude), client=self.session.client_name
+                ),
+                m.DownloadAccepted,
+                on_other=state.on_delivery,
+                cid=cid,
+            )
+            progress.started(acc.size)
+            state.progress = progress
+            try:
+                self._wait(state)
+            except Unavailable as exc:
+                raise _ReplicaProblem(acc.worker, exc) from None
+            if state.failed:
+                raise _ReplicaProblem(acc.worker, Unavailable(state.failed))
+            with _writing(dest):
+                os.fsync(fd)
+            sha = state.sha256(tmp)
+            if state.received != acc.size or sha != acc.sha256:
+                raise _ReplicaProblem(
+                    acc.worker,
+                    IntegrityError(
+                        f"the copy of {name!r} from {acc.worker} failed its SHA-256 check."
+                    ),
+                )
+            os.close(fd)
+            fd = -1
+            with _writing(dest):
+                os.replace(tmp, dest)
+            return DownloadResult(name, acc.size, acc.sha256, acc.worker, dest)
+        finally:
+            self.session.unroute(cid)
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _wait(self, state: _Restore) -> None:
+        """Wait while chunks keep coming; give up after transfer_timeout without one."""
+        timeout = self.session.settings.transfer_timeout
+        while not (state.ended or state.failed):
+            seen = state.received
+
+            def moved(seen: int = seen) -> bool:
+                return state.received != seen or state.ended or bool(state.failed)
+
+            self.session.wait(moved, timeout, f"no data for {timeout:.0f} s")
+
+
+class _Restore:
+    """A restore in progress: chunks are written at their offsets as they arrive."""
+
+    def __init__(self, fd: int, dest: Path) -> None:
+        self.fd = fd
+        self.dest = dest
+        self.received = 0
+        self.ended = False
+        self.failed = ""
+        self.progress = Progress()
+        self._digest = hashlib.sha256()
+        self._next_offset = 0
+        self._in_order = True
+        self._writeback = Writeback()
+
+    def on_delivery(self, d: Delivery) -> None:
+        d.ack()
+        if d.type == m.RESTORE_CHUNK_TYPE:
+            chunk = m.RestoreChunk.from_headers(d.headers)
+            with _writing(self.dest):
+                os.pwrite(self.fd, d.body, chunk.offset)
+            if chunk.offset == self._next_offset:
+                self._digest.update(d.body)
+                self._next_offset += len(d.body)
+                self._writeback.written_up_to(self.fd, self._next_offset)
+            else:
+                self._in_order = False
+            self.received += len(d.body)
+            self.progress.transferred(len(d.body))
+        elif d.type == m.RestoreEnd.TYPE:
+            self.ended = True
+        elif d.type == m.RestoreFailed.TYPE:
+            self.failed = m.RestoreFailed.decode(d.body).reason
+
+    def sha256(self, path: Path) -> str:
+        """The hash as received, or re-read from disk if chunks came out of order."""
+        return self._digest.hexdigest() if self._in_order else sha256_file(path)
+
+
+class _ReplicaProblem(Exception):
+    def __init__(self, worker: str, error: WarrenError) -> None:
+        super().__init__(str(error))
+        self.worker = worker
+        self.error = error
+
+
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """A destination that cannot be written is one sentence, never a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror or exc}.") from None

@@ -1,0 +1,478 @@
+"""Uploads: many files in one command, pipelined, each a small state machine.
+
+A file (or a pack of small files) goes through named steps, and ``Batch._advance`` is the
+one place that moves it on:
+
+    HASHING ──► ASKING ──► STORING ──► RECORDING ──► DONE
+     (large     (placement  (bytes sent;  (every replica
+     files,     requested)  replicas      confirmed; the
+     on the                 confirming)   catalog records it)
+     hasher)
+
+Any step can end in DONE early: a local problem, a refusal, a failed replica, a timeout.
+Messages only record what arrived (an answer, a confirmation); the batch loop, on the
+connection's thread, turns those into transitions and judges deadlines, each step's own.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from client.localfiles import PACK_FILE_MAX, Hasher, is_small, read_small, small_size
+from client.outcomes import NO_MANAGER, Progress, UploadResult, decode_answer
+from warren import messages as m
+from warren.chunks import ChunkPlan, read_chunks
+from warren.errors import IntegrityError, Unavailable, WarrenError, from_wire
+from warren.topology import worker_chunks
+from warren.transport import Delivery
+
+if TYPE_CHECKING:
+    from client.session import Session
+
+log = logging.getLogger("warren.client")
+
+# A transfer may take this long per byte on top of settings.transfer_timeout before the
+# client gives up waiting for the last confirmation (workers hash the file at the end).
+SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+# Uploads (files or packs) a command keeps in flight at once (placed or sent, not confirmed).
+UPLOADS_IN_FLIGHT = 32
+# A pack holds at most this many files, and at most settings.chunk_size bytes.
+PACK_FILES = 128
+# Packs in flight at once: each holds its files' bytes until it is sent.
+PACKS_IN_FLIGHT = 8
+# Files hashed ahead of their placement request, on the hashing thread.
+HASH_AHEAD = 2
+
+Done = Callable[[str, UploadResult | WarrenError], None]
+
+__all__ = ["PACK_FILE_MAX", "Batch", "Hasher", "Pack", "Step", "Upload", "next_unit"]
+
+
+class Step(enum.Enum):
+    HASHING = "hashing"  # on the hashing thread: size and SHA-256 not known yet
+    ASKING = "asking"  # placement requested: waiting for the manager's answer
+    STORING = "storing"  # bytes sent: waiting for every replica's confirmation
+    RECORDING = "recording"  # every replica confirmed: waiting for the catalog's record
+    DONE = "done"  # its outcome is known
+
+
+class Upload:
+    """One file on its way. Alone it has its own steps; in a pack, the pack's."""
+
+    def __init__(self, path: Path, name: str, progress: Progress) -> None:
+        self.path = path
+        self.name = name
+        self.progress = progress
+        self.step = Step.HASHING
+        self.deadline = 0.0  # the current step's
+        self.size = 0
+        self.sha256 = ""
+        self.route = ""  # the correlation id its messages arrive under
+        self.upload_id = ""
+        self.data = b""  # a small file's bytes, until its pack is sent
+        self.hashed = threading.Event()  # size and sha256 are known, or error says why not
+        self.timed_out = False
+        # What arrived: the manager's answer and the replicas' word.
+        self.accepted: m.UploadAccepted | None = None
+        self.error: WarrenError | None = None
+        self.confirmed: dict[str, int] = {}  # worker -> hop
+        self.failures: list[str] = []
+        self.recorded = False  # the manager has it in the catalog
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or bool(self.failures)
+
+    @property
+    def complete(self) -> bool:
+        return self.accepted is not None and len(self.confirmed) == len(self.accepted.chain)
+
+    def time_out(self) -> None:
+        """Its replicas did not all confirm in time: those that did not are named."""
+        self.timed_out = True
+
+    def on_placement(self, d: Delivery) -> None:
+        d.ack()
+        if self.accepted is not None or self.error is not None:
+            return
+        answer = decode_answer(d)
+        if isinstance(answer, m.UploadAccepted):
+            self.accepted = answer
+        elif isinstance(answer, m.ErrorReply):
+            self.error = from_wire(answer.code, answer.message)
+
+    def on_replica(self, d: Delivery) -> None:
+        d.ack()
+        msg = m.decode(d.type, d.body)
+        if isinstance(msg, m.ReplicaStored) and msg.worker not in self.confirmed:
+            self.confirmed[msg.worker] = msg.hop
+            self.progress.replica(msg.worker, msg.hop)
+        elif isinstance(msg, m.ReplicaFailed):
+            self.failures.append(f"{msg.worker}: {msg.reason}")
+        elif isinstance(msg, m.UploadRecorded):
+            self.recorded = True
+
+    def outcomes(self) -> list[tuple[str, UploadResult | WarrenError]]:
+        return [(self.name, self.outcome())]
+
+    def outcome(self) -> UploadResult | WarrenError:
+        if self.error is not None:
+            return self.error
+        if self.failures:
+            return IntegrityError(f"storing {self.name!r} failed on {'; '.join(self.failures)}.")
+        assert self.accepted is not None
+        if self.timed_out and not self.complete:
+            missing = [w for w in self.accepted.chain if w not in self.confirmed]
+            return Unavailable(f"{', '.join(missing)} did not confirm {self.name!r} in time.")
+        return UploadResult(
+            self.name,
+            self.size,
+            self.sha256,
+            self.accepted.chain,
+            dict(self.confirmed),
+            recorded=self.recorded,
+        )
+
+
+class Pack:
+    """Small files on their way together: one request, one message, one confirmation per
+    worker. Each member is an Upload that keeps its own confirmations and outcome."""
+
+    def __init__(self) -> None:
+        self.members: list[Upload] = []
+        self.step = Step.ASKING
+        self.deadline = 0.0
+        self.size = 0
+        self.route = ""
+        self.accepted: m.PackAccepted | None = None
+        self.error: WarrenError | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def complete(self) -> bool:
+        """Every member is stored on the whole chain, or has failed."""
+        return self.accepted is not None and all(u.failures or u.complete for u in self.members)
+
+    @property
+    def recorded(self) -> bool:
+        return all(u.failures or u.recorded for u in self.members)
+
+    def on_placement(self, d: Delivery) -> None:
+        d.ack()
+        if self.accepted is not None or self.error is not None:
+            return
+        answer = decode_answer(d)
+        if isinstance(answer, m.PackAccepted) and len(answer.upload_ids) == len(self.members):
+            self.accepted = answer
+        elif isinstance(answer, m.ErrorReply):
+            self.error = from_wire(answer.code, answer.message)
+        else:
+            self.error = Unavailable("the manager answered a pack with something else.")
+
+    def on_replica(self, d: Delivery) -> None:
+        d.ack()
+        msg = m.decode(d.type, d.body)
+        by_id = {u.upload_id: u for u in self.members}
+        if isinstance(msg, m.PackStored):
+            for f in msg.files:
+                member = by_id.get(f.upload_id)
+                if member is not None and msg.worker not in member.confirmed:
+                    member.confirmed[msg.worker] = msg.hop
+                    member.progress.replica(msg.worker, msg.hop)
+        elif isinstance(msg, m.ReplicaFailed) and msg.upload_id in by_id:
+            by_id[msg.upload_id].failures.append(f"{msg.worker}: {msg.reason}")
+        elif isinstance(msg, m.PackRecorded):
+            for upload_id in msg.upload_ids:
+                if upload_id in by_id:
+                    by_id[upload_id].recorded = True
+
+    def time_out(self) -> None:
+        for u in self.members:
+            u.time_out()
+
+    def outcomes(self) -> list[tuple[str, UploadResult | WarrenError]]:
+        if self.error is not None:
+            return [(u.name, self.error) for u in self.members]
+        return [(u.name, u.outcome()) for u in self.members]
+
+
+Unit = Upload | Pack
+
+
+class Batch:
+    """One upload command's files, at most ``UPLOADS_IN_FLIGHT`` in flight at once.
+
+    Paying a round trip and two replica confirmations per file, one file after the other,
+    would make small files crawl; instead requests, chunks and confirmations of different
+    files overlap. ``done(name, result or error)`` is called for each file as it finishes.
+    A silent manager or a broker failure ends the whole batch.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        replicas: int,
+        progress_for: Callable[[str], Progress],
+        done: Done,
+    ) -> None:
+        self.session = session
+        self.settings = session.settings
+        self.replicas = replicas
+        self.progress_for = progress_for
+        self.done = done
+
+    def run(self, items: list[tuple[Path, str]]) -> None:
+        todo = collections.deque(items)
+        flight: list[Unit] = []
+        hasher = Hasher(self.session.wake)
+        conn = self.session.conn
+        try:
+            while todo or flight:
+                self._admit(todo, flight, hasher)
+                if any([self._advance(unit) for unit in flight]):
+                    # Sending a large file takes a while: take in what arrived meanwhile
+                    # (answers, confirmations) before any deadline is judged.
+                    conn.process(0)
+                now = time.monotonic()
+                for unit in flight:
+                    self._judge(unit, now)
+                for unit in [u for u in flight if u.step is Step.DONE]:
+                    flight.remove(unit)
+                    self._finish(unit)
+                if flight:
+                    conn.process(0.05)
+        finally:
+            hasher.stop()
+            for unit in flight:
+                self.session.unroute(unit.route)
+
+    def _admit(
+        self, todo: collections.deque[tuple[Path, str]], flight: list[Unit], hasher: Hasher
+    ) -> None:
+        """Take the next files in, while there is room in flight."""
+        while todo and len(flight) < UPLOADS_IN_FLIGHT:
+            small = is_small(todo[0][0])
+            if small and sum(isinstance(u, Pack) for u in flight) >= PACKS_IN_FLIGHT:
+                return
+            if not small and sum(u.step is Step.HASHING for u in flight) >= HASH_AHEAD:
+                return
+            unit = next_unit(todo, self.settings.chunk_size, self.progress_for, self.done)
+            if isinstance(unit, Pack):
+                self._ask(unit)
+                flight.append(unit)
+            elif unit is not None:
+                hasher.add(unit)
+                flight.append(unit)
+
+    def _advance(self, unit: Unit) -> bool:
+        """Move ``unit`` on by what has arrived; True when it sent its bytes just now."""
+        step = unit.step
+        if step is Step.HASHING and isinstance(unit, Upload) and unit.hashed.is_set():
+            if unit.error is None:
+                self._ask(unit)
+            else:
+                unit.step = Step.DONE  # a local problem: this file only
+        elif step is Step.ASKING and unit.error is not None:
+            unit.step = Step.DONE
+        elif step is Step.ASKING and unit.accepted is not None:
+            self._send(unit)
+            unit.step = Step.STORING
+            return True
+        elif step is Step.STORING and unit.failed:
+            unit.step = Step.DONE
+        elif step is Step.STORING and unit.complete:
+            # Every replica is safe: now give the manager a moment to record it, so a
+            # `list` right after this command shows the file.
+            unit.step = Step.RECORDING
+            unit.deadline = time.monotonic() + self.settings.request_timeout
+        elif step is Step.RECORDING and unit.recorded:
+            unit.step = Step.DONE
+        return False
+
+    def _judge(self, unit: Unit, now: float) -> None:
+        """The deadline of ``unit``'s step, if it has passed and nothing it waited for has
+        come meanwhile (that is taken in by the next ``_advance``)."""
+        if now <= unit.deadline:
+            return
+        if unit.step is Step.ASKING:
+            if unit.accepted is None and unit.error is None:
+                raise Unavailable(self.session.silent())
+        elif unit.step is Step.STORING:
+            if unit.complete or unit.failed:
+                return
+            unit.time_out()
+            unit.step = Step.DONE
+        elif unit.step is Step.RECORDING:
+            unit.step = Step.DONE  # stored all the same: only the catalog lags
+
+    def _finish(self, unit: Unit) -> None:
+        self.session.unroute(unit.route)
+        for name, outcome in unit.outcomes():
+            self.done(name, outcome)
+
+    def _ask(self, unit: Unit) -> None:
+        """Ask the manager where the hashed file (or pack) goes; the answer arrives later."""
+        req: m.Message
+        if isinstance(unit, Pack):
+            files = tuple(m.PackFile(u.name, u.size, u.sha256) for u in unit.members)
+            req = m.PackRequest(
+                files=files, replicas=self.replicas, client=self.session.client_name
+            )
+        else:
+            req = m.UploadRequest(
+                name=unit.name,
+                size=unit.size,
+                sha256=unit.sha256,
+                replicas=self.replicas,
+                client=self.session.client_name,
+            )
+        unit.step = Step.ASKING
+        unit.route = uuid.uuid4().hex
+        unit.deadline = time.monotonic() + self.settings.request_timeout
+        self.session.route(unit.route, unit.on_placement)
+
+        def refused() -> None:
+            unit.error = from_wire(NO_MANAGER.code, NO_MANAGER.message)
+
+        self.session.send_request(req, unit.route, refused)
+
+    def _send(self, unit: Unit) -> None:
+        if isinstance(unit, Pack):
+            self._send_pack(unit)
+        else:
+            self._send_chunks(unit)
+        # Workers hash the whole file at the end: allow time for the bytes on top.
+        unit.deadline = (
+            time.monotonic() + self.settings.transfer_timeout + unit.size * SECONDS_PER_BYTE
+        )
+
+    def _send_pack(self, pack: Pack) -> None:
+        """One message to the primary with every file's bytes; its confirmations and the
+        manager's PackRecorded arrive under the pack's route."""
+        acc = pack.accepted
+        assert acc is not None
+        files = []
+        for member, upload_id in zip(pack.members, acc.upload_ids, strict=True):
+            member.upload_id = upload_id
+            member.accepted = m.UploadAccepted(upload_id, acc.chain, self.settings.chunk_size)
+            member.progress.started(member.size)
+            files.append(m.PackEntry(upload_id, member.sha256, member.size))
+        headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0)
+        body = b"".join(u.data for u in pack.members)
+        for member in pack.members:
+            member.data = b""
+
+        def confirmed(ok: bool) -> None:
+            if not ok:
+                pack.error = Unavailable("RabbitMQ did not accept a pack of files.")
+                return
+            for member in pack.members:
+                member.progress.transferred(member.size)
+
+        self.session.route(pack.route, pack.on_replica)
+        self.session.conn.publish(
+            worker_chunks(acc.chain[0]),
+            body,
+            type=m.PACK_TYPE,
+            headers=headers.to_headers(),
+            reply_to=self.session.reply_queue,
+            correlation_id=pack.route,
+            on_confirm=confirmed,
+        )
+
+    def _send_chunks(self, up: Upload) -> None:
+        """Stream the file to the primary; replica confirmations arrive on up.on_replica."""
+        acc = up.accepted
+        assert acc is not None
+        plan = ChunkPlan(up.size, acc.chunk_size)
+        conn = self.session.conn
+
+        def confirmed(n: int) -> Callable[[bool], None]:
+            def on_confirm(ok: bool) -> None:
+                if ok:
+                    up.progress.transferred(n)
+                elif up.error is None:
+                    up.error = Unavailable(f"RabbitMQ did not accept chunks of {up.name!r}.")
+
+            return on_confirm
+
+        self.session.unroute(up.route)
+        up.route = acc.upload_id
+        self.session.route(up.route, up.on_replica)
+        up.progress.started(up.size)
+        for seq, offset, data in read_chunks(up.path, plan):
+            h = m.ChunkHeaders(
+                upload_id=acc.upload_id,
+                seq=seq,
+                offset=offset,
+                total_size=up.size,
+                chunk_count=plan.count,
+                sha256=up.sha256,
+                chain=acc.chain,
+                hop=0,
+            )
+            conn.publish(
+                worker_chunks(acc.chain[0]),
+                data,
+                type=m.CHUNK_TYPE,
+                headers=h.to_headers(),
+                reply_to=self.session.reply_queue,
+                correlation_id=acc.upload_id,
+                on_confirm=confirmed(len(data)),
+            )
+            conn.poll_confirms()  # progress as the broker takes the chunks
+            if up.failed:
+                break
+
+
+def next_unit(
+    todo: collections.deque[tuple[Path, str]],
+    chunk_size: int,
+    progress_for: Callable[[str], Progress],
+    done: Done,
+) -> Unit | None:
+    """The next file to upload, or a pack of the small files that come next.
+
+    Small files are read (and hashed) whole into the pack, which holds at most
+    PACK_FILES files and ``chunk_size`` bytes. A pack of one is sent as a plain upload.
+    None when the files taken had problems of their own (reported through ``done``).
+    """
+    path, name = todo.popleft()
+    if not is_small(path):
+        return Upload(path, name, progress_for(name))
+    pack = Pack()
+    while True:
+        try:
+            data = read_small(path)
+        except WarrenError as exc:
+            done(name, exc)
+        else:
+            member = Upload(path, name, progress_for(name))
+            member.size, member.data = len(data), data
+            member.sha256 = hashlib.sha256(data).hexdigest()
+            member.hashed.set()
+            pack.members.append(member)
+            pack.size += len(data)
+        if not todo or len(pack.members) >= PACK_FILES:
+            break
+        size = small_size(todo[0][0])
+        if size is None or pack.size + size > chunk_size:
+            break
+        path, name = todo.popleft()
+    if len(pack.members) == 1:
+        single = pack.members[0]
+        single.data = b""  # sent in chunks from the file, like any other
+        return single
+    return pack if pack.members else None

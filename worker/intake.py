@@ -1,0 +1,356 @@
+"""A worker's intake: chunks and packs in, written, forwarded down the chain, announced.
+
+Every delivery from ``warren.worker.<name>.chunks`` becomes a job with named steps, and
+each step has one method that ends it:
+
+    chunk:  FORWARDING ──► [FINISHING] ──► ANNOUNCING ──► SETTLED
+            (written here;  (last chunk:     (stored or      (acked, requeued
+            next worker's   fsync, verify,   failed, to the  or dead-lettered)
+            queue confirms) rename: on the   manager)
+                            pool)
+
+    pack:   STORING + FORWARDING (together) ──► ANNOUNCING ──► SETTLED
+
+Everything here runs on the ingest thread, the owner of its connection. Disk work that
+takes long (finishing an upload, storing a pack's files) runs on a pool and hands back a
+value (the error, or None) through ``call_threadsafe``; the pool changes nothing shared.
+A job is acked only once its bytes are safe here and the next worker and the manager
+have what they need, so a crash at any step means a redelivery, never a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import functools
+import logging
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from warren import messages as m
+from warren import metrics
+from warren.config import Settings
+from warren.errors import BrokerUnavailable, DecodeError
+from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
+from warren.transport import Delivery, Transport
+from worker.store import ChunkStore, CorruptUpload
+
+log = logging.getLogger("warren.worker")
+
+
+class Step(enum.Enum):
+    FORWARDING = "forwarding"  # written (or stored) here; waiting for the next worker's queue
+    FINISHING = "finishing"  # the last chunk: the replica is being verified on the pool
+    ANNOUNCING = "announcing"  # waiting for the manager's queue to take "stored" or "failed"
+    SETTLED = "settled"  # acked, requeued or dead-lettered: nothing more to do
+
+
+@dataclass
+class ChunkJob:
+    conn: Transport
+    d: Delivery
+    h: m.ChunkHeaders
+    complete: bool  # every chunk of the upload is here: this one finishes it
+    step: Step = Step.FORWARDING
+
+
+@dataclass
+class PackJob:
+    conn: Transport
+    d: Delivery
+    p: m.PackHeaders
+    step: Step = Step.FORWARDING
+    stored: bool = False  # the files are on disk here (or failed: see error)
+    forwarded: bool = False  # the next worker's queue has the pack (or there is none)
+    error: str | None = None
+
+
+class Intake:
+    def __init__(self, settings: Settings, store: ChunkStore, pool: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.store = store
+        self.pool = pool
+        # Uploads being finished on the pool, and the jobs waiting for that outcome.
+        self._finishing: dict[str, list[ChunkJob]] = {}
+        # What the pool hands back, run on this thread by drain(); kept across reconnects.
+        self._handback: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._conn: Transport | None = None  # the ingest connection now
+
+    def attach(self, conn: Transport) -> None:
+        """A new ingest connection: outcomes the pool handed back meanwhile are taken in."""
+        self._conn = conn
+        self.drain()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                fn = self._handback.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    def _from_pool(self, fn: Callable[[], None]) -> None:
+        """Called on a pool thread: queue ``fn`` for the ingest thread and wake it."""
+        self._handback.put(fn)
+        if self._conn is not None:
+            call_on(self._conn, self.drain)
+
+    def on_delivery(self, conn: Transport, d: Delivery) -> None:
+        if d.type == m.PACK_TYPE:
+            self._on_pack(conn, d)
+        elif d.type == m.CHUNK_TYPE:
+            self._on_chunk(conn, d)
+        else:
+            raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def _on_chunk(self, conn: Transport, d: Delivery) -> None:
+        h = m.ChunkHeaders.from_headers(d.headers, len(d.body))
+        if h.chain[h.hop] != self.name:
+            raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
+        waiting = self._finishing.get(h.upload_id)
+        if waiting is not None:
+            # A redelivery while the replica is being finished: settle it with the outcome.
+            job = ChunkJob(conn, d, h, complete=True, step=Step.FINISHING)
+            waiting.append(job)
+            return
+        if self.store.done_sha256(h.upload_id) is not None:
+            # A redelivery after the replica was finished: nothing to write. Forward again
+            # (its earlier forward may not have been confirmed; idempotent downstream),
+            # announce again (idempotent for the manager and client) and settle.
+            self._forward(ChunkJob(conn, d, h, complete=True))
+            return
+        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body, h.chunk_count)
+        metrics.BYTES_IN.inc(len(d.body))
+        self._forward(ChunkJob(conn, d, h, complete=count == h.chunk_count))
+
+    def _forward(self, job: ChunkJob) -> None:
+        h = job.h
+        headers = dataclasses.replace(h, hop=h.hop + 1).to_headers()
+        relay(job.conn, job.d, h.next_worker, headers, lambda ok: self._forwarded(job, ok))
+
+    def _forwarded(self, job: ChunkJob, ok: bool) -> None:
+        """FORWARDING ends: on to finishing, or ack a chunk that did not complete the file."""
+        if not ok:
+            job.step = Step.SETTLED
+            self._not_forwarded(job.conn, job.d, f"upload {job.h.upload_id}: chunk", job.h)
+        elif not job.complete:
+            job.d.ack()
+            job.step = Step.SETTLED
+        elif self.store.done_sha256(job.h.upload_id) is not None:
+            self._announce_chunk(job, None)
+        else:
+            self._finish(job)
+
+    def _not_forwarded(
+        self, conn: Transport, d: Delivery, what: str, h: m.ChunkHeaders | m.PackHeaders
+    ) -> None:
+        """Refused once, a message is requeued to try again; refused again, it fails here."""
+        if not d.redelivered:
+            d.reject(requeue=True)
+            return
+        log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
+        reason = f"could not forward to {h.next_worker}"
+        if isinstance(h, m.ChunkHeaders):
+            self._announce_failed(conn, d, [h.upload_id], reason)
+        else:
+            self._announce_failed(conn, d, [f.upload_id for f in h.files], reason)
+
+    def _finish(self, job: ChunkJob) -> None:
+        """All chunks are in: finish the replica on the pool (hashing a large file takes a
+        while); its outcome comes back to this thread. Redeliveries meanwhile share it."""
+        job.step = Step.FINISHING
+        upload_id = job.h.upload_id
+        waiting = self._finishing.get(upload_id)
+        if waiting is not None:  # a duplicate of the last chunk, forwarded meanwhile
+            waiting.append(job)
+            return
+        self._finishing[upload_id] = [job]
+        running = self.store.take_running(upload_id)
+        finish = functools.partial(
+            self.store.finish, upload_id, job.h.sha256, job.h.total_size, running
+        )
+        future = self.pool.submit(self._on_pool, finish, 1)
+        future.add_done_callback(
+            lambda f: self._from_pool(lambda: self._finished(upload_id, f.result()))
+        )
+
+    def _finished(self, upload_id: str, error: str | None) -> None:
+        """FINISHING ends for every job waiting on this upload. A job whose connection
+        has gone since will be delivered again: the replica is done by then, or not."""
+        for job in self._finishing.pop(upload_id, []):
+            if job.conn.is_open:
+                self._announce_chunk(job, error)
+            else:
+                job.step = Step.SETTLED
+
+    def _announce_chunk(self, job: ChunkJob, error: str | None) -> None:
+        h = job.h
+        if error is not None:
+            log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error)
+            job.step = Step.SETTLED
+            self._announce_failed(job.conn, job.d, [h.upload_id], error)
+            return
+        if not job.d.redelivered:
+            log.info(
+                "upload %s: replica stored on %s (%d bytes, hop %d)",
+                h.upload_id,
+                self.name,
+                h.total_size,
+                h.hop,
+            )
+        stored = m.ReplicaStored(
+            upload_id=h.upload_id, worker=self.name, sha256=h.sha256, size=h.total_size, hop=h.hop
+        )
+        job.step = Step.ANNOUNCING
+        announce(job.conn, job.d, stored, lambda: settled(job, job.d.ack))
+
+    def _announce_failed(
+        self, conn: Transport, d: Delivery, upload_ids: list[str], reason: str
+    ) -> None:
+        """Say "failed" for each upload, then dead-letter the message."""
+        for i, upload_id in enumerate(upload_ids):
+            failed = m.ReplicaFailed(upload_id=upload_id, worker=self.name, reason=reason)
+            last = i == len(upload_ids) - 1
+            then = (lambda: d.reject(requeue=False)) if last else (lambda: None)
+            announce(conn, d, failed, then)
+
+    # -- packs: small files, whole, several to a message -----------------------------------
+
+    def _on_pack(self, conn: Transport, d: Delivery) -> None:
+        """Store every file of the pack (on the pool) while forwarding it down the chain;
+        once both are done, announce them all in one "pack stored" and ack."""
+        p = m.PackHeaders.from_headers(d.headers, len(d.body))
+        if p.chain[p.hop] != self.name:
+            raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
+        metrics.BYTES_IN.inc(len(d.body))
+        job = PackJob(conn, d, p)
+        body = memoryview(d.body)
+        blobs = [(f.sha256, body[start:end]) for f, start, end in p.slices()]
+        store = functools.partial(self.store.put_blobs, blobs)
+        future = self.pool.submit(self._on_pool, store, len(blobs))
+        future.add_done_callback(lambda f: self._from_pool(lambda: self._pack_stored(job, f)))
+        headers = dataclasses.replace(p, hop=p.hop + 1).to_headers()
+        relay(conn, d, p.next_worker, headers, lambda ok: self._pack_forwarded(job, ok))
+
+    def _pack_stored(self, job: PackJob, f: Future[str | None]) -> None:
+        job.stored, job.error = True, f.result()
+        self._pack_step(job)
+
+    def _pack_forwarded(self, job: PackJob, ok: bool) -> None:
+        if not ok:
+            job.step = Step.SETTLED
+            self._not_forwarded(job.conn, job.d, f"pack {job.d.correlation_id}", job.p)
+            return
+        job.forwarded = True
+        self._pack_step(job)
+
+    def _pack_step(self, job: PackJob) -> None:
+        """STORING and FORWARDING both over: announce the pack's outcome."""
+        if job.step is not Step.FORWARDING or not (job.stored and job.forwarded):
+            return
+        if not job.conn.is_open:  # it will be delivered again
+            job.step = Step.SETTLED
+            return
+        d, p = job.d, job.p
+        if job.error is not None:
+            job.step = Step.SETTLED
+            log.error(
+                "pack %s: %d files failed on %s: %s",
+                d.correlation_id,
+                len(p.files),
+                self.name,
+                job.error,
+            )
+            self._announce_failed(job.conn, d, [f.upload_id for f in p.files], job.error)
+            return
+        if not d.redelivered:
+            log.info(
+                "pack %s: %d files stored on %s (%d bytes, hop %d)",
+                d.correlation_id,
+                len(p.files),
+                self.name,
+                len(d.body),
+                p.hop,
+            )
+        job.step = Step.ANNOUNCING
+        stored = m.PackStored(worker=self.name, hop=p.hop, files=p.files)
+        announce(job.conn, d, stored, lambda: settled(job, d.ack))
+
+    # -- the pool --------------------------------------------------------------------------
+
+    def _on_pool(self, write: Callable[[], object], files: int) -> str | None:
+        """On the pool: ``write`` replicas to the store (a finished upload, or a pack's
+        files): fsync, verify, move into place. Returns why it failed, or None."""
+        try:
+            if self.settings.finalize_delay > 0:  # fault injection: a slow disk
+                time.sleep(self.settings.finalize_delay)
+            write()
+            metrics.REPLICAS_STORED.inc(files)
+            return None
+        except CorruptUpload as exc:
+            metrics.REPLICAS_FAILED.inc(files)
+            return str(exc)
+        except OSError as exc:
+            metrics.REPLICAS_FAILED.inc(files)
+            return f"disk error: {exc.strerror or exc}"
+
+
+def settled(job: ChunkJob | PackJob, settle: Callable[[], None]) -> None:
+    job.step = Step.SETTLED
+    settle()
+
+
+def relay(
+    conn: Transport,
+    d: Delivery,
+    nxt: str | None,
+    headers: dict[str, Any],
+    confirmed: Callable[[bool], None],
+) -> None:
+    """Republish a chunk or pack to the next worker of the chain; ``confirmed(ok)`` once
+    the broker has it (at once, with True, at the chain's end)."""
+    if nxt is None:
+        confirmed(True)
+        return
+    conn.declare(worker_topology(nxt))
+    metrics.BYTES_OUT.labels("forward").inc(len(d.body))
+    conn.publish(
+        worker_chunks(nxt),
+        d.body,
+        type=d.type or m.CHUNK_TYPE,
+        headers=headers,
+        reply_to=d.reply_to,
+        correlation_id=d.correlation_id,
+        on_confirm=confirmed,
+    )
+
+
+def announce(conn: Transport, d: Delivery, msg: m.Message, then: Callable[[], None]) -> None:
+    """Tell the manager (confirmed, then ``then``) and the client (best effort)."""
+    body = msg.encode()
+    if d.reply_to:
+        conn.publish(
+            d.reply_to, body, type=msg.TYPE, correlation_id=d.correlation_id, persistent=False
+        )
+    conn.publish(
+        MANAGER_EVENTS,
+        body,
+        type=msg.TYPE,
+        correlation_id=d.correlation_id,
+        on_confirm=lambda ok: then() if ok else d.reject(requeue=True),
+    )
+
+
+def call_on(conn: Transport, fn: Callable[[], None]) -> None:
+    """Run fn on conn's thread if that connection is still the live one."""
+    # If the connection died, the unacked delivery will come again: nothing to do.
+    with contextlib.suppress(BrokerUnavailable):
+        conn.call_threadsafe(lambda: fn() if conn.is_open else None)

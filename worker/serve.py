@@ -1,0 +1,169 @@
+"""A worker's serve side: restores streamed to a client, and repair copies to a worker.
+
+Commands arrive on ``warren.worker.<name>.control``, one at a time (prefetch 1), on the
+serve thread and its own connection. Each blob is read chunk by chunk and hashed as it
+goes; a copy that turns out damaged is reported, never passed off as good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+
+from warren import messages as m
+from warren import metrics
+from warren.chunks import ChunkPlan, read_chunks
+from warren.config import Settings
+from warren.errors import DecodeError
+from warren.topology import worker_chunks, worker_topology
+from warren.transport import Delivery, Transport
+from worker.store import ChunkStore
+
+log = logging.getLogger("warren.worker")
+
+
+class Server:
+    def __init__(self, settings: Settings, store: ChunkStore, stop: threading.Event) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.store = store
+        self.stop = stop
+
+    def on_control(self, conn: Transport, d: Delivery) -> None:
+        try:
+            if d.type == m.ServeRequest.TYPE:
+                self._serve(conn, m.ServeRequest.decode(d.body))
+            elif d.type == m.CopyRequest.TYPE:
+                self._copy(conn, m.CopyRequest.decode(d.body))
+            else:
+                raise DecodeError(f"unknown command {d.type!r}")
+        except _Stopping:
+            return  # unacked: RabbitMQ hands the command back when the connection closes
+        d.ack()
+
+    def _stream(self, sha256: str, size: int, send: Callable[[int, int, bytes], None]) -> str:
+        """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.
+
+        Raises FileNotFoundError when the blob is not here, OSError when its size is wrong,
+        and _Stopping when the worker is asked to stop half way (the command is requeued).
+        """
+        digest = hashlib.sha256()
+        path = self.store.blob_path(sha256)
+        for seq, offset, data in read_chunks(path, ChunkPlan(size, self.settings.chunk_size)):
+            if self.stop.is_set():
+                raise _Stopping
+            digest.update(data)
+            send(seq, offset, data)
+        return digest.hexdigest()
+
+    def _serve(self, conn: Transport, req: m.ServeRequest) -> None:
+        """Stream one blob to a client's reply queue, checking its hash on the way."""
+        gone: list[bool] = []
+
+        def publish(body: bytes, type: str, headers: dict[str, int] | None = None) -> None:
+            conn.poll_confirms()  # a client that went away is noticed within a window
+            if gone:
+                raise _ClientGone
+            conn.publish(
+                req.reply_to,
+                body,
+                type=type,
+                headers=headers,
+                correlation_id=req.correlation_id,
+                persistent=False,
+                on_confirm=lambda ok: None if ok else gone.append(True),
+            )
+
+        def chunk(seq: int, offset: int, data: bytes) -> None:
+            publish(data, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(seq, offset).to_headers())
+            metrics.BYTES_OUT.labels("restore").inc(len(data))
+
+        try:
+            actual = self._stream(req.sha256, req.size, chunk)
+            if actual != req.sha256:
+                raise OSError("SHA-256 mismatch")
+            end = m.RestoreEnd(worker=self.name, sha256=req.sha256, size=req.size)
+            publish(end.encode(), m.RestoreEnd.TYPE)
+            conn.wait_for_confirms()
+            log.info(
+                "restore %s: sent %d bytes of %s", req.correlation_id, req.size, req.sha256[:12]
+            )
+        except _ClientGone:
+            log.warning("restore %s: the client's queue is gone; stopped", req.correlation_id)
+        except OSError as exc:
+            reason = (
+                "this worker has no copy"
+                if isinstance(exc, FileNotFoundError)
+                else (f"stored copy is damaged ({exc})")
+            )
+            log.error(
+                "restore %s: %s of %s on %s", req.correlation_id, reason, req.sha256[:12], self.name
+            )
+            failed = m.RestoreFailed(worker=self.name, reason=reason)
+            with contextlib.suppress(_ClientGone):
+                publish(failed.encode(), m.RestoreFailed.TYPE)
+
+    def _copy(self, conn: Transport, req: m.CopyRequest) -> None:
+        """Repair: send a blob to another worker as a one-hop upload it will verify."""
+        conn.declare(worker_topology(req.target))
+        count = ChunkPlan(req.size, self.settings.chunk_size).count
+        refused: list[int] = []
+
+        def chunk(seq: int, offset: int, data: bytes) -> None:
+            h = m.ChunkHeaders(
+                upload_id=req.upload_id,
+                seq=seq,
+                offset=offset,
+                total_size=req.size,
+                chunk_count=count,
+                sha256=req.sha256,
+                chain=(req.target,),
+                hop=0,
+            )
+            conn.publish(
+                worker_chunks(req.target),
+                data,
+                type=m.CHUNK_TYPE,
+                headers=h.to_headers(),
+                correlation_id=req.upload_id,
+                on_confirm=lambda ok: None if ok else refused.append(seq),
+            )
+            metrics.BYTES_OUT.labels("repair").inc(len(data))
+
+        try:
+            if self._stream(req.sha256, req.size, chunk) != req.sha256:
+                log.error(
+                    "repair %s: my copy of %s is damaged; %s will refuse it",
+                    req.upload_id,
+                    req.sha256[:12],
+                    req.target,
+                )
+            conn.wait_for_confirms()
+            if refused:  # the manager's repair times out and plans this copy again
+                log.error(
+                    "repair %s: RabbitMQ refused %d chunks for %s",
+                    req.upload_id,
+                    len(refused),
+                    req.target,
+                )
+                return
+            log.info(
+                "repair %s: sent %s (%d bytes) to %s",
+                req.upload_id,
+                req.sha256[:12],
+                req.size,
+                req.target,
+            )
+        except OSError as exc:
+            log.error("repair %s: cannot read %s: %s", req.upload_id, req.sha256[:12], exc)
+
+
+class _Stopping(Exception):
+    """The worker is stopping: leave the command unacked so it is redelivered."""
+
+
+class _ClientGone(Exception):
+    """The client's reply queue no longer exists."""
