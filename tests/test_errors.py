@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from devtools.localnode import free_port
-from tests.cluster import Cluster, MakeCluster, Result
+from tests.cluster import Cluster, MakeCluster, Result, file_sha256
 from warren import errors
 
 
@@ -35,11 +37,18 @@ def test_unknown_name(cluster: Cluster, tmp_path: Path) -> None:
 def test_more_replicas_than_live_workers_is_refused_before_any_byte(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    p = tmp_path / "f.txt"
-    p.write_text("hello")
+    p = tmp_path / "refused.bin"
+    p.write_bytes(os.urandom(3 * 1024 * 1024))  # bytes no other test stores
     res = cluster.client("upload", str(p), "--replicas", "5")
     assert_clean_failure(res, errors.EXIT_REFUSED, "asked for 5 replicas but only 4 workers")
-    assert "f.txt" not in cluster.files()
+    assert "refused.bin" not in cluster.files()
+    # The manager placed nothing, so no chunk had anywhere to go: no worker has any of it
+    manager_log = cluster.log_path("manager").read_text()
+    assert "'refused.bin' (" not in manager_log, manager_log
+    assert cluster.holders_on_disk(file_sha256(p)) == set()
+    for w in ("w1", "w2", "w3", "w4"):
+        incoming = cluster.data_dir(w) / "incoming"
+        assert not [f for f in incoming.glob("*") if f.stat().st_size == p.stat().st_size]
 
 
 def test_zero_replicas_is_refused(cluster: Cluster, tmp_path: Path) -> None:
@@ -70,9 +79,13 @@ def test_broker_unreachable(cluster: Cluster) -> None:
 
 
 def test_wrong_password_is_refused_not_retried(cluster: Cluster) -> None:
+    # Given a client that would keep trying to connect for two minutes
     url = cluster.url.replace("guest:guest", "guest:wrong")
-    res = cluster.client("list", WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="30")
+    started = time.monotonic()
+    res = cluster.client("list", WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="120")
+    # Then it gives up on the first refusal, long before that
     assert_clean_failure(res, errors.EXIT_REFUSED, "refused")
+    assert time.monotonic() - started < 60, "the client retried refused credentials"
 
 
 def test_bad_setting_is_a_usage_error(cluster: Cluster) -> None:

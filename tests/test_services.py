@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devtools.localnode import LocalNode, free_port
 from tests.cluster import Cluster, MakeCluster, wait_for
-from warren.broker import Connection, Delivery
+from warren.broker import Connection
 from warren.config import Settings
 from warren.topology import (
     DEAD_LETTER_QUEUE,
@@ -154,11 +154,11 @@ def test_services_wait_for_a_broker_that_is_not_up_yet(
     c = make_cluster(WARREN_AMQP_URL=url)
     c.start("manager")
     c.start("w1")
-    time.sleep(3)
+    for name in ("manager", "w1"):
+        path = c.log_path(name)
+        wait_for(lambda p=path: "waiting for RabbitMQ" in p.read_text(), what=f"{name} waiting")
     assert all(p.poll() is None for p in c.procs.values())
-    log = c.log_path("w1").read_text()
-    assert log.count("waiting for RabbitMQ") == 1
-    assert "guest:guest" not in log
+    assert "guest:guest" not in c.log_path("w1").read_text()
 
     # When the broker comes up on that port
     node = LocalNode(tmp_path / "late-node", port, free_port(), free_port(), name="late")
@@ -169,7 +169,11 @@ def test_services_wait_for_a_broker_that_is_not_up_yet(
         p = tmp_path / "late.txt"
         p.write_text("late but fine")
         c.client("upload", str(p), "--replicas", "1").ok()
-        assert "connected to RabbitMQ" in c.log_path("w1").read_text()
+        # And each said it was waiting once, however many times it tried meanwhile
+        for name in ("manager", "w1"):
+            log = c.log_path(name).read_text()
+            assert log.count("waiting for RabbitMQ") == 1, log
+            assert "connected to RabbitMQ" in log
     finally:
         c.stop_all()
         node.stop()
