@@ -169,7 +169,9 @@ def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
     # Given files too large for packs, each taking longer to hash than the manager is given
     # to answer (as large files on a slow disk do), in one command. (The manager is given
     # seconds, not a fraction of one: on a busy machine an answer may well take that long.)
-    paths = [make_file(tmp_path, f"slow {i}.bin", localfiles.PACK_FILE_MAX + 1 + i) for i in range(3)]
+    paths = [
+        make_file(tmp_path, f"slow {i}.bin", localfiles.PACK_FILE_MAX + 1 + i) for i in range(3)
+    ]
 
     def slow_sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
         time.sleep(REQUEST_TIMEOUT + 0.5)
