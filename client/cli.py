@@ -1,4 +1,5 @@
-"""The commands (upload, download, list, status): their arguments and what each one does.
+"""The commands (upload, download, list, versions, delete, prune, status): their arguments
+and what each one does.
 
 Results go to stdout, progress and errors to stderr. Progress bars and colour appear only
 on a terminal (rich honours NO_COLOR); ``--json`` prints nothing but JSON. How things look
@@ -17,6 +18,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import Progress
 
+from client.localfiles import expand
 from client.outcomes import Progress as ProgressHooks
 from client.outcomes import UploadResult
 from client.render import (
@@ -26,17 +28,20 @@ from client.render import (
     download_summary,
     file_json,
     files_table,
+    human_size,
     replica_line,
     status_json,
     status_summary,
     transfer_bars,
     upload_summary,
+    versions_table,
     workers_table,
 )
+from client.restore import tree_destination, writing
 from client.session import Session
 from warren import errors
 from warren.config import Settings
-from warren.errors import UsageError, WarrenError
+from warren.errors import NotFound, UsageError, WarrenError
 
 EXIT_CODES = f"""\
 exit codes:
@@ -82,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = command(
         "upload",
-        "store files on the cluster, each on N distinct workers",
-        "python -m client upload a.txt b.jpg --replicas 2",
+        "store files and folders on the cluster, each file on N distinct workers; storing a "
+        "name again adds a version, and content the cluster already holds is not sent again",
+        "python -m client upload ~/photos notes.txt --replicas 2   # stores photos/..., notes.txt",
     )
     up.add_argument("paths", nargs="+", metavar="PATH", type=Path)
     up.add_argument("--replicas", type=int, default=2, help="copies to keep (default 2)")
@@ -91,17 +97,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = command(
         "download",
-        "restore a stored file, verified by SHA-256",
-        "python -m client download b.jpg -o restored.jpg",
+        "restore a stored file (or, for a NAME ending in /, every file under it), verified by "
+        "SHA-256, with its mode and modification time",
+        "python -m client download photos/ -o restored/   # or: download b.jpg --version 2",
     )
     down.add_argument("name", metavar="NAME")
-    down.add_argument("-o", "--output", type=Path, help="where to write it (default: ./NAME)")
-    down.add_argument("--force", action="store_true", help="overwrite an existing file")
+    down.add_argument(
+        "-o", "--output", type=Path, help="where to write it (default: ./NAME, or . for a tree)"
+    )
+    down.add_argument("--version", type=int, default=0, help="a version (default: the latest)")
+    down.add_argument("--force", action="store_true", help="overwrite existing files")
 
     ls = command(
-        "list", "list stored files and the workers holding them", "python -m client list --json"
+        "list",
+        "list your stored files (the latest version of each) and the workers holding them",
+        "python -m client list photos/ --json",
     )
+    ls.add_argument("prefix", nargs="?", default="", metavar="PREFIX", help="names starting so")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
+
+    vs = command(
+        "versions",
+        "list every kept version of a file, oldest first",
+        "python -m client versions notes.txt --json",
+    )
+    vs.add_argument("name", metavar="NAME")
+    vs.add_argument("--json", action="store_true", help="print a JSON array")
+
+    rm = command(
+        "delete",
+        "delete a file (every version, or the one named); the space comes back once no "
+        "version uses its content (after WARREN_GC_DELAY seconds)",
+        "python -m client delete notes.txt --version 1",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--version", type=int, default=0, help="only this version")
+
+    pr = command(
+        "prune",
+        "keep only the newest N versions of each file (under PREFIX) and delete the rest",
+        "python -m client prune --keep-last 3 logs/ --dry-run",
+    )
+    pr.add_argument("prefix", nargs="?", default="", metavar="PREFIX", help="names starting so")
+    pr.add_argument("--keep-last", type=int, required=True, metavar="N", help="versions to keep")
+    pr.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    pr.add_argument("--json", action="store_true", help="print a JSON array of the versions")
 
     st = command(
         "status",
@@ -141,16 +181,30 @@ class App:
                 return self.download(session)
             if cmd == "list":
                 return self.list(session)
+            if cmd == "versions":
+                return self.versions(session)
+            if cmd == "delete":
+                return self.delete(session)
+            if cmd == "prune":
+                return self.prune(session)
             if cmd == "status":
                 return self.status(session)
         raise UsageError(f"unknown command {cmd!r}")
 
     def upload(self, session: Session) -> int:
         paths: list[Path] = self.args.paths
-        if self.args.name and len(paths) > 1:
+        if self.args.name and (len(paths) > 1 or paths[0].is_dir()):
             raise UsageError("--name works with a single file only.")
-        items = [(p, self.args.name or p.name) for p in paths]
-        if len(items) == 1:
+        items, skipped = expand(paths, self.args.name)
+        if skipped:
+            self.err.print(
+                f"note: left out {skipped} symbolic links or special files (links are not "
+                "followed).",
+                markup=False,
+            )
+        if not items:
+            raise UsageError("there is no regular file to upload in the folders given.")
+        if len(items) == 1 and not paths[0].is_dir():
             return self.upload_one(session, *items[0])
         return self.upload_batch(session, items)
 
@@ -201,16 +255,80 @@ class App:
 
     def download(self, session: Session) -> int:
         name: str = self.args.name
+        if name.endswith("/"):
+            return self.download_tree(session, name)
         dest: Path = self.args.output or Path(Path(name).name or "download")
         bars = self.bars()
         hooks = RichProgress(self.out, name, bars)
         with bars or contextlib.nullcontext():
-            result = session.download(name, dest, hooks, overwrite=self.args.force)
+            result = session.download(
+                name, dest, hooks, overwrite=self.args.force, version=self.args.version
+            )
         self.out.print(download_summary(result), highlight=False, soft_wrap=True)
         return errors.EXIT_OK
 
+    def download_tree(self, session: Session, prefix: str) -> int:
+        """``download PREFIX/ -o DIR``: every file under the prefix (its latest version),
+        into DIR with its subfolders. A file that fails is said and the rest go on."""
+        if self.args.version:
+            raise UsageError("--version names a version of one file, not of a folder.")
+        folder: Path = self.args.output or Path(".")
+        files = session.files(prefix)
+        if not files:
+            raise NotFound(f"no stored file is under {prefix!r}.")
+        worst: list[WarrenError] = []
+        for f in files:
+            try:
+                dest = tree_destination(prefix, f.name, folder)
+                with writing(dest.parent):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                result = session.download(f.name, dest, overwrite=self.args.force)
+            except WarrenError as exc:
+                self.err.print(f"error: {exc}", markup=False)
+                worst.append(exc)
+                continue
+            self.out.print(download_summary(result), highlight=False, soft_wrap=True)
+        self.out.print(f"{len(files) - len(worst)} of {len(files)} files restored to {folder}")
+        return worst[0].exit_code if worst else errors.EXIT_OK
+
+    def versions(self, session: Session) -> int:
+        found = session.versions(self.args.name)
+        if self.args.json:
+            print(json.dumps([file_json(f) for f in found], ensure_ascii=False, indent=2))
+            return errors.EXIT_OK
+        self.out.print(versions_table(found))
+        return errors.EXIT_OK
+
+    def delete(self, session: Session) -> int:
+        gone = session.delete(self.args.name, self.args.version)
+        which = "version " + ", ".join(map(str, gone)) if self.args.version else "every version"
+        self.out.print(
+            f"deleted {escape(self.args.name)} ({which}); its space comes back once no "
+            "version uses the content",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return errors.EXIT_OK
+
+    def prune(self, session: Session) -> int:
+        if self.args.keep_last < 1:
+            raise UsageError("--keep-last must be at least 1.")
+        removed = session.prune(self.args.keep_last, self.args.prefix, self.args.dry_run)
+        if self.args.json:
+            print(json.dumps([file_json(f) for f in removed], ensure_ascii=False, indent=2))
+            return errors.EXIT_OK
+        verb = "would delete" if self.args.dry_run else "deleted"
+        for f in removed:
+            self.out.print(
+                f"{verb} {escape(f.name)} version {f.version} ({human_size(f.size)})",
+                highlight=False,
+                soft_wrap=True,
+            )
+        self.out.print(f"{verb} {len(removed)} versions")
+        return errors.EXIT_OK
+
     def list(self, session: Session) -> int:
-        files = session.files()
+        files = session.files(self.args.prefix)
         if self.args.json:
             print(json.dumps([file_json(f) for f in files], ensure_ascii=False, indent=2))
             return errors.EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import stat
 import threading
@@ -44,6 +45,43 @@ def hash_file(path: Path, progress: Callable[[int, int], None]) -> tuple[int, st
             progress(done, size)
 
         return size, sha256_file(path, step)
+
+
+def expand(paths: list[Path], name: str | None = None) -> tuple[list[tuple[Path, str]], int]:
+    """The files an upload command stores, with the names they are stored under, and how
+    many symbolic links (or other non-regular files) under its folders were left out.
+
+    A file is stored under its own name (or ``name``); a folder stands for every regular
+    file under it, each stored under its path relative to the folder's parent, with ``/``
+    separators (``photos`` gives ``photos/2024/a.jpg``). Links are not followed.
+    """
+    items: list[tuple[Path, str]] = []
+    skipped = 0
+    for path in paths:
+        if not path.is_dir() or path.is_symlink():
+            items.append((path, name or path.name))
+            continue
+        base = path.resolve().parent
+        for folder, dirs, files in os.walk(path.resolve(), followlinks=False):
+            dirs.sort()
+            for entry in sorted(files):
+                full = Path(folder) / entry
+                if full.is_symlink() or not full.is_file():
+                    skipped += 1
+                    continue
+                items.append((full, full.relative_to(base).as_posix()))
+            skipped += sum(1 for d in dirs if (Path(folder) / d).is_symlink())
+    return items, skipped
+
+
+def file_mode_and_mtime(path: Path) -> tuple[int, float]:
+    """The permission bits and modification time to restore the file with (0, 0.0 when
+    they cannot be read: the hash will say why)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, 0.0
+    return stat.S_IMODE(st.st_mode), st.st_mtime
 
 
 def small_size(path: Path) -> int | None:

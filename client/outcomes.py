@@ -36,6 +36,7 @@ class UploadResult:
     chain: tuple[str, ...]
     confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
     recorded: bool = True  # False: stored on every replica, but not yet in the catalog
+    deduplicated: bool = False  # the cluster already held the content: nothing was sent
 
 
 @dataclass
@@ -45,6 +46,7 @@ class DownloadResult:
     sha256: str
     worker: str
     path: Path
+    version: int = 1
 
 
 def decode_answer(d: Delivery) -> m.Message:

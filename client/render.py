@@ -132,13 +132,19 @@ def upload_summary(r: UploadResult) -> str:
     holders = ", ".join(
         f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
     )
+    if r.deduplicated:
+        return (
+            f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}: "
+            "already stored, 0 B sent"
+        )
     return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
 
 
 def download_summary(r: DownloadResult) -> str:
     """The last line of a restore: it names the worker and says the bytes were checked."""
+    version = f" version {r.version}" if r.version > 1 else ""
     return (
-        f"restored {escape(r.name)} ({human_size(r.size)}) from {r.worker} "
+        f"restored {escape(r.name)}{version} ({human_size(r.size)}) from {r.worker} "
         f"to {escape(str(r.path))}, SHA-256 verified"
     )
 
@@ -146,20 +152,42 @@ def download_summary(r: DownloadResult) -> str:
 def files_table(files: Sequence[FileEntry]) -> Table:
     """The stored files, with missing replicas in red (``list``, and the menu's list)."""
     table = Table(title=f"{len(files)} files")
-    for col in ("name", "size", "stored", "replicas", "sha256"):
-        table.add_column(col, justify="right" if col == "size" else "left")
+    for col in ("name", "size", "stored", "versions", "replicas", "sha256"):
+        table.add_column(col, justify="right" if col in ("size", "versions") else "left")
     for f in files:
-        replicas = ", ".join(f.replicas) or "none"
-        if len(f.replicas) < f.wanted:
-            replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
         table.add_row(
             escape(f.name),
             human_size(f.size),
             relative_time(f.created),
-            replicas,
+            str(f.versions),
+            _replicas(f),
             f.sha256[:12],
         )
     return table
+
+
+def versions_table(versions: Sequence[FileEntry]) -> Table:
+    """Every kept version of one file, oldest first (``versions``)."""
+    table = Table(title=f"{escape(versions[0].name)}: {len(versions)} versions")
+    for col in ("version", "size", "stored", "replicas", "sha256"):
+        table.add_column(col, justify="right" if col in ("version", "size") else "left")
+    for f in versions:
+        table.add_row(
+            str(f.version),
+            human_size(f.size),
+            relative_time(f.created),
+            _replicas(f),
+            f.sha256[:12],
+        )
+    return table
+
+
+def _replicas(f: FileEntry) -> str:
+    """The workers holding a file, in red when fewer than it wants."""
+    replicas = ", ".join(f.replicas) or "none"
+    if len(f.replicas) < f.wanted:
+        replicas = f"[red]{replicas} ({len(f.replicas)}/{f.wanted})[/]"
+    return replicas
 
 
 def workers_table(st: StatusReply) -> Table:
@@ -205,6 +233,10 @@ def file_json(f: FileEntry) -> dict[str, Any]:
         "replicas": list(f.replicas),
         "wanted": f.wanted,
         "created": f.created,
+        "version": f.version,
+        "versions": f.versions,
+        "mode": f.mode,
+        "mtime": f.mtime,
     }
 
 

@@ -34,9 +34,15 @@ class Restorer:
         self.session = session
 
     def download(
-        self, name: str, dest: Path, progress: Progress | None = None, overwrite: bool = False
+        self,
+        name: str,
+        dest: Path,
+        progress: Progress | None = None,
+        overwrite: bool = False,
+        version: int = 0,
     ) -> DownloadResult:
-        """Restore ``name`` to ``dest``, verified; ask again (another replica) on failure."""
+        """Restore ``name`` (its latest version, or ``version``) to ``dest``, verified,
+        with its mode and modification time; ask again (another replica) on failure."""
         progress = progress or Progress()
         if dest.is_dir():
             dest = dest / Path(name).name
@@ -48,7 +54,7 @@ class Restorer:
         last_error: WarrenError | None = None
         for _attempt in range(4):
             try:
-                return self._once(name, dest, exclude, progress)
+                return self._once(name, version, dest, exclude, progress)
             except _ReplicaProblem as exc:
                 exclude.append(exc.worker)
                 last_error = exc.error
@@ -61,9 +67,9 @@ class Restorer:
         raise last_error
 
     def _once(
-        self, name: str, dest: Path, exclude: list[str], progress: Progress
+        self, name: str, version: int, dest: Path, exclude: list[str], progress: Progress
     ) -> DownloadResult:
-        with _writing(dest):
+        with writing(dest):
             fd, tmp_name = tempfile.mkstemp(
                 dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
             )
@@ -73,7 +79,10 @@ class Restorer:
         try:
             acc = self.session.request(
                 m.DownloadRequest(
-                    name=name, exclude=tuple(exclude), client=self.session.client_name
+                    name=name,
+                    exclude=tuple(exclude),
+                    client=self.session.client_name,
+                    version=version,
                 ),
                 m.DownloadAccepted,
                 on_other=state.on_delivery,
@@ -87,7 +96,7 @@ class Restorer:
                 raise _ReplicaProblem(acc.worker, exc) from None
             if state.failed:
                 raise _ReplicaProblem(acc.worker, Unavailable(state.failed))
-            with _writing(dest):
+            with writing(dest):
                 os.fsync(fd)
             sha = state.sha256(tmp)
             if state.received != acc.size or sha != acc.sha256:
@@ -99,9 +108,13 @@ class Restorer:
                 )
             os.close(fd)
             fd = -1
-            with _writing(dest):
+            with writing(dest):
                 os.replace(tmp, dest)
-            return DownloadResult(name, acc.size, acc.sha256, acc.worker, dest)
+                if acc.mode:
+                    os.chmod(dest, acc.mode)
+                if acc.mtime:
+                    os.utime(dest, (acc.mtime, acc.mtime))
+            return DownloadResult(name, acc.size, acc.sha256, acc.worker, dest, acc.version)
         finally:
             self.session.unroute(cid)
             if fd >= 0:
@@ -140,7 +153,7 @@ class _Restore:
         d.ack()
         if d.type == m.RESTORE_CHUNK_TYPE:
             chunk = m.RestoreChunk.from_headers(d.headers)
-            with _writing(self.dest):
+            with writing(self.dest):
                 os.pwrite(self.fd, d.body, chunk.offset)
             if chunk.offset == self._next_offset:
                 self._digest.update(d.body)
@@ -168,9 +181,18 @@ class _ReplicaProblem(Exception):
 
 
 @contextlib.contextmanager
-def _writing(dest: Path) -> Iterator[None]:
+def writing(dest: Path) -> Iterator[None]:
     """A destination that cannot be written is one sentence, never a traceback."""
     try:
         yield
     except OSError as exc:
         raise UsageError(f"cannot write {dest}: {exc.strerror or exc}.") from None
+
+
+def tree_destination(prefix: str, name: str, folder: Path) -> Path:
+    """Where ``download PREFIX/ -o FOLDER`` puts the stored file ``name``: its path below
+    the prefix, under the folder. A name that would climb out of the folder is refused."""
+    parts = name[len(prefix) :].split("/")
+    if not name.startswith(prefix) or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"{name!r} cannot be restored as a path under {folder}.")
+    return folder.joinpath(*parts)

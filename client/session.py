@@ -149,8 +149,25 @@ class Session:
         assert isinstance(answer, expect)
         return answer
 
-    def files(self) -> list[m.FileEntry]:
-        return list(self.request(m.ListRequest(client=self.client_name), m.ListReply).files)
+    def files(self, prefix: str = "") -> list[m.FileEntry]:
+        """The latest version of each of this user's files (under ``prefix``)."""
+        req = m.ListRequest(client=self.client_name, prefix=prefix)
+        return list(self.request(req, m.ListReply).files)
+
+    def versions(self, name: str) -> list[m.FileEntry]:
+        """Every kept version of ``name``, oldest first (NotFound for an unknown name)."""
+        return list(self.request(m.VersionsRequest(name=name), m.VersionsReply).versions)
+
+    def delete(self, name: str, version: int = 0) -> tuple[int, ...]:
+        """Delete one version of ``name`` (or every version); the versions removed."""
+        req = m.DeleteRequest(name=name, version=version)
+        return self.request(req, m.DeleteReply).versions
+
+    def prune(self, keep_last: int, prefix: str = "", dry_run: bool = False) -> list[m.FileEntry]:
+        """Keep the ``keep_last`` newest versions of each file; the versions removed (or,
+        in a dry run, that would be)."""
+        req = m.PruneRequest(keep_last=keep_last, prefix=prefix, dry_run=dry_run)
+        return list(self.request(req, m.PruneReply).removed)
 
     def status(self) -> m.StatusReply:
         return self.request(m.StatusRequest(client=self.client_name), m.StatusReply)
@@ -184,10 +201,16 @@ class Session:
         Batch(self, replicas, progress_for, done).run(items)
 
     def download(
-        self, name: str, dest: Path, progress: Progress | None = None, overwrite: bool = False
+        self,
+        name: str,
+        dest: Path,
+        progress: Progress | None = None,
+        overwrite: bool = False,
+        version: int = 0,
     ) -> DownloadResult:
-        """Restore ``name`` to ``dest``, verified; another replica is tried on failure."""
-        return Restorer(self).download(name, dest, progress, overwrite)
+        """Restore ``name`` (the latest version unless one is named) to ``dest``, verified;
+        another replica is tried on failure."""
+        return Restorer(self).download(name, dest, progress, overwrite, version)
 
     # -- threads -----------------------------------------------------------------------------
 

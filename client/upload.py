@@ -27,7 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.localfiles import PACK_FILE_MAX, Hasher, is_small, read_small, small_size
+from client.localfiles import (
+    PACK_FILE_MAX,
+    Hasher,
+    file_mode_and_mtime,
+    is_small,
+    read_small,
+    small_size,
+)
 from client.outcomes import NO_MANAGER, Progress, UploadResult, decode_answer
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
@@ -76,6 +83,7 @@ class Upload:
         self.deadline = 0.0  # the current step's
         self.size = 0
         self.sha256 = ""
+        self.mode, self.mtime = file_mode_and_mtime(path)  # restored with the file
         self.route = ""  # the correlation id its messages arrive under
         self.upload_id = ""
         self.data = b""  # a small file's bytes, until its pack is sent
@@ -99,6 +107,18 @@ class Upload:
     def time_out(self) -> None:
         """Its replicas did not all confirm in time: those that did not are named."""
         self.timed_out = True
+
+    def already_stored(self) -> bool:
+        """The manager found the content on enough workers and recorded it: every worker
+        of the chain counts as confirmed, and no byte is sent."""
+        if self.accepted is None or not self.accepted.stored:
+            return False
+        for hop, worker in enumerate(self.accepted.chain):
+            if worker not in self.confirmed:
+                self.confirmed[worker] = hop
+                self.progress.replica(worker, hop)
+        self.recorded = True
+        return True
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
@@ -140,6 +160,7 @@ class Upload:
             self.accepted.chain,
             dict(self.confirmed),
             recorded=self.recorded,
+            deduplicated=self.accepted.stored,
         )
 
 
@@ -286,6 +307,8 @@ class Batch:
                 unit.step = Step.DONE  # a local problem: this file only
         elif step is Step.ASKING and unit.error is not None:
             unit.step = Step.DONE
+        elif step is Step.ASKING and isinstance(unit, Upload) and unit.already_stored():
+            unit.step = Step.DONE  # the cluster had it: recorded, nothing to send
         elif step is Step.ASKING and unit.accepted is not None:
             self._send(unit)
             unit.step = Step.STORING
@@ -326,7 +349,9 @@ class Batch:
         """Ask the manager where the hashed file (or pack) goes; the answer arrives later."""
         req: m.Message
         if isinstance(unit, Pack):
-            files = tuple(m.PackFile(u.name, u.size, u.sha256) for u in unit.members)
+            files = tuple(
+                m.PackFile(u.name, u.size, u.sha256, u.mode, u.mtime) for u in unit.members
+            )
             req = m.PackRequest(
                 files=files, replicas=self.replicas, client=self.session.client_name
             )
@@ -337,6 +362,8 @@ class Batch:
                 sha256=unit.sha256,
                 replicas=self.replicas,
                 client=self.session.client_name,
+                mode=unit.mode,
+                mtime=unit.mtime,
             )
         unit.step = Step.ASKING
         unit.route = uuid.uuid4().hex

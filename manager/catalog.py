@@ -1,12 +1,19 @@
-"""The manager's catalog: files, their replicas, uploads in flight and workers, in SQLite.
+"""The manager's catalog: versions of files, their replicas, uploads in flight, workers
+and the blobs on their way out, in SQLite.
 
 WAL mode and one transaction per change, so a manager killed at any moment restarts with
-everything it had confirmed. Names map to content hashes; replicas are (hash, worker)
-pairs, so a name is never a path anywhere and identical content is one blob.
+everything it had confirmed. A file is (owner, name), and each upload of it adds a version;
+versions map to content hashes, replicas are (hash, worker) pairs, so a name is never a
+path anywhere and identical content is one blob, however many versions or owners use it.
+
+A blob no version and no upload in flight uses becomes garbage: after ``gc_delay`` seconds
+its replicas leave the catalog (so nothing new is deduplicated onto them) and each holder
+is told to delete it; until a holder confirms, no new copy of that content is placed there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -29,15 +36,24 @@ CREATE TABLE IF NOT EXISTS uploads (
     reply_to TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS upload_replicas (
     upload_id TEXT NOT NULL, worker TEXT NOT NULL, PRIMARY KEY (upload_id, worker));
-CREATE TABLE IF NOT EXISTS files (
-    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    wanted INTEGER NOT NULL, created REAL NOT NULL, upload_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS replicas (
     sha256 TEXT NOT NULL, worker TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (sha256, worker));
 CREATE INDEX IF NOT EXISTS replicas_by_worker ON replicas (worker);
 CREATE INDEX IF NOT EXISTS uploads_by_state ON uploads (state);
+CREATE TABLE IF NOT EXISTS versions (
+    owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, wanted INTEGER NOT NULL,
+    created REAL NOT NULL, mode INTEGER NOT NULL, mtime REAL NOT NULL,
+    upload_id TEXT NOT NULL, PRIMARY KEY (owner, name, version));
+CREATE INDEX IF NOT EXISTS versions_by_sha ON versions (sha256);
+CREATE TABLE IF NOT EXISTS garbage (sha256 TEXT PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS deleting (
+    sha256 TEXT NOT NULL, worker TEXT NOT NULL, PRIMARY KEY (sha256, worker));
 """
+# Files recorded before versions and owners existed were all uploaded as RabbitMQ's default
+# user: they become version 1 of that user's files.
+LEGACY_OWNER = "guest"
 
 PENDING = "pending"
 COMPLETE = "complete"
@@ -55,6 +71,9 @@ class Upload:
     client: str
     state: str
     reply_to: str = ""  # the client's queue, told when the upload is recorded
+    owner: str = ""  # the broker user who uploads it
+    mode: int = 0
+    mtime: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,7 @@ class Shortfall:
     size: int
     wanted: int
     live_holders: tuple[str, ...]
+    avoid: tuple[str, ...] = ()  # workers still deleting an old copy of it
 
 
 class Catalog:
@@ -79,9 +99,30 @@ class Catalog:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
-        if "reply_to" not in columns:  # a catalog from before uploads remembered it
-            db.execute("ALTER TABLE uploads ADD COLUMN reply_to TEXT NOT NULL DEFAULT ''")
+        for column, kind in (
+            ("reply_to", "TEXT NOT NULL DEFAULT ''"),
+            ("owner", f"TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'"),
+            ("mode", "INTEGER NOT NULL DEFAULT 0"),
+            ("mtime", "REAL NOT NULL DEFAULT 0"),
+        ):
+            if column not in columns:  # a catalog from before uploads remembered it
+                db.execute(f"ALTER TABLE uploads ADD COLUMN {column} {kind}")
         self._db = db
+        self._migrate_files()
+
+    def _migrate_files(self) -> None:
+        """A catalog from before versions: its ``files`` become version 1 of each name."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        if "files" not in tables:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT OR IGNORE INTO versions SELECT ?, name, 1, sha256, size, wanted, "
+                "created, 0, 0, upload_id FROM files",
+                (LEGACY_OWNER,),
+            )
+            self.db.execute("DROP TABLE files")
 
     def close(self) -> None:
         if self._db is not None:
@@ -163,13 +204,20 @@ class Catalog:
             }
         return self._usage
 
-    def reconcile(self, worker: str, blobs: Iterable[BlobEntry]) -> tuple[int, int]:
+    def reconcile(
+        self, worker: str, blobs: Iterable[BlobEntry], now: float | None = None
+    ) -> tuple[int, int]:
         """Make the catalog's replicas on ``worker`` exactly what it reports holding.
 
-        Returns (added, removed). Blobs no file names are kept as replicas: they may belong
-        to an upload that is finishing, and they cost nothing to remember.
+        Returns (added, removed). A blob the worker was told to delete is not counted (the
+        command waits in its queue). A blob no version uses is remembered as a replica and
+        counted as garbage: it leaves the worker after the GC delay, unless used by then.
         """
-        reported = {b.sha256: b.size for b in blobs}
+        now = time.time() if now is None else now
+        doomed = {
+            r[0] for r in self.db.execute("SELECT sha256 FROM deleting WHERE worker=?", (worker,))
+        }
+        reported = {b.sha256: b.size for b in blobs if b.sha256 not in doomed}
         known = {
             r[0] for r in self.db.execute("SELECT sha256 FROM replicas WHERE worker=?", (worker,))
         }
@@ -185,6 +233,8 @@ class Catalog:
             self.db.executemany(
                 "DELETE FROM replicas WHERE sha256=? AND worker=?", [(s, worker) for s in removed]
             )
+            for sha in added:
+                self._mark_if_unused(sha, now)
         return len(added), len(removed)
 
     # -- uploads ---------------------------------------------------------------------------
@@ -194,38 +244,33 @@ class Catalog:
 
     def add_uploads(self, ups: list[Upload], now: float) -> None:
         """Record placed uploads (a pack's files together), in one transaction."""
-        rows = [
-            (
-                up.upload_id,
-                up.name,
-                up.size,
-                up.sha256,
-                up.wanted,
-                json.dumps(list(up.chain)),
-                up.client,
-                up.state,
-                now,
-                up.reply_to,
-            )
-            for up in ups
-        ]
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany(
+                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}, created) VALUES ({_UPLOAD_SLOTS}, ?)",
+                [(*_upload_row(up), now) for up in ups],
+            )
+
+    def record_existing(self, up: Upload, now: float) -> int:
+        """Deduplication: content the cluster already holds becomes a new version at once,
+        with no bytes sent. Returns its version number."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}, created) VALUES ({_UPLOAD_SLOTS}, ?)",
+                (*_upload_row(dataclasses.replace(up, state=COMPLETE)), now),
+            )
+            return self._add_version(up, now)
 
     def upload(self, upload_id: str) -> Upload | None:
         row = self.db.execute(
-            "SELECT upload_id, name, size, sha256, wanted, chain, client, state, reply_to "
-            "FROM uploads WHERE upload_id=?",
-            (upload_id,),
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE upload_id=?", (upload_id,)
         ).fetchone()
         return _upload(row) if row else None
 
     def pending_uploads(self) -> list[Upload]:
         rows = self.db.execute(
-            "SELECT upload_id, name, size, sha256, wanted, chain, client, state, reply_to "
-            "FROM uploads WHERE state=?",
-            (PENDING,),
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE state=?", (PENDING,)
         ).fetchall()
         return [_upload(r) for r in rows]
 
@@ -261,6 +306,7 @@ class Catalog:
             nbytes, nfiles = self._usage.get(worker, (0, 0))
             self._usage[worker] = (nbytes + size, nfiles + 1)
         if up is None or up.sha256 != sha256:
+            self._mark_if_unused(sha256, now)  # a late copy of content nobody uses now
             return None
         self.db.execute("INSERT OR IGNORE INTO upload_replicas VALUES (?,?)", (upload_id, worker))
         have = {
@@ -272,18 +318,39 @@ class Catalog:
         if up.state != PENDING or not set(up.chain) <= have:
             return None
         self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
-        self.db.execute(
-            "INSERT INTO files VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-            "sha256=excluded.sha256, size=excluded.size, wanted=excluded.wanted, "
-            "created=excluded.created, upload_id=excluded.upload_id",
-            (up.name, up.sha256, up.size, up.wanted, now, up.upload_id),
-        )
+        self._add_version(up, now)
         return up
 
-    def upload_failed(self, upload_id: str) -> None:
+    def _add_version(self, up: Upload, now: float) -> int:
+        (top,) = self.db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM versions WHERE owner=? AND name=?",
+            (up.owner, up.name),
+        ).fetchone()
+        self.db.execute(
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                up.owner,
+                up.name,
+                top + 1,
+                up.sha256,
+                up.size,
+                up.wanted,
+                now,
+                up.mode,
+                up.mtime,
+                up.upload_id,
+            ),
+        )
+        self.db.execute("DELETE FROM garbage WHERE sha256=?", (up.sha256,))
+        return int(top) + 1
+
+    def upload_failed(self, upload_id: str, now: float | None = None) -> None:
+        up = self.upload(upload_id)
         self.db.execute(
             "UPDATE uploads SET state=? WHERE upload_id=? AND state=?", (FAILED, upload_id, PENDING)
         )
+        if up is not None:
+            self._mark_if_unused(up.sha256, time.time() if now is None else now)
 
     def expire_uploads(self, older_than: float) -> int:
         """Pending uploads nobody finished are failed, so they stop reserving space."""
@@ -292,18 +359,51 @@ class Catalog:
         )
         return cur.rowcount
 
-    # -- files -----------------------------------------------------------------------------
+    # -- files and their versions ----------------------------------------------------------
 
-    def files(self, now: float | None = None, name: str | None = None) -> list[FileEntry]:
-        """Every file (or the one called ``name``) with the live workers holding it."""
+    def files(
+        self,
+        now: float | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        prefix: str = "",
+    ) -> list[FileEntry]:
+        """The latest version of every file (of ``owner``, or everyone's; under
+        ``prefix``; or only the one called ``name``), with the live workers holding it."""
+        where, args = _where(owner, name, prefix)
+        rows = self.db.execute(
+            f"SELECT {_ENTRY_COLUMNS}, c.n FROM versions v JOIN ("
+            f"SELECT owner AS o, name AS nm, MAX(version) AS top, COUNT(*) AS n FROM versions "
+            f"WHERE {where} GROUP BY owner, name) c "
+            "ON v.owner=c.o AND v.name=c.nm AND v.version=c.top ORDER BY v.name, v.owner",
+            args,
+        ).fetchall()
+        return self._entries(rows, now)
+
+    def versions(self, owner: str, name: str, now: float | None = None) -> list[FileEntry]:
+        """Every kept version of one file, oldest first."""
+        rows = self.db.execute(
+            f"SELECT {_ENTRY_COLUMNS}, (SELECT COUNT(*) FROM versions WHERE owner=? AND name=?) "
+            "FROM versions v WHERE owner=? AND name=? ORDER BY version",
+            (owner, name, owner, name),
+        ).fetchall()
+        return self._entries(rows, now)
+
+    def version(self, owner: str, name: str, version: int = 0) -> FileEntry | None:
+        """One version of a file (0: the latest)."""
+        found = self.versions(owner, name)
+        if version == 0:
+            return found[-1] if found else None
+        return next((v for v in found if v.version == version), None)
+
+    def file(self, name: str, owner: str | None = None) -> FileEntry | None:
+        found = self.files(name=name, owner=owner)
+        return found[0] if found else None
+
+    def _entries(self, rows: list[tuple[Any, ...]], now: float | None) -> list[FileEntry]:
         live = self.live_workers(now)
-        query = "SELECT name, sha256, size, wanted, created FROM files"
-        if name is None:
-            rows = self.db.execute(query + " ORDER BY name").fetchall()
-            holders = self._holders()
-        else:
-            rows = self.db.execute(query + " WHERE name=?", (name,)).fetchall()
-            holders = self._holders(rows[0][1]) if rows else {}
+        shas = {r[1] for r in rows}
+        holders = self._holders(shas.pop()) if len(shas) == 1 else self._holders()
         return [
             FileEntry(
                 name=r[0],
@@ -311,27 +411,109 @@ class Catalog:
                 size=r[2],
                 wanted=r[3],
                 created=r[4],
+                version=r[5],
+                mode=r[6],
+                mtime=r[7],
+                versions=r[8],
                 replicas=tuple(sorted(w for w in holders.get(r[1], ()) if w in live)),
             )
             for r in rows
         ]
 
+    def delete(self, owner: str, name: str, version: int, now: float) -> list[int]:
+        """Remove one version (or, with 0, every version) of a file; return those removed.
+        Content no version uses any more starts its way out (``garbage_due``)."""
+        victims = [v for v in self.versions(owner, name) if version in (0, v.version)]
+        self._remove(owner, victims, now)
+        return [v.version for v in victims]
+
+    def prune(
+        self, owner: str, keep_last: int, prefix: str, dry_run: bool, now: float
+    ) -> list[FileEntry]:
+        """All but the ``keep_last`` newest versions of each file under ``prefix``."""
+        victims: list[FileEntry] = []
+        for latest in self.files(owner=owner, prefix=prefix):
+            if latest.versions > keep_last:
+                victims += self.versions(owner, latest.name)[:-keep_last]
+        if not dry_run:
+            self._remove(owner, victims, now)
+        return victims
+
+    def _remove(self, owner: str, victims: list[FileEntry], now: float) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "DELETE FROM versions WHERE owner=? AND name=? AND version=?",
+                [(owner, v.name, v.version) for v in victims],
+            )
+            for sha in sorted({v.sha256 for v in victims}):
+                self._mark_if_unused(sha, now)
+
+    # -- garbage ---------------------------------------------------------------------------
+
+    def _unused(self, sha256: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM versions WHERE sha256=? LIMIT 1", (sha256,)).fetchone()
+            is None
+            and self.db.execute(
+                "SELECT 1 FROM uploads WHERE sha256=? AND state=? LIMIT 1", (sha256, PENDING)
+            ).fetchone()
+            is None
+        )
+
+    def _mark_if_unused(self, sha256: str, now: float) -> None:
+        if self._unused(sha256):
+            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?,?)", (sha256, now))
+
+    def garbage_due(self, now: float, delay: float) -> list[tuple[str, list[str]]]:
+        """Blobs unused for ``delay`` seconds, and still unused: their replicas leave the
+        catalog now, and each (sha256, holders) is returned for the holders to delete it."""
+        due = [
+            r[0]
+            for r in self.db.execute("SELECT sha256 FROM garbage WHERE since<=?", (now - delay,))
+        ]
+        out = []
+        with self.db:
+            self.db.execute("BEGIN")
+            for sha in due:
+                self.db.execute("DELETE FROM garbage WHERE sha256=?", (sha,))
+                if not self._unused(sha):
+                    continue
+                holders = self._holders(sha).get(sha, [])
+                self.db.execute("DELETE FROM replicas WHERE sha256=?", (sha,))
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO deleting VALUES (?,?)", [(sha, w) for w in holders]
+                )
+                out.append((sha, holders))
+        if out:
+            self._usage = None
+        return out
+
+    def live_holders(self, sha256: str, now: float | None = None) -> list[str]:
+        """Live workers with a verified copy of this content, for deduplication."""
+        live = self.live_workers(now)
+        return sorted(w for w in self._holders(sha256).get(sha256, []) if w in live)
+
+    def blob_deleted(self, worker: str, sha256: str) -> None:
+        self.db.execute("DELETE FROM deleting WHERE sha256=? AND worker=?", (sha256, worker))
+
+    def deleting(self, sha256: str) -> set[str]:
+        """Workers told to delete this content that have not confirmed yet."""
+        rows = self.db.execute("SELECT worker FROM deleting WHERE sha256=?", (sha256,))
+        return {r[0] for r in rows}
+
     def shortfalls(self, now: float | None = None) -> list[Shortfall]:
-        """Blobs with fewer live replicas than the most any file using them wants."""
+        """Blobs with fewer live replicas than the most any version using them wants."""
         live = self.live_workers(now)
         holders = self._holders()
         out = []
         for sha, size, wanted in self.db.execute(
-            "SELECT sha256, MAX(size), MAX(wanted) FROM files GROUP BY sha256 ORDER BY sha256"
+            "SELECT sha256, MAX(size), MAX(wanted) FROM versions GROUP BY sha256 ORDER BY sha256"
         ):
             have = sorted(w for w in holders.get(sha, ()) if w in live)
             if len(have) < wanted:
-                out.append(Shortfall(sha, size, wanted, tuple(have)))
+                out.append(Shortfall(sha, size, wanted, tuple(have), tuple(self.deleting(sha))))
         return out
-
-    def file(self, name: str) -> FileEntry | None:
-        found = self.files(name=name)
-        return found[0] if found else None
 
     def _holders(self, sha256: str | None = None) -> dict[str, list[str]]:
         """Workers holding each blob (or just ``sha256``), alive or not."""
@@ -345,6 +527,30 @@ class Catalog:
         return holders
 
 
+_UPLOAD_COLUMNS = (
+    "upload_id, name, size, sha256, wanted, chain, client, state, reply_to, owner, mode, mtime"
+)
+_UPLOAD_SLOTS = ",".join("?" * 12)
+_ENTRY_COLUMNS = "v.name, v.sha256, v.size, v.wanted, v.created, v.version, v.mode, v.mtime"
+
+
+def _upload_row(up: Upload) -> tuple[Any, ...]:
+    return (
+        up.upload_id,
+        up.name,
+        up.size,
+        up.sha256,
+        up.wanted,
+        json.dumps(list(up.chain)),
+        up.client,
+        up.state,
+        up.reply_to,
+        up.owner,
+        up.mode,
+        up.mtime,
+    )
+
+
 def _upload(row: tuple[Any, ...]) -> Upload:
     return Upload(
         upload_id=row[0],
@@ -356,4 +562,22 @@ def _upload(row: tuple[Any, ...]) -> Upload:
         client=row[6],
         state=row[7],
         reply_to=row[8],
+        owner=row[9],
+        mode=row[10],
+        mtime=row[11],
     )
+
+
+def _where(owner: str | None, name: str | None, prefix: str) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = ["1"]
+    args: list[Any] = []
+    if owner is not None:
+        clauses.append("owner=?")
+        args.append(owner)
+    if name is not None:
+        clauses.append("name=?")
+        args.append(name)
+    if prefix:
+        clauses.append("substr(name, 1, ?)=?")
+        args += [len(prefix), prefix]
+    return " AND ".join(clauses), tuple(args)

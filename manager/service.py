@@ -33,9 +33,6 @@ from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
-# An upload not finished within this long is marked failed and stops reserving space.
-UPLOAD_EXPIRY = 24 * 3600.0
-
 
 class Manager:
     def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
@@ -81,13 +78,24 @@ class Manager:
                 "worker %s: no heartbeat for %.0f s, marked dead", name, self.settings.dead_after
             )
         self._alive = alive
-        self.catalog.expire_uploads(time.time() - UPLOAD_EXPIRY)
+        self.catalog.expire_uploads(time.time() - self.settings.upload_expiry)
+        self._collect_garbage(conn)
         files = self.catalog.files()
         metrics.WORKERS_ALIVE.set(len(alive))
         metrics.FILES.set(len(files))
         metrics.UNDER_REPLICATED.set(sum(1 for f in files if len(f.replicas) < f.wanted))
         self._repair(conn)
         conn.call_later(1.0, lambda: self._tick(conn))
+
+    def _collect_garbage(self, conn: Transport) -> None:
+        """Blobs no version has used for ``gc_delay`` seconds: each holder deletes its copy
+        (the command waits in a dead worker's queue until it is back)."""
+        for sha, holders in self.catalog.garbage_due(time.time(), self.settings.gc_delay):
+            cmd = m.DeleteBlob(sha256=sha)
+            for worker in holders:
+                conn.declare(worker_topology(worker))
+                conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
+            log.info("gc: %s is used by no version; deleting it on %s", sha[:12], holders)
 
     def _repair(self, conn: Transport) -> None:
         """Start copies for files with too few live replicas, a few at a time.
@@ -163,8 +171,11 @@ class Manager:
                 self._tell_pack_recorded(conn, completed, d.correlation_id)
         elif isinstance(msg, m.ReplicaFailed):
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
-            self.catalog.upload_failed(msg.upload_id)
+            self.catalog.upload_failed(msg.upload_id, now)
             self.repairs.failed(msg.upload_id)
+        elif isinstance(msg, m.BlobDeleted):
+            self.catalog.blob_deleted(msg.worker, msg.sha256)
+            log.info("gc: %s deleted %s (%d bytes back)", msg.worker, msg.sha256[:12], msg.size)
         else:
             raise DecodeError(f"{d.type} is not a worker event")
         d.ack()
@@ -196,16 +207,17 @@ class Manager:
             raise DecodeError(f"{d.type} request without reply_to")
         serve_on: str | None = None
         reply: m.Message
+        owner = d.user_id or ""  # validated by RabbitMQ: the sender's own broker user
         try:
             msg = m.decode(d.type, d.body)
             if isinstance(msg, m.DownloadRequest):
-                reply, serve_on = self._restore(msg)
+                reply, serve_on = self._restore(msg, owner)
             elif isinstance(msg, m.UploadRequest):
-                reply = self._place(msg, d.reply_to)
+                reply = self._place(msg, d.reply_to, owner)
             elif isinstance(msg, m.PackRequest):
-                reply = self._place_pack(msg, d.reply_to)
+                reply = self._place_pack(msg, d.reply_to, owner)
             else:
-                reply = self._answer(msg)
+                reply = self._answer(msg, owner)
         except DecodeError as exc:
             log.warning("invalid %s request: %s", d.type, exc)
             reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
@@ -225,9 +237,27 @@ class Manager:
             log.info("restore %s: %r served by %s", d.correlation_id, reply.name, serve_on)
         d.ack()
 
-    def _answer(self, msg: m.Message) -> m.Message:
+    def _answer(self, msg: m.Message, owner: str) -> m.Message:
+        now = time.time()
         if isinstance(msg, m.ListRequest):
-            return m.ListReply(files=tuple(self.catalog.files()))
+            return m.ListReply(files=tuple(self.catalog.files(owner=owner, prefix=msg.prefix)))
+        if isinstance(msg, m.VersionsRequest):
+            found = self.catalog.versions(owner, msg.name)
+            if not found:
+                raise NotFound(f"no file named {msg.name!r} is stored.")
+            return m.VersionsReply(versions=tuple(found))
+        if isinstance(msg, m.DeleteRequest):
+            gone = self.catalog.delete(owner, msg.name, msg.version, now)
+            if not gone:
+                which = f"version {msg.version} of " if msg.version else ""
+                raise NotFound(f"no {which}file named {msg.name!r} is stored.")
+            log.info("delete: %r versions %s of %s", msg.name, gone, owner or "a client")
+            return m.DeleteReply(name=msg.name, versions=tuple(gone))
+        if isinstance(msg, m.PruneRequest):
+            removed = self.catalog.prune(owner, msg.keep_last, msg.prefix, msg.dry_run, now)
+            if removed and not msg.dry_run:
+                log.info("prune: %d versions of %s", len(removed), owner or "a client")
+            return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
         if isinstance(msg, m.StatusRequest):
             files = self.catalog.files()
             under = sum(1 for f in files if len(f.replicas) < f.wanted)
@@ -240,9 +270,12 @@ class Manager:
             )
         raise DecodeError(f"{msg.TYPE} is not a client request")
 
-    def _place(self, req: m.UploadRequest, reply_to: str) -> m.Message:
-        file = m.PackFile(req.name, req.size, req.sha256)
-        [up] = self._reserve([file], req.replicas, req.client, reply_to)
+    def _place(self, req: m.UploadRequest, reply_to: str, owner: str) -> m.Message:
+        file = m.PackFile(req.name, req.size, req.sha256, req.mode, req.mtime)
+        stored = self._deduplicate(file, req.replicas, req.client, owner)
+        if stored is not None:
+            return stored
+        [up] = self._reserve([file], req.replicas, req.client, reply_to, owner)
         log.info(
             "upload %s: %r (%d bytes) from %s, placed on %s",
             up.upload_id,
@@ -255,8 +288,46 @@ class Manager:
             upload_id=up.upload_id, chain=up.chain, chunk_size=self.settings.chunk_size
         )
 
-    def _place_pack(self, req: m.PackRequest, reply_to: str) -> m.Message:
-        ups = self._reserve(list(req.files), req.replicas, req.client, reply_to)
+    def _deduplicate(
+        self, file: m.PackFile, replicas: int, client: str, owner: str
+    ) -> m.UploadAccepted | None:
+        """Content already on enough live workers is recorded as a new version at once:
+        nothing is sent. (With too few copies it is sent as any upload.)"""
+        if replicas < 1:
+            return None
+        holders = self.catalog.live_holders(file.sha256)
+        if len(holders) < replicas:
+            return None
+        chain = tuple(holders[:replicas])
+        up = Upload(
+            upload_id=uuid.uuid4().hex,
+            name=file.name,
+            size=file.size,
+            sha256=file.sha256,
+            wanted=replicas,
+            chain=chain,
+            client=client,
+            state=PENDING,
+            owner=owner,
+            mode=file.mode,
+            mtime=file.mtime,
+        )
+        version = self.catalog.record_existing(up, time.time())
+        log.info(
+            "upload %s: %r (%d bytes) from %s already stored on %s: version %d, nothing sent",
+            up.upload_id,
+            file.name,
+            file.size,
+            client or "a client",
+            ", ".join(chain),
+            version,
+        )
+        return m.UploadAccepted(
+            upload_id=up.upload_id, chain=chain, chunk_size=self.settings.chunk_size, stored=True
+        )
+
+    def _place_pack(self, req: m.PackRequest, reply_to: str, owner: str) -> m.Message:
+        ups = self._reserve(list(req.files), req.replicas, req.client, reply_to, owner)
         log.info(
             "pack of %d files (%d bytes) from %s, placed on %s",
             len(ups),
@@ -267,12 +338,15 @@ class Manager:
         return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=ups[0].chain)
 
     def _reserve(
-        self, files: list[m.PackFile], replicas: int, client: str, reply_to: str
+        self, files: list[m.PackFile], replicas: int, client: str, reply_to: str, owner: str
     ) -> list[Upload]:
         """Pick one chain with room for all of ``files`` and record each as a pending
-        upload, in one transaction (a plain upload is one file, a pack several)."""
+        upload, in one transaction (a plain upload is one file, a pack several). A worker
+        still deleting an old copy of the same content is not picked for it."""
         total = sum(f.size for f in files)
-        chain = tuple(choose_chain(self.catalog.candidates(), total, replicas))
+        avoid = set().union(*(self.catalog.deleting(f.sha256) for f in files))
+        candidates = [c for c in self.catalog.candidates() if c.name not in avoid]
+        chain = tuple(choose_chain(candidates, total, replicas))
         ups = [
             Upload(
                 upload_id=uuid.uuid4().hex,
@@ -284,23 +358,33 @@ class Manager:
                 client=client,
                 state=PENDING,
                 reply_to=reply_to,
+                owner=owner,
+                mode=f.mode,
+                mtime=f.mtime,
             )
             for f in files
         ]
         self.catalog.add_uploads(ups, time.time())
         return ups
 
-    def _restore(self, req: m.DownloadRequest) -> tuple[m.DownloadAccepted, str]:
-        entry = self.catalog.file(req.name)
+    def _restore(self, req: m.DownloadRequest, owner: str) -> tuple[m.DownloadAccepted, str]:
+        entry = self.catalog.version(owner, req.name, req.version)
         if entry is None:
-            raise NotFound(f"no file named {req.name!r} is stored.")
+            which = f"version {req.version} of " if req.version else ""
+            raise NotFound(f"no {which}file named {req.name!r} is stored.")
         holders = [w for w in entry.replicas if w not in req.exclude]
         if not holders:
             raise NoReplica(f"no live worker holds a copy of {req.name!r} right now.")
         worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
         self._serving[worker] = self._serving.get(worker, 0) + 1
         accepted = m.DownloadAccepted(
-            name=entry.name, size=entry.size, sha256=entry.sha256, worker=worker
+            name=entry.name,
+            size=entry.size,
+            sha256=entry.sha256,
+            worker=worker,
+            version=entry.version,
+            mode=entry.mode,
+            mtime=entry.mtime,
         )
         return accepted, worker
 

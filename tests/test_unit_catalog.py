@@ -111,7 +111,7 @@ def test_a_catalog_from_before_reply_to_is_upgraded_in_place(tmp_path: Path) -> 
     old.close()
     c = catalog(tmp_path)
     assert c.upload("2" * 32) == Upload(
-        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
+        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to="", owner="guest"
     )
     # And new uploads keep their reply_to, across a reopen too
     new = Upload("3" * 32, "new.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, "amq.gen-q1")
@@ -122,7 +122,7 @@ def test_a_catalog_from_before_reply_to_is_upgraded_in_place(tmp_path: Path) -> 
     again.open()
     assert again.upload("3" * 32) == new
     assert again.upload("2" * 32) == Upload(
-        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to=""
+        "2" * 32, "old.txt", 1, SHA, 2, ("w1", "w2"), "c", PENDING, reply_to="", owner="guest"
     )
 
 

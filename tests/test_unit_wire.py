@@ -34,22 +34,36 @@ def wire(text: str) -> bytes:
 # (message, its exact bytes on the wire): compact JSON, fields in this order, UTF-8 as is.
 GOLDEN: list[tuple[m.Message, bytes]] = [
     (
-        m.UploadRequest(name="holiday ü.jpg", size=10, sha256=SHA, replicas=2, client="c1"),
-        wire('{"name":"holiday ü.jpg","size":10,"sha256":"<SHA>","replicas":2,"client":"c1"}'),
+        m.UploadRequest(
+            name="holiday ü.jpg", size=10, sha256=SHA, replicas=2, client="c1", mode=420, mtime=1.5
+        ),
+        wire(
+            '{"name":"holiday ü.jpg","size":10,"sha256":"<SHA>","replicas":2,"client":"c1",'
+            '"mode":420,"mtime":1.5}'
+        ),
     ),
     (
-        m.PackRequest(files=(m.PackFile("a", 1, SHA),), replicas=2, client="c1"),
-        wire('{"files":[{"name":"a","size":1,"sha256":"<SHA>"}],"replicas":2,"client":"c1"}'),
+        m.PackRequest(files=(m.PackFile("a", 1, SHA, 384, 2.0),), replicas=2, client="c1"),
+        wire(
+            '{"files":[{"name":"a","size":1,"sha256":"<SHA>","mode":384,"mtime":2.0}],'
+            '"replicas":2,"client":"c1"}'
+        ),
     ),
     (
-        m.DownloadRequest(name="x", exclude=("w3",), client="c1"),
-        wire('{"name":"x","exclude":["w3"],"client":"c1"}'),
+        m.DownloadRequest(name="x", exclude=("w3",), client="c1", version=2),
+        wire('{"name":"x","exclude":["w3"],"client":"c1","version":2}'),
     ),
-    (m.ListRequest(client="c1"), wire('{"client":"c1"}')),
+    (m.ListRequest(client="c1", prefix="photos/"), wire('{"client":"c1","prefix":"photos/"}')),
+    (m.VersionsRequest(name="x"), wire('{"name":"x"}')),
+    (m.DeleteRequest(name="x", version=3), wire('{"name":"x","version":3}')),
+    (
+        m.PruneRequest(keep_last=2, prefix="logs/", dry_run=True),
+        wire('{"keep_last":2,"prefix":"logs/","dry_run":true}'),
+    ),
     (m.StatusRequest(client="c1"), wire('{"client":"c1"}')),
     (
         m.UploadAccepted(upload_id=UID, chain=("w3", "w1"), chunk_size=1048576),
-        wire('{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576}'),
+        wire('{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576,"stored":false}'),
     ),
     (
         m.PackAccepted(upload_ids=(UID,), chain=("w3", "w1")),
@@ -58,19 +72,34 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     (m.UploadRecorded(upload_id=UID, name="x"), wire('{"upload_id":"<UID>","name":"x"}')),
     (m.PackRecorded(upload_ids=(UID,)), wire('{"upload_ids":["<UID>"]}')),
     (
-        m.DownloadAccepted(name="x", size=1, sha256=SHA, worker="w1"),
-        wire('{"name":"x","size":1,"sha256":"<SHA>","worker":"w1"}'),
+        m.DownloadAccepted(name="x", size=1, sha256=SHA, worker="w1", version=2, mode=420),
+        wire(
+            '{"name":"x","size":1,"sha256":"<SHA>","worker":"w1","version":2,"mode":420,'
+            '"mtime":0.0}'
+        ),
     ),
     (
         m.ErrorReply(code="not_found", message="no file named 'x'."),
         wire('{"code":"not_found","message":"no file named \'x\'."}'),
     ),
     (
-        m.ListReply(files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5),)),
+        m.ListReply(files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5, 3, 3, 420, 1.0),)),
         wire(
             '{"files":[{"name":"x","size":1,"sha256":"<SHA>","replicas":["w1","w2"],'
-            '"wanted":2,"created":1.5}]}'
+            '"wanted":2,"created":1.5,"version":3,"versions":3,"mode":420,"mtime":1.0}]}'
         ),
+    ),
+    (
+        m.VersionsReply(versions=(m.FileEntry("x", 1, SHA, (), 2, 1.5),)),
+        wire(
+            '{"versions":[{"name":"x","size":1,"sha256":"<SHA>","replicas":[],'
+            '"wanted":2,"created":1.5,"version":1,"versions":1,"mode":0,"mtime":0.0}]}'
+        ),
+    ),
+    (m.DeleteReply(name="x", versions=(1, 3)), wire('{"name":"x","versions":[1,3]}')),
+    (
+        m.PruneReply(removed=(), dry_run=True),
+        wire('{"removed":[],"dry_run":true}'),
     ),
     (
         m.StatusReply(
@@ -119,6 +148,11 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"worker":"w1","sha256":"<SHA>","size":4}'),
     ),
     (m.RestoreFailed(worker="w1", reason="gone"), wire('{"worker":"w1","reason":"gone"}')),
+    (m.DeleteBlob(sha256=SHA), wire('{"sha256":"<SHA>"}')),
+    (
+        m.BlobDeleted(worker="w1", sha256=SHA, size=5),
+        wire('{"worker":"w1","sha256":"<SHA>","size":5}'),
+    ),
 ]
 
 
@@ -146,8 +180,13 @@ def test_golden_bytes_decode_from_pretty_json_in_any_key_order(msg: m.Message, b
 
 def test_defaults_a_client_may_leave_out() -> None:
     # What docs/protocol.md lets a sender omit, and what the receiver reads then.
-    assert m.decode("download.request", b'{"name":"x"}') == m.DownloadRequest("x", (), "")
-    assert m.decode("list.request", b"{}") == m.ListRequest("")
+    assert m.decode("download.request", b'{"name":"x"}') == m.DownloadRequest("x", (), "", 0)
+    assert m.decode("list.request", b"{}") == m.ListRequest("", "")
+    old = m.decode(
+        "upload.request", f'{{"name":"x","size":1,"sha256":"{SHA}","replicas":2}}'.encode()
+    )
+    assert (old.mode, old.mtime) == (0, 0.0)  # type: ignore[attr-defined]
+    assert m.decode("delete.request", b'{"name":"x"}') == m.DeleteRequest("x", 0)
     assert m.decode("status.request", b"{}") == m.StatusRequest("")
     reply = m.decode("status.reply", b'{"workers":[],"under_replicated":2,"files":5}')
     assert reply == m.StatusReply((), 2, 5, 0, 0)

@@ -111,6 +111,7 @@ class Connection:
         self._wakeup_scheduled = False
         self._declared: set[str] = set()
         self.url = ""
+        self.user = ""  # the broker user this connection logged in as
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Connection:
             _pika_tune_reads(self._conn)
             self._channel = self._conn.channel()
             _pika_enable_confirms(self._channel, self._on_confirm, self._on_return)
-        host, port = _pika_connected_to(self._conn)  # which URL of a cluster list answered
+        host, port, self.user = _pika_connected_to(self._conn)  # which URL of a list answered
         self.url = f"amqp://{host}:{port}/"
         self._next_tag = 1
         self._pending.clear()
@@ -257,6 +258,7 @@ class Connection:
             expiration=str(expiration_ms) if expiration_ms is not None else None,
             message_id=str(tag),  # lets a basic.return be matched to its confirm
             app_id="warren",
+            user_id=self.user,  # RabbitMQ checks it is this connection's user
         )
         self._pending[tag] = on_confirm
         with translate_errors():
@@ -356,6 +358,7 @@ class Connection:
                 correlation_id=props.correlation_id,
                 queue=queue,
                 settle=self._settle,
+                user_id=props.user_id,
             )
             dispatch(self.name, delivery, handler)
 
@@ -434,7 +437,7 @@ def _pika_flush(channel: Any, ready: Callable[[], bool]) -> None:
     channel._flush_output(ready)
 
 
-def _pika_connected_to(conn: Any) -> tuple[str, int]:
-    """The host and port of the URL (of a cluster's list) that answered."""
+def _pika_connected_to(conn: Any) -> tuple[str, int, str]:
+    """The host, port and user name of the URL (of a cluster's list) that answered."""
     params = conn._impl.params
-    return str(params.host), int(params.port)
+    return str(params.host), int(params.port), str(params.credentials.username)

@@ -46,6 +46,8 @@ class Settings:
     queue_type: str = "classic"  # "quorum" on a RabbitMQ cluster
     repair_concurrency: int = 2  # copies the manager runs at once to restore replica counts
     finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file
+    gc_delay: float = 3600.0  # seconds after a blob's last version goes before it is deleted
+    upload_expiry: float = 86400.0  # seconds before an unfinished upload is abandoned
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -165,6 +165,8 @@ class UploadRequest(Message):
     sha256: str
     replicas: int
     client: str = ""
+    mode: int = 0  # the file's permission bits, restored with it (0: unknown)
+    mtime: float = 0.0  # its modification time, restored with it (0: unknown)
 
     def validate(self) -> None:
         check_file_name(self.name)
@@ -182,6 +184,8 @@ class PackFile:
     name: str
     size: int
     sha256: str
+    mode: int = 0
+    mtime: float = 0.0
 
 
 @message
@@ -210,6 +214,42 @@ class DownloadRequest(Message):
     name: str
     exclude: tuple[str, ...] = ()  # workers that already failed this client
     client: str = ""
+    version: int = 0  # 0: the latest
+
+
+@message
+@dataclass(frozen=True)
+class VersionsRequest(Message):
+    """Every kept version of one of the sender's files; answered with VersionsReply."""
+
+    TYPE = "versions.request"
+    name: str
+
+
+@message
+@dataclass(frozen=True)
+class DeleteRequest(Message):
+    """Delete one version of a file, or (version 0) all of them; answered DeleteReply."""
+
+    TYPE = "delete.request"
+    name: str
+    version: int = 0
+
+
+@message
+@dataclass(frozen=True)
+class PruneRequest(Message):
+    """Keep the ``keep_last`` newest versions of each file under ``prefix``, delete the
+    rest (or, with ``dry_run``, only say which); answered PruneReply."""
+
+    TYPE = "prune.request"
+    keep_last: int
+    prefix: str = ""
+    dry_run: bool = False
+
+    def validate(self) -> None:
+        if self.keep_last < 1:
+            raise DecodeError("prune.request: keep_last must be at least 1")
 
 
 @message
@@ -217,6 +257,7 @@ class DownloadRequest(Message):
 class ListRequest(Message):
     TYPE = "list.request"
     client: str = ""
+    prefix: str = ""  # only names that start with it
 
 
 @message
@@ -236,6 +277,9 @@ class UploadAccepted(Message):
     upload_id: str
     chain: tuple[str, ...]
     chunk_size: int
+    # The cluster already held this content on every worker of ``chain``: the upload is
+    # recorded as it is, nothing is to be sent.
+    stored: bool = False
 
     def validate(self) -> None:
         check_upload_id(self.upload_id, "upload_id")
@@ -284,6 +328,9 @@ class DownloadAccepted(Message):
     size: int
     sha256: str
     worker: str
+    version: int = 1
+    mode: int = 0
+    mtime: float = 0.0
 
 
 @message
@@ -304,13 +351,48 @@ class FileEntry:
     replicas: tuple[str, ...]  # live workers holding a verified copy
     wanted: int
     created: float
+    version: int = 1  # this entry's version of the name
+    versions: int = 1  # how many versions of the name are kept
+    mode: int = 0
+    mtime: float = 0.0
 
 
 @message
 @dataclass(frozen=True)
 class ListReply(Message):
+    """The latest version of each of the sender's files (under the request's prefix)."""
+
     TYPE = "list.reply"
     files: tuple[FileEntry, ...]
+
+
+@message
+@dataclass(frozen=True)
+class VersionsReply(Message):
+    """Every kept version of one file, oldest first."""
+
+    TYPE = "versions.reply"
+    versions: tuple[FileEntry, ...]
+
+
+@message
+@dataclass(frozen=True)
+class DeleteReply(Message):
+    """The versions a DeleteRequest removed."""
+
+    TYPE = "delete.reply"
+    name: str
+    versions: tuple[int, ...]
+
+
+@message
+@dataclass(frozen=True)
+class PruneReply(Message):
+    """The versions a prune removed (or, in a dry run, would remove)."""
+
+    TYPE = "prune.reply"
+    removed: tuple[FileEntry, ...]
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -461,6 +543,34 @@ class CopyRequest(Message):
         check_sha256(self.sha256, "sha256")
         check_worker(self.target, "target")
         check_upload_id(self.upload_id, "upload_id")
+
+
+@message
+@dataclass(frozen=True)
+class DeleteBlob(Message):
+    """Manager -> worker: remove this blob, which no version has used for WARREN_GC_DELAY
+    seconds. The worker answers BlobDeleted once it is gone from its disk."""
+
+    TYPE = "worker.delete"
+    sha256: str
+
+    def validate(self) -> None:
+        check_sha256(self.sha256, "sha256")
+
+
+@message
+@dataclass(frozen=True)
+class BlobDeleted(Message):
+    """Worker -> manager: the blob is no longer on this worker's disk."""
+
+    TYPE = "blob.deleted"
+    worker: str
+    sha256: str
+    size: int  # bytes given back (0 when it was not there)
+
+    def validate(self) -> None:
+        check_worker(self.worker, "worker")
+        check_sha256(self.sha256, "sha256")
 
 
 # -- worker -> client: a restore -----------------------------------------------------------

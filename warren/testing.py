@@ -21,6 +21,7 @@ import heapq
 import itertools
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +45,7 @@ class Message:
     persistent: bool = True
     expires_at: float | None = None
     sender: str = ""  # the publishing connection's name
+    user_id: str = ""  # its broker user, as RabbitMQ would validate it
     redelivered: bool = False
 
 
@@ -195,6 +197,7 @@ class StubConnection:
         self.settings = settings
         self.name = name
         self.url = "stub://"
+        self.user = urllib.parse.urlsplit(settings.amqp_urls[0]).username or "guest"
         self.closed = True
         self.unacked: dict[int, tuple[str, Message]] = {}
         self._consumers: dict[int, _Consumer] = {}  # delivery tag -> who got it
@@ -278,6 +281,7 @@ class StubConnection:
             persistent,
             expires,
             self.name,
+            self.user,
         )
         with self.broker.lock:
             ok = self.broker._route(msg)
@@ -332,12 +336,13 @@ class StubConnection:
 
     def process(self, time_limit: float = 0.5) -> None:
         """Run due timers, threadsafe calls, confirm callbacks and deliveries on this
-        thread until ``time_limit`` has passed (at least one round, even for 0)."""
+        thread; return once some ran, or when ``time_limit`` has passed (as pika's
+        ``process_data_events`` does)."""
         deadline = time.monotonic() + time_limit
         while True:
             self._check()
             worked = self._run_ready()
-            if time.monotonic() >= deadline:
+            if worked or time.monotonic() >= deadline:
                 return
             if not worked:
                 with self.broker.lock:
@@ -392,6 +397,7 @@ class StubConnection:
                 correlation_id=msg.correlation_id,
                 queue=queue,
                 settle=self._settle,
+                user_id=msg.user_id,
             )
             dispatch(self.name, delivery, consumer.handler)
             worked = True

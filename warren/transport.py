@@ -11,6 +11,8 @@ The contract both implementations keep:
   and ``call_threadsafe`` functions all run on that thread, inside ``process`` (or while a
   publish waits for its window): never inside another thread, never re-entrantly inside
   the ``publish`` call that triggered them.
+* Every publish carries the connection's broker user as ``user_id``; a delivery's
+  ``user_id`` is therefore its sender's identity.
 * ``publish`` is mandatory and confirmed: ``on_confirm(True)`` once the broker has taken
   responsibility for the message, ``on_confirm(False)`` when it had nowhere to go or was
   nacked. Confirm callbacks run from ``process``, ``wait_for_confirms`` or
@@ -52,6 +54,9 @@ class Delivery:
     correlation_id: str | None
     queue: str
     settle: Settle = field(repr=False)
+    # The publisher's broker user, as RabbitMQ validated it (it refuses a user_id that is
+    # not the connection's own user): who sent this, not what a body claims.
+    user_id: str | None = None
     settled: bool = False
 
     def ack(self) -> None:

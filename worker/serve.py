@@ -1,4 +1,5 @@
-"""A worker's serve side: restores streamed to a client, and repair copies to a worker.
+"""A worker's serve side: restores streamed to a client, repair copies to a worker, and
+blobs deleted when no version uses them any more.
 
 Commands arrive on ``warren.worker.<name>.control``, one at a time (prefetch 1), on the
 serve thread and its own connection. Each blob is read chunk by chunk and hashed as it
@@ -18,7 +19,7 @@ from warren import metrics
 from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
 from warren.errors import DecodeError
-from warren.topology import worker_chunks, worker_topology
+from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker.store import ChunkStore
 
@@ -38,11 +39,21 @@ class Server:
                 self._serve(conn, m.ServeRequest.decode(d.body))
             elif d.type == m.CopyRequest.TYPE:
                 self._copy(conn, m.CopyRequest.decode(d.body))
+            elif d.type == m.DeleteBlob.TYPE:
+                self._delete(conn, m.DeleteBlob.decode(d.body))
             else:
                 raise DecodeError(f"unknown command {d.type!r}")
         except _Stopping:
             return  # unacked: RabbitMQ hands the command back when the connection closes
         d.ack()
+
+    def _delete(self, conn: Transport, req: m.DeleteBlob) -> None:
+        """Garbage collection: the blob is used by no version. Gone from the disk first,
+        then the manager is told (and waits for that before placing it here again)."""
+        freed = self.store.delete_blob(req.sha256)
+        log.info("gc: deleted %s from %s (%d bytes)", req.sha256[:12], self.name, freed)
+        done = m.BlobDeleted(worker=self.name, sha256=req.sha256, size=freed)
+        conn.publish_and_wait(MANAGER_EVENTS, done.encode(), type=done.TYPE)
 
     def _stream(self, sha256: str, size: int, send: Callable[[int, int, bytes], None]) -> str:
         """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.

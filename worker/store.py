@@ -238,6 +238,20 @@ class ChunkStore:
                 os.replace(tmp, target)
         _sync_files(sorted({self.blob_path(sha).parent for sha in todo}))
 
+    def delete_blob(self, sha256: str) -> int:
+        """Remove a stored blob (garbage collection); return the bytes given back."""
+        path = self.blob_path(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        _fsync(path.parent)
+        with self._lock:
+            self._used -= size
+            self._files -= 1
+        return size
+
     def discard(self, upload_id: str) -> None:
         """Forget a partial upload (bad hash, or abandoned)."""
         self.take_running(upload_id)

@@ -1,0 +1,138 @@
+"""A backup tool, not a file drop: folders, versions, delete that gives space back, dedup,
+with the real client, manager and workers on a real broker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, MakeCluster, wait_for
+from tests.test_faults import random_file
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def quick_gc(make_cluster: MakeCluster) -> Iterator[Cluster]:
+    """Four workers and a manager that deletes unused content after 1 s, not an hour."""
+    c = make_cluster(WARREN_GC_DELAY="1")
+    c.start_all(4)
+    yield c
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def used_on_disk(c: Cluster) -> int:
+    """Bytes in every worker's blob store."""
+    return sum(p.stat().st_size for p in (c.base / "data").glob("w*/blobs/*/*") if p.is_file())
+
+
+def test_a_folder_tree_round_trip_keeps_names_modes_and_times(
+    quick_gc: Cluster, tmp_path: Path
+) -> None:
+    # Given a folder with Unicode names, a subfolder, an empty file, a link and modes
+    tree = tmp_path / "photos"
+    (tree / "2024 été").mkdir(parents=True)
+    (tree / "2024 été" / "plage ☀.jpg").write_bytes(os.urandom(300_000))
+    (tree / "notes.txt").write_text("hello")
+    (tree / "empty").write_bytes(b"")
+    os.chmod(tree / "notes.txt", 0o600)
+    os.utime(tree / "notes.txt", (1_500_000_000, 1_500_000_000))
+    (tree / "link").symlink_to(tree / "notes.txt")
+
+    # When the folder is uploaded and restored elsewhere
+    up = quick_gc.client("upload", str(tree))
+    listed = quick_gc.client("list", "photos/", "--json").ok().json()
+    down = quick_gc.client("download", "photos/", "-o", str(tmp_path / "back"))
+
+    # Then every regular file is stored under photos/..., the link was left out (and said),
+    # and the tree comes back byte for byte with its mode and modification time
+    assert up.code == 0, up.err
+    assert "left out 1 symbolic links" in up.err
+    assert sorted(f["name"] for f in listed) == [
+        "photos/2024 été/plage ☀.jpg",
+        "photos/empty",
+        "photos/notes.txt",
+    ]
+    assert down.code == 0, down.err
+    for rel in ("2024 été/plage ☀.jpg", "empty", "notes.txt"):
+        assert (tmp_path / "back" / rel).read_bytes() == (tree / rel).read_bytes()
+    st = (tmp_path / "back" / "notes.txt").stat()
+    assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o600, 1_500_000_000)
+
+
+def test_three_versions_restore_the_first_delete_the_middle(
+    quick_gc: Cluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "a.txt"
+    contents = [b"first\n" * 1000, b"second\n" * 1000, b"third\n" * 1000]
+    for data in contents:
+        src.write_bytes(data)
+        quick_gc.client("upload", str(src)).ok()
+
+    [entry] = quick_gc.client("list", "--json").ok().json()
+    assert (entry["version"], entry["versions"]) == (3, 3)
+    quick_gc.client("download", "a.txt", "--version", "1", "-o", str(tmp_path / "v1")).ok()
+    assert (tmp_path / "v1").read_bytes() == contents[0]
+
+    quick_gc.client("delete", "a.txt", "--version", "2").ok()
+    kept = quick_gc.client("versions", "a.txt", "--json").ok().json()
+    assert [v["version"] for v in kept] == [1, 3]
+    gone = quick_gc.client("download", "a.txt", "--version", "2", "-o", str(tmp_path / "v2"))
+    assert gone.code == 3 and "version 2" in gone.err
+    unknown = quick_gc.client("delete", "nope.txt")
+    assert unknown.code == 3 and unknown.err.count("\n") == 1 and "Traceback" not in unknown.err
+
+
+def test_delete_gives_the_space_back_and_keeps_shared_content(
+    quick_gc: Cluster, tmp_path: Path
+) -> None:
+    # Given a 24 MiB file on two workers, and a 1 MiB file stored under two names
+    big = random_file(tmp_path, "big.bin", 24 * MIB)
+    shared = random_file(tmp_path, "shared.bin", MIB)
+    quick_gc.client("upload", str(big)).ok()
+    quick_gc.client("upload", str(shared)).ok()
+    quick_gc.client("upload", str(shared), "--name", "copy.bin").ok()
+    before = used_on_disk(quick_gc)
+    holders = quick_gc.holders_on_disk(sha(big))
+    assert len(holders) == 2
+
+    # When the big file and one name of the shared content are deleted
+    quick_gc.client("delete", "big.bin").ok()
+    quick_gc.client("delete", "shared.bin").ok()
+
+    # Then its 48 MiB leave the workers' disks; the shared content stays and restores
+    wait_for(lambda: not quick_gc.holders_on_disk(sha(big)), what="the big file's blobs to go")
+    assert before - used_on_disk(quick_gc) == 48 * MIB
+    assert len(quick_gc.holders_on_disk(sha(shared))) == 2
+    quick_gc.client("download", "copy.bin", "-o", str(tmp_path / "copy")).ok()
+    assert sha(tmp_path / "copy") == sha(shared)
+
+
+def test_identical_content_is_not_sent_again(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a file stored once
+    data = random_file(tmp_path, "first.bin", 16 * MIB)
+    cluster.client("upload", str(data)).ok()
+    received = chunk_lines(cluster)
+
+    # When the same content is uploaded under another name
+    again = cluster.client("upload", str(data), "--name", "second.bin").ok()
+
+    # Then it is recorded, on the same workers, and not one chunk went to any worker
+    # (make bench times it against the first upload)
+    assert "already stored, 0 B sent" in again.out
+    assert chunk_lines(cluster) == received
+    listed = cluster.files()
+    assert listed["second.bin"]["sha256"] == listed["first.bin"]["sha256"]
+    assert listed["second.bin"]["replicas"] == listed["first.bin"]["replicas"]
+
+
+def chunk_lines(c: Cluster) -> int:
+    """Replicas the workers have stored so far, by their logs."""
+    return sum(p.read_text().count("replica stored on") for p in (c.base / "logs").glob("w*.log"))

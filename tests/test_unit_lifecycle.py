@@ -1,0 +1,215 @@
+"""Versions, owners, deduplication, delete and garbage collection, on the in-memory broker.
+
+What is asserted is what a user sees: which versions are listed and restored, whether a
+byte was sent, and whether the workers' disks gave the space back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stubcluster import FAST, StubCluster, wait_for
+from warren import messages as m
+from warren.errors import NotFound
+from warren.testing import Message
+from warren.topology import MANAGER_REQUESTS, client_topology
+
+GC = dataclasses.replace(FAST, gc_delay=0.3)
+ALICE = "amqp://alice:secret@localhost:5672/%2F"
+BOB = "amqp://bob:secret@localhost:5672/%2F"
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[StubCluster]:
+    c = StubCluster(tmp_path, GC)
+    try:
+        yield c.start(4)
+    finally:
+        c.stop_all()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def on_disk(c: StubCluster, data: bytes) -> set[str]:
+    """The workers whose disks hold ``data``'s blob."""
+    sha = hashlib.sha256(data).hexdigest()
+    return {n for n, w in c.workers.items() if w.store.blob_path(sha).exists()}
+
+
+def chunks_sent(c: StubCluster) -> int:
+    return sum(1 for p in c.broker.published if p.type in (m.CHUNK_TYPE, m.PACK_TYPE))
+
+
+def test_each_upload_of_a_name_adds_a_version_and_any_can_be_restored(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    contents = [os.urandom(70_000 + i) for i in range(3)]  # large enough to go alone
+    with stub.session() as s:
+        for data in contents:
+            s.upload(write(tmp_path / "a.txt", data), "notes/a.txt", 2)
+        [latest] = s.files()
+        versions = s.versions("notes/a.txt")
+        s.download("notes/a.txt", tmp_path / "v1", version=1)
+        s.download("notes/a.txt", tmp_path / "now")
+        assert s.delete("notes/a.txt", version=2) == (2,)
+        after = [v.version for v in s.versions("notes/a.txt")]
+        with pytest.raises(NotFound):
+            s.download("notes/a.txt", tmp_path / "v2", version=2)
+    assert (latest.version, latest.versions, latest.size) == (3, 3, len(contents[2]))
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert [v.sha256 for v in versions] == [hashlib.sha256(d).hexdigest() for d in contents]
+    assert (tmp_path / "v1").read_bytes() == contents[0]
+    assert (tmp_path / "now").read_bytes() == contents[2]
+    assert after == [1, 3]
+
+
+def test_content_the_cluster_holds_is_recorded_without_sending_a_byte(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = os.urandom(300_000)
+    with stub.session() as s:
+        first = s.upload(write(tmp_path / "one", data), "one", 2)
+        sent = chunks_sent(stub)
+        again = s.upload(write(tmp_path / "two", data), "elsewhere/two", 2)
+        names = {f.name for f in s.files()}
+    assert not first.deduplicated and again.deduplicated
+    assert chunks_sent(stub) == sent, "chunks were sent for content already stored"
+    assert set(again.confirmed) == set(first.chain)
+    assert names == {"one", "elsewhere/two"}
+
+
+def test_delete_gives_the_space_back_but_keeps_content_another_name_uses(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    shared, alone = os.urandom(200_000), os.urandom(200_000)
+    with stub.session() as s:
+        s.upload(write(tmp_path / "s", shared), "shared-1", 2)
+        s.upload(write(tmp_path / "s", shared), "shared-2", 2)
+        s.upload(write(tmp_path / "a", alone), "alone", 2)
+        assert len(on_disk(stub, alone)) == 2
+        s.delete("alone")
+        s.delete("shared-1")
+        with pytest.raises(NotFound):
+            s.delete("alone")
+    wait_for(lambda: not on_disk(stub, alone), what="the deleted file's blobs to go")
+    time.sleep(GC.gc_delay * 3)  # well past the delay: what is still used must stay
+    assert len(on_disk(stub, shared)) == 2
+    with stub.session() as s:
+        s.download("shared-2", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == shared
+
+
+def test_content_deleted_and_uploaded_again_while_its_blobs_go_is_not_lost(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    """The race: a new upload of the same content while the old copies are being
+    deleted. Whatever the order, the new version restores."""
+    data = os.urandom(150_000)
+    with stub.session() as s:
+        s.upload(write(tmp_path / "f", data), "f", 2)
+        s.delete("f")
+        for _ in range(10):  # upload again at every moment of the garbage's way out
+            s.upload(write(tmp_path / "f", data), "f", 2)
+            s.delete("f")
+            time.sleep(GC.gc_delay / 3)
+        s.upload(write(tmp_path / "f", data), "f", 2)
+    time.sleep(GC.gc_delay * 4)
+    assert len(on_disk(stub, data)) >= 2
+    with stub.session() as s:
+        s.download("f", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def test_a_worker_down_during_the_delete_deletes_when_it_is_back(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = os.urandom(100_000)
+    with stub.session() as s:
+        result = s.upload(write(tmp_path / "f", data), "f", 2)
+    down = result.chain[1]
+    stub.kill(down)
+    with stub.session() as s:
+        s.delete("f")
+    wait_for(lambda: on_disk(stub, data) == {down}, what="the live holder to delete")
+    stub.start_worker(down)
+    wait_for(lambda: not on_disk(stub, data), what="the returning worker to delete too")
+
+
+def test_prune_keeps_the_newest_versions(stub: StubCluster, tmp_path: Path) -> None:
+    with stub.session() as s:
+        for i in range(4):
+            s.upload(write(tmp_path / "p", f"v{i}".encode() * 1000), "logs/p", 2)
+        s.upload(write(tmp_path / "q", b"q" * 1000), "other/q", 2)
+        s.upload(write(tmp_path / "q", b"Q" * 1000), "other/q", 2)
+        planned = s.prune(keep_last=2, prefix="logs/", dry_run=True)
+        assert [v.version for v in s.versions("logs/p")] == [1, 2, 3, 4]  # a dry run
+        removed = s.prune(keep_last=2, prefix="logs/")
+        kept = [v.version for v in s.versions("logs/p")]
+        others = [v.version for v in s.versions("other/q")]
+    assert [(v.name, v.version) for v in planned] == [("logs/p", 1), ("logs/p", 2)]
+    assert [(v.name, v.version) for v in removed] == [("logs/p", 1), ("logs/p", 2)]
+    assert kept == [3, 4] and others == [1, 2]
+
+
+def test_each_client_sees_only_its_own_files(stub: StubCluster, tmp_path: Path) -> None:
+    with stub.session(amqp_url=ALICE) as alice, stub.session(amqp_url=BOB) as bob:
+        alice.upload(write(tmp_path / "d", b"alice's diary" * 100), "diary.txt", 2)
+        bob.upload(write(tmp_path / "d", b"bob's diary" * 100), "diary.txt", 2)
+        assert [f.version for f in alice.files()] == [1]  # not version 2 of a shared name
+        bob.download("diary.txt", tmp_path / "b")
+        bob.delete("diary.txt")
+        with pytest.raises(NotFound):
+            bob.download("diary.txt", tmp_path / "b2")
+        alice.download("diary.txt", tmp_path / "a")
+    assert (tmp_path / "b").read_bytes() == b"bob's diary" * 100
+    assert (tmp_path / "a").read_bytes() == b"alice's diary" * 100
+
+
+def test_the_owner_is_the_broker_user_not_a_field_in_the_body(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    with stub.session(amqp_url=ALICE) as alice:
+        alice.upload(write(tmp_path / "d", b"secret" * 100), "secret.txt", 2)
+    raw = stub.broker.connect(dataclasses.replace(GC, amqp_url=BOB), "mallory")
+    raw.open()
+    answers: list[Message] = []
+
+    def record(msg: Message) -> list[Message]:
+        answers.append(msg)
+        return [msg]
+
+    stub.broker.intercept = record
+    raw.declare(client_topology("mallory-q"))
+    raw.publish(
+        MANAGER_REQUESTS,
+        m.ListRequest(client="alice").encode(),
+        type=m.ListRequest.TYPE,
+        reply_to="mallory-q",
+        correlation_id="1",
+    )
+    wait_for(lambda: any(a.queue == "mallory-q" for a in answers), what="the answer")
+    stub.broker.intercept = None
+    [reply] = [a for a in answers if a.queue == "mallory-q"]
+    assert m.decode(reply.type, reply.body) == m.ListReply(files=())
+    raw.close()
+
+
+def test_restored_files_get_their_mode_and_mtime_back(stub: StubCluster, tmp_path: Path) -> None:
+    src = write(tmp_path / "script.sh", b"#!/bin/sh\necho hi\n")
+    os.chmod(src, 0o750)
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    with stub.session() as s:
+        s.upload(src, "script.sh", 2)
+        s.download("script.sh", tmp_path / "back.sh")
+    st = (tmp_path / "back.sh").stat()
+    assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o750, 1_600_000_000)
