@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +72,34 @@ def test_existing_destination_is_not_overwritten(cluster: Cluster, tmp_path: Pat
     assert dest.read_text() == "precious"
     cluster.client("download", "keep.txt", "-o", str(dest), "--force").ok()
     assert dest.read_text() == "stored"
+
+
+def test_unwritable_destination_folder(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a stored file and a folder the client may not write in
+    p = tmp_path / "unwritable.txt"
+    p.write_text("stored")
+    cluster.client("upload", str(p)).ok()
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    # Root writes anywhere through CAP_DAC_OVERRIDE: as root, run the client without it, so
+    # the mode bits stop it as they stop any user
+    argv = [sys.executable, "-m", "client", "download", "unwritable.txt"]
+    argv += ["-o", str(folder / "restored.txt")]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) runs the client without CAP_DAC_OVERRIDE"
+        argv = [setpriv, "--bounding-set=-dac_override", "--", *argv]
+    try:
+        proc = subprocess.run(
+            argv, env=cluster.env(), cwd=cluster.base, capture_output=True, timeout=180
+        )
+        # Then the OS's refusal is one sentence and a usage exit code, not a traceback
+        res = Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+        assert_clean_failure(res, errors.EXIT_USAGE, f"cannot write {folder / 'restored.txt'}")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
 
 
 def test_broker_unreachable(cluster: Cluster) -> None:
