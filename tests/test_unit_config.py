@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from warren.config import DEFAULT_AMQP_URL, Settings, redact
+from warren.config import DEFAULT_AMQP_URL, Settings, default_config_path, mask, redact, shown
 from warren.errors import UsageError
 
 
@@ -45,3 +45,80 @@ def test_bad_values_are_one_sentence(env: dict[str, str], words: str) -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("amqp://user:secret@host:5672/v") == "amqp://user@host:5672/v"
     assert redact("amqp://host/") == "amqp://host/"
+
+
+def config_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_a_config_file_is_read_and_env_then_flags_override_it(tmp_path: Path) -> None:
+    # Given a config file with the broker URL (and its password) and two more settings
+    path = config_file(
+        tmp_path, 'amqp_url = "amqp://me:s3cret@far:5672/%2F"\nwindow = 8\nclient_name = "laptop"\n'
+    )
+    env = {"WARREN_CONFIG": str(path), "WARREN_WINDOW": "4"}
+    # When settings load with an env var and a flag over two of them
+    s, sources = Settings.load_with_sources({"client_name": "desk"}, environ=env)
+    # Then the file gives the rest, a variable beats the file, a flag beats both
+    assert s.amqp_url == "amqp://me:s3cret@far:5672/%2F"
+    assert (s.window, s.client_name) == (4, "desk")
+    assert sources["amqp_url"] == "config file"
+    assert sources["window"] == "env WARREN_WINDOW"
+    assert sources["client_name"] == "flag"
+    assert sources["chunk_size"] == "default"
+
+
+def test_a_config_file_others_can_read_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    path = config_file(tmp_path, 'amqp_url = "amqp://me:s3cret@far/"\n', mode=0o644)
+    with pytest.raises(UsageError) as caught:
+        Settings.load(environ={"WARREN_CONFIG": str(path)})
+    message = str(caught.value)
+    assert "can be read by others" in message and f"chmod 600 {path}" in message
+    assert message.count(". ") == 0 and "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("windw = 3\n", "sets 'windw', which is not a setting"),
+        ('window = "many"\n', "window in"),
+        ("amqp_url = \n", "is not valid TOML"),
+        ("[client]\nwindow = 3\n", "sets 'client', which is not a setting"),
+    ],
+)
+def test_a_bad_config_file_is_one_sentence(tmp_path: Path, text: str, words: str) -> None:
+    path = config_file(tmp_path, text)
+    with pytest.raises(UsageError, match=words):
+        Settings.load(environ={"WARREN_CONFIG": str(path)})
+
+
+def test_warren_config_must_name_a_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="WARREN_CONFIG names .* which is not a file"):
+        Settings.load(environ={"WARREN_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_the_user_config_dir_is_read_only_from_the_real_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a config file in the user config directory (XDG_CONFIG_HOME on Linux)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "warren").mkdir()
+    config_file(tmp_path / "warren", "window = 7\n")
+    assert default_config_path() == tmp_path / "warren" / "config.toml"
+    # Then the process's own settings read it, and an explicit environ never does
+    monkeypatch.delenv("WARREN_WINDOW", raising=False)
+    monkeypatch.delenv("WARREN_CONFIG", raising=False)
+    assert Settings.load().window == 7
+    assert Settings.load(environ={}).window == 16
+
+
+def test_passwords_are_masked_where_settings_are_shown() -> None:
+    assert mask("amqp://me:s3cret@far:5672/%2F") == "amqp://me:****@far:5672/%2F"
+    assert (
+        shown("amqp_url", "amqp://a:x@h1/, amqp://a:y@h2/") == "amqp://a:****@h1/,amqp://a:****@h2/"
+    )
+    assert shown("admin_password", "hunter2") == "****"
+    assert shown("window", 16) == "16"

@@ -1,14 +1,21 @@
 """One typed settings object for every warren process.
 
-Settings come from three places, strongest first: command-line flags (passed in as
-overrides), ``WARREN_*`` environment variables, and the defaults below. Nothing else in
-the code base reads the environment, so this file is the full list of knobs.
+Settings come from four places, strongest first: command-line flags (passed in as
+overrides), ``WARREN_*`` environment variables, a TOML config file, and the defaults below.
+Nothing else in the code base reads the environment, so this file is the full list of knobs.
+
+The config file is the one ``WARREN_CONFIG`` names, else ``config.toml`` in the platform's
+user config directory (``~/.config/warren/config.toml`` on Linux), if it exists. Its keys
+are the settings' names, the env var's without ``WARREN_`` in lower case
+(``amqp_url = "amqp://me:secret@host/%2F"``). It may hold a password, so a file that
+anyone but its owner can read is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,8 +25,14 @@ from urllib.parse import urlsplit, urlunsplit
 from warren.errors import UsageError
 from warren.topology import QUEUE_TYPES
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 MIB = 1024 * 1024
+CONFIG_ENV = "WARREN_CONFIG"  # names the config file; not a setting itself
 
 
 @dataclass(frozen=True)
@@ -60,19 +73,44 @@ class Settings:
         overrides: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Build settings from the environment and then flags (None flags are ignored)."""
+        """Build settings from the config file, the environment and then flags (None flags
+        are ignored).
+
+        With ``environ`` given (tests, compose checks), only a ``WARREN_CONFIG`` in it names
+        a config file: the user's own file is never read behind the caller's back.
+        """
+        return cls.load_with_sources(overrides, environ)[0]
+
+    @classmethod
+    def load_with_sources(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> tuple[Settings, dict[str, str]]:
+        """``load``, and where each setting came from: ``default``, ``config file``,
+        ``env WARREN_X`` or ``flag`` (``warren config`` shows them)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        sources = {f.name: "default" for f in fields(cls)}
+        path = config_path(env, user_dir=environ is None)
+        if path is not None:
+            for key, raw in read_config_file(path).items():
+                f = _field(cls, key, where=str(path))
+                values[key] = _convert(f, raw, where=f"{key} in {path}")
+                sources[key] = "config file"
         for f in fields(cls):
-            raw = env.get("WARREN_" + f.name.upper())
+            var = "WARREN_" + f.name.upper()
+            raw = env.get(var)
             if raw is not None and raw != "":
                 values[f.name] = _convert(f, raw)
+                sources[f.name] = f"env {var}"
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = _convert(_field(cls, key), value)
+                sources[key] = "flag"
         settings = cls(**values)
         settings.validate()
-        return settings
+        return settings, sources
 
     def validate(self) -> None:
         if not self.amqp_urls:
@@ -89,25 +127,112 @@ class Settings:
                 raise UsageError(f"WARREN_{name.upper()} must be at least 1.")
 
 
-def _field(cls: type[Settings], key: str) -> dataclasses.Field[Any]:
+def config_path(environ: Mapping[str, str], user_dir: bool = True) -> Path | None:
+    """The config file to read: the one ``WARREN_CONFIG`` names (it must exist), else
+    ``config.toml`` in the user config directory if there is one there (and ``user_dir``)."""
+    named = environ.get(CONFIG_ENV, "")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise UsageError(f"{CONFIG_ENV} names {path}, which is not a file.")
+        return path
+    if not user_dir:
+        return None
+    path = default_config_path()
+    return path if path.is_file() else None
+
+
+def default_config_path() -> Path:
+    """Where the config file lives unless ``WARREN_CONFIG`` says otherwise."""
+    import platformdirs  # only when there is no WARREN_CONFIG: services seldom need it
+
+    return Path(platformdirs.user_config_dir("warren")) / "config.toml"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file that only its owner can read (it may hold a password)."""
+    try:
+        mode = path.stat().st_mode
+        if os.name == "posix" and mode & 0o077:
+            raise UsageError(
+                f"{path} can be read by others (mode {mode & 0o777:o}) and may hold a "
+                f"password, so it is not used: run chmod 600 {path}."
+            )
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read the config file {path}: {exc.strerror or exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}.") from None
+    return data
+
+
+def _field(cls: type[Settings], key: str, where: str = "") -> dataclasses.Field[Any]:
     for f in fields(cls):
         if f.name == key:
             return f
+    if where:
+        raise UsageError(
+            f"{where} sets {key!r}, which is not a setting (the names are the WARREN_* "
+            "variables' in lower case without WARREN_, e.g. amqp_url)."
+        )
     raise KeyError(key)
 
 
-def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, where: str = "") -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
+        if isinstance(raw, (dict, list)):
+            raise ValueError(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() in TRUE + FALSE:
+                return str(raw).strip().lower() in TRUE
+            raise ValueError(raw)
         if kind == "int":
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
             return int(raw)
         if kind == "float":
             return float(raw)
         if kind.startswith("Path"):
             return Path(raw)
         return str(raw)
-    except ValueError:
-        raise UsageError(f"WARREN_{f.name.upper()}={raw!r} is not a valid {kind}.") from None
+    except (TypeError, ValueError):
+        what = f"{where} ({raw!r})" if where else f"WARREN_{f.name.upper()}={raw!r}"
+        raise UsageError(f"{what} is not a valid {kind}.") from None
+
+
+SECRET_WORDS = ("password", "secret", "token")
+
+
+def shown(name: str, value: Any) -> str:
+    """A setting as ``warren config`` prints it: passwords in URLs (and any setting whose
+    name says it is secret) masked."""
+    if value is None:
+        return ""
+    if any(word in name for word in SECRET_WORDS):
+        return "****" if value else ""
+    text = str(value)
+    if "://" in text:
+        return ",".join(mask(u.strip()) for u in text.split(","))
+    return text
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by ``****`` (``redact`` drops it altogether)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:****@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def redact(url: str) -> str:
