@@ -3,11 +3,12 @@
 A file (or a pack of small files) goes through named steps, and ``Batch._advance`` is the
 one place that moves it on:
 
-    HASHING ──► ASKING ──► STORING ──► RECORDING ──► DONE
-     (large     (placement  (bytes sent;  (every replica
-     files,     requested)  replicas      confirmed; the
-     on the                 confirming)   catalog records it)
-     hasher)
+    HASHING ──► ASKING ──► [RESUMING] ──► STORING ──► RECORDING ──► DONE
+     (large     (placement  (an unfinished  (bytes sent;  (every replica
+     files,     requested)  upload goes on: replicas      confirmed; the
+     on the                 which chunks    confirming)   catalog records it)
+     hasher)                does the
+                            primary have?)
 
 Any step can end in DONE early: a local problem, a refusal, a failed replica, a timeout.
 Messages only record what arrived (an answer, a confirmation); the batch loop, on the
@@ -67,6 +68,7 @@ __all__ = ["PACK_FILE_MAX", "Batch", "Hasher", "Pack", "Step", "Upload", "next_u
 class Step(enum.Enum):
     HASHING = "hashing"  # on the hashing thread: size and SHA-256 not known yet
     ASKING = "asking"  # placement requested: waiting for the manager's answer
+    RESUMING = "resuming"  # an unfinished upload goes on: waiting for what the primary has
     STORING = "storing"  # bytes sent: waiting for every replica's confirmation
     RECORDING = "recording"  # every replica confirmed: waiting for the catalog's record
     DONE = "done"  # its outcome is known
@@ -89,12 +91,14 @@ class Upload:
         self.data = b""  # a small file's bytes, until its pack is sent
         self.hashed = threading.Event()  # size and sha256 are known, or error says why not
         self.timed_out = False
+        self.skipped = 0  # chunks a resumed upload did not send again
         # What arrived: the manager's answer and the replicas' word.
         self.accepted: m.UploadAccepted | None = None
         self.error: WarrenError | None = None
         self.confirmed: dict[str, int] = {}  # worker -> hop
         self.failures: list[str] = []
         self.recorded = False  # the manager has it in the catalog
+        self.have: m.UploadHave | None = None  # resuming: the chunks the primary has
 
     @property
     def failed(self) -> bool:
@@ -107,6 +111,9 @@ class Upload:
     def time_out(self) -> None:
         """Its replicas did not all confirm in time: those that did not are named."""
         self.timed_out = True
+
+    def resumed(self) -> bool:
+        return self.accepted is not None and self.accepted.resumed
 
     def already_stored(self) -> bool:
         """The manager found the content on enough workers and recorded it: every worker
@@ -122,7 +129,8 @@ class Upload:
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
-        if self.accepted is not None or self.error is not None:
+        if d.type == m.UploadHave.TYPE:
+            self.have = m.UploadHave.decode(d.body)
             return
         answer = decode_answer(d)
         if isinstance(answer, m.UploadAccepted):
@@ -139,7 +147,13 @@ class Upload:
         elif isinstance(msg, m.ReplicaFailed):
             self.failures.append(f"{msg.worker}: {msg.reason}")
         elif isinstance(msg, m.UploadRecorded):
+            # Recorded means stored on the whole chain, whoever sent the last chunk (after
+            # a resume, the confirmations may have gone to the client that was cut off).
             self.recorded = True
+            for hop, worker in enumerate(self.accepted.chain if self.accepted else ()):
+                if worker not in self.confirmed:
+                    self.confirmed[worker] = hop
+                    self.progress.replica(worker, hop)
 
     def outcomes(self) -> list[tuple[str, UploadResult | WarrenError]]:
         return [(self.name, self.outcome())]
@@ -309,7 +323,12 @@ class Batch:
             unit.step = Step.DONE
         elif step is Step.ASKING and isinstance(unit, Upload) and unit.already_stored():
             unit.step = Step.DONE  # the cluster had it: recorded, nothing to send
-        elif step is Step.ASKING and unit.accepted is not None:
+        elif step is Step.ASKING and isinstance(unit, Upload) and unit.resumed():
+            unit.step = Step.RESUMING
+            unit.deadline = time.monotonic() + self.settings.request_timeout
+        elif (step is Step.ASKING and unit.accepted is not None) or (
+            step is Step.RESUMING and isinstance(unit, Upload) and unit.have is not None
+        ):
             self._send(unit)
             unit.step = Step.STORING
             return True
@@ -332,6 +351,13 @@ class Batch:
         if unit.step is Step.ASKING:
             if unit.accepted is None and unit.error is None:
                 raise Unavailable(self.session.silent())
+        elif unit.step is Step.RESUMING:
+            if isinstance(unit, Upload) and unit.have is None:
+                unit.error = Unavailable(
+                    f"{unit.accepted.chain[0] if unit.accepted else 'the primary'} did not say "
+                    f"which chunks of {unit.name!r} it has; run the upload again."
+                )
+                unit.step = Step.DONE
         elif unit.step is Step.STORING:
             if unit.complete or unit.failed:
                 return
@@ -439,7 +465,15 @@ class Batch:
         up.route = acc.upload_id
         self.session.route(up.route, up.on_replica)
         up.progress.started(up.size)
+        have = set(up.have.seqs) if up.have else set()
+        if up.have is not None and up.have.complete:
+            up.progress.transferred(up.size)
+            return  # the primary finished it: its confirmations or the record will come
         for seq, offset, data in read_chunks(up.path, plan):
+            if seq in have:  # the primary wrote it before the upload was cut off
+                up.progress.transferred(len(data))
+                up.skipped += 1
+                continue
             h = m.ChunkHeaders(
                 upload_id=acc.upload_id,
                 seq=seq,

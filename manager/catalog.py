@@ -352,12 +352,43 @@ class Catalog:
         if up is not None:
             self._mark_if_unused(up.sha256, time.time() if now is None else now)
 
-    def expire_uploads(self, older_than: float) -> int:
-        """Pending uploads nobody finished are failed, so they stop reserving space."""
-        cur = self.db.execute(
-            "UPDATE uploads SET state=? WHERE state=? AND created<?", (FAILED, PENDING, older_than)
-        )
-        return cur.rowcount
+    def expire_uploads(self, older_than: float, now: float | None = None) -> list[Upload]:
+        """Pending uploads nobody finished are failed, so they stop reserving space; the
+        caller has their partial data removed from their chain."""
+        now = time.time() if now is None else now
+        expired = [
+            _upload(r)
+            for r in self.db.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE state=? AND created<?",
+                (PENDING, older_than),
+            ).fetchall()
+        ]
+        with self.db:
+            self.db.execute("BEGIN")
+            for up in expired:
+                self.db.execute(
+                    "UPDATE uploads SET state=? WHERE upload_id=?", (FAILED, up.upload_id)
+                )
+                self._mark_if_unused(up.sha256, now)
+        return expired
+
+    def resumable(
+        self, owner: str, name: str, sha256: str, size: int, live: set[str]
+    ) -> Upload | None:
+        """An unfinished upload of the same file by the same user, on live workers."""
+        for r in self.db.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE state=? AND owner=? AND name=? "
+            "AND sha256=? AND size=? ORDER BY created DESC",
+            (PENDING, owner, name, sha256, size),
+        ).fetchall():
+            up = _upload(r)
+            if set(up.chain) <= live:
+                return up
+        return None
+
+    def resume(self, upload_id: str, reply_to: str) -> None:
+        """A resumed upload now answers to the new client's queue."""
+        self.db.execute("UPDATE uploads SET reply_to=? WHERE upload_id=?", (reply_to, upload_id))
 
     # -- files and their versions ----------------------------------------------------------
 

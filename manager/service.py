@@ -26,6 +26,7 @@ from warren.topology import (
     MANAGER_EVENTS,
     MANAGER_REQUESTS,
     manager_topology,
+    worker_chunks,
     worker_control,
     worker_topology,
 )
@@ -78,7 +79,7 @@ class Manager:
                 "worker %s: no heartbeat for %.0f s, marked dead", name, self.settings.dead_after
             )
         self._alive = alive
-        self.catalog.expire_uploads(time.time() - self.settings.upload_expiry)
+        self._expire(conn)
         self._collect_garbage(conn)
         files = self.catalog.files()
         metrics.WORKERS_ALIVE.set(len(alive))
@@ -86,6 +87,19 @@ class Manager:
         metrics.UNDER_REPLICATED.set(sum(1 for f in files if len(f.replicas) < f.wanted))
         self._repair(conn)
         conn.call_later(1.0, lambda: self._tick(conn))
+
+    def _expire(self, conn: Transport) -> None:
+        """Uploads unfinished after ``upload_expiry`` seconds are abandoned: failed in the
+        catalog, and their partial data removed from every worker of their chain (the
+        command goes after their chunks, on the same queue)."""
+        for up in self.catalog.expire_uploads(time.time() - self.settings.upload_expiry):
+            cmd = m.DiscardUpload(upload_id=up.upload_id)
+            for worker in up.chain:
+                conn.declare(worker_topology(worker))
+                conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
+            log.info(
+                "upload %s: %r abandoned; discarding it on %s", up.upload_id, up.name, up.chain
+            )
 
     def _collect_garbage(self, conn: Transport) -> None:
         """Blobs no version has used for ``gc_delay`` seconds: each holder deletes its copy
@@ -206,6 +220,7 @@ class Manager:
         if not d.reply_to:
             raise DecodeError(f"{d.type} request without reply_to")
         serve_on: str | None = None
+        then: list[tuple[str, m.Message]] = []  # commands to workers, after the reply
         reply: m.Message
         owner = d.user_id or ""  # validated by RabbitMQ: the sender's own broker user
         try:
@@ -213,7 +228,7 @@ class Manager:
             if isinstance(msg, m.DownloadRequest):
                 reply, serve_on = self._restore(msg, owner)
             elif isinstance(msg, m.UploadRequest):
-                reply = self._place(msg, d.reply_to, owner)
+                reply = self._place(msg, d.reply_to, owner, d.correlation_id or "", then)
             elif isinstance(msg, m.PackRequest):
                 reply = self._place_pack(msg, d.reply_to, owner)
             else:
@@ -235,6 +250,9 @@ class Manager:
             conn.declare(worker_topology(serve_on))
             conn.publish(worker_control(serve_on), serve.encode(), type=serve.TYPE)
             log.info("restore %s: %r served by %s", d.correlation_id, reply.name, serve_on)
+        for worker, cmd in then:
+            conn.declare(worker_topology(worker))
+            conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
         d.ack()
 
     def _answer(self, msg: m.Message, owner: str) -> m.Message:
@@ -270,11 +288,32 @@ class Manager:
             )
         raise DecodeError(f"{msg.TYPE} is not a client request")
 
-    def _place(self, req: m.UploadRequest, reply_to: str, owner: str) -> m.Message:
+    def _place(
+        self,
+        req: m.UploadRequest,
+        reply_to: str,
+        owner: str,
+        cid: str,
+        then: list[tuple[str, m.Message]],
+    ) -> m.Message:
         file = m.PackFile(req.name, req.size, req.sha256, req.mode, req.mtime)
         stored = self._deduplicate(file, req.replicas, req.client, owner)
         if stored is not None:
             return stored
+        live = self.catalog.live_workers()
+        old = self.catalog.resumable(owner, req.name, req.sha256, req.size, live)
+        if old is not None and len(old.chain) == req.replicas:
+            # The same file, unfinished, by the same user, on live workers: go on with it.
+            # Its primary tells the client which chunks it has, after this answer.
+            self.catalog.resume(old.upload_id, reply_to)
+            then.append((old.chain[0], m.HaveRequest(old.upload_id, reply_to, cid)))
+            log.info("upload %s: %r resumed on %s", old.upload_id, req.name, " -> ".join(old.chain))
+            return m.UploadAccepted(
+                upload_id=old.upload_id,
+                chain=old.chain,
+                chunk_size=self.settings.chunk_size,
+                resumed=True,
+            )
         [up] = self._reserve([file], req.replicas, req.client, reply_to, owner)
         log.info(
             "upload %s: %r (%d bytes) from %s, placed on %s",

@@ -78,7 +78,7 @@ def test_pending_uploads_reserve_space_for_placement(tmp_path: Path) -> None:
     c.add_upload(upload(), now=1000)
     reserved = {cand.name: cand.reserved_bytes for cand in c.candidates(now=1000)}
     assert reserved == {"w1": 5, "w2": 5, "w3": 0}
-    assert c.expire_uploads(older_than=2000) == 1
+    assert [up.upload_id for up in c.expire_uploads(older_than=2000)] == ["1" * 32]
     assert all(cand.reserved_bytes == 0 for cand in c.candidates(now=1000))
 
 

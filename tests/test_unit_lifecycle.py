@@ -17,7 +17,7 @@ import pytest
 
 from tests.stubcluster import FAST, StubCluster, wait_for
 from warren import messages as m
-from warren.errors import NotFound
+from warren.errors import NotFound, WarrenError
 from warren.testing import Message
 from warren.topology import MANAGER_REQUESTS, client_topology
 
@@ -213,3 +213,70 @@ def test_restored_files_get_their_mode_and_mtime_back(stub: StubCluster, tmp_pat
         s.download("script.sh", tmp_path / "back.sh")
     st = (tmp_path / "back.sh").stat()
     assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o750, 1_600_000_000)
+
+
+def cut_off_after(c: StubCluster, chunks: int) -> None:
+    """Drop the uploading client's connection once it has sent ``chunks`` chunks."""
+    sent: list[Message] = []
+
+    def cut(msg: Message) -> list[Message]:
+        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 0:
+            sent.append(msg)
+            if len(sent) == chunks:
+                c.broker.disconnect(lambda n: n.startswith("warren client"))
+        return [msg]
+
+    c.broker.intercept = cut
+
+
+def first_hop_chunks(c: StubCluster) -> int:
+    return sum(
+        1
+        for p in c.broker.published
+        if p.type == m.CHUNK_TYPE and (p.headers or {}).get("hop") == 0
+    )
+
+
+def test_an_interrupted_upload_run_again_sends_only_what_is_missing(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = os.urandom(10 * 64 * 1024)  # ten chunks
+    src = write(tmp_path / "big", data)
+    cut_off_after(stub, 6)
+    with pytest.raises(WarrenError), stub.session() as s:
+        s.upload(src, "big", 2)
+    stub.broker.intercept = None
+    before = first_hop_chunks(stub)
+
+    with stub.session() as s:
+        result = s.upload(src, "big", 2)
+        [entry] = s.files()
+    resent = first_hop_chunks(stub) - before
+    assert resent <= 4, f"{resent} chunks sent again; the primary had 6"
+    assert (entry.version, entry.sha256) == (1, hashlib.sha256(data).hexdigest())
+    assert on_disk(stub, data) == set(result.chain)
+    with stub.session() as s:
+        s.download("big", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
+    c = StubCluster(tmp_path, dataclasses.replace(GC, upload_expiry=1.0))
+    try:
+        c.start(4)
+        src = write(tmp_path / "big", os.urandom(10 * 64 * 1024))
+        cut_off_after(c, 5)
+        with pytest.raises(WarrenError), c.session() as s:
+            s.upload(src, "big", 2)
+        c.broker.intercept = None
+
+        def partial() -> list[Path]:
+            return [p for w in c.workers.values() for p in w.store.incoming.iterdir()]
+
+        wait_for(partial, what="partial data on the workers")
+        wait_for(lambda: not partial(), what="the abandoned upload's data to go")
+        with c.session() as s:
+            assert s.status().uploads_in_flight == 0
+            assert s.files() == []
+    finally:
+        c.stop_all()

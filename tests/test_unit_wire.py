@@ -63,7 +63,10 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     (m.StatusRequest(client="c1"), wire('{"client":"c1"}')),
     (
         m.UploadAccepted(upload_id=UID, chain=("w3", "w1"), chunk_size=1048576),
-        wire('{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576,"stored":false}'),
+        wire(
+            '{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576,"stored":false,'
+            '"resumed":false}'
+        ),
     ),
     (
         m.PackAccepted(upload_ids=(UID,), chain=("w3", "w1")),
@@ -149,6 +152,15 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     ),
     (m.RestoreFailed(worker="w1", reason="gone"), wire('{"worker":"w1","reason":"gone"}')),
     (m.DeleteBlob(sha256=SHA), wire('{"sha256":"<SHA>"}')),
+    (
+        m.HaveRequest(upload_id=UID, reply_to="q", correlation_id="c"),
+        wire('{"upload_id":"<UID>","reply_to":"q","correlation_id":"c"}'),
+    ),
+    (
+        m.UploadHave(upload_id=UID, seqs=(0, 1, 3), complete=False),
+        wire('{"upload_id":"<UID>","seqs":[0,1,3],"complete":false}'),
+    ),
+    (m.DiscardUpload(upload_id=UID), wire('{"upload_id":"<UID>"}')),
     (
         m.BlobDeleted(worker="w1", sha256=SHA, size=5),
         wire('{"worker":"w1","sha256":"<SHA>","size":5}'),

@@ -280,6 +280,9 @@ class UploadAccepted(Message):
     # The cluster already held this content on every worker of ``chain``: the upload is
     # recorded as it is, nothing is to be sent.
     stored: bool = False
+    # An unfinished upload of the same file by the same user goes on: the primary says
+    # which chunks it has (upload.have), and only the others are sent.
+    resumed: bool = False
 
     def validate(self) -> None:
         check_upload_id(self.upload_id, "upload_id")
@@ -571,6 +574,45 @@ class BlobDeleted(Message):
     def validate(self) -> None:
         check_worker(self.worker, "worker")
         check_sha256(self.sha256, "sha256")
+
+
+@message
+@dataclass(frozen=True)
+class HaveRequest(Message):
+    """Manager -> a resumed upload's primary: tell the client which chunks you have."""
+
+    TYPE = "worker.have"
+    upload_id: str
+    reply_to: str
+    correlation_id: str
+
+    def validate(self) -> None:
+        check_upload_id(self.upload_id, "upload_id")
+
+
+@message
+@dataclass(frozen=True)
+class UploadHave(Message):
+    """Primary -> client: the chunks of an unfinished upload already written here (or
+    ``complete``: every one, the replica is finished)."""
+
+    TYPE = "upload.have"
+    upload_id: str
+    seqs: tuple[int, ...]
+    complete: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class DiscardUpload(Message):
+    """Manager -> worker, on its chunks queue (after any chunk of it): the upload was
+    abandoned; remove its partial data."""
+
+    TYPE = "worker.discard"
+    upload_id: str
+
+    def validate(self) -> None:
+        check_upload_id(self.upload_id, "upload_id")
 
 
 # -- worker -> client: a restore -----------------------------------------------------------

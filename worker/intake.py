@@ -106,8 +106,19 @@ class Intake:
             self._on_pack(conn, d)
         elif d.type == m.CHUNK_TYPE:
             self._on_chunk(conn, d)
+        elif d.type == m.DiscardUpload.TYPE:
+            self._discard(m.DiscardUpload.decode(d.body))
+            d.ack()
         else:
             raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")
+
+    def _discard(self, cmd: m.DiscardUpload) -> None:
+        """The manager abandoned the upload: its partial data goes (a finish under way
+        ends on its own; its replica is then simply garbage)."""
+        if cmd.upload_id in self._finishing:
+            return
+        freed = self.store.abandon(cmd.upload_id)
+        log.info("upload %s: abandoned; %d bytes removed from %s", cmd.upload_id, freed, self.name)
 
     # -- chunks ----------------------------------------------------------------------------
 

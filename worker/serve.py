@@ -41,11 +41,25 @@ class Server:
                 self._copy(conn, m.CopyRequest.decode(d.body))
             elif d.type == m.DeleteBlob.TYPE:
                 self._delete(conn, m.DeleteBlob.decode(d.body))
+            elif d.type == m.HaveRequest.TYPE:
+                self._have(conn, m.HaveRequest.decode(d.body))
             else:
                 raise DecodeError(f"unknown command {d.type!r}")
         except _Stopping:
             return  # unacked: RabbitMQ hands the command back when the connection closes
         d.ack()
+
+    def _have(self, conn: Transport, req: m.HaveRequest) -> None:
+        """A resumed upload: tell its client which chunks are already written here."""
+        seqs, complete = self.store.have(req.upload_id)
+        have = m.UploadHave(upload_id=req.upload_id, seqs=seqs, complete=complete)
+        conn.publish(
+            req.reply_to,
+            have.encode(),
+            type=have.TYPE,
+            correlation_id=req.correlation_id,
+            persistent=False,
+        )
 
     def _delete(self, conn: Transport, req: m.DeleteBlob) -> None:
         """Garbage collection: the blob is used by no version. Gone from the disk first,

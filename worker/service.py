@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,6 +63,9 @@ class Worker:
     def run(self) -> None:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
         self.store.open()
+        swept = self.store.sweep(time.time() - self.settings.upload_expiry)
+        if swept:
+            log.info("worker %s: removed %d abandoned partial uploads", self.name, swept)
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         usage = self.store.usage()
         log.info(

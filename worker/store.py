@@ -18,6 +18,7 @@ so a partial file is never listed or served.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -256,6 +257,40 @@ class ChunkStore:
         """Forget a partial upload (bad hash, or abandoned)."""
         self.take_running(upload_id)
         self._discard_files(upload_id)
+
+    def abandon(self, upload_id: str) -> int:
+        """An upload nobody will finish: its partial data and markers go; the bytes freed."""
+        freed = 0
+        self.take_running(upload_id)
+        for suffix in (".part", ".seqs", ".done"):
+            path = self._path(upload_id, suffix)
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+
+    def have(self, upload_id: str) -> tuple[tuple[int, ...], bool]:
+        """The chunks of an upload written here, by its journal on disk (any thread may
+        ask: the journal is only appended to), and whether the replica is finished."""
+        if self.done_sha256(upload_id) is not None:
+            return (), True
+        try:
+            lines = self._path(upload_id, ".seqs").read_text().split("\n")
+        except FileNotFoundError:
+            return (), False
+        # The last line may be half written: only whole lines count.
+        return tuple(sorted({int(x) for x in lines[:-1] if x.isdigit()})), False
+
+    def sweep(self, older_than: float) -> int:
+        """At start: partial uploads and done markers untouched since ``older_than`` (the
+        upload expiry) belong to nobody any more. Returns how many files were removed."""
+        removed = 0
+        for path in self.incoming.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def _discard_files(self, upload_id: str) -> None:
         for suffix in (".part", ".seqs"):
