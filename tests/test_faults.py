@@ -7,13 +7,14 @@ import filecmp
 import os
 import signal
 import subprocess
-import time
+import urllib.parse
 from pathlib import Path
 
 from devtools.localnode import LocalNode
 from tests.cluster import Cluster, MakeCluster, file_sha256, stored_names, wait_for
 from warren import errors
 from warren.chunks import sha256_file
+from warren.topology import worker_chunks
 
 
 def random_file(folder: Path, name: str, size: int) -> Path:
@@ -143,7 +144,7 @@ def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
 ) -> None:
     # Given a batch of small files (they travel in packs) on a cluster of exactly two
     # workers whose disks are slow, so the packs sit unacknowledged on the workers
-    c = make_cluster(WARREN_FINALIZE_DELAY="3")
+    c = make_cluster(WARREN_FINALIZE_DELAY="5")
     c.start_all(2)
     paths = [random_file(tmp_path, f"small {i:03}", 500 + i) for i in range(300)]
     client = c.client_process("upload", *map(str, paths))
@@ -151,7 +152,13 @@ def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
     wait_for(lambda: "pack of " in placed.read_text(), what="a pack placed")
     line = next(ln for ln in placed.read_text().splitlines() if "pack of " in ln)
     primary = line.rsplit(", placed on ", 1)[1].split(" -> ")[0]
-    time.sleep(1.0)
+    vhost = urllib.parse.quote(c.vhost, safe="")
+
+    def in_hand() -> bool:  # RabbitMQ's figures lag by up to 5 s; the disk is slower still
+        queue = c.node.api("GET", f"queues/{vhost}/{worker_chunks(primary)}")
+        return int(queue.get("messages_unacknowledged", 0)) > 0
+
+    wait_for(in_hand, timeout=60, what=f"packs unacknowledged on {primary}")
 
     # When the primary is killed with packs in hand, and restarted (a fast disk now)
     c.kill(primary)
