@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install rabbitmq up down status cluster-up cluster-down test unit lint typecheck check bench soak clean
+.PHONY: install rabbitmq up down status cluster-up cluster-down test unit lint typecheck check bench soak clean compose-test
 
 install: $(STAMP) rabbitmq
 
@@ -51,6 +51,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy tests bench
 
 check: lint typecheck test
+
+# The README's Docker commands, for real, on both compose files; installs and starts what it
+# needs (Docker, stand-in base images where no registry answers) and removes all it made.
+compose-test:
+	@bash scripts/compose-test.sh
 
 bench: install
 	$(PY) bench/bench.py

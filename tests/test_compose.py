@@ -1,11 +1,12 @@
 """The Docker deployment, checked without Docker or a broker.
 
 docker-compose.yml (one broker), docker-compose.cluster.yml (three clustered brokers), the
-Dockerfile and broker/ only meet real code at `docker compose up`, which this suite never runs.
-These checks catch what would break there: a command a module does not accept, a mounted file
-that is missing, an env var nothing reads, a package the image lacks, a broker password hash
-that does not match its password, a cluster node its peers cannot find or authenticate, and
-the two compose files or the two broker configs drifting apart.
+Dockerfile and broker/ only meet real code at `docker compose up`, which this suite never runs
+(`make compose-test` does, with Docker). These checks catch what would break there: a command
+a module does not accept, a mounted file that is missing, an env var nothing reads, a package
+the image lacks, a broker password hash that does not match its password, a cluster node its
+peers cannot find or authenticate, a key docker-compose v1 rejects, two layouts in one
+project, and the two compose files or the two broker configs drifting apart.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from warren.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+DOTENV = ROOT / ".env"
+README = ROOT / "README.md"
 BROKER = ROOT / "broker"
 
 WORKERS = ("w1", "w2", "w3", "w4")
@@ -41,6 +44,9 @@ CLIENTS = ("client1", "client2")
 WARREN_SERVICES = ("manager", *WORKERS, *CLIENTS)
 SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
 SETTINGS_ENV = {"WARREN_" + name.upper() for name in SETTINGS_FIELDS}
+# The top-level keys docker-compose v1 accepts (besides x- extensions); v2 also takes `name:`,
+# which v1 rejects, so the project names come from .env and -p.
+COMPOSE_V1_TOP_LEVEL = {"version", "services", "volumes", "networks", "secrets", "configs"}
 # Where Erlang (the node and the CLI tools) reads the cookie: $HOME of the rabbitmq user.
 COOKIE_PATH = "/var/lib/rabbitmq/.erlang.cookie"
 
@@ -89,6 +95,35 @@ def compose(layout: Layout) -> dict[str, Any]:
     data = yaml.safe_load((ROOT / layout.file).read_text())
     assert isinstance(data, dict), f"{layout.file} is not a mapping"
     return data
+
+
+def dotenv() -> dict[str, str]:
+    """The variables of .env, which both compose versions read from the project folder."""
+    values: dict[str, str] = {}
+    for raw in DOTENV.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env: {raw!r} is not KEY=VALUE"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def header_commands(layout: Layout) -> list[str]:
+    """The `docker compose ...` command lines of the file's opening comment."""
+    text = (ROOT / layout.file).read_text()
+    return [line for line in text.splitlines() if re.match(r"#\s+docker compose ", line)]
+
+
+def project_name(layout: Layout) -> str:
+    """The compose project: the -p its header commands give, else .env's COMPOSE_PROJECT_NAME."""
+    given = set()
+    for line in header_commands(layout):
+        match = re.search(r"docker compose -p (\S+)", line)
+        if match:
+            given.add(match.group(1))
+    assert len(given) <= 1, f"{layout.file}: the commands give different projects: {given}"
+    return given.pop() if given else dotenv().get("COMPOSE_PROJECT_NAME", "")
 
 
 def services(layout: Layout) -> dict[str, Service]:
@@ -387,9 +422,16 @@ def test_clients_run_on_demand_under_distinct_names(layout: Layout) -> None:
     assert len(names) == len(CLIENTS)
 
 
+@each_layout()
+def test_compose_v1_reads_every_top_level_key(layout: Layout) -> None:
+    keys = {key for key in compose(layout) if not key.startswith("x-")}
+    unknown = keys - COMPOSE_V1_TOP_LEVEL
+    assert not unknown, f"{layout.file}: docker-compose v1 rejects {sorted(unknown)}"
+
+
 def test_the_two_layouts_are_separate_projects() -> None:
-    names = [compose(layout).get("name") for layout in LAYOUTS]
-    assert all(names), "give every compose file a project name: its volumes are named after it"
+    names = [project_name(layout) for layout in LAYOUTS]
+    assert all(names), "give every layout a project name: its volumes are named after it"
     assert len(set(names)) == len(names), f"the layouts would share containers and volumes: {names}"
 
 
@@ -407,13 +449,23 @@ def test_cluster_services_are_the_single_broker_services_but_for_the_broker(name
     assert cluster_env == single_env, f"{name}: the layouts set different environments"
 
 
-def test_cluster_header_commands_name_the_cluster_file() -> None:
+def test_cluster_header_commands_name_the_cluster_project_and_file() -> None:
     # A bare `docker compose ...` would act on docker-compose.yml's project instead.
-    text = (ROOT / CLUSTER.file).read_text()
-    commands = [line for line in text.splitlines() if re.match(r"#\s+docker compose ", line)]
+    commands = header_commands(CLUSTER)
     assert commands, f"{CLUSTER.file}: start with the commands that use it"
+    expected = f"docker compose -p {project_name(CLUSTER)} -f {CLUSTER.file} "
     for line in commands:
-        assert f"docker compose -f {CLUSTER.file} " in line, f"{CLUSTER.file}: {line!r}"
+        assert expected in line, f"{CLUSTER.file}: {line!r}"
+    single = [line for line in header_commands(SINGLE) if re.search(r" -p | -f \S+\.yml", line)]
+    assert not single, f"{SINGLE.file}: its commands need neither -p nor -f: {single}"
+
+
+def test_readme_cluster_commands_name_the_cluster_project() -> None:
+    pattern = re.compile(rf"docker[ -]compose .*-f {re.escape(CLUSTER.file)}")
+    commands = [line for line in README.read_text().splitlines() if pattern.search(line)]
+    assert commands, "README: show how to start the cluster layout"
+    for line in commands:
+        assert f"-p {project_name(CLUSTER)} -f {CLUSTER.file}" in line, f"README: {line!r}"
 
 
 # -- compose: environment, mounts, broker, ordering -----------------------------------------
