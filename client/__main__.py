@@ -1,19 +1,55 @@
-"""``python -m client``: a command (``client.cli``), or with none in a terminal, the menu.
+"""``warren`` (or ``python -m client``): a command (``client.cli``), or with none in a
+terminal, the menu.
 
-Both share the logging set-up and the one-sentence error with its exit code, so they live
-here, where the choice between the two is made, and neither module has to import the other.
+Both share the logging set-up, the signals, and the one-sentence error with its exit code,
+so they live here, where the choice between the two is made, and neither module has to
+import the other. The ``warren-manager`` and ``warren-worker`` console scripts start here
+too: they run ``python -m manager`` and ``python -m worker`` as they are.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
-from client.cli import App, build_parser
+from client.cli import App, build_parser, open_session, version
 from warren import errors
 from warren.errors import WarrenError
 from warren.service import configure_logging
+
+# Signals that end a command the way Ctrl-C does: a partial download is removed, the
+# terminal restored, "interrupted" said, exit 130.
+ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Ended(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program was, so every ``finally`` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def ending_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Ended`` once; a second one while cleaning up is ignored,
+    so the clean-up finishes."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        for sig in ENDING:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Ended(signum)
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in ENDING}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,20 +64,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # quiet logs, but a broker alarm is news the user must see while they wait
         logging.basicConfig(level=logging.ERROR, format="%(message)s", stream=sys.stderr)
         logging.getLogger("warren.alarm").setLevel(logging.WARNING)
+        logging.getLogger("warren.broker").setLevel(logging.WARNING)  # "waiting for RabbitMQ"
         logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
-        if interactive:
-            # Only here: the commands never pay for (or need) termios, tty and readline.
-            from client.menu import run_menu
+        with ending_signals_interrupt():
+            if interactive:
+                # Only here: the commands never pay for (or need) the menu's imports.
+                from client.menu import run_menu
 
-            return run_menu(args)
-        return App(args).run()
+                return run_menu(args, open_session)
+            return App(args).run()
     except WarrenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Ended as exc:
+        print(f"interrupted by {exc}", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
+
+
+def manager_main() -> int:
+    """``warren-manager``: ``python -m manager`` under a shorter name."""
+    return _service("manager")
+
+
+def worker_main() -> int:
+    """``warren-worker``: ``python -m worker`` under a shorter name."""
+    return _service("worker")
+
+
+def _service(role: str) -> int:
+    if "--version" in sys.argv[1:]:
+        print(f"warren-{role} {version()}")
+        return errors.EXIT_OK
+    import runpy
+
+    try:
+        runpy.run_module(role, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return errors.EXIT_FAILURE
+    return errors.EXIT_OK
 
 
 if __name__ == "__main__":

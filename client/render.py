@@ -14,20 +14,25 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from client.outcomes import DownloadResult, UploadResult
 from client.outcomes import Progress as ProgressHooks
 from warren.messages import FileEntry, StatusReply
 
 HOPS = ("primary", "backup")
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+# A speed is shown once a transfer has run this long: before that it measures how fast the
+# first chunks filled a socket buffer (175.7 GB/s), not how fast the transfer goes.
+SPEED_AFTER = 1.0
 
 
 def role(hop: int) -> str:
@@ -37,12 +42,50 @@ def role(hop: int) -> str:
 
 
 def human_size(n: float) -> str:
-    """Binary units, one decimal: the sizes people compare with their file manager."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+    """Binary (IEC) units, one decimal: every size and speed the client shows uses them."""
+    value, unit = _scaled(n)
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _scaled(n: float) -> tuple[float, str]:
+    """``n`` bytes in the largest unit that keeps it under 1024 once rounded (1023.96 KiB
+    is shown as 1.0 MiB, not 1024.0 KiB)."""
+    for power, unit in enumerate(UNITS):
+        value = n / 1024**power
+        if abs(round(value, 1)) < 1024 or unit == UNITS[-1]:
+            return value, unit
     raise AssertionError("unreachable")
+
+
+def size_pair(done: float, total: float) -> str:
+    """``12.5/838.9 MiB``: both in the unit of the total, as a progress bar shows them."""
+    _, unit = _scaled(total)
+    scale = 1024 ** UNITS.index(unit)
+    if unit == "B":
+        return f"{done:.0f}/{total:.0f} B"
+    return f"{done / scale:.1f}/{total / scale:.1f} {unit}"
+
+
+class SizeColumn(ProgressColumn):
+    """Bytes done of the total, in IEC units (rich's DownloadColumn counts in MB)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text(human_size(task.completed), style="progress.download")
+        return Text(size_pair(task.completed, task.total), style="progress.download")
+
+
+class SpeedColumn(ProgressColumn):
+    """Bytes per second in IEC units, shown only once the transfer has run SPEED_AFTER s."""
+
+    def render(self, task: Task) -> Text:
+        return Text(speed_text(task.elapsed, task.speed), style="progress.data.speed")
+
+
+def speed_text(elapsed: float | None, speed: float | None) -> str:
+    if elapsed is None or elapsed < SPEED_AFTER or speed is None:
+        return ""
+    return f"{human_size(speed)}/s"
 
 
 def relative_time(then: float, now: float | None = None) -> str:
@@ -119,8 +162,8 @@ def transfer_bars(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        SizeColumn(),
+        SpeedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=True,
@@ -209,19 +252,50 @@ def workers_table(st: StatusReply) -> Table:
 
 
 def status_summary(st: StatusReply) -> str:
-    """The line under the workers table: red when some file needs repair."""
+    """The line under the workers table: red when some file needs repair; then the uploads
+    and repair copies in flight (``status`` and ``status --watch`` alike)."""
     colour = "red" if st.under_replicated else "green"
-    return f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/]"
+    return (
+        f"{st.files} files, [{colour}]{st.under_replicated} under-replicated[/], "
+        f"{st.uploads_in_flight} {_plural(st.uploads_in_flight, 'upload')} in flight, "
+        f"{st.repairs_in_flight} {_plural(st.repairs_in_flight, 'repair')} under way"
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 def dashboard(st: StatusReply) -> Group:
-    """What ``status --watch`` shows: workers, then transfers and the repair backlog."""
-    line = (
-        f"{status_summary(st)}   uploads in flight: {st.uploads_in_flight}   "
-        f"repairs under way: {st.repairs_in_flight}   "
-        f"[dim]updated {time.strftime('%H:%M:%S')}, Ctrl-C to stop[/]"
-    )
+    """What ``status --watch`` shows: the workers and the status line, and when."""
+    line = f"{status_summary(st)}   [dim]updated {time.strftime('%H:%M:%S')}, Ctrl-C to stop[/]"
     return Group(workers_table(st), line)
+
+
+def upload_json(r: UploadResult) -> dict[str, Any]:
+    """A confirmed upload as ``upload --json`` prints it, one line per file (as restic's
+    ``backup --json``); the README documents these keys, keep them."""
+    return {
+        "name": r.name,
+        "size": r.size,
+        "sha256": r.sha256,
+        "replicas": [w for w, _ in sorted(r.confirmed.items(), key=lambda kv: kv[1])],
+        "bytes_sent": 0 if r.deduplicated else r.size,
+        "deduplicated": r.deduplicated,
+        "recorded": r.recorded,
+    }
+
+
+def download_json(r: DownloadResult) -> dict[str, Any]:
+    """A restored file as ``download --json`` prints it, one line per file."""
+    return {
+        "name": r.name,
+        "version": r.version,
+        "size": r.size,
+        "sha256": r.sha256,
+        "worker": r.worker,
+        "path": str(r.path),
+    }
 
 
 def file_json(f: FileEntry) -> dict[str, Any]:

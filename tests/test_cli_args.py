@@ -1,0 +1,217 @@
+"""The client's command line without a cluster: flags anywhere, usage errors, versions,
+completion, the config command, units, and what a refused connection says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+
+from client.cli import build_parser
+from client.outcomes import UploadResult
+from client.render import (
+    SizeColumn,
+    SpeedColumn,
+    human_size,
+    size_pair,
+    speed_text,
+    status_summary,
+    upload_json,
+)
+from devtools.localnode import free_port
+from tests.cluster import ROOT
+from warren import errors
+from warren.messages import StatusReply
+
+BIN = Path(sys.executable).parent
+
+
+def warren(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """The `warren` console script, as a user runs it, with no user config file around."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    environ.setdefault("XDG_CONFIG_HOME", "/nonexistent-warren-test")
+    return subprocess.run(
+        [str(BIN / "warren"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=environ,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-q", "-v", "--client-name", "X", "upload", "a.txt"],
+        ["upload", "a.txt", "-q", "-v", "--client-name", "X"],
+        ["-q", "upload", "-v", "a.txt", "--client-name", "X"],
+    ],
+)
+def test_global_options_mean_the_same_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose, args.client_name) == (True, True, "X")
+    assert args.command == "upload" and args.paths == [Path("a.txt")]
+
+
+def test_without_options_the_defaults_hold() -> None:
+    args = build_parser().parse_args(["list"])
+    assert (args.quiet, args.verbose, args.client_name) == (False, False, None)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["upload", "a.txt", "--replicas", "0"], "--replicas must be at least 1, not 0."),
+        (["prune", "--keep-last", "0"], "--keep-last must be at least 1, not 0."),
+        (["download", "a.txt", "--version", "-1"], "--version must be at least 0, not -1."),
+    ],
+)
+def test_impossible_numbers_are_usage_errors_in_one_sentence(argv: list[str], words: str) -> None:
+    # Nothing listens at this address: the check comes before any connection
+    res = warren(*argv, WARREN_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
+    assert res.returncode == errors.EXIT_USAGE, res
+    assert res.stderr == f"error: {words}\n"
+
+
+@pytest.mark.parametrize("script", ["warren", "warren-manager", "warren-worker"])
+def test_every_console_script_says_its_version(script: str) -> None:
+    res = subprocess.run(
+        [str(BIN / script), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res
+    assert res.stdout.startswith(f"{script} ") and res.stdout.strip().split()[-1][0].isdigit()
+
+
+def test_the_short_name_is_in_the_usage() -> None:
+    res = warren("--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: warren ")
+    assert "config.toml" in res.stdout and "WARREN_CONFIG" in res.stdout
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_comes_from_the_argument_definitions(shell: str) -> None:
+    res = warren("completion", shell)
+    assert res.returncode == 0, res
+    for word in ("upload", "download", "versions", "prune", "--replicas", "--keep-last"):
+        assert word in res.stdout, word
+    if shell == "bash":  # and it is a script bash accepts
+        check = subprocess.run(["bash", "-n"], input=res.stdout, text=True, capture_output=True)
+        assert check.returncode == 0, check.stderr
+
+
+def test_config_shows_each_setting_its_source_and_no_password(tmp_path: Path) -> None:
+    # Given a config file with the broker URL and a password, and one setting in the env
+    path = tmp_path / "config.toml"
+    path.write_text('amqp_url = "amqp://me:s3cret@backup.example:5672/%2F"\nwindow = 8\n')
+    path.chmod(0o600)
+    res = warren(
+        "config", "--json", "--client-name", "desk", WARREN_CONFIG=str(path), WARREN_WINDOW="4"
+    )
+    # Then `warren config` says where each came from, and the password is masked
+    assert res.returncode == 0, res
+    shown = json.loads(res.stdout)
+    assert shown["config_file"] == str(path) and shown["config_file_exists"]
+    settings = shown["settings"]
+    assert settings["amqp_url"] == {
+        "value": "amqp://me:****@backup.example:5672/%2F",
+        "source": "config file",
+    }
+    assert settings["window"] == {"value": "4", "source": "env WARREN_WINDOW"}
+    assert settings["client_name"] == {"value": "desk", "source": "flag"}
+    assert settings["chunk_size"]["source"] == "default"
+    assert "s3cret" not in res.stdout + res.stderr
+    # And the table form says the same for a person
+    table = warren("config", WARREN_CONFIG=str(path), COLUMNS="200")
+    assert table.returncode == 0 and "s3cret" not in table.stdout
+    assert f"config file: {path} (read)" in table.stdout
+    assert "amqp://me:****@backup.example:5672/%2F" in table.stdout
+
+
+def test_a_config_file_others_can_read_stops_every_command(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('amqp_url = "amqp://me:s3cret@backup.example:5672/%2F"\n')
+    path.chmod(0o644)
+    res = warren("list", WARREN_CONFIG=str(path))
+    assert res.returncode == errors.EXIT_USAGE
+    assert len(res.stderr.splitlines()) == 1 and "can be read by others" in res.stderr
+    assert "s3cret" not in res.stderr
+
+
+def test_a_refused_connection_says_try_make_up_in_one_sentence() -> None:
+    # Given nothing listening where the broker should be
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    started = time.monotonic()
+    res = warren("list", WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="1")
+    # Then (off a terminal) one sentence, with the hint, exit 4
+    assert res.returncode == errors.EXIT_UNAVAILABLE, res
+    assert res.stderr.startswith("error: cannot reach RabbitMQ at amqp://guest@127.0.0.1:")
+    assert res.stderr.rstrip().endswith("is warren running? try `make up`.")
+    assert len(res.stderr.splitlines()) == 1 and res.stdout == ""
+    assert time.monotonic() - started < 30
+
+
+def test_sizes_and_speeds_are_iec_everywhere() -> None:
+    assert human_size(800 * 1024 * 1024) == "800.0 MiB"
+    assert human_size(1024 * 1024 - 1) == "1.0 MiB"  # not "1024.0 KiB"
+    assert size_pair(12.5 * 1024 * 1024, 838.9 * 1024 * 1024) == "12.5/838.9 MiB"
+    assert size_pair(10, 300) == "10/300 B"
+    assert speed_text(2.0, 175.7e9) == "163.6 GiB/s"
+    assert speed_text(0.01, 175.7e9) == ""  # the first instant says nothing rather than nonsense
+    assert speed_text(None, None) == ""
+
+
+def test_a_transfer_bar_shows_iec_units_and_no_first_instant_speed() -> None:
+    # Given a bar whose clock we drive, and a first burst of 16 MiB in a millisecond
+    now = [100.0]
+    bars = Progress(SizeColumn(), SpeedColumn(), get_time=lambda: now[0])
+    task = bars.add_task("x", total=800 * 1024 * 1024)
+    for _ in range(16):
+        now[0] += 0.0001
+        bars.advance(task, 1024 * 1024)
+    first = _render(bars)
+    # Then the size is in MiB and no speed is shown yet
+    assert "16.0/800.0 MiB" in first and "/s" not in first
+    # When the transfer has gone on for two seconds at 10 MiB/s
+    for _ in range(20):
+        now[0] += 0.1
+        bars.advance(task, 1024 * 1024)
+    later = _render(bars)
+    # Then the speed is shown, in MiB/s, and it is not absurd
+    assert "36.0/800.0 MiB" in later and "MiB/s" in later
+
+
+def _render(bars: Progress) -> str:
+    console = Console(width=120, record=True)
+    console.print(bars.make_tasks_table(bars.tasks))
+    return console.export_text()
+
+
+def test_status_says_what_is_in_flight() -> None:
+    st = StatusReply(
+        workers=(), under_replicated=1, files=3, uploads_in_flight=2, repairs_in_flight=1
+    )
+    line = status_summary(st)
+    assert "3 files" in line and "2 uploads in flight" in line and "1 repair under way" in line
+
+
+def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
+    r = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), {"w2": 1, "w1": 0})
+    assert upload_json(r) == {
+        "name": "a.txt",
+        "size": 10,
+        "sha256": "ab" * 32,
+        "replicas": ["w1", "w2"],
+        "bytes_sent": 10,
+        "deduplicated": False,
+        "recorded": True,
+    }
+    r.deduplicated = True
+    assert upload_json(r)["bytes_sent"] == 0
