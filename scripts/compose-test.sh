@@ -28,6 +28,7 @@ SINGLE_PROJECT=warren        # COMPOSE_PROJECT_NAME in .env
 CLUSTER_PROJECT=warren-cluster # -p, as the README spells it
 STARTED=$(date +%s)
 LOG=$(mktemp -d)
+touch "$LOG/err"
 DOCKERD_PID=""
 UPLOAD_PID=""
 PROJECTS_MADE=()
@@ -233,6 +234,8 @@ up() {
         fail "up -d --build failed"
     }
     passed "$project: up, every broker healthy"
+    within 120 "the manager answering with w1..w4 alive" workers_alive
+    passed "$project: the manager answers, w1..w4 alive"
 }
 
 down() {
@@ -253,6 +256,14 @@ client() {
 }
 must() {
     client "$@" || fail "run $* exited $?: $(tail -n 5 "$LOG/err")"
+}
+workers_alive() {
+    client client1 status --json || return 1
+    python3 -c '
+import json, sys
+alive = {w["name"] for w in json.load(open(sys.argv[1]))["workers"] if w["alive"]}
+sys.exit(0 if {"w1", "w2", "w3", "w4"} <= alive else 1)
+' "$LOG/out"
 }
 # A field of `list --json` for one file: the replicas (comma-separated), or sha256, or size.
 listed() {
@@ -278,7 +289,7 @@ within() {
     shift 2
     local deadline=$(($(date +%s) + seconds))
     until "$@"; do
-        (($(date +%s) < deadline)) || fail "$what: not within $seconds s"
+        (($(date +%s) < deadline)) || fail "$what: not within $seconds s ($(tail -n 3 "$LOG/err"))"
         sleep 2
     done
 }
