@@ -61,6 +61,10 @@ class Settings:
     finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file
     gc_delay: float = 3600.0  # seconds after a blob's last version goes before it is deleted
     upload_expiry: float = 86400.0  # seconds before an unfinished upload is abandoned
+    tls_ca_file: str = ""  # amqps://: PEM bundle that signed the broker's certificate
+    tls_cert_file: str = ""  # amqps://: a client certificate (PEM), if the broker asks for one
+    tls_key_file: str = ""  # its private key, unless the certificate file holds it
+    admin_url: str = ""  # management HTTP API with an administrator's login (manager users)
 
     @property
     def amqp_urls(self) -> list[str]:
