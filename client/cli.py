@@ -361,10 +361,11 @@ class Traced:
         started = time.monotonic()
         self._inner.open(give_up_after=give_up_after, stop=stop)
         self._log.info(
-            "connected to %s as %s in %.2f s",
+            "connected to %s as user %s in %.2f s (connection %r)",
             self._inner.url,
             getattr(self._inner, "user", "?"),
             time.monotonic() - started,
+            self._inner.name,
         )
 
     def close(self) -> None:
@@ -427,23 +428,22 @@ class App:
             return self.config()
         self.check()
         settings = Settings.load(overrides(self.args))
+        commands = {
+            "upload": self.upload,
+            "download": self.download,
+            "list": self.list,
+            "versions": self.versions,
+            "delete": self.delete,
+            "prune": self.prune,
+            "status": self.status,
+        }
+        if cmd not in commands:
+            raise UsageError(f"unknown command {cmd!r}")
         session = open_session(settings, self.err, verbose=bool(self.args.verbose))
-        with session:
-            if cmd == "upload":
-                return self.upload(session)
-            if cmd == "download":
-                return self.download(session)
-            if cmd == "list":
-                return self.list(session)
-            if cmd == "versions":
-                return self.versions(session)
-            if cmd == "delete":
-                return self.delete(session)
-            if cmd == "prune":
-                return self.prune(session)
-            if cmd == "status":
-                return self.status(session)
-        raise UsageError(f"unknown command {cmd!r}")
+        try:  # opened already: a `with` would open it a second time
+            return commands[cmd](session)
+        finally:
+            session.close()
 
     def check(self) -> None:
         """Numbers that cannot be right are a usage error (exit 2), said before connecting:

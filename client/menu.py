@@ -2,8 +2,11 @@
 
 It is for someone meeting warren for the first time, so everything is one key away: numbers
 pick an entry (several digits when the list is long), the arrow keys (or j/k) move and Enter
-chooses, ``q`` takes the last entry (quit, or back), Esc goes back from a submenu. Ctrl-C
-leaves at once (exit 130), Ctrl-D or quit leaves cleanly (exit 0).
+chooses, ``q`` takes the last entry (quit, or back), Esc goes back from a submenu; any other
+key says what the keys are. Ctrl-C leaves at once (exit 130), Ctrl-D or quit leaves cleanly
+(exit 0). A yes/no question takes a line (Enter alone is no), so a habitual Enter never
+picks a menu entry by accident. The header above the main menu (workers alive, files
+stored) is asked for again after every action, so it never goes stale.
 
 It draws exactly what the commands draw (``client.render``'s bars, replica lines, tables),
 over one ``Session`` kept open from start to quit. Keys are read in cbreak mode, entered and
@@ -32,7 +35,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from client.localfiles import expand
+from client.outcomes import UploadResult
 from client.render import (
+    BatchProgress,
     RichProgress,
     download_summary,
     files_table,
@@ -41,13 +47,14 @@ from client.render import (
     status_summary,
     transfer_bars,
     upload_summary,
+    versions_table,
     workers_table,
 )
 from client.session import Session
 from warren import errors
 from warren.config import Settings
 from warren.errors import WarrenError
-from warren.messages import StatusReply
+from warren.messages import FileEntry, StatusReply
 
 log = logging.getLogger("warren.client")
 
@@ -140,7 +147,13 @@ class Entry:
 
 
 def menu_view(
-    title: str, entries: Sequence[Entry], cursor: int, typed: str, rows: int
+    title: str,
+    entries: Sequence[Entry],
+    cursor: int,
+    typed: str,
+    rows: int,
+    note: str = "",
+    header: str = "",
 ) -> RenderableType:
     """The menu as drawn: a window of ``rows`` entries around the cursor, and a hint."""
     first = 0
@@ -168,11 +181,22 @@ def menu_view(
     hint = f"↑↓ move · enter choose · 1–{len(entries)} pick · q {escape(entries[-1].label)}"
     if typed:
         hint = f"number: [bold]{typed}[/]_ · enter choose"
-    parts: list[RenderableType] = [Text(title, style="bold"), grid]
+    parts: list[RenderableType] = []
+    if header:
+        parts.append(Text.from_markup(header))
+    parts += [Text(title, style="bold"), grid]
     if more:
         parts.append(Text("  (" + ", ".join(more) + ")", style="dim"))
+    if note:
+        parts.append(Text(note, style="yellow"))
     parts.append(Text.from_markup(hint, style="dim"))
     return Group(*parts)
+
+
+def wrong_key(key: str, count: int) -> str:
+    """What a key the menu has no use for gets: the keys it does have."""
+    what = "that key" if key == "unknown" else repr(key)
+    return f"{what} is not a choice here: use ↑↓ and enter, a number 1–{count}, or q"
 
 
 def path_matches(text: str) -> list[str]:
@@ -238,16 +262,20 @@ class Menu:
         self.chatter = Console(quiet=True) if quiet else out
         self.readline = readline
         self.keys = Keyboard(sys.stdin.fileno(), idle=self.keep_alive)
+        self.last_status = StatusReply(workers=(), under_replicated=0, files=0)  # set by run
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, status: StatusReply) -> int:
-        self.banner(status)
+        self.last_status = status
+        self.banner()
         actions: list[tuple[Entry, Callable[[], None] | None]] = [
             (Entry("upload a demo file", "a text, an image or a sound"), self.upload_demo),
-            (Entry("upload a file", "any path on this computer"), self.upload_path),
+            (Entry("upload a file or folder", "any path on this computer"), self.upload_path),
             (Entry("download a file", "restore a stored file, verified"), self.download),
             (Entry("list stored files", "and the workers holding them"), self.list),
+            (Entry("versions of a file", "list them, restore an older one"), self.versions),
+            (Entry("delete a file", "one version or all of them"), self.delete),
             (Entry("cluster status", "workers, free space, repairs"), self.status),
             (Entry("quit"), None),
         ]
@@ -255,7 +283,13 @@ class Menu:
         try:
             while True:
                 entries = [entry for entry, _ in actions]
-                cursor = self.choose("What would you like to do?", entries, cursor, submenu=False)
+                cursor = self.choose(
+                    "What would you like to do?",
+                    entries,
+                    cursor,
+                    submenu=False,
+                    header=self.header(),
+                )
                 action = actions[cursor][1]
                 if action is None:
                     return errors.EXIT_OK
@@ -270,36 +304,63 @@ class Menu:
                         f"error: {exc.strerror or exc}{where}", style="red", markup=False
                     )
                 self.out.print()
+                self.refresh_status()
         except EOFError:  # Ctrl-D
             self.out.print()
             return errors.EXIT_OK
 
-    def banner(self, st: StatusReply) -> None:
-        """Who we are, where we are connected, and whether the cluster can take a backup."""
-        alive = sum(1 for w in st.workers if w.alive)
-        colour = "green" if alive >= REPLICAS else "red"
+    def banner(self) -> None:
+        """Who we are and where we are connected (the cluster's state is in the header)."""
         self.out.print(
             f"[bold]warren[/] · client [bold]{escape(self.session.client_name)}[/] on "
-            f"{escape(self.session.conn.url)} · [{colour}]{alive} of {len(st.workers)} workers "
-            f"alive[/] · {st.files} files stored\n",
+            f"{escape(self.session.conn.url)}\n",
             soft_wrap=True,
         )
 
+    def header(self) -> str:
+        """Above the main menu: whether the cluster can take a backup, and what it holds."""
+        st = self.last_status
+        alive = sum(1 for w in st.workers if w.alive)
+        colour = "green" if alive >= REPLICAS else "red"
+        busy = ""
+        if st.uploads_in_flight or st.repairs_in_flight:
+            busy = f" · {st.uploads_in_flight} uploads, {st.repairs_in_flight} repairs in flight"
+        return (
+            f"[{colour}]{alive} of {len(st.workers)} workers alive[/] · "
+            f"{st.files} files stored{busy}"
+        )
+
+    def refresh_status(self) -> None:
+        """Ask again after each action, so the header says what is true now; if the
+        cluster does not answer, the last header stays (the action has said why)."""
+        try:
+            self.ensure_connected()
+            self.last_status = self.session.status()
+        except WarrenError as exc:
+            log.info("status after the action failed: %s", exc)
+
     def choose(
-        self, title: str, entries: Sequence[Entry], cursor: int = 0, submenu: bool = True
+        self,
+        title: str,
+        entries: Sequence[Entry],
+        cursor: int = 0,
+        submenu: bool = True,
+        header: str = "",
     ) -> int:
         """Let the user pick an entry; ``q`` picks the last one (back, or quit).
 
         Esc goes back from a submenu but does nothing in the main menu: an arrow key's
-        sequence split by a slow link must not read as Esc and end the program.
+        sequence split by a slow link must not read as Esc and end the program. A key
+        with no use here says which keys there are.
         """
         typed = ""
-        rows = max(3, self.out.size.height - 5)
+        note = ""
+        rows = max(3, self.out.size.height - 6 - (1 if header else 0))
         picked: int | None = None
         with (
             self.keys.cbreak(),
             Live(
-                menu_view(title, entries, cursor, typed, rows),
+                menu_view(title, entries, cursor, typed, rows, header=header),
                 console=self.out,
                 auto_refresh=False,
                 transient=True,
@@ -307,6 +368,7 @@ class Menu:
         ):
             while picked is None:
                 key = self.keys.read()
+                note = ""
                 if key in ("up", "down", "pageup", "pagedown"):
                     step = {"up": -1, "down": 1, "pageup": -rows, "pagedown": rows}[key]
                     if key in ("up", "down"):
@@ -324,9 +386,14 @@ class Menu:
                     typed = typed[:-1]
                     cursor = int(typed) - 1 if typed else cursor
                 elif len(key) == 1 and key.isascii() and key.isdigit():
+                    if not any(d[0] != "0" and int(d) <= len(entries) for d in (typed + key, key)):
+                        note = f"there is no entry {key}: the entries are 1–{len(entries)}"
                     typed, cursor, picked = number_typed(typed, key, cursor, len(entries))
+                elif key != "escape":
+                    note = wrong_key(key, len(entries))
                 if picked is None:
-                    live.update(menu_view(title, entries, cursor, typed, rows), refresh=True)
+                    view = menu_view(title, entries, cursor, typed, rows, note, header)
+                    live.update(view, refresh=True)
         self.out.print(f"[cyan]›[/] {escape(entries[picked].label)}", soft_wrap=True)
         return picked
 
@@ -340,12 +407,15 @@ class Menu:
         return input(shown)
 
     def confirm(self, question: str) -> bool:
-        """A yes/no question answered by one key; anything but y is no."""
-        self.out.print(f"{question} [dim](y/N)[/] ", end="", soft_wrap=True)
-        with self.keys.cbreak():
-            yes = self.keys.read() in ("y", "Y")
-        self.out.print("yes" if yes else "no")
-        return yes
+        """A yes/no question answered with a line: y or yes, n or no, Enter alone is no.
+        Anything else is asked again, so a stray key never decides."""
+        while True:
+            answer = self.ask(f"{question} [dim](y/N)[/] ").strip().lower()
+            if answer in ("y", "yes"):
+                return True
+            if answer in ("", "n", "no"):
+                return False
+            self.out.print("[yellow]Please answer y or n.[/]")
 
     # -- the connection --------------------------------------------------------------------
 
@@ -387,11 +457,49 @@ class Menu:
 
     def upload_path(self) -> None:
         hint = ", Tab completes" if self.readline else ""
-        text = self.ask(f"path to upload [dim](empty goes back{hint})[/]: ").strip()
+        text = self.ask(f"file or folder to upload [dim](empty goes back{hint})[/]: ").strip()
         if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
             text = text[1:-1]  # pasted with the quotes a shell would need
-        if text:
-            self.upload(Path(text).expanduser())
+        if not text:
+            return
+        path = Path(text).expanduser()
+        if path.is_dir() and not path.is_symlink():
+            self.upload_folder(path)
+        else:
+            self.upload(path)
+
+    def upload_folder(self, folder: Path) -> None:
+        """Every regular file under it, stored as ``folder/...``, one bar for them all; a
+        file that fails is said and the rest go on."""
+        items, skipped = expand([folder])
+        if skipped:
+            self.out.print(
+                f"[dim]left out {skipped} symbolic links or special files (links are not "
+                "followed)[/]"
+            )
+        if not items:
+            self.out.print(f"[yellow]{escape(str(folder))} holds no regular file.[/]")
+            return
+        self.ensure_connected()
+        bars = None if self.quiet else transfer_bars(self.out)
+        total = sum(p.stat().st_size for p, _ in items if p.is_file())
+        task = bars.add_task(f"{len(items)} files", total=total) if bars else None
+        failed: list[str] = []
+
+        def done(name: str, outcome: UploadResult | WarrenError) -> None:
+            if isinstance(outcome, WarrenError):
+                self.err.print(f"error: {outcome}", style="red", markup=False)
+                failed.append(name)
+            else:
+                self.chatter.print(upload_summary(outcome), soft_wrap=True)
+
+        with bars or contextlib.nullcontext():
+            self.session.upload_many(items, REPLICAS, lambda _n: BatchProgress(bars, task), done)
+        stored = len(items) - len(failed)
+        colour = "green" if not failed else "red"
+        self.out.print(
+            f"[{colour}]{stored} of {len(items)} files of {escape(folder.name)} stored[/]"
+        )
 
     def upload(self, path: Path) -> None:
         self.ensure_connected()
@@ -401,23 +509,79 @@ class Menu:
             result = self.session.upload(path, path.name, REPLICAS, hooks)
         self.out.print(upload_summary(result), soft_wrap=True)
 
-    def download(self) -> None:
+    def pick_file(self, title: str = "Which file?") -> FileEntry | None:
+        """A stored file chosen from the list, or None (nothing stored, or back)."""
         files = self.session.files()
         if not files:
             self.out.print("[yellow]Nothing is stored yet: upload a file first.[/]")
-            return
+            return None
         entries = [
             Entry(
                 f.name,
                 f"{human_size(f.size)}, {relative_time(f.created)}, "
-                f"on {', '.join(f.replicas) or 'no live worker'}",
+                + (f"{f.versions} versions, " if f.versions > 1 else "")
+                + f"on {', '.join(f.replicas) or 'no live worker'}",
             )
             for f in files
         ]
-        picked = self.choose("Which file?", [*entries, Entry("back")])
-        if picked == len(files):
+        picked = self.choose(title, [*entries, Entry("back")])
+        return None if picked == len(files) else files[picked]
+
+    def download(self) -> None:
+        picked = self.pick_file()
+        if picked is not None:
+            self.restore(picked.name)
+
+    def versions(self) -> None:
+        """A file's versions as a table, then one of them to restore (or back)."""
+        picked = self.pick_file("Versions of which file?")
+        if picked is None:
             return
-        name = files[picked].name
+        found = self.session.versions(picked.name)
+        self.out.print(versions_table(found))
+        entries = [
+            Entry(
+                f"version {f.version}",
+                f"{human_size(f.size)}, {relative_time(f.created)}, {f.sha256[:12]}",
+            )
+            for f in found
+        ]
+        chosen = self.choose("Restore which version?", [*entries, Entry("back")], len(found) - 1)
+        if chosen < len(found):
+            latest = chosen == len(found) - 1
+            self.restore(picked.name, 0 if latest else found[chosen].version)
+
+    def delete(self) -> None:
+        """Every version of a file, or one, after a yes."""
+        picked = self.pick_file("Delete which file?")
+        if picked is None:
+            return
+        version = 0
+        if picked.versions > 1:
+            found = self.session.versions(picked.name)
+            entries = [Entry("every version", f"all {len(found)} of them")] + [
+                Entry(f"version {f.version}", f"{human_size(f.size)}, {relative_time(f.created)}")
+                for f in found
+            ]
+            chosen = self.choose("Delete which version?", [*entries, Entry("back")])
+            if chosen == len(entries):
+                return
+            version = found[chosen - 1].version if chosen else 0
+        which = f"version {version} of " if version else ""
+        if not self.confirm(f"Delete {which}{escape(picked.name)}?"):
+            self.out.print("Nothing was deleted.")
+            return
+        self.ensure_connected()
+        gone = self.session.delete(picked.name, version)
+        what = "version " + ", ".join(map(str, gone)) if version else "every version"
+        self.out.print(
+            f"deleted {escape(picked.name)} ({what}); its space comes back once no version "
+            "uses the content",
+            soft_wrap=True,
+        )
+
+    def restore(self, name: str, version: int = 0) -> None:
+        """Ask where to, then restore ``name`` (a version, or the latest) there."""
         default = Path(Path(name).name or "download")
         text = self.ask(f"save to [dim]\\[{escape(str(default))}][/]: ").strip()
         dest = Path(text).expanduser() if text else default
@@ -431,7 +595,7 @@ class Menu:
         bars = None if self.quiet else transfer_bars(self.out)
         with bars or contextlib.nullcontext():
             hooks = RichProgress(self.chatter, name, bars)
-            result = self.session.download(name, dest, hooks, overwrite=overwrite)
+            result = self.session.download(name, dest, hooks, overwrite=overwrite, version=version)
         self.out.print(download_summary(result), soft_wrap=True)
 
     def list(self) -> None:
@@ -456,7 +620,11 @@ def number_typed(typed: str, key: str, cursor: int, count: int) -> tuple[str, in
     return typed, cursor, None
 
 
-def run_menu(args: argparse.Namespace) -> int:
+# Opens a connected session: (settings, console for what it waits for, verbose).
+OpenSession = Callable[[Settings, Console, bool], Session]
+
+
+def run_menu(args: argparse.Namespace, open_session: OpenSession) -> int:
     """Open a session and run the menu until quit.
 
     A cluster that cannot be reached at start ends the program (``client.__main__`` prints
@@ -467,11 +635,10 @@ def run_menu(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     completion = enable_path_completion()
-    session = Session(settings)
+    session = open_session(settings, err, bool(args.verbose))  # says what it waits for
     try:
-        with out.status("connecting to warren ..."):  # a spinner, for as long as it takes
-            session.open()
-            status = session.status()  # proves the manager is there, and fills the banner
+        with out.status("asking the manager ..."):
+            status = session.status()  # proves the manager is there, and fills the header
         menu = Menu(session, out, err, quiet=bool(args.quiet), readline=completion)
         return menu.run(status)
     finally:

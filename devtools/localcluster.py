@@ -136,9 +136,10 @@ warren is up: RabbitMQ on port{"s" if len(nodes) > 1 else ""} \
 '''
         if export
         else ""
-    }  try it         .venv/bin/python -m client upload README.md --replicas 2
-                 .venv/bin/python -m client list
-                 .venv/bin/python -m client status
+    }  try it         .venv/bin/warren upload README.md --replicas 2
+                 .venv/bin/warren list
+                 .venv/bin/warren status
+                 .venv/bin/warren          (in a terminal: the menu)
   stop           make {"cluster-down" if layout.nodes > 1 else "down"}
 """)
     return 0

@@ -137,7 +137,7 @@ def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
 
     # When they quit
     screen.expect(MAIN_MENU)
-    screen.send("6")
+    screen.send("8")
 
     # Then the program ends with success and leaves the terminal as it found it
     status, modes = screen.exit_status()
@@ -148,7 +148,7 @@ def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
 
 @pytest.mark.parametrize(
     ("keys", "waiting_for"),
-    [("", "1–6 pick"), ("2", "path to upload")],
+    [("", "1–8 pick"), ("2", "file or folder to upload")],
     ids=["in the main menu", "at a path prompt"],
 )
 def test_ctrl_c_leaves_at_once_and_cleanly(
@@ -196,7 +196,7 @@ def test_a_long_pause_at_a_prompt_does_not_lose_the_session(
 
     # When they sit at the path prompt long enough for the broker to drop a silent client
     screen.send("2")
-    screen.expect("path to upload")
+    screen.expect("file or folder to upload")
     time.sleep(8)
     sound = DEMO / "chime.wav"
     screen.send(f"{sound}{ENTER}")
@@ -296,3 +296,115 @@ def test_colour_in_a_terminal_and_none_with_no_color(cluster: Cluster) -> None:
     # And piped output never has colour or bars, NO_COLOR or not
     piped = cluster.client("status")
     assert "alive" in piped.out and "\x1b[" not in piped.out
+
+
+def files_stored(screen: Screen) -> int:
+    """The count in the header above the main menu, as last drawn."""
+    counts = re.findall(r"workers alive · (\d+) files stored", screen.text)
+    assert counts, screen.text[-2000:]
+    return int(counts[-1])
+
+
+def pick(screen: Screen, label: str) -> None:
+    """Choose the entry ``label`` of the menu on screen by its number, as a person would."""
+    screen.expect(label, " pick · q")
+    number = re.findall(rf"(\d+) {re.escape(label)}", screen.text)[-1]
+    count = int(re.findall(r"1–(\d+) pick", screen.text)[-1])
+    screen.send(number if int(number) * 10 > count else number + ENTER)
+
+
+def test_the_header_stays_current_and_a_folder_uploads(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a folder of two files no other test stores, and the menu
+    folder = tmp_path / "album"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_bytes(os.urandom(5000))
+    (folder / "sub" / "b.txt").write_bytes(os.urandom(7000))
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect("4 of 4 workers alive", MAIN_MENU)
+    before = files_stored(screen)
+
+    # When they upload the folder by its path
+    screen.send("2")
+    screen.expect("file or folder to upload")
+    screen.send(f"{folder}{ENTER}")
+
+    # Then each file is stored under the folder's name, and the header counts them at once
+    screen.expect("stored album/a.txt", "stored album/sub/b.txt", "2 of 2 files of album stored")
+    screen.expect(MAIN_MENU)
+    assert files_stored(screen) == before + 2
+    screen.send("q")
+    assert screen.exit_status()[0] == errors.EXIT_OK
+
+
+def test_a_wrong_key_says_so_and_yes_no_takes_a_line(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a stored file, and a file of that name already where it would be restored
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.txt").write_text("stored copy")
+    cluster.client("upload", str(src / "kept.txt")).ok()
+    (tmp_path / "kept.txt").write_text("precious")
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect(MAIN_MENU)
+
+    # When they press a key the menu has no use for
+    screen.send("z")
+    # Then it says which keys there are, and nothing is chosen
+    screen.expect("'z' is not a choice here", "1–8")
+    screen.send("9")
+    screen.expect("there is no entry 9")
+
+    # When they download onto the existing file and answer the question with a stray key
+    screen.send("3")
+    pick(screen, "kept.txt")
+    screen.expect("save to [kept.txt]")
+    screen.send(ENTER)
+    screen.expect("already exists. Overwrite it? (y/N)")
+    screen.send("x" + ENTER)
+    # Then it asks again; and a bare Enter is no, and picks no menu entry
+    screen.expect("Please answer y or n.", "Overwrite it? (y/N)")
+    screen.send(ENTER)
+    screen.expect("Kept kept.txt; nothing was downloaded.", MAIN_MENU)
+    assert (tmp_path / "kept.txt").read_text() == "precious"
+    assert "› upload a demo file" not in screen.text[screen.pos - 200 :]
+    screen.send("q")
+    assert screen.exit_status()[0] == errors.EXIT_OK
+
+
+def test_versions_restore_an_older_one_and_delete_removes_the_file(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a file stored twice, with different content
+    src = tmp_path / "src"
+    src.mkdir()
+    doc = src / "twice.txt"
+    doc.write_text("first words")
+    cluster.client("upload", str(doc)).ok()
+    doc.write_text("second words, longer")
+    cluster.client("upload", str(doc)).ok()
+    screen = open_menu(cluster.env(), tmp_path)
+    screen.expect(MAIN_MENU)
+
+    # When they look at its versions and pick the first
+    screen.send("5")
+    pick(screen, "twice.txt")
+    screen.expect("twice.txt: 2 versions", "Restore which version?", "version 1", "version 2")
+    screen.send("1")
+    screen.expect("save to [twice.txt]")
+    screen.send(f"older.txt{ENTER}")
+    # Then the first version comes back, verified
+    screen.expect("restored twice.txt (11 B)", "SHA-256 verified")
+    assert (tmp_path / "older.txt").read_text() == "first words"
+
+    # When they delete every version of it, and say yes
+    screen.expect(MAIN_MENU)
+    screen.send("6")
+    pick(screen, "twice.txt")
+    screen.expect("Delete which version?", "every version")
+    screen.send("1")
+    screen.expect("Delete twice.txt? (y/N)")
+    screen.send("y" + ENTER)
+    # Then it is gone from the catalog
+    screen.expect("deleted twice.txt (every version)", MAIN_MENU)
+    assert "twice.txt" not in cluster.files()
+    screen.send("q")
+    assert screen.exit_status()[0] == errors.EXIT_OK
