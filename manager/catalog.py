@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from manager.placement import Candidate
-from warren.messages import BlobEntry, FileEntry, WorkerEntry
+from warren.messages import BlobEntry, FileEntry, VersionKey, VersionRecord, WorkerEntry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS versions (
     upload_id TEXT NOT NULL, PRIMARY KEY (owner, name, version));
 CREATE INDEX IF NOT EXISTS versions_by_sha ON versions (sha256);
 CREATE TABLE IF NOT EXISTS garbage (sha256 TEXT PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS forgotten (
+    owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (owner, name, version));
 CREATE TABLE IF NOT EXISTS deleting (
     sha256 TEXT NOT NULL, worker TEXT NOT NULL, PRIMARY KEY (sha256, worker));
 """
@@ -74,6 +77,7 @@ class Upload:
     owner: str = ""  # the broker user who uploads it
     mode: int = 0
     mtime: float = 0.0
+    version: int = 0  # the version it becomes, fixed when it is placed (0: when recorded)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class Catalog:
             ("owner", f"TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'"),
             ("mode", "INTEGER NOT NULL DEFAULT 0"),
             ("mtime", "REAL NOT NULL DEFAULT 0"),
+            ("version", "INTEGER NOT NULL DEFAULT 0"),
         ):
             if column not in columns:  # a catalog from before uploads remembered it
                 db.execute(f"ALTER TABLE uploads ADD COLUMN {column} {kind}")
@@ -318,20 +323,33 @@ class Catalog:
         if up.state != PENDING or not set(up.chain) <= have:
             return None
         self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
-        self._add_version(up, now)
+        # Created when placed: the time in the record its workers keep, so a catalog
+        # rebuilt from them says the same.
+        (placed,) = self.db.execute(
+            "SELECT created FROM uploads WHERE upload_id=?", (upload_id,)
+        ).fetchone()
+        self._add_version(up, placed)
         return up
 
-    def _add_version(self, up: Upload, now: float) -> int:
+    def next_version(self, owner: str, name: str) -> int:
+        """The number the next upload of a name gets: past every version kept, deleted or
+        still being uploaded."""
         (top,) = self.db.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM versions WHERE owner=? AND name=?",
-            (up.owner, up.name),
+            "SELECT MAX(v) FROM (SELECT MAX(version) AS v FROM versions WHERE owner=? AND name=? "
+            "UNION ALL SELECT MAX(version) FROM forgotten WHERE owner=? AND name=? "
+            "UNION ALL SELECT MAX(version) FROM uploads WHERE owner=? AND name=?)",
+            (owner, name) * 3,
         ).fetchone()
+        return int(top or 0) + 1
+
+    def _add_version(self, up: Upload, now: float) -> int:
+        version = up.version or self.next_version(up.owner, up.name)
         self.db.execute(
-            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 up.owner,
                 up.name,
-                top + 1,
+                version,
                 up.sha256,
                 up.size,
                 up.wanted,
@@ -342,7 +360,7 @@ class Catalog:
             ),
         )
         self.db.execute("DELETE FROM garbage WHERE sha256=?", (up.sha256,))
-        return int(top) + 1
+        return version
 
     def upload_failed(self, upload_id: str, now: float | None = None) -> None:
         up = self.upload(upload_id)
@@ -471,14 +489,75 @@ class Catalog:
         return victims
 
     def _remove(self, owner: str, victims: list[FileEntry], now: float) -> None:
+        keys = [(owner, v.name, v.version) for v in victims]
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany(
-                "DELETE FROM versions WHERE owner=? AND name=? AND version=?",
-                [(owner, v.name, v.version) for v in victims],
-            )
+            self.db.executemany("DELETE FROM versions WHERE owner=? AND name=? AND version=?", keys)
+            self.db.executemany("INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", keys)
             for sha in sorted({v.sha256 for v in victims}):
                 self._mark_if_unused(sha, now)
+
+    # -- the records kept beside the data ----------------------------------------------------
+
+    def merge_records(
+        self, records: Iterable[VersionRecord], forgotten: Iterable[VersionKey], now: float
+    ) -> tuple[int, int]:
+        """Take in what a worker keeps beside its blobs: versions the catalog lacks (it was
+        lost, or this manager was a standby) are added, unless known deleted; deletions it
+        lacks are applied. Idempotent. Returns (added, removed)."""
+        added = removed = 0
+        with self.db:
+            self.db.execute("BEGIN")
+            for k in forgotten:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", (k.owner, k.name, k.version)
+                )
+                row = self.db.execute(
+                    "SELECT sha256 FROM versions WHERE owner=? AND name=? AND version=?",
+                    (k.owner, k.name, k.version),
+                ).fetchone()
+                if row is not None:
+                    self.db.execute(
+                        "DELETE FROM versions WHERE owner=? AND name=? AND version=?",
+                        (k.owner, k.name, k.version),
+                    )
+                    self._mark_if_unused(row[0], now)
+                    removed += 1
+            for r in records:
+                gone = self.db.execute(
+                    "SELECT 1 FROM forgotten WHERE owner=? AND name=? AND version=?",
+                    (r.owner, r.name, r.version),
+                ).fetchone()
+                if gone is not None:
+                    continue
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        r.owner,
+                        r.name,
+                        r.version,
+                        r.sha256,
+                        r.size,
+                        r.wanted,
+                        r.created,
+                        r.mode,
+                        r.mtime,
+                        r.upload_id,
+                    ),
+                )
+                if cur.rowcount == 1:
+                    added += 1
+                    self.db.execute("DELETE FROM garbage WHERE sha256=?", (r.sha256,))
+        return added, removed
+
+    def records_of(self, sha256: str) -> list[VersionRecord]:
+        """The records of every version using this content (for a worker that now holds it)."""
+        rows = self.db.execute(
+            "SELECT owner, name, version, sha256, size, created, wanted, mode, mtime, upload_id "
+            "FROM versions WHERE sha256=?",
+            (sha256,),
+        ).fetchall()
+        return [VersionRecord(*r) for r in rows]
 
     # -- garbage ---------------------------------------------------------------------------
 
@@ -559,9 +638,10 @@ class Catalog:
 
 
 _UPLOAD_COLUMNS = (
-    "upload_id, name, size, sha256, wanted, chain, client, state, reply_to, owner, mode, mtime"
+    "upload_id, name, size, sha256, wanted, chain, client, state, reply_to, owner, mode, mtime, "
+    "version"
 )
-_UPLOAD_SLOTS = ",".join("?" * 12)
+_UPLOAD_SLOTS = ",".join("?" * 13)
 _ENTRY_COLUMNS = "v.name, v.sha256, v.size, v.wanted, v.created, v.version, v.mode, v.mtime"
 
 
@@ -579,6 +659,7 @@ def _upload_row(up: Upload) -> tuple[Any, ...]:
         up.owner,
         up.mode,
         up.mtime,
+        up.version,
     )
 
 
@@ -596,6 +677,7 @@ def _upload(row: tuple[Any, ...]) -> Upload:
         owner=row[9],
         mode=row[10],
         mtime=row[11],
+        version=row[12],
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from manager.catalog import PENDING, Catalog, Upload
@@ -20,11 +21,20 @@ from manager.repair import Repairs
 from warren import messages as m
 from warren import metrics
 from warren.config import Settings
-from warren.errors import DecodeError, NoReplica, NotFound, WarrenError, to_wire
+from warren.errors import (
+    DecodeError,
+    Locked,
+    NoReplica,
+    NotFound,
+    Unavailable,
+    WarrenError,
+    to_wire,
+)
 from warren.service import run_connection
 from warren.topology import (
     MANAGER_EVENTS,
     MANAGER_REQUESTS,
+    manager_lock_topology,
     manager_topology,
     worker_chunks,
     worker_control,
@@ -46,6 +56,10 @@ class Manager:
         self._serving: dict[str, int] = {}  # restores sent to each worker, to spread them
         self.repairs = Repairs(settings.repair_concurrency)
         self._started = time.monotonic()
+        self._standing_by = False
+        self._reported: set[str] = set()
+        self._asked: dict[str, float] = {}
+        self._conn: Transport | None = None  # the connection of this term
 
     def run(self) -> None:
         self.catalog.open()
@@ -58,6 +72,20 @@ class Manager:
             log.info("manager: stopped")
 
     def _setup(self, conn: Transport) -> None:
+        try:
+            conn.declare(manager_lock_topology())
+        except Locked:
+            if not self._standing_by:
+                self._standing_by = True
+                log.info("manager: another manager is active; standing by to take over")
+            raise
+        if self._standing_by:
+            log.warning("manager: the active manager is gone; taking over")
+        self._standing_by = False
+        self._reported = set()  # this term: which workers have sent their inventory
+        self._asked = {}
+        self._conn = conn
+        self._started = time.monotonic()
         conn.declare(manager_topology())
         conn.consume(MANAGER_EVENTS, lambda d: self._on_event(conn, d))
         conn.consume(MANAGER_REQUESTS, lambda d: self._on_request(conn, d))
@@ -152,18 +180,25 @@ class Manager:
                     msg.free_bytes,
                 )
                 self._alive.add(msg.worker)
+            self._ask_report(conn, msg.worker)
         elif isinstance(msg, m.Inventory):
             added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
+            more, fewer = self.catalog.merge_records(msg.records, msg.forgotten, now)
+            self._reported.add(msg.worker)
             log.info(
-                "worker %s: inventory of %d blobs reconciled (+%d, -%d)",
+                "worker %s: inventory of %d blobs reconciled (+%d, -%d); "
+                "%d version records (+%d versions, -%d)",
                 msg.worker,
                 len(msg.blobs),
                 added,
                 removed,
+                len(msg.records),
+                more,
+                fewer,
             )
         elif isinstance(msg, m.ReplicaStored):
             up = self.catalog.replica_stored(msg.upload_id, msg.worker, msg.sha256, msg.size, now)
-            self._copy_landed(msg.worker, msg.sha256)
+            self._copy_landed(conn, msg.worker, msg.sha256)
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
@@ -172,7 +207,7 @@ class Manager:
             entries = [(f.upload_id, f.sha256, f.size) for f in msg.files]
             completed = self.catalog.replicas_stored(msg.worker, entries, now)
             for f in msg.files:
-                self._copy_landed(msg.worker, f.sha256)
+                self._copy_landed(conn, msg.worker, f.sha256)
             log.info(
                 "pack %s: %d files on %s (hop %d)",
                 d.correlation_id,
@@ -194,12 +229,41 @@ class Manager:
             raise DecodeError(f"{d.type} is not a worker event")
         d.ack()
 
-    def _copy_landed(self, worker: str, sha256: str) -> None:
-        """A verified copy of ``sha256`` is on ``worker``: it may be a repair finishing."""
+    def _copy_landed(self, conn: Transport, worker: str, sha256: str) -> None:
+        """A verified copy of ``sha256`` is on ``worker``: it may be a repair finishing,
+        and then the new holder keeps the records of the versions using it too."""
         copy = self.repairs.stored(sha256, worker)
         if copy is not None:
             metrics.REPAIRS.labels("done").inc()
             log.info("repair %s: %s now holds %s", copy.upload_id, worker, sha256[:12])
+            self._send_records(conn, [worker], self.catalog.records_of(sha256))
+
+    def _send_records(
+        self, conn: Transport, workers: Iterable[str], records: list[m.VersionRecord]
+    ) -> None:
+        """Version records to keep beside the data, on each worker's chunks queue."""
+        if not records:
+            return
+        cmd = m.RecordVersions(records=tuple(records))
+        for worker in workers:
+            conn.declare(worker_topology(worker))
+            conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
+
+    def _ask_report(self, conn: Transport, worker: str) -> None:
+        """A worker alive but not heard from in this term (a manager that just became
+        active, or started on an empty catalog): ask for its inventory and records."""
+        now = time.monotonic()
+        if worker in self._reported or now - self._asked.get(worker, -1e9) < 10.0:
+            return
+        self._asked[worker] = now
+        conn.declare(worker_topology(worker))
+        cmd = m.ReportRequest()
+        conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
+
+    def _catching_up(self) -> bool:
+        """Until every live worker has reported, the catalog may lack versions only the
+        workers know: nothing that adds or deletes versions is taken on meanwhile."""
+        return not self.catalog.live_workers() <= self._reported
 
     def _tell_recorded(self, conn: Transport, up: Upload) -> None:
         """Tell the uploading client its file is in the catalog, so that a ``list`` right
@@ -225,6 +289,10 @@ class Manager:
         owner = d.user_id or ""  # validated by RabbitMQ: the sender's own broker user
         try:
             msg = m.decode(d.type, d.body)
+            if self._catching_up() and isinstance(msg, _CHANGES) and not _dry_run(msg):
+                raise Unavailable(
+                    "the manager is catching up with the workers' records; try again in a moment."
+                )
             if isinstance(msg, m.DownloadRequest):
                 reply, serve_on = self._restore(msg, owner)
             elif isinstance(msg, m.UploadRequest):
@@ -269,12 +337,14 @@ class Manager:
             if not gone:
                 which = f"version {msg.version} of " if msg.version else ""
                 raise NotFound(f"no {which}file named {msg.name!r} is stored.")
+            self._forget([m.VersionKey(owner, msg.name, v) for v in gone])
             log.info("delete: %r versions %s of %s", msg.name, gone, owner or "a client")
             return m.DeleteReply(name=msg.name, versions=tuple(gone))
         if isinstance(msg, m.PruneRequest):
             removed = self.catalog.prune(owner, msg.keep_last, msg.prefix, msg.dry_run, now)
             if removed and not msg.dry_run:
                 log.info("prune: %d versions of %s", len(removed), owner or "a client")
+                self._forget([m.VersionKey(owner, v.name, v.version) for v in removed])
             return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
         if isinstance(msg, m.StatusRequest):
             files = self.catalog.files()
@@ -351,7 +421,9 @@ class Manager:
             mode=file.mode,
             mtime=file.mtime,
         )
-        version = self.catalog.record_existing(up, time.time())
+        now = time.time()
+        version = self.catalog.record_existing(up, now)
+        self._send_records(self._live_conn(), chain, [_record(up, version, now)])
         log.info(
             "upload %s: %r (%d bytes) from %s already stored on %s: version %d, nothing sent",
             up.upload_id,
@@ -383,6 +455,14 @@ class Manager:
         upload, in one transaction (a plain upload is one file, a pack several). A worker
         still deleting an old copy of the same content is not picked for it."""
         total = sum(f.size for f in files)
+        # Each file's version is fixed now, so its workers keep its record before any chunk.
+        last: dict[str, int] = {}
+        numbers = []
+        for f in files:
+            last[f.name] = (
+                last[f.name] + 1 if f.name in last else self.catalog.next_version(owner, f.name)
+            )
+            numbers.append(last[f.name])
         avoid = set().union(*(self.catalog.deleting(f.sha256) for f in files))
         candidates = [c for c in self.catalog.candidates() if c.name not in avoid]
         chain = tuple(choose_chain(candidates, total, replicas))
@@ -400,11 +480,28 @@ class Manager:
                 owner=owner,
                 mode=f.mode,
                 mtime=f.mtime,
+                version=version,
             )
-            for f in files
+            for f, version in zip(files, numbers, strict=True)
         ]
-        self.catalog.add_uploads(ups, time.time())
+        now = time.time()
+        self.catalog.add_uploads(ups, now)
+        # Published before the answer, so they are in each worker's queue before any chunk.
+        self._send_records(self._live_conn(), chain, [_record(up, up.version, now) for up in ups])
         return ups
+
+    def _forget(self, keys: list[m.VersionKey]) -> None:
+        """Deleted versions, to every worker's log (a dead one's queue keeps it): a catalog
+        rebuilt from the workers keeps them deleted."""
+        cmd = m.ForgetVersions(keys=tuple(keys))
+        conn = self._live_conn()
+        for w in self.catalog.workers():
+            conn.declare(worker_topology(w.name))
+            conn.publish(worker_chunks(w.name), cmd.encode(), type=cmd.TYPE)
+
+    def _live_conn(self) -> Transport:
+        assert self._conn is not None, "no connection: not active"
+        return self._conn
 
     def _restore(self, req: m.DownloadRequest, owner: str) -> tuple[m.DownloadAccepted, str]:
         entry = self.catalog.version(owner, req.name, req.version)
@@ -431,3 +528,26 @@ class Manager:
 def _to_client(conn: Transport, queue: str, msg: m.Message, cid: str | None) -> None:
     """A message to a client's reply queue: transient, like the queue itself."""
     conn.publish(queue, msg.encode(), type=msg.TYPE, correlation_id=cid, persistent=False)
+
+
+# Requests that add or delete versions: refused while the catalog catches up.
+_CHANGES = (m.UploadRequest, m.PackRequest, m.DeleteRequest, m.PruneRequest)
+
+
+def _dry_run(msg: m.Message) -> bool:
+    return isinstance(msg, m.PruneRequest) and msg.dry_run
+
+
+def _record(up: Upload, version: int, created: float) -> m.VersionRecord:
+    return m.VersionRecord(
+        owner=up.owner,
+        name=up.name,
+        version=version,
+        sha256=up.sha256,
+        size=up.size,
+        created=created,
+        wanted=up.wanted,
+        mode=up.mode,
+        mtime=up.mtime,
+        upload_id=up.upload_id,
+    )

@@ -19,6 +19,7 @@ from manager.service import Manager
 from warren.config import Settings
 from warren.testing import StubBroker
 from warren.topology import MANAGER_REQUESTS
+from warren.transport import Connect, Transport
 from worker.service import Worker
 
 FAST = Settings(
@@ -47,6 +48,7 @@ class StubCluster:
         self.broker = StubBroker()
         self.workers: dict[str, Worker] = {}
         self.manager: Manager | None = None
+        self.managers: dict[str, Manager] = {}
         self._stops: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
 
@@ -55,19 +57,30 @@ class StubCluster:
         self._threads[key] = thread
         thread.start()
 
-    def start_manager(self) -> Manager:
-        stop = self._stops["manager"] = threading.Event()
-        s = dataclasses.replace(self.settings, data_dir=self.base / "manager")
-        self.manager = Manager(s, stop, self.broker.connect)
-        self._start("manager", self.manager.run)
-        return self.manager
+    def _connect(self, key: str) -> Connect:
+        """Connections tagged with the service's key, so ``kill`` drops only its own."""
+
+        def connect(settings: Settings, name: str) -> Transport:
+            return self.broker.connect(settings, f"{name} #{key}")
+
+        return connect
+
+    def start_manager(self, key: str = "manager") -> Manager:
+        stop = self._stops[key] = threading.Event()
+        s = dataclasses.replace(self.settings, data_dir=self.base / key)
+        manager = Manager(s, stop, self._connect(key))
+        self.managers[key] = manager
+        if key == "manager":
+            self.manager = manager
+        self._start(key, manager.run)
+        return manager
 
     def start_worker(self, name: str, **overrides: Any) -> Worker:
         stop = self._stops[name] = threading.Event()
         s = dataclasses.replace(
             self.settings, name=name, data_dir=self.base / "workers" / name, **overrides
         )
-        worker = self.workers[name] = Worker(s, stop, self.broker.connect)
+        worker = self.workers[name] = Worker(s, stop, self._connect(name))
         self._start(name, worker.run)
         return worker
 
@@ -86,9 +99,8 @@ class StubCluster:
     def kill(self, key: str) -> None:
         """As kill -9: its connections drop at once (unacked messages go back), then its
         thread is stopped."""
-        prefix = "warren manager" if key == "manager" else f"warren worker {key}"
         self._stops[key].set()
-        self.broker.disconnect(lambda n: n == prefix or n.startswith(prefix + " "))
+        self.broker.disconnect(lambda n: n.endswith(f" #{key}"))
         self._threads[key].join(timeout=10)
 
     def stop_all(self) -> None:

@@ -140,7 +140,7 @@ def test_primary_losing_its_connection_mid_upload_loses_nothing(
             seen.append(msg.queue)
             if len(seen) == 3:
                 worker = msg.queue.split(".")[2]
-                stub.broker.disconnect(lambda n: n == f"warren worker {worker}")
+                stub.broker.disconnect(lambda n: n == f"warren worker {worker} #{worker}")
         return [msg]
 
     stub.broker.intercept = drop_primary_at_third_chunk

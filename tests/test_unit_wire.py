@@ -135,8 +135,15 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"worker":"w1","free_bytes":1,"used_bytes":2,"files":3}'),
     ),
     (
-        m.Inventory(worker="w2", blobs=(m.BlobEntry(SHA, 4),)),
-        wire('{"worker":"w2","blobs":[{"sha256":"<SHA>","size":4}]}'),
+        m.Inventory(
+            worker="w2",
+            blobs=(m.BlobEntry(SHA, 4),),
+            forgotten=(m.VersionKey("bob", "b", 1),),
+        ),
+        wire(
+            '{"worker":"w2","blobs":[{"sha256":"<SHA>","size":4}],"records":[],'
+            '"forgotten":[{"owner":"bob","name":"b","version":1}]}'
+        ),
     ),
     (
         m.ServeRequest(sha256=SHA, size=4, reply_to="q", correlation_id="c"),
@@ -161,6 +168,20 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"upload_id":"<UID>","seqs":[0,1,3],"complete":false}'),
     ),
     (m.DiscardUpload(upload_id=UID), wire('{"upload_id":"<UID>"}')),
+    (
+        m.RecordVersions(
+            records=(m.VersionRecord("alice", "a", 2, SHA, 3, 1.5, 2, 420, 1.0, UID),)
+        ),
+        wire(
+            '{"records":[{"owner":"alice","name":"a","version":2,"sha256":"<SHA>","size":3,'
+            '"created":1.5,"wanted":2,"mode":420,"mtime":1.0,"upload_id":"<UID>"}]}'
+        ),
+    ),
+    (
+        m.ForgetVersions(keys=(m.VersionKey("alice", "a", 1),)),
+        wire('{"keys":[{"owner":"alice","name":"a","version":1}]}'),
+    ),
+    (m.ReportRequest(), wire("{}")),
     (
         m.BlobDeleted(worker="w1", sha256=SHA, size=5),
         wire('{"worker":"w1","sha256":"<SHA>","size":5}'),

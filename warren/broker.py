@@ -44,6 +44,7 @@ from warren.errors import (
     BrokerBlocked,
     BrokerRefused,
     BrokerUnavailable,
+    Locked,
     Undeliverable,
     WarrenError,
 )
@@ -83,6 +84,8 @@ def translate_errors() -> Iterator[None]:
     except pex.ProbableAccessDeniedError as exc:
         raise BrokerRefused(f"RabbitMQ denied access to the virtual host: {exc}") from None
     except pex.ChannelClosedByBroker as exc:
+        if exc.reply_code == 405:
+            raise Locked(f"RabbitMQ says it is locked: {exc.reply_text}") from None
         if exc.reply_code in _FATAL_CODES:
             raise BrokerRefused(f"RabbitMQ refused: {exc.reply_text}") from None
         raise BrokerUnavailable(f"RabbitMQ closed the channel: {exc.reply_text}") from None

@@ -50,6 +50,11 @@ class BrokerUnavailable(Unavailable):
     """The connection to RabbitMQ failed or was lost; retrying may help."""
 
 
+class Locked(BrokerUnavailable):
+    """An exclusive queue is held by another connection (RESOURCE_LOCKED): for the manager,
+    another manager is active. Transient: try again once it is gone."""
+
+
 class BrokerBlocked(BrokerUnavailable):
     """RabbitMQ blocked our publishes (a memory or disk alarm) for too long.
 

@@ -498,19 +498,87 @@ class BlobEntry:
     size: int
 
 
+@dataclass(frozen=True)
+class VersionKey:
+    owner: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version of a file, as the workers holding its content keep it beside the data:
+    enough for a manager with an empty catalog to list and restore it again."""
+
+    owner: str
+    name: str
+    version: int
+    sha256: str
+    size: int
+    created: float
+    wanted: int
+    mode: int
+    mtime: float
+    upload_id: str
+
+    @property
+    def key(self) -> VersionKey:
+        return VersionKey(self.owner, self.name, self.version)
+
+
 @message
 @dataclass(frozen=True)
 class Inventory(Message):
-    """Everything a worker holds, sent when it starts so the manager can reconcile."""
+    """Everything a worker holds: its blobs, the version records of those blobs, and the
+    versions it was told were deleted. Sent on every (re)connect and when the manager asks
+    (``worker.report``), so a manager can rebuild its catalog from the workers."""
 
     TYPE = "worker.inventory"
     worker: str
     blobs: tuple[BlobEntry, ...]
+    records: tuple[VersionRecord, ...] = ()
+    forgotten: tuple[VersionKey, ...] = ()
 
     def validate(self) -> None:
         check_worker(self.worker, "worker")
         for b in self.blobs:
             check_sha256(b.sha256, "blobs")
+        for r in self.records:
+            check_sha256(r.sha256, "records")
+
+
+@message
+@dataclass(frozen=True)
+class RecordVersions(Message):
+    """Manager -> worker, on its chunks queue: keep these version records beside the data
+    (written and synced before the worker takes the next message: before any chunk of a
+    new upload, whose placement published them first)."""
+
+    TYPE = "worker.record"
+    records: tuple[VersionRecord, ...]
+
+    def validate(self) -> None:
+        for r in self.records:
+            check_sha256(r.sha256, "records")
+            check_file_name(r.name)
+
+
+@message
+@dataclass(frozen=True)
+class ForgetVersions(Message):
+    """Manager -> every worker, on its chunks queue: these versions were deleted."""
+
+    TYPE = "worker.forget"
+    keys: tuple[VersionKey, ...]
+
+
+@message
+@dataclass(frozen=True)
+class ReportRequest(Message):
+    """Manager -> worker: send your inventory (with records) again, e.g. to a manager that
+    has just become active."""
+
+    TYPE = "worker.report"
 
 
 # -- manager -> worker ---------------------------------------------------------------------

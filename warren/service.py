@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from warren.config import Settings
-from warren.errors import BrokerRefused, BrokerUnavailable, Undeliverable, WarrenError
+from warren.errors import BrokerRefused, BrokerUnavailable, Locked, Undeliverable, WarrenError
 from warren.transport import Connect, Transport
 
 log = logging.getLogger("warren.service")
@@ -42,6 +42,10 @@ def run_connection(
                 conn.process(0.5)
         except BrokerRefused:
             raise
+        except Locked:
+            # Someone else holds what setup needs exclusively (another manager is active):
+            # wait quietly as a standby and try again; setup said so once.
+            time.sleep(1.0)
         except (BrokerUnavailable, Undeliverable) as exc:
             if stop.is_set():
                 return

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warren.config import Settings
-from warren.errors import BrokerRefused, BrokerUnavailable, Undeliverable
+from warren.errors import BrokerRefused, BrokerUnavailable, Locked, Undeliverable
 from warren.topology import Topology
 from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
 
@@ -243,7 +243,7 @@ class StubConnection:
             for spec in topology.queues:
                 q = self.broker.queues.get(spec.name)
                 if q is not None and q.owner is not None and q.owner is not self:
-                    raise BrokerRefused(f"queue {spec.name} is exclusive to another connection")
+                    raise Locked(f"queue {spec.name} is exclusive to another connection")
                 if q is None:
                     self.broker.queues[spec.name] = _Queue(
                         spec.name,

@@ -112,3 +112,13 @@ def client_topology(reply_queue: str) -> Topology:
     """
     reply = QueueSpec(reply_queue, durable=False, exclusive=True, auto_delete=True)
     return Topology(queues=(reply,))
+
+
+# The active manager holds this exclusive queue on its connection; a second manager cannot
+# declare it (RESOURCE_LOCKED) and waits as a standby. The queue dies with the active
+# manager's connection, so a standby takes over as soon as the broker notices it is gone.
+MANAGER_LOCK = "warren.manager.lock"
+
+
+def manager_lock_topology() -> Topology:
+    return Topology(queues=(QueueSpec(MANAGER_LOCK, durable=False, exclusive=True),))

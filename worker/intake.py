@@ -109,6 +109,14 @@ class Intake:
         elif d.type == m.DiscardUpload.TYPE:
             self._discard(m.DiscardUpload.decode(d.body))
             d.ack()
+        elif d.type == m.RecordVersions.TYPE:
+            records = m.RecordVersions.decode(d.body).records
+            self.store.append_records([dataclasses.asdict(r) for r in records])
+            d.ack()
+        elif d.type == m.ForgetVersions.TYPE:
+            keys = m.ForgetVersions.decode(d.body).keys
+            self.store.append_records([{**dataclasses.asdict(k), "forget": True} for k in keys])
+            d.ack()
         else:
             raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")
 

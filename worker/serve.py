@@ -9,6 +9,7 @@ goes; a copy that turns out damaged is reported, never passed off as good.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -43,6 +44,9 @@ class Server:
                 self._delete(conn, m.DeleteBlob.decode(d.body))
             elif d.type == m.HaveRequest.TYPE:
                 self._have(conn, m.HaveRequest.decode(d.body))
+            elif d.type == m.ReportRequest.TYPE:
+                report = inventory_of(self.name, self.store)
+                conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
             else:
                 raise DecodeError(f"unknown command {d.type!r}")
         except _Stopping:
@@ -192,3 +196,18 @@ class _Stopping(Exception):
 
 class _ClientGone(Exception):
     """The client's reply queue no longer exists."""
+
+
+def inventory_of(worker: str, store: ChunkStore) -> m.Inventory:
+    """What this worker holds, with the version records kept beside it."""
+    held, forgotten = store.records()
+    return m.Inventory(
+        worker=worker,
+        blobs=tuple(store.inventory()),
+        records=tuple(m.VersionRecord(**r) for r in held if _record_fields(r)),
+        forgotten=tuple(m.VersionKey(**k) for k in forgotten),
+    )
+
+
+def _record_fields(r: dict[str, object]) -> bool:
+    return set(r) == {f.name for f in dataclasses.fields(m.VersionRecord)}

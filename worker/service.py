@@ -38,7 +38,7 @@ from warren.topology import (
 )
 from warren.transport import Connect, Transport
 from worker.intake import Intake
-from worker.serve import Server
+from worker.serve import Server, inventory_of
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
@@ -95,7 +95,7 @@ class Worker:
 
     def _setup_ingest(self, conn: Transport) -> None:
         conn.declare(worker_topology(self.name))
-        inventory = m.Inventory(worker=self.name, blobs=tuple(self.store.inventory()))
+        inventory = inventory_of(self.name, self.store)
         conn.publish_and_wait(MANAGER_EVENTS, inventory.encode(), type=m.Inventory.TYPE)
         self.intake.attach(conn)
         conn.consume(worker_chunks(self.name), lambda d: self.intake.on_delivery(conn, d))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from warren.chunks import Writeback, sha256_file
 from warren.messages import HEX32, HEX64, BlobEntry
@@ -295,6 +296,50 @@ class ChunkStore:
     def _discard_files(self, upload_id: str) -> None:
         for suffix in (".part", ".seqs"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
+
+    # -- the version records kept beside the data -------------------------------------------
+
+    def append_records(self, lines: list[dict[str, Any]]) -> None:
+        """Append to ``records.log`` (one JSON object a line) and sync it: the names of
+        what this worker holds survive the loss of the manager's catalog."""
+        if not lines:
+            return
+        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        fd = os.open(self.root / "records.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _write_all(fd, memoryview(text.encode()), os.fstat(fd).st_size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(version records of the blobs held here, deleted versions), from the log. A line
+        cut short by a crash is skipped."""
+        adds: dict[tuple[str, str, int], dict[str, Any]] = {}
+        forgotten: dict[tuple[str, str, int], dict[str, Any]] = {}
+        try:
+            text = (self.root / "records.log").read_text()
+        except FileNotFoundError:
+            return [], []
+        for line in text.split("\n"):
+            try:
+                entry = json.loads(line)
+                key = (entry["owner"], entry["name"], int(entry["version"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if entry.get("forget"):
+                forgotten[key] = {"owner": key[0], "name": key[1], "version": key[2]}
+            else:
+                adds[key] = entry
+        held = [
+            r
+            for k, r in adds.items()
+            if k not in forgotten
+            and isinstance(r.get("sha256"), str)
+            and HEX64.match(r["sha256"])
+            and self.blob_path(r["sha256"]).exists()
+        ]
+        return held, list(forgotten.values())
 
     # -- what is stored --------------------------------------------------------------------
 
