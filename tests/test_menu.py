@@ -408,3 +408,30 @@ def test_versions_restore_an_older_one_and_delete_removes_the_file(
     assert "twice.txt" not in cluster.files()
     screen.send("q")
     assert screen.exit_status()[0] == errors.EXIT_OK
+
+
+def test_warren_opens_the_menu_with_the_url_from_the_config_file(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given the broker URL in the user's config file, no WARREN_* variable at all
+    home = tmp_path / "config-home"
+    (home / "warren").mkdir(parents=True)
+    config = home / "warren" / "config.toml"
+    config.write_text(f'amqp_url = "{cluster.url}"\n')
+    config.chmod(0o600)
+    env = {k: v for k, v in cluster.env().items() if not k.startswith("WARREN_")}
+    env.update(XDG_CONFIG_HOME=str(home), TERM="xterm", COLUMNS="120", LINES="40")
+    # When they type `warren` in a terminal
+    child = pexpect.spawn(
+        str(Path(sys.executable).parent / "warren"),
+        env=env,
+        cwd=str(tmp_path),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 120),
+    )
+    screen = Screen(child)
+    # Then the menu opens on the cluster, and q leaves it
+    screen.expect("4 of 4 workers alive", MAIN_MENU)
+    screen.send("q")
+    assert screen.exit_status()[0] == errors.EXIT_OK

@@ -1,0 +1,155 @@
+"""The client's command line against a running cluster: flags anywhere, -v, --json per
+file as it is confirmed, status in flight, and SIGTERM or SIGHUP during a download."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, file_sha256
+from warren import errors
+
+
+def test_quiet_and_client_name_before_the_command_are_honoured(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a file no other test stores
+    f = tmp_path / "quiet before.txt"
+    f.write_bytes(os.urandom(3000))
+    # When -q and --client-name come before the command
+    res = cluster.client("-q", "--client-name", "early-bird", "upload", str(f)).ok()
+    # Then nothing is printed, and the manager heard the name given
+    assert res.out == "" and res.err == ""
+    assert "'quiet before.txt' (3000 bytes) from early-bird" in cluster.logs()
+    # And after the command it means the same
+    g = tmp_path / "quiet after.txt"
+    g.write_bytes(os.urandom(3000))
+    res = cluster.client("upload", str(g), "-q", "--client-name", "late-bird").ok()
+    assert res.out == "" and "from late-bird" in cluster.logs()
+
+
+def test_verbose_logs_the_protocol_on_stderr(cluster: Cluster) -> None:
+    res = cluster.client("-v", "--client-name", "chatty", "list", "--json").ok()
+    assert json.loads(res.out) is not None  # stdout stays JSON
+    assert "connected to amqp://" in res.err and "'warren client chatty'" in res.err
+    assert "-> warren.manager.requests list.request" in res.err
+    assert "<- warren.client.chatty" in res.err and "list.reply" in res.err
+
+
+def test_upload_json_prints_one_object_per_file_as_it_is_confirmed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a folder of three files
+    folder = tmp_path / "jsondir"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"f{i}.bin").write_bytes(os.urandom(1000 + i))
+    # When it is uploaded with --json
+    res = cluster.client("upload", str(folder), "--json", "--replicas", "2").ok()
+    # Then stdout is one JSON object per line, one per file, and nothing else
+    lines = [json.loads(line) for line in res.out.splitlines()]
+    assert sorted(o["name"] for o in lines) == [
+        "jsondir/f0.bin",
+        "jsondir/f1.bin",
+        "jsondir/f2.bin",
+    ]
+    for o in lines:
+        path = folder / o["name"].split("/")[1]
+        assert o["size"] == path.stat().st_size == o["bytes_sent"]
+        assert o["sha256"] == file_sha256(path)
+        assert len(o["replicas"]) == 2 and not o["deduplicated"]
+    # And a file whose content is already stored sends nothing
+    again = cluster.client("upload", str(folder / "f0.bin"), "--name", "copy.bin", "--json")
+    [copy] = [json.loads(line) for line in again.ok().out.splitlines()]
+    assert copy["name"] == "copy.bin" and copy["bytes_sent"] == 0 and copy["deduplicated"]
+
+
+def test_status_shows_uploads_and_repairs_in_flight(cluster: Cluster) -> None:
+    res = cluster.client("status").ok()
+    assert "uploads in flight" in res.out and "under way" in res.out
+
+
+def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Path) -> None:
+    f = tmp_path / "dl.txt"
+    f.write_text("restore me as json")
+    cluster.client("upload", str(f)).ok()
+    res = cluster.client("download", "dl.txt", "-o", str(tmp_path / "back.txt"), "--json").ok()
+    [obj] = [json.loads(line) for line in res.out.splitlines()]
+    assert obj["name"] == "dl.txt" and obj["path"] == str(tmp_path / "back.txt")
+    assert obj["sha256"] == file_sha256(f)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_a_download_leaves_no_partial_file(
+    cluster: Cluster, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # Given a large stored file
+    big = tmp_path / f"big-{sig.name}.bin"
+    big.write_bytes(os.urandom(96 * 1024 * 1024))
+    cluster.client("upload", str(big), timeout=300).ok()
+    out = tmp_path / "restore"
+    out.mkdir()
+    # When its download is under way (the hidden .part file is growing) and the signal comes
+    proc = cluster.client_process("download", big.name, "-o", str(out / big.name))
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in out.glob(".*.part")):
+        assert proc.poll() is None, "the download ended before the signal could be sent"
+        assert time.monotonic() < deadline, "no partial file appeared"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    # Then it ends as Ctrl-C does: exit 130, one sentence, and nothing left behind
+    assert proc.returncode == errors.EXIT_INTERRUPTED, err
+    assert err.decode().strip() == f"interrupted by {sig.name}"
+    assert list(out.iterdir()) == []
+
+
+def test_a_new_user_needs_no_export_with_the_url_in_the_config_file(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given the broker URL (password and all) in the user's config file, and no WARREN_*
+    home = tmp_path / "config-home"
+    (home / "warren").mkdir(parents=True)
+    config = home / "warren" / "config.toml"
+    config.write_text(f'amqp_url = "{cluster.url}"\nclient_name = "from-the-file"\n')
+    config.chmod(0o600)
+    env = {k: v for k, v in cluster.env().items() if not k.startswith("WARREN_")}
+    env["XDG_CONFIG_HOME"] = str(home)
+    f = tmp_path / "no export.txt"
+    f.write_text("configured once")
+
+    def warren(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "warren"), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    # When they run `warren upload` and `warren list`
+    up = warren("upload", str(f))
+    assert up.returncode == 0, up.stderr
+    listed = warren("list", "--json")
+    # Then both reach the cluster through the file's settings
+    assert listed.returncode == 0, listed.stderr
+    assert "no export.txt" in {o["name"] for o in json.loads(listed.stdout)}
+    assert "'no export.txt' (15 bytes) from from-the-file" in cluster.logs()
+    # And `warren config` says where the URL came from, without its password
+    shown = json.loads(warren("config", "--json").stdout)
+    assert shown["config_file"] == str(config)
+    assert shown["settings"]["amqp_url"]["source"] == "config file"
+    assert "guest:guest" not in json.dumps(shown)
