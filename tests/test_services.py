@@ -154,9 +154,12 @@ def test_services_wait_for_a_broker_that_is_not_up_yet(
     c = make_cluster(WARREN_AMQP_URL=url)
     c.start("manager")
     c.start("w1")
-    for name in ("manager", "w1"):
-        path = c.log_path(name)
-        wait_for(lambda p=path: "waiting for RabbitMQ" in p.read_text(), what=f"{name} waiting")
+
+    def waiting() -> bool:
+        logs = [c.log_path(name) for name in ("manager", "w1")]
+        return all(p.exists() and "waiting for RabbitMQ" in p.read_text() for p in logs)
+
+    wait_for(waiting, what="the manager and w1 to say they are waiting for RabbitMQ")
     assert all(p.poll() is None for p in c.procs.values())
     assert "guest:guest" not in c.log_path("w1").read_text()
 
