@@ -246,6 +246,11 @@ def test_an_interrupted_upload_run_again_sends_only_what_is_missing(
     with pytest.raises(WarrenError), stub.session() as s:
         s.upload(src, "big", 2)
     stub.broker.intercept = None
+    # The user runs it again later: by then the primary has written what it was sent.
+    [first] = [p for p in stub.broker.published if p.type == m.CHUNK_TYPE][:1]
+    primary = stub.workers[first.queue.split(".")[2]]
+    upload_id = str((first.headers or {})["upload_id"])
+    wait_for(lambda: len(primary.store.have(upload_id)[0]) == 6, what="6 chunks on the primary")
     before = first_hop_chunks(stub)
 
     with stub.session() as s:
