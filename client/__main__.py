@@ -9,6 +9,7 @@ too: they run ``python -m manager`` and ``python -m worker`` as they are.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -37,14 +38,19 @@ class Ended(KeyboardInterrupt):
 @contextmanager
 def ending_signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise ``Ended`` once; a second one while cleaning up is ignored,
-    so the clean-up finishes."""
+    so the clean-up finishes. A signal already ignored (``nohup warren upload ...``) stays
+    ignored."""
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         for sig in ENDING:
             signal.signal(sig, signal.SIG_IGN)
         raise Ended(signum)
 
-    saved = {sig: signal.signal(sig, on_signal) for sig in ENDING}
+    saved = {
+        sig: signal.signal(sig, on_signal)
+        for sig in ENDING
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
@@ -78,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Ended as exc:
-        print(f"interrupted by {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"interrupted by {exc}", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

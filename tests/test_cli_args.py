@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
+from client.__main__ import Ended, ending_signals_interrupt
 from client.cli import build_parser
 from client.outcomes import UploadResult
 from client.render import (
@@ -215,3 +217,19 @@ def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
     }
     r.deduplicated = True
     assert upload_json(r)["bytes_sent"] == 0
+
+
+def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> None:
+    saved = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with ending_signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(KeyboardInterrupt) as caught:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+            assert isinstance(caught.value, Ended) and str(caught.value) == "SIGTERM"
+            # a second signal during the clean-up is ignored, so the clean-up finishes
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, saved)
