@@ -49,6 +49,17 @@ class DownloadResult:
     version: int = 1
 
 
+@dataclass
+class CopyCheck:
+    """One stored copy, re-hashed by its holder for ``verify``."""
+
+    name: str
+    version: int
+    worker: str
+    ok: bool
+    reason: str = ""  # why not, when not ok
+
+
 def decode_answer(d: Delivery) -> m.Message:
     """The manager's answer; one that cannot be decoded becomes an "unavailable" error."""
     try:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from client.outcomes import NO_MANAGER, decode_answer
+from client.outcomes import NO_MANAGER, CopyCheck, decode_answer
 from client.outcomes import DownloadResult as DownloadResult
 from client.outcomes import Progress as Progress
 from client.outcomes import UploadResult as UploadResult
@@ -162,6 +162,35 @@ class Session:
         """Delete one version of ``name`` (or every version); the versions removed."""
         req = m.DeleteRequest(name=name, version=version)
         return self.request(req, m.DeleteReply).versions
+
+    def verify(self, names: tuple[str, ...] = ()) -> tuple[list[CopyCheck], list[str]]:
+        """Every live holder of these files (or of all of yours) re-hashes its copy now:
+        one check per copy, and the names with no live copy at all. A damaged copy is
+        quarantined by its worker and the manager has a good one made."""
+        cid = uuid.uuid4().hex
+        results: dict[tuple[str, str], m.VerifyResult] = {}
+
+        def on_result(d: Delivery) -> None:
+            d.ack()
+            if d.type == m.VerifyResult.TYPE:
+                r = m.VerifyResult.decode(d.body)
+                results[(r.worker, r.sha256)] = r
+
+        try:
+            acc = self.request(m.VerifyRequest(names=names), m.VerifyAccepted, on_result, cid)
+            want = {(c.worker, c.sha256) for c in acc.copies}
+            self.wait(
+                lambda: want <= set(results),
+                self.settings.transfer_timeout,
+                f"not every worker answered within {self.settings.transfer_timeout:g} s.",
+            )
+        finally:
+            self.unroute(cid)
+        checks = []
+        for c in acc.copies:
+            r = results[(c.worker, c.sha256)]
+            checks.append(CopyCheck(c.name, c.version, c.worker, r.ok, r.reason))
+        return checks, list(acc.missing)
 
     def prune(self, keep_last: int, prefix: str = "", dry_run: bool = False) -> list[m.FileEntry]:
         """Keep the ``keep_last`` newest versions of each file; the versions removed (or,

@@ -604,6 +604,12 @@ class Catalog:
         live = self.live_workers(now)
         return sorted(w for w in self._holders(sha256).get(sha256, []) if w in live)
 
+    def replica_lost(self, worker: str, sha256: str) -> None:
+        """A copy found damaged (and quarantined): it no longer counts, so repair makes a
+        good one elsewhere."""
+        self.db.execute("DELETE FROM replicas WHERE sha256=? AND worker=?", (sha256, worker))
+        self._usage = None
+
     def blob_deleted(self, worker: str, sha256: str) -> None:
         self.db.execute("DELETE FROM deleting WHERE sha256=? AND worker=?", (sha256, worker))
 

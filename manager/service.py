@@ -8,6 +8,7 @@ replica outcomes). Every catalog change is committed before the message is acked
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -59,6 +60,7 @@ class Manager:
         self._standing_by = False
         self._reported: set[str] = set()
         self._asked: dict[str, float] = {}
+        self._scrub: dict[str, tuple[float, int]] = {}  # worker -> (last full scrub, damaged)
         self._conn: Transport | None = None  # the connection of this term
 
     def run(self) -> None:
@@ -181,6 +183,7 @@ class Manager:
                 )
                 self._alive.add(msg.worker)
             self._ask_report(conn, msg.worker)
+            self._scrub[msg.worker] = (msg.scrubbed_at, msg.damaged)
         elif isinstance(msg, m.Inventory):
             added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
             more, fewer = self.catalog.merge_records(msg.records, msg.forgotten, now)
@@ -222,6 +225,15 @@ class Manager:
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
             self.catalog.upload_failed(msg.upload_id, now)
             self.repairs.failed(msg.upload_id)
+        elif isinstance(msg, m.ReplicaDamaged):
+            log.error(
+                "worker %s: its copy of %s is damaged (%s); making a good copy elsewhere",
+                msg.worker,
+                msg.sha256[:12],
+                msg.reason,
+            )
+            self.catalog.replica_lost(msg.worker, msg.sha256)
+            metrics.DAMAGED.inc()
         elif isinstance(msg, m.BlobDeleted):
             self.catalog.blob_deleted(msg.worker, msg.sha256)
             log.info("gc: %s deleted %s (%d bytes back)", msg.worker, msg.sha256[:12], msg.size)
@@ -299,6 +311,8 @@ class Manager:
                 reply = self._place(msg, d.reply_to, owner, d.correlation_id or "", then)
             elif isinstance(msg, m.PackRequest):
                 reply = self._place_pack(msg, d.reply_to, owner)
+            elif isinstance(msg, m.VerifyRequest):
+                reply = self._verify(msg, owner, d.reply_to, d.correlation_id or "", then)
             else:
                 reply = self._answer(msg, owner)
         except DecodeError as exc:
@@ -349,8 +363,16 @@ class Manager:
         if isinstance(msg, m.StatusRequest):
             files = self.catalog.files()
             under = sum(1 for f in files if len(f.replicas) < f.wanted)
+            scrub = self._scrub
             return m.StatusReply(
-                workers=tuple(self.catalog.workers()),
+                workers=tuple(
+                    dataclasses.replace(
+                        w,
+                        scrubbed_at=scrub.get(w.name, (0.0, 0))[0],
+                        damaged=scrub.get(w.name, (0.0, 0))[1],
+                    )
+                    for w in self.catalog.workers()
+                ),
                 under_replicated=under,
                 files=len(files),
                 uploads_in_flight=len(self.catalog.pending_uploads()),
@@ -489,6 +511,33 @@ class Manager:
         # Published before the answer, so they are in each worker's queue before any chunk.
         self._send_records(self._live_conn(), chain, [_record(up, up.version, now) for up in ups])
         return ups
+
+    def _verify(
+        self,
+        req: m.VerifyRequest,
+        owner: str,
+        reply_to: str,
+        cid: str,
+        then: list[tuple[str, m.Message]],
+    ) -> m.VerifyAccepted:
+        """Every live holder of the files named (or of all the owner's) re-hashes its copy
+        now and answers the client; a damaged copy is quarantined and repaired."""
+        if req.names:
+            entries = []
+            for name in req.names:
+                entry = self.catalog.version(owner, name)
+                if entry is None:
+                    raise NotFound(f"no file named {name!r} is stored.")
+                entries.append(entry)
+        else:
+            entries = self.catalog.files(owner=owner)
+        copies = []
+        for e in entries:
+            for worker in e.replicas:
+                copies.append(m.VerifyCopy(e.name, e.version, worker, e.sha256))
+                then.append((worker, m.VerifyBlob(e.sha256, e.size, reply_to, cid)))
+        missing = tuple(e.name for e in entries if not e.replicas)
+        return m.VerifyAccepted(copies=tuple(copies), missing=missing)
 
     def _forget(self, keys: list[m.VersionKey]) -> None:
         """Deleted versions, to every worker's log (a dead one's queue keeps it): a catalog

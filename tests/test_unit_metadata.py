@@ -14,6 +14,7 @@ import pytest
 from client.outcomes import Progress
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, wait_for
+from warren.errors import NotFound
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
 
@@ -132,3 +133,56 @@ def test_never_two_active_managers(tmp_path: Path) -> None:
         )
     finally:
         c.stop_all()
+
+
+def flip_a_byte(c: StubCluster, worker: str, sha256: str) -> None:
+    path = c.workers[worker].store.blob_path(sha256)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def good_copies(c: StubCluster, sha256: str) -> set[str]:
+    """Workers whose copy of the blob is whole, read from their disks."""
+    return {n for n, w in c.workers.items() if w.store.check(sha256) is None}
+
+
+def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(tmp_path: Path) -> None:
+    c = StubCluster(tmp_path, dataclasses.replace(FAST, scrub_interval=0.6))
+    try:
+        c.start(4)
+        data = os.urandom(300_000)
+        (tmp_path / "f").write_bytes(data)
+        with c.session() as s:
+            result = s.upload(tmp_path / "f", "f", 2)
+            sha = result.sha256
+            rotted, kept = result.chain
+            flip_a_byte(c, rotted, sha)
+
+            wait_for(lambda: c.workers[rotted].store.damaged == 1, what="scrub to find it")
+            wait_for(lambda: len(good_copies(c, sha)) == 2, what="a second good copy")
+            status = {w.name: w for w in s.status().workers}
+        assert status[rotted].damaged == 1 and status[rotted].scrubbed_at > 0
+        assert list((tmp_path / "workers" / rotted / "quarantine").iterdir())
+
+        c.kill(kept)  # the copy that never rotted goes too: the repaired one serves
+        with c.session() as s:
+            s.download("f", tmp_path / "back")
+        assert (tmp_path / "back").read_bytes() == data
+    finally:
+        c.stop_all()
+
+
+def test_verify_reports_a_copy_damaged_between_scrubs(stub: StubCluster, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(200_000))
+    with stub.session() as s:
+        result = s.upload(tmp_path / "f", "f", 2)
+        clean, _ = s.verify(("f",))
+        flip_a_byte(stub, result.chain[1], result.sha256)
+        checks, missing = s.verify(("f",))
+        with pytest.raises(NotFound):
+            s.verify(("no-such-file",))
+    assert [c.ok for c in clean] == [True, True]
+    assert {(c.worker, c.ok) for c in checks} == {(result.chain[0], True), (result.chain[1], False)}
+    assert "SHA-256" in [c for c in checks if not c.ok][0].reason and missing == []
+    wait_for(lambda: len(good_copies(stub, result.sha256)) == 2, what="the repair")

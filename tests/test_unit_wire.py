@@ -106,7 +106,7 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     ),
     (
         m.StatusReply(
-            workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.5),),
+            workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.5, 7.5, 1),),
             under_replicated=0,
             files=1,
             uploads_in_flight=3,
@@ -114,8 +114,8 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         ),
         wire(
             '{"workers":[{"name":"w1","alive":true,"free_bytes":10,"used_bytes":5,"files":1,'
-            '"last_seen":2.5}],"under_replicated":0,"files":1,"uploads_in_flight":3,'
-            '"repairs_in_flight":4}'
+            '"last_seen":2.5,"scrubbed_at":7.5,"damaged":1}],"under_replicated":0,"files":1,'
+            '"uploads_in_flight":3,"repairs_in_flight":4}'
         ),
     ),
     (
@@ -131,8 +131,10 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"upload_id":"<UID>","worker":"w1","reason":"disk full"}'),
     ),
     (
-        m.Heartbeat(worker="w1", free_bytes=1, used_bytes=2, files=3),
-        wire('{"worker":"w1","free_bytes":1,"used_bytes":2,"files":3}'),
+        m.Heartbeat(worker="w1", free_bytes=1, used_bytes=2, files=3, scrubbed_at=4.5, damaged=1),
+        wire(
+            '{"worker":"w1","free_bytes":1,"used_bytes":2,"files":3,"scrubbed_at":4.5,"damaged":1}'
+        ),
     ),
     (
         m.Inventory(
@@ -182,6 +184,25 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"keys":[{"owner":"alice","name":"a","version":1}]}'),
     ),
     (m.ReportRequest(), wire("{}")),
+    (
+        m.ReplicaDamaged(worker="w1", sha256=SHA, reason="SHA-256 mismatch"),
+        wire('{"worker":"w1","sha256":"<SHA>","reason":"SHA-256 mismatch"}'),
+    ),
+    (m.VerifyRequest(names=("a",)), wire('{"names":["a"]}')),
+    (
+        m.VerifyAccepted(copies=(m.VerifyCopy("a", 2, "w1", SHA),), missing=("b",)),
+        wire(
+            '{"copies":[{"name":"a","version":2,"worker":"w1","sha256":"<SHA>"}],"missing":["b"]}'
+        ),
+    ),
+    (
+        m.VerifyBlob(sha256=SHA, size=3, reply_to="q", correlation_id="c"),
+        wire('{"sha256":"<SHA>","size":3,"reply_to":"q","correlation_id":"c"}'),
+    ),
+    (
+        m.VerifyResult(worker="w1", sha256=SHA, ok=False, reason="gone"),
+        wire('{"worker":"w1","sha256":"<SHA>","ok":false,"reason":"gone"}'),
+    ),
     (
         m.BlobDeleted(worker="w1", sha256=SHA, size=5),
         wire('{"worker":"w1","sha256":"<SHA>","size":5}'),

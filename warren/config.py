@@ -61,6 +61,8 @@ class Settings:
     finalize_delay: float = 0.0  # fault injection for tests: a slow disk when finishing a file
     gc_delay: float = 3600.0  # seconds after a blob's last version goes before it is deleted
     upload_expiry: float = 86400.0  # seconds before an unfinished upload is abandoned
+    scrub_interval: float = 604800.0  # seconds within which a worker re-reads every blob
+    scrub_rate: float = 32 * MIB  # bytes a second a worker's scrub reads, at most
     tls_ca_file: str = ""  # amqps://: PEM bundle that signed the broker's certificate
     tls_cert_file: str = ""  # amqps://: a client certificate (PEM), if the broker asks for one
     tls_key_file: str = ""  # its private key, unless the certificate file holds it

@@ -238,6 +238,16 @@ class DeleteRequest(Message):
 
 @message
 @dataclass(frozen=True)
+class VerifyRequest(Message):
+    """Have every live holder re-hash its copy of these files (latest versions), or of all
+    the sender's files; answered VerifyAccepted, then a verify.result per copy."""
+
+    TYPE = "verify.request"
+    names: tuple[str, ...] = ()
+
+
+@message
+@dataclass(frozen=True)
 class PruneRequest(Message):
     """Keep the ``keep_last`` newest versions of each file under ``prefix``, delete the
     rest (or, with ``dry_run``, only say which); answered PruneReply."""
@@ -369,6 +379,25 @@ class ListReply(Message):
     files: tuple[FileEntry, ...]
 
 
+@dataclass(frozen=True)
+class VerifyCopy:
+    name: str
+    version: int
+    worker: str
+    sha256: str
+
+
+@message
+@dataclass(frozen=True)
+class VerifyAccepted(Message):
+    """The copies being re-hashed: a verify.result will come for each (under the request's
+    correlation id). ``missing``: files with no live copy at all."""
+
+    TYPE = "verify.accepted"
+    copies: tuple[VerifyCopy, ...]
+    missing: tuple[str, ...] = ()
+
+
 @message
 @dataclass(frozen=True)
 class VersionsReply(Message):
@@ -406,6 +435,8 @@ class WorkerEntry:
     used_bytes: int
     files: int
     last_seen: float
+    scrubbed_at: float = 0.0  # its last full scrub finished then (0: not since it started)
+    damaged: int = 0  # damaged copies it found and quarantined
 
 
 @message
@@ -487,9 +518,27 @@ class Heartbeat(Message):
     free_bytes: int
     used_bytes: int
     files: int
+    scrubbed_at: float = 0.0  # when the worker last finished re-reading every blob (0: never)
+    damaged: int = 0  # damaged copies it has found and quarantined, in all
 
     def validate(self) -> None:
         check_worker(self.worker, "worker")
+
+
+@message
+@dataclass(frozen=True)
+class ReplicaDamaged(Message):
+    """Worker -> manager: a stored copy failed its SHA-256 when re-read (scrub or verify).
+    It is quarantined: never served, never counted; the manager has a good copy made."""
+
+    TYPE = "replica.damaged"
+    worker: str
+    sha256: str
+    reason: str
+
+    def validate(self) -> None:
+        check_worker(self.worker, "worker")
+        check_sha256(self.sha256, "sha256")
 
 
 @dataclass(frozen=True)
@@ -681,6 +730,34 @@ class DiscardUpload(Message):
 
     def validate(self) -> None:
         check_upload_id(self.upload_id, "upload_id")
+
+
+@message
+@dataclass(frozen=True)
+class VerifyBlob(Message):
+    """Manager -> a holder: re-read and re-hash this blob now; answer the client with
+    verify.result (and the manager with replica.damaged if it is damaged)."""
+
+    TYPE = "worker.verify"
+    sha256: str
+    size: int
+    reply_to: str
+    correlation_id: str
+
+    def validate(self) -> None:
+        check_sha256(self.sha256, "sha256")
+
+
+@message
+@dataclass(frozen=True)
+class VerifyResult(Message):
+    """Holder -> client: one copy, re-hashed just now."""
+
+    TYPE = "verify.result"
+    worker: str
+    sha256: str
+    ok: bool
+    reason: str = ""
 
 
 # -- worker -> client: a restore -----------------------------------------------------------

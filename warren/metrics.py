@@ -20,6 +20,7 @@ BYTES_OUT = Counter(
 REPLICAS_STORED = Counter("warren_replicas_stored", "Replicas a worker fsynced, verified, stored")
 REPLICAS_FAILED = Counter("warren_replicas_failed", "Replicas a worker refused (bad hash, disk)")
 REPAIRS = Counter("warren_repairs", "Repair copies the manager started and saw finish", ["state"])
+DAMAGED = Counter("warren_damaged_copies", "Stored copies found damaged by scrub or verify")
 REJECTED = Counter(
     "warren_messages_rejected", "Invalid messages sent to the dead-letter queue", ["queue"]
 )

@@ -44,6 +44,8 @@ class Server:
                 self._delete(conn, m.DeleteBlob.decode(d.body))
             elif d.type == m.HaveRequest.TYPE:
                 self._have(conn, m.HaveRequest.decode(d.body))
+            elif d.type == m.VerifyBlob.TYPE:
+                self._verify(conn, m.VerifyBlob.decode(d.body))
             elif d.type == m.ReportRequest.TYPE:
                 report = inventory_of(self.name, self.store)
                 conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
@@ -52,6 +54,26 @@ class Server:
         except _Stopping:
             return  # unacked: RabbitMQ hands the command back when the connection closes
         d.ack()
+
+    def _verify(self, conn: Transport, req: m.VerifyBlob) -> None:
+        """Re-hash a copy now for a client's ``verify``; a damaged one is quarantined and
+        the manager told, as scrub does."""
+        reason = self.store.check(req.sha256, req.size)
+        if reason is not None and reason != "this worker has no copy":
+            log.error("verify: %s's copy of %s is damaged (%s)", self.name, req.sha256[:12], reason)
+            self.store.quarantine(req.sha256)
+            report = m.ReplicaDamaged(worker=self.name, sha256=req.sha256, reason=reason)
+            conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
+        result = m.VerifyResult(
+            worker=self.name, sha256=req.sha256, ok=reason is None, reason=reason or ""
+        )
+        conn.publish(
+            req.reply_to,
+            result.encode(),
+            type=result.TYPE,
+            correlation_id=req.correlation_id,
+            persistent=False,
+        )
 
     def _have(self, conn: Transport, req: m.HaveRequest) -> None:
         """A resumed upload: tell its client which chunks are already written here."""

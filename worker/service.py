@@ -1,6 +1,6 @@
 """The storage worker: stores chunks, forwards them down the chain, serves restores.
 
-Three threads, each with its own connection (pika's blocking connection is one thread's):
+Four threads, each with its own connection (pika's blocking connection is one thread's):
 
 * **ingest** consumes ``warren.worker.<name>.chunks`` (``worker/intake.py``): write each
   chunk at its offset, forward it to the next worker in the chain with a confirm, and only
@@ -9,6 +9,7 @@ Three threads, each with its own connection (pika's blocking connection is one t
   confirmed. On every (re)connect it sends the inventory first.
 * **serve** consumes ``warren.worker.<name>.control`` (``worker/serve.py``): restores to
   clients and repair copies to other workers.
+* **scrub** re-reads every blob within ``WARREN_SCRUB_INTERVAL`` (``worker/scrub.py``).
 * **heartbeat** only sends heartbeats. Nothing else runs on its thread or connection, so
   no ingest, fsync, finalize or restore can delay them: a busy worker is never taken for
   a dead one.
@@ -38,6 +39,7 @@ from warren.topology import (
 )
 from warren.transport import Connect, Transport
 from worker.intake import Intake
+from worker.scrub import Scrubber
 from worker.serve import Server, inventory_of
 from worker.store import ChunkStore
 
@@ -54,10 +56,12 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-final")
         self.intake = Intake(settings, self.store, self._pool)
         self.server = Server(settings, self.store, stop)
+        self.scrubber = Scrubber(settings, self.store, stop)
         # Started once ingest is connected, so a missing broker is reported once, not thrice.
         self._threads = [
             threading.Thread(target=self._serve_thread, name=f"{self.name}-serve"),
             threading.Thread(target=self._heartbeat_thread, name=f"{self.name}-heartbeat"),
+            threading.Thread(target=self._scrub_thread, name=f"{self.name}-scrub"),
         ]
 
     def run(self) -> None:
@@ -120,7 +124,12 @@ class Worker:
             return
         u = self.store.usage()
         beat = m.Heartbeat(
-            worker=self.name, free_bytes=u.free_bytes, used_bytes=u.used_bytes, files=u.files
+            worker=self.name,
+            free_bytes=u.free_bytes,
+            used_bytes=u.used_bytes,
+            files=u.files,
+            scrubbed_at=self.scrubber.finished_at,
+            damaged=self.store.damaged,
         )
         conn.publish(
             MANAGER_EVENTS,
@@ -135,6 +144,9 @@ class Worker:
 
     def _serve_thread(self) -> None:
         self._side_thread("serve", self._setup_serve)
+
+    def _scrub_thread(self) -> None:
+        self._side_thread("scrub", self.scrubber.setup)
 
     def _side_thread(self, what: str, setup: Callable[[Transport], None]) -> None:
         """Run one of the worker's own connections besides ingest, until the worker stops;

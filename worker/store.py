@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class ChunkStore:
         self._received: dict[str, set[int]] = {}
         self._digests: dict[str, _Running] = {}  # uploads whose bytes came in order so far
         self._lock = threading.Lock()  # guards the usage counters (finalize runs off-thread)
+        self.damaged = 0  # copies found damaged and quarantined (counted at open)
         self._used = 0
         self._files = 0
 
@@ -75,6 +77,8 @@ class ChunkStore:
             used += entry.size
             files += 1
         self._used, self._files = used, files
+        quarantined = self.root / "quarantine"
+        self.damaged = len(list(quarantined.iterdir())) if quarantined.is_dir() else 0
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -239,6 +243,38 @@ class ChunkStore:
                     self._files += 1
                 os.replace(tmp, target)
         _sync_files(sorted({self.blob_path(sha).parent for sha in todo}))
+
+    def quarantine(self, sha256: str) -> None:
+        """A damaged copy leaves the store (never served, never reported as held again)
+        for ``quarantine/``, where an operator can look at it."""
+        path = self.blob_path(sha256)
+        target = self.root / "quarantine" / f"{sha256}.{int(time.time())}"
+        target.parent.mkdir(exist_ok=True)
+        try:
+            size = path.stat().st_size
+            os.replace(path, target)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._used -= size
+            self._files -= 1
+            self.damaged += 1
+
+    def check(self, sha256: str, size: int | None = None) -> str | None:
+        """Re-read a stored blob now: None if it is good, else why not."""
+        path = self.blob_path(sha256)
+        try:
+            actual_size = path.stat().st_size
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            return "this worker has no copy"
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror or exc}"
+        if size is not None and actual_size != size:
+            return f"size {actual_size}, expected {size}"
+        if actual != sha256:
+            return f"SHA-256 mismatch: got {actual[:12]}…"
+        return None
 
     def delete_blob(self, sha256: str) -> int:
         """Remove a stored blob (garbage collection); return the bytes given back."""
