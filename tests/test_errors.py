@@ -26,9 +26,10 @@ def test_missing_local_file(cluster: Cluster, tmp_path: Path) -> None:
     assert_clean_failure(res, errors.EXIT_USAGE, "no such file")
 
 
-def test_a_directory_is_not_a_file(cluster: Cluster, tmp_path: Path) -> None:
-    res = cluster.client("upload", str(tmp_path))
-    assert_clean_failure(res, errors.EXIT_USAGE, "is a directory")
+def test_a_folder_with_no_file_in_it_is_a_usage_error(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    res = cluster.client("upload", str(tmp_path / "empty"))
+    assert_clean_failure(res, errors.EXIT_USAGE, "no regular file to upload")
 
 
 def test_unknown_name(cluster: Cluster, tmp_path: Path) -> None:
