@@ -220,6 +220,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     pr.add_argument("--json", action="store_true", help="print a JSON array of the versions")
 
+    vf = command(
+        "verify",
+        "have every worker holding your files (or the ones named) re-read and re-hash its "
+        "copy now; a damaged copy is quarantined and a good one made elsewhere",
+        "warren verify notes.txt --json   # exit 5 when a damaged copy was found",
+    )
+    vf.add_argument("names", nargs="*", metavar="NAME", help="files to check (default: all)")
+    vf.add_argument("--json", action="store_true", help="print a JSON array, a copy each")
+
     st = command(
         "status",
         "show the workers, how many files need repair, and the uploads and repairs in flight",
@@ -435,6 +444,7 @@ class App:
             "versions": self.versions,
             "delete": self.delete,
             "prune": self.prune,
+            "verify": self.verify,
             "status": self.status,
         }
         if cmd not in commands:
@@ -583,6 +593,34 @@ class App:
             soft_wrap=True,
         )
         return errors.EXIT_OK
+
+    def verify(self, session: Session) -> int:
+        """One line per copy; exit 5 when any copy is damaged (repair has started), 4 when
+        a file has no live copy to check."""
+        checks, missing = session.verify(tuple(self.args.names))
+        if self.args.json:
+            rows = [dataclasses.asdict(c) for c in checks]
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        else:
+            for c in checks:
+                state = "[green]ok[/]" if c.ok else f"[red]DAMAGED[/] ({escape(c.reason)})"
+                self.out.print(
+                    f"{escape(c.name)} version {c.version} on {c.worker}: {state}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            bad = sum(not c.ok for c in checks)
+            self.out.print(f"{len(checks)} copies checked, {bad} damaged")
+        for name in missing:
+            self.err.print(f"error: no live worker holds a copy of {name!r}.", markup=False)
+        if any(not c.ok for c in checks):
+            self.err.print(
+                "error: damaged copies were found; they are quarantined and good copies are "
+                "being made from the others.",
+                markup=False,
+            )
+            return errors.EXIT_INTEGRITY
+        return errors.EXIT_UNAVAILABLE if missing else errors.EXIT_OK
 
     def prune(self, session: Session) -> int:
         removed = session.prune(self.args.keep_last, self.args.prefix, self.args.dry_run)

@@ -451,8 +451,7 @@ class Catalog:
 
     def _entries(self, rows: list[tuple[Any, ...]], now: float | None) -> list[FileEntry]:
         live = self.live_workers(now)
-        shas = {r[1] for r in rows}
-        holders = self._holders(shas.pop()) if len(shas) == 1 else self._holders()
+        holders = self._holders_of({r[1] for r in rows})
         return [
             FileEntry(
                 name=r[0],
@@ -631,6 +630,19 @@ class Catalog:
                 out.append(Shortfall(sha, size, wanted, tuple(have), tuple(self.deleting(sha))))
         return out
 
+    def _holders_of(self, shas: set[str]) -> dict[str, list[str]]:
+        """Workers holding each of these blobs, alive or not (indexed: a few rows each)."""
+        holders: dict[str, list[str]] = {}
+        todo = sorted(shas)
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            query = (
+                f"SELECT sha256, worker FROM replicas WHERE sha256 IN ({','.join('?' * len(part))})"
+            )
+            for sha, worker in self.db.execute(query, part):
+                holders.setdefault(sha, []).append(worker)
+        return holders
+
     def _holders(self, sha256: str | None = None) -> dict[str, list[str]]:
         """Workers holding each blob (or just ``sha256``), alive or not."""
         holders: dict[str, list[str]] = {}
@@ -696,7 +708,7 @@ def _where(owner: str | None, name: str | None, prefix: str) -> tuple[str, tuple
     if name is not None:
         clauses.append("name=?")
         args.append(name)
-    if prefix:
-        clauses.append("substr(name, 1, ?)=?")
-        args += [len(prefix), prefix]
+    if prefix:  # a range, so the (owner, name, version) index finds it
+        clauses.append("name >= ? AND name < ?")
+        args += [prefix, prefix + "\U0010ffff"]
     return " AND ".join(clauses), tuple(args)

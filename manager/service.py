@@ -45,6 +45,9 @@ from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
+# Seconds between passes over the whole catalog when nothing has changed (a safety net).
+FULL_PASS = 60.0
+
 
 class Manager:
     def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
@@ -61,6 +64,9 @@ class Manager:
         self._reported: set[str] = set()
         self._asked: dict[str, float] = {}
         self._scrub: dict[str, tuple[float, int]] = {}  # worker -> (last full scrub, damaged)
+        self._dirty = True  # something the full pass depends on changed
+        self._last_pass = 0.0
+        self._counts = (0, 0)  # files, under-replicated, as of the last full pass
         self._conn: Transport | None = None  # the connection of this term
 
     def run(self) -> None:
@@ -84,6 +90,7 @@ class Manager:
         if self._standing_by:
             log.warning("manager: the active manager is gone; taking over")
         self._standing_by = False
+        self._dirty = True
         self._reported = set()  # this term: which workers have sent their inventory
         self._asked = {}
         self._conn = conn
@@ -98,9 +105,11 @@ class Manager:
     # -- periodic --------------------------------------------------------------------------
 
     def _tick(self, conn: Transport) -> None:
-        """Once a second: notice silent workers, expire abandoned uploads, update the gauges
-        and start repairs. (It scans the catalog each time: fine for the thousands of files
-        of a few servers; a much larger catalog would want counters kept as it changes.)"""
+        """Once a second: notice silent workers, expire abandoned uploads, collect garbage
+        (indexed queries on small tables). The pass over the whole catalog (gauges, repair
+        planning) runs only when something changed that it depends on, while repairs are
+        in flight, or every ``FULL_PASS`` seconds: an idle manager costs the same whatever
+        the catalog's size."""
         if not conn.is_open or self.stop.is_set():
             return
         alive = self.catalog.live_workers()
@@ -108,14 +117,23 @@ class Manager:
             log.warning(
                 "worker %s: no heartbeat for %.0f s, marked dead", name, self.settings.dead_after
             )
+        if alive != self._alive:
+            self._dirty = True
         self._alive = alive
         self._expire(conn)
         self._collect_garbage(conn)
-        files = self.catalog.files()
         metrics.WORKERS_ALIVE.set(len(alive))
-        metrics.FILES.set(len(files))
-        metrics.UNDER_REPLICATED.set(sum(1 for f in files if len(f.replicas) < f.wanted))
-        self._repair(conn)
+        now = time.monotonic()
+        if self._dirty or self.repairs.in_flight or now - self._last_pass > FULL_PASS:
+            self._dirty = False
+            self._last_pass = now
+            files = self.catalog.files()
+            under = sum(1 for f in files if len(f.replicas) < f.wanted)
+            self._counts = (len(files), under)
+            metrics.FILES.set(len(files))
+            metrics.UNDER_REPLICATED.set(under)
+            if not self._repair(conn):
+                self._dirty = True  # too early to plan repairs: look again next second
         conn.call_later(1.0, lambda: self._tick(conn))
 
     def _expire(self, conn: Transport) -> None:
@@ -141,7 +159,7 @@ class Manager:
                 conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
             log.info("gc: %s is used by no version; deleting it on %s", sha[:12], holders)
 
-    def _repair(self, conn: Transport) -> None:
+    def _repair(self, conn: Transport) -> bool:
         """Start copies for files with too few live replicas, a few at a time.
 
         Not in the first ``dead_after`` seconds after start: until every live worker has
@@ -149,7 +167,7 @@ class Manager:
         """
         now = time.time()
         if time.monotonic() - self._started < self.settings.dead_after:
-            return
+            return False
         shortfalls = self.catalog.shortfalls(now)
         for copy in self.repairs.plan(shortfalls, self.catalog.candidates(now), now):
             cmd = m.CopyRequest(
@@ -167,6 +185,7 @@ class Manager:
                 copy.target,
                 len(shortfalls),
             )
+        return True
 
     # -- worker events ---------------------------------------------------------------------
 
@@ -187,6 +206,7 @@ class Manager:
         elif isinstance(msg, m.Inventory):
             added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
             more, fewer = self.catalog.merge_records(msg.records, msg.forgotten, now)
+            self._dirty = True
             self._reported.add(msg.worker)
             log.info(
                 "worker %s: inventory of %d blobs reconciled (+%d, -%d); "
@@ -205,6 +225,7 @@ class Manager:
             log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
             if up is not None:
                 log.info("upload %s: %r complete on %s", up.upload_id, up.name, ", ".join(up.chain))
+                self._dirty = True
                 self._tell_recorded(conn, up)
         elif isinstance(msg, m.PackStored):
             entries = [(f.upload_id, f.sha256, f.size) for f in msg.files]
@@ -219,6 +240,7 @@ class Manager:
                 msg.hop,
             )
             if completed:
+                self._dirty = True
                 log.info("pack %s: %d files complete", d.correlation_id, len(completed))
                 self._tell_pack_recorded(conn, completed, d.correlation_id)
         elif isinstance(msg, m.ReplicaFailed):
@@ -233,6 +255,7 @@ class Manager:
                 msg.reason,
             )
             self.catalog.replica_lost(msg.worker, msg.sha256)
+            self._dirty = True
             metrics.DAMAGED.inc()
         elif isinstance(msg, m.BlobDeleted):
             self.catalog.blob_deleted(msg.worker, msg.sha256)
@@ -352,6 +375,7 @@ class Manager:
                 which = f"version {msg.version} of " if msg.version else ""
                 raise NotFound(f"no {which}file named {msg.name!r} is stored.")
             self._forget([m.VersionKey(owner, msg.name, v) for v in gone])
+            self._dirty = True
             log.info("delete: %r versions %s of %s", msg.name, gone, owner or "a client")
             return m.DeleteReply(name=msg.name, versions=tuple(gone))
         if isinstance(msg, m.PruneRequest):
@@ -359,10 +383,10 @@ class Manager:
             if removed and not msg.dry_run:
                 log.info("prune: %d versions of %s", len(removed), owner or "a client")
                 self._forget([m.VersionKey(owner, v.name, v.version) for v in removed])
+                self._dirty = True
             return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
         if isinstance(msg, m.StatusRequest):
-            files = self.catalog.files()
-            under = sum(1 for f in files if len(f.replicas) < f.wanted)
+            files_count, under = self._counts
             scrub = self._scrub
             return m.StatusReply(
                 workers=tuple(
@@ -374,7 +398,7 @@ class Manager:
                     for w in self.catalog.workers()
                 ),
                 under_replicated=under,
-                files=len(files),
+                files=files_count,
                 uploads_in_flight=len(self.catalog.pending_uploads()),
                 repairs_in_flight=len(self.repairs.in_flight),
             )
@@ -445,6 +469,7 @@ class Manager:
         )
         now = time.time()
         version = self.catalog.record_existing(up, now)
+        self._dirty = True
         self._send_records(self._live_conn(), chain, [_record(up, version, now)])
         log.info(
             "upload %s: %r (%d bytes) from %s already stored on %s: version %d, nothing sent",

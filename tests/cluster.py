@@ -111,7 +111,7 @@ class Cluster:
     def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
         """Start the manager (name "manager") or a worker (any other name)."""
         self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
-        if name == "manager":
+        if name.startswith("manager"):
             args = ["-m", "manager", "--data-dir", str(self.data_dir(name))]
         else:
             args = ["-m", "worker", "--name", name, "--data-dir", str(self.data_dir(name))]
@@ -201,7 +201,7 @@ class Cluster:
         return {
             d.name
             for d in data.iterdir()
-            if d.name != "manager" and (d / "blobs" / sha256[:2] / sha256).is_file()
+            if not d.name.startswith("manager") and (d / "blobs" / sha256[:2] / sha256).is_file()
         }
 
     def verify_stored(

@@ -55,11 +55,11 @@ def test_more_replicas_than_live_workers_is_refused_before_any_byte(
         assert not [f for f in incoming.glob("*") if f.stat().st_size == p.stat().st_size]
 
 
-def test_zero_replicas_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+def test_zero_replicas_is_a_usage_error(cluster: Cluster, tmp_path: Path) -> None:
     p = tmp_path / "f.txt"
     p.write_text("hello")
     res = cluster.client("upload", str(p), "--replicas", "0")
-    assert_clean_failure(res, errors.EXIT_REFUSED, "at least 1")
+    assert_clean_failure(res, errors.EXIT_USAGE, "at least 1")
 
 
 def test_existing_destination_is_not_overwritten(cluster: Cluster, tmp_path: Path) -> None:
