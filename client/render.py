@@ -236,7 +236,7 @@ def _replicas(f: FileEntry) -> str:
 def workers_table(st: StatusReply) -> Table:
     """The workers, alive or dead, with their space (``status``, and the menu's status)."""
     table = Table(title="workers")
-    for col in ("name", "state", "files", "used", "free", "last heartbeat"):
+    for col in ("name", "state", "files", "used", "free", "last heartbeat", "scrubbed", "damaged"):
         table.add_column(col)
     for w in st.workers:
         state = "[green]alive[/]" if w.alive else "[red]dead[/]"
@@ -247,6 +247,8 @@ def workers_table(st: StatusReply) -> Table:
             human_size(w.used_bytes),
             human_size(w.free_bytes),
             relative_time(w.last_seen),
+            relative_time(w.scrubbed_at) if w.scrubbed_at else "not yet",
+            f"[red]{w.damaged}[/]" if w.damaged else "0",
         )
     return table
 
@@ -325,6 +327,8 @@ def status_json(st: StatusReply) -> dict[str, Any]:
                 "used_bytes": w.used_bytes,
                 "files": w.files,
                 "last_seen": w.last_seen,
+                "scrubbed_at": w.scrubbed_at,
+                "damaged": w.damaged,
             }
             for w in st.workers
         ],
