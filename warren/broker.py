@@ -29,10 +29,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions as pex
@@ -45,10 +47,19 @@ from warren.errors import (
     BrokerRefused,
     BrokerUnavailable,
     Locked,
+    Unavailable,
     Undeliverable,
+    UsageError,
     WarrenError,
 )
-from warren.topology import Topology, queue_arguments
+from warren.topology import (
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+    is_service_queue,
+    queue_arguments,
+    route,
+)
 from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
 
 log = logging.getLogger("warren.broker")
@@ -66,6 +77,52 @@ SENT_AT = "sent_at_ms"
 
 # Broker reply codes that no retry will fix.
 _FATAL_CODES = {403, 406, 530, 540}
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+
+
+class CertificateError(Unavailable):
+    """The broker's TLS certificate did not verify (unknown CA, wrong host name, expired).
+
+    Exit 4 like any unreachable broker, but never retried: waiting will not fix it."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Peer verification on, host name checked: against ``WARREN_TLS_CA_FILE`` (a PEM
+    bundle), or the system's CAs when it is unset; with a client certificate if given."""
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+        if settings.tls_cert_file:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot read the TLS file {exc.filename}: no such file.") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            "cannot use the TLS files WARREN_TLS_CA_FILE, WARREN_TLS_CERT_FILE and "
+            f"WARREN_TLS_KEY_FILE name ({exc})."
+        ) from None
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed somewhere inside pika's connection error."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e
+        if isinstance(e, BaseException):
+            todo.extend([e.__cause__, e.__context__, *e.args])
+            todo.extend(getattr(e, "exceptions", None) or ())
+        elif isinstance(e, (list, tuple)):
+            todo.extend(e)
+    return None
 
 
 @contextlib.contextmanager
@@ -94,6 +151,13 @@ def translate_errors() -> Iterator[None]:
             raise BrokerRefused(f"RabbitMQ refused: {exc.reply_text}") from None
         raise BrokerUnavailable(f"RabbitMQ closed the connection: {exc.reply_text}") from None
     except (pex.AMQPError, OSError) as exc:
+        bad_cert = _certificate_failure(exc)
+        if bad_cert is not None:
+            raise CertificateError(
+                "RabbitMQ's TLS certificate did not verify "
+                f"({bad_cert.verify_message or bad_cert.reason}): check WARREN_TLS_CA_FILE "
+                "and the host name in WARREN_AMQP_URL."
+            ) from None
         raise BrokerUnavailable(f"lost the connection to RabbitMQ ({type(exc).__name__})") from None
 
 
@@ -105,6 +169,7 @@ class Connection:
         self.name = name  # the connection_name shown in the management UI
         self._conn: Any = None
         self._channel: Any = None
+        self._side: Any = None  # declarations happen here: a refusal must not close _channel
         self._next_tag = 1
         self._pending: collections.OrderedDict[int, ConfirmCallback | None] = (
             collections.OrderedDict()
@@ -160,8 +225,12 @@ class Connection:
 
     def _open_once(self) -> None:
         params = []
+        context: ssl.SSLContext | None = None
         for url in self.settings.amqp_urls:
             p = pika.URLParameters(url)
+            if urlsplit(url).scheme == "amqps":
+                context = context or tls_context(self.settings)
+                p.ssl_options = pika.SSLOptions(context, server_hostname=p.host)
             p.heartbeat = self.settings.amqp_heartbeat
             p.blocked_connection_timeout = self.settings.blocked_timeout
             p.client_properties = {"connection_name": self.name, "product": "warren"}
@@ -176,6 +245,7 @@ class Connection:
             _pika_tune_reads(self._conn)
             self._channel = self._conn.channel()
             _pika_enable_confirms(self._channel, self._on_confirm, self._on_return)
+        self._side = None
         host, port, self.user = _pika_connected_to(self._conn)  # which URL of a list answered
         self.url = f"amqp://{host}:{port}/"
         self._next_tag = 1
@@ -198,6 +268,7 @@ class Connection:
             log.debug("%s: error while closing", self.name, exc_info=True)
         finally:
             self._conn = None
+            self._side = None
 
     @property
     def is_open(self) -> bool:
@@ -206,25 +277,81 @@ class Connection:
     # -- topology --------------------------------------------------------------------------
 
     def declare(self, topology: Topology) -> None:
-        """Declare exchanges and queues (idempotent); each only once per connection."""
-        with translate_errors():
-            for ex in topology.exchanges:
-                if ("x:" + ex.name) not in self._declared:
-                    self._channel.exchange_declare(ex.name, ex.kind, durable=ex.durable)
-                    self._declared.add("x:" + ex.name)
-            for q in topology.queues:
-                if ("q:" + q.name) in self._declared:
-                    continue
-                self._channel.queue_declare(
-                    q.name,
-                    durable=q.durable,
-                    exclusive=q.exclusive,
-                    auto_delete=q.auto_delete,
-                    arguments=queue_arguments(q, self.settings.queue_type) or None,
-                )
-                if q.bind_to:
-                    self._channel.queue_bind(q.name, q.bind_to)
+        """Declare exchanges and queues (idempotent); each only once per connection.
+
+        Each declaration that this connection's user is not allowed to make (RabbitMQ
+        refuses it: ACCESS_REFUSED) is checked instead: what exists is fine, since its owner
+        declared it (a worker forwarding to another worker, a client and the exchanges).
+        Declarations run on a channel of their own, so a refusal never closes the channel
+        that publishes and consumes.
+        """
+        for ex in topology.exchanges:
+            if ("x:" + ex.name) not in self._declared:
+                self._declare_one(ex)
+                self._declared.add("x:" + ex.name)
+        for q in topology.queues:
+            if ("q:" + q.name) not in self._declared:
+                self._declare_one(q)
                 self._declared.add("q:" + q.name)
+
+    def _declare_one(self, spec: ExchangeSpec | QueueSpec) -> None:
+        kind = "exchange" if isinstance(spec, ExchangeSpec) else "queue"
+        if not (isinstance(spec, ExchangeSpec) and spec.passive):
+            code = self._on_side(lambda ch: self._declare_on(ch, spec))
+            if code is None:
+                return
+            if code == NOT_FOUND:  # binding to an exchange that is not there
+                raise BrokerUnavailable(
+                    "the manager has never run on this broker "
+                    f"(no exchange to bind {spec.name} to)."
+                )
+            log.debug("%s: may not declare %s %s; checking it exists", self.name, kind, spec.name)
+        if self._on_side(lambda ch: self._check_exists(ch, spec)) != NOT_FOUND:
+            return
+        if isinstance(spec, ExchangeSpec):
+            raise BrokerUnavailable(
+                f"the manager has never run on this broker (there is no exchange {spec.name})."
+            )
+        raise Undeliverable(
+            f"there is no queue {spec.name} on this broker, and {self.user} may not "
+            "declare it (its owner does)."
+        )
+
+    def _on_side(self, fn: Callable[[Any], None]) -> int | None:
+        """Run ``fn`` on the declarations' channel. When the broker closes that channel over
+        it, ACCESS_REFUSED or NOT_FOUND is returned (the next call opens a new channel);
+        anything else is raised as warren's error."""
+        with translate_errors():
+            if self._side is None or not self._side.is_open:
+                self._side = self._conn.channel()
+            try:
+                fn(self._side)
+            except pex.ChannelClosedByBroker as exc:
+                self._side = None
+                if exc.reply_code in (ACCESS_REFUSED, NOT_FOUND):
+                    return int(exc.reply_code)
+                raise
+        return None
+
+    def _declare_on(self, channel: Any, spec: ExchangeSpec | QueueSpec) -> None:
+        if isinstance(spec, ExchangeSpec):
+            channel.exchange_declare(spec.name, spec.kind, durable=spec.durable)
+            return
+        channel.queue_declare(
+            spec.name,
+            durable=spec.durable,
+            exclusive=spec.exclusive,
+            auto_delete=spec.auto_delete,
+            arguments=queue_arguments(spec, self.settings.queue_type) or None,
+        )
+        if spec.bind_to:
+            channel.queue_bind(spec.name, spec.bind_to, spec.routing_key or None)
+
+    def _check_exists(self, channel: Any, spec: ExchangeSpec | QueueSpec) -> None:
+        if isinstance(spec, ExchangeSpec):
+            channel.exchange_declare(spec.name, passive=True)
+        else:
+            channel.queue_declare(spec.name, passive=True)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -241,7 +368,8 @@ class Connection:
         expiration_ms: int | None = None,
         on_confirm: ConfirmCallback | None = None,
     ) -> None:
-        """Publish to a queue by name, mandatory, with a confirm.
+        """Publish to a queue by name (through its exchange: ``topology.route``),
+        mandatory, with a confirm.
 
         Returns once the message is written and fewer than ``window`` publishes are
         unconfirmed. ``on_confirm(True)`` runs on this thread once the broker has taken
@@ -264,8 +392,11 @@ class Connection:
             user_id=self.user,  # RabbitMQ checks it is this connection's user
         )
         self._pending[tag] = on_confirm
+        exchange, routing_key = route(queue)
         with translate_errors():
-            self._channel.basic_publish("", queue, body, properties=props, mandatory=True)
+            self._channel.basic_publish(
+                exchange, routing_key, body, properties=props, mandatory=True
+            )
 
     def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
         """Publish and wait for this one confirm; raise Undeliverable if it fails."""
@@ -357,7 +488,7 @@ class Connection:
                 redelivered=method.redelivered,
                 type=props.type,
                 headers=props.headers,
-                reply_to=props.reply_to,
+                reply_to=reply_queue(props.reply_to),
                 correlation_id=props.correlation_id,
                 queue=queue,
                 settle=self._settle,
@@ -410,6 +541,16 @@ class Connection:
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
         alarm_log.warning("%s: RabbitMQ unblocked publishes", self.name)
+
+
+def reply_queue(reply_to: str | None) -> str | None:
+    """A delivery's ``reply_to``, unless it names a service's queue: answers and
+    confirmations go to clients only, so nobody can make a service publish (as itself) into
+    another service's queue, nor trip over a permission it rightly lacks."""
+    if reply_to and is_service_queue(reply_to):
+        log.warning("ignoring reply_to %s: it names a service's queue", reply_to)
+        return None
+    return reply_to
 
 
 # -- pika's private attributes: every use in one place ----------------------------------------

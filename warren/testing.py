@@ -4,7 +4,9 @@
 ``StubConnection``s that implement ``warren.transport.Transport`` the way
 ``warren.broker.Connection`` does on RabbitMQ: one connection per thread, deliveries and
 confirm callbacks run only inside that thread's ``process`` (or an explicit wait),
-mandatory publishes to a missing queue confirmed as failures, unacked deliveries requeued
+publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
+exact-key bindings), mandatory publishes that reach no queue confirmed as failures,
+``reply_to`` naming a service's queue dropped from deliveries, unacked deliveries requeued
 as redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
 with their connection, transient messages and queues lost on a broker restart.
 
@@ -28,7 +30,7 @@ from typing import Any
 
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, Locked, Undeliverable
-from warren.topology import Topology
+from warren.topology import Topology, is_service_queue, route
 from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
 
 
@@ -80,7 +82,8 @@ class StubBroker:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.queues: dict[str, _Queue] = {}
-        self.bindings: dict[str, list[str]] = {}  # fanout exchange -> queues
+        self.exchanges: dict[str, str] = {}  # name -> kind
+        self.bindings: dict[str, list[tuple[str, str]]] = {}  # exchange -> (queue, key)
         self.connections: list[StubConnection] = []
         self.published: list[Message] = []
         self.intercept: Intercept | None = None
@@ -149,8 +152,11 @@ class StubBroker:
                 del self.queues[name]
 
     def _route(self, msg: Message) -> bool:
-        q = self.queues.get(msg.queue)
-        if q is None:
+        """Deliver through the queue's exchange, as RabbitMQ does: only a queue bound there
+        with the message's routing key gets it (warren binds exact keys only)."""
+        exchange, key = route(msg.queue)
+        bound = [q for q, k in self.bindings.get(exchange, []) if k == key and q in self.queues]
+        if msg.queue not in bound:
             return False
         self.published.append(msg)
         arrived = self.intercept(msg) if self.intercept else [msg]
@@ -163,7 +169,7 @@ class StubBroker:
         q = self.queues.get(queue)
         if q is None or q.dead_letter_exchange is None:
             return
-        for target in self.bindings.get(q.dead_letter_exchange, []):
+        for target, _key in self.bindings.get(q.dead_letter_exchange, []):  # a fanout
             if target in self.queues:
                 self.queues[target].messages.append(replace(msg, queue=target, redelivered=False))
 
@@ -239,6 +245,13 @@ class StubConnection:
         self._check()
         with self.broker.lock:
             for ex in topology.exchanges:
+                if ex.name not in self.broker.exchanges:
+                    if ex.passive:
+                        raise BrokerUnavailable(
+                            "the manager has never run on this broker "
+                            f"(there is no exchange {ex.name})."
+                        )
+                    self.broker.exchanges[ex.name] = ex.kind
                 self.broker.bindings.setdefault(ex.name, [])
             for spec in topology.queues:
                 q = self.broker.queues.get(spec.name)
@@ -251,8 +264,12 @@ class StubConnection:
                         owner=self if spec.exclusive else None,
                         dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
                     )
-                if spec.bind_to and spec.name not in self.broker.bindings[spec.bind_to]:
-                    self.broker.bindings[spec.bind_to].append(spec.name)
+                if spec.bind_to:
+                    if spec.bind_to not in self.broker.exchanges:
+                        raise BrokerUnavailable(f"no exchange {spec.bind_to} to bind to")
+                    binding = (spec.name, spec.routing_key)
+                    if binding not in self.broker.bindings[spec.bind_to]:
+                        self.broker.bindings[spec.bind_to].append(binding)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -393,7 +410,7 @@ class StubConnection:
                 redelivered=msg.redelivered,
                 type=msg.type,
                 headers=msg.headers,
-                reply_to=msg.reply_to,
+                reply_to=None if is_service_queue(msg.reply_to or "") else msg.reply_to,
                 correlation_id=msg.correlation_id,
                 queue=queue,
                 settle=self._settle,

@@ -1,9 +1,16 @@
-"""Every exchange, queue and queue argument warren uses, in one place.
+"""Every exchange, queue and queue argument warren uses, and who may touch which, in one place.
 
-Messages are published through the default exchange straight to a queue by name, so the
-names below are the whole routing table. Everything is declared idempotently by whoever
-uses it, again after every reconnect. Anything a consumer rejects goes to the
-dead-letter exchange and waits in ``warren.dead-letters`` for an operator.
+Callers name a queue; ``route`` maps each queue name to the exchange and routing key it is
+published through, and every queue is bound to its exchange with that key. Nothing goes
+through the default exchange: write permission there reaches every queue by name, so it
+cannot be granted per queue. Named topic exchanges can be, with topic permissions on their
+routing keys (RabbitMQ >= 3.7): ``permissions`` below is what each role's broker user may
+configure, write and read, and docs/security.md says why.
+
+Everything is declared idempotently by whoever uses it, again after every reconnect; what a
+user may not declare it only checks for (``warren.broker.Connection.declare``). Anything a
+consumer rejects goes to the dead-letter exchange and waits in ``warren.dead-letters`` for
+an operator.
 """
 
 from __future__ import annotations
@@ -18,6 +25,15 @@ DEAD_LETTER_QUEUE = "warren.dead-letters"
 MANAGER_REQUESTS = "warren.manager.requests"  # clients ask: upload, download, list, status
 MANAGER_EVENTS = "warren.manager.events"  # workers tell: heartbeat, inventory, replica stored
 
+# Topic exchanges, one per kind of consumer; each queue is bound with its own routing key.
+MANAGER_EXCHANGE = "warren.manager"  # routing keys: requests, events
+WORKERS_EXCHANGE = "warren.workers"  # routing keys: <worker>.chunks, <worker>.control
+CLIENTS_EXCHANGE = "warren.clients"  # routing key: the reply queue's own name
+EXCHANGES = (MANAGER_EXCHANGE, WORKERS_EXCHANGE, CLIENTS_EXCHANGE)
+
+CLIENT_QUEUE_PREFIX = "warren.client."
+_WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control)")
+
 HEARTBEAT_TTL_MS = 30_000  # a heartbeat older than this says nothing useful
 
 
@@ -26,6 +42,8 @@ class ExchangeSpec:
     name: str
     kind: str = "fanout"
     durable: bool = True
+    # Only check that it exists, never create it: the services own it (a client's view).
+    passive: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,8 @@ class QueueSpec:
     exclusive: bool = False
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
-    bind_to: str | None = None  # an exchange to bind the queue to (fanout: no routing key)
+    bind_to: str | None = None  # an exchange to bind the queue to
+    routing_key: str = ""  # the binding's key (a fanout exchange ignores it)
 
 
 @dataclass(frozen=True)
@@ -47,9 +66,38 @@ class Topology:
         return Topology(self.exchanges + other.exchanges, self.queues + other.queues)
 
 
+def route(queue: str) -> tuple[str, str]:
+    """The exchange and routing key a message for ``queue`` is published with.
+
+    The manager's and workers' queues each have their exchange; any other name is a
+    client's reply queue, reached through ``warren.clients`` under its own name.
+    """
+    if queue in (MANAGER_REQUESTS, MANAGER_EVENTS):
+        return MANAGER_EXCHANGE, queue.rsplit(".", 1)[1]
+    found = _WORKER_QUEUE.fullmatch(queue)
+    if found:
+        return WORKERS_EXCHANGE, f"{found['worker']}.{found['kind']}"
+    return CLIENTS_EXCHANGE, queue
+
+
+def is_service_queue(name: str) -> bool:
+    """A queue of the manager, of a worker or of the broker's plumbing: never a reply queue.
+
+    A delivery's ``reply_to`` naming one is dropped by the transport, so no client can make
+    a service answer (as itself) into another service's queue.
+    """
+    return name.startswith("warren.") and not name.startswith(CLIENT_QUEUE_PREFIX)
+
+
 def _durable(name: str) -> QueueSpec:
-    """A durable queue whose rejected messages are dead-lettered, never dropped or looped."""
-    return QueueSpec(name, arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
+    """A durable queue bound to its exchange, whose rejected messages are dead-lettered."""
+    exchange, key = route(name)
+    return QueueSpec(
+        name,
+        arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
+        bind_to=exchange,
+        routing_key=key,
+    )
 
 
 QUEUE_TYPES = ("classic", "quorum")
@@ -79,9 +127,14 @@ def worker_control(worker: str) -> str:
 
 
 def client_reply_queue(client_name: str) -> str:
-    """A client's private reply queue: named for the client so the management UI reads well."""
+    """A client's private reply queue: named for the client so the management UI reads well.
+
+    Its name is also its routing key on ``warren.clients``, and a client may bind only exact
+    keys there: the random part (128 bits) is what keeps another client from binding a
+    queue of its own to this one's key.
+    """
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", client_name or "anonymous")[:64]
-    return f"warren.client.{safe}.{uuid.uuid4().hex[:8]}"
+    return f"{CLIENT_QUEUE_PREFIX}{safe}.{uuid.uuid4().hex}"
 
 
 DEAD_LETTERS = Topology(
@@ -89,16 +142,20 @@ DEAD_LETTERS = Topology(
     queues=(QueueSpec(DEAD_LETTER_QUEUE, bind_to=DEAD_LETTER_EXCHANGE),),
 )
 
+ROUTING = Topology(exchanges=tuple(ExchangeSpec(x, "topic") for x in EXCHANGES))
+
 
 def manager_topology() -> Topology:
-    return DEAD_LETTERS + Topology(queues=(_durable(MANAGER_REQUESTS), _durable(MANAGER_EVENTS)))
+    queues = (_durable(MANAGER_REQUESTS), _durable(MANAGER_EVENTS))
+    return DEAD_LETTERS + ROUTING + Topology(queues=queues)
 
 
 def worker_topology(worker: str) -> Topology:
     """A worker's own queues, and the manager's it reports to.
 
     Whoever publishes to a queue declares it first, so a message sent before its consumer
-    ever started waits in a durable queue instead of being returned.
+    ever started waits in a durable queue instead of being returned. A user that may not
+    declare a queue (a worker forwarding to another) only checks that it exists.
     """
     queues = (_durable(worker_chunks(worker)), _durable(worker_control(worker)))
     return manager_topology() + Topology(queues=queues)
@@ -107,11 +164,98 @@ def worker_topology(worker: str) -> Topology:
 def client_topology(reply_queue: str) -> Topology:
     """Only the client's reply queue, which dies with its connection.
 
-    Clients declare nothing shared: the services own the durable queues and their type
-    (classic or quorum), so a client needs no knowledge of how the cluster is deployed.
+    Clients declare nothing shared: the services own the exchanges and the durable queues
+    and their type (classic or quorum), so a client needs no knowledge of how the cluster
+    is deployed. It checks that the exchanges exist: if not, no manager ever ran here.
     """
-    reply = QueueSpec(reply_queue, durable=False, exclusive=True, auto_delete=True)
-    return Topology(queues=(reply,))
+    exchange, key = route(reply_queue)
+    reply = QueueSpec(
+        reply_queue,
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+        bind_to=exchange,
+        routing_key=key,
+    )
+    passive = tuple(ExchangeSpec(x, "topic", passive=True) for x in EXCHANGES)
+    return Topology(exchanges=passive, queues=(reply,))
+
+
+# -- who may do what -------------------------------------------------------------------------
+
+ROLES = ("manager", "worker", "client")
+NOTHING = "^$"  # matches no resource name and no routing key warren uses
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """One broker user's rights on the vhost: regular expressions over exchange and queue
+    names (configure, write, read), and per topic exchange over routing keys (write:
+    publish with that key; read: bind a queue with that key). RabbitMQ allows every routing
+    key on a topic exchange that has no entry, so every role has one for each."""
+
+    configure: str
+    write: str
+    read: str
+    topics: dict[str, tuple[str, str]]  # exchange -> (write, read)
+
+
+def _names(*names: str) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
+def permissions(role: str, user: str) -> Permissions:
+    """Exactly what ``role``'s broker user may do (``user`` is a worker's own name).
+
+    RabbitMQ's rules that shape these: declaring a queue or exchange needs configure on it;
+    binding needs write on the queue and read on the exchange (and, on a topic exchange,
+    topic read on the key); a queue declared with a dead-letter exchange needs read on the
+    queue and write on that exchange; consuming and purging need read on the queue, deleting
+    configure; publishing needs write on the exchange (and topic write on the key).
+    """
+    any_worker = r"^[A-Za-z0-9_.-]+\."
+    if role == "manager":
+        queues = r"^warren\.manager\..+$|^warren\.worker\..+\.(chunks|control)$"
+        return Permissions(
+            configure=f"^({_names(*EXCHANGES, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE)})$|{queues}",
+            write=f"^({_names(WORKERS_EXCHANGE, CLIENTS_EXCHANGE, DEAD_LETTER_EXCHANGE)})$"
+            f"|^{re.escape(DEAD_LETTER_QUEUE)}$|{queues}",
+            read=f"^({_names(MANAGER_EXCHANGE, WORKERS_EXCHANGE, DEAD_LETTER_EXCHANGE)})$|{queues}",
+            topics={
+                MANAGER_EXCHANGE: (NOTHING, "^(requests|events)$"),
+                WORKERS_EXCHANGE: (any_worker + "(chunks|control)$",) * 2,
+                CLIENTS_EXCHANGE: (".*", NOTHING),
+            },
+        )
+    if role == "worker":
+        mine = f"^warren\\.worker\\.{re.escape(user)}\\.(chunks|control)$"
+        return Permissions(
+            configure=mine,
+            write=f"^({_names(*EXCHANGES, DEAD_LETTER_EXCHANGE)})$|{mine}",
+            read=f"^{re.escape(WORKERS_EXCHANGE)}$|{mine}",
+            topics={
+                MANAGER_EXCHANGE: ("^events$", NOTHING),
+                WORKERS_EXCHANGE: (
+                    any_worker + "chunks$",
+                    f"^{re.escape(user)}\\.(chunks|control)$",
+                ),
+                CLIENTS_EXCHANGE: (".*", NOTHING),
+            },
+        )
+    if role == "client":
+        mine = "^" + re.escape(CLIENT_QUEUE_PREFIX)
+        return Permissions(
+            configure=mine,
+            write=f"^({_names(MANAGER_EXCHANGE, WORKERS_EXCHANGE)})$|{mine}",
+            read=f"^{re.escape(CLIENTS_EXCHANGE)}$|{mine}",
+            topics={
+                MANAGER_EXCHANGE: ("^requests$", NOTHING),
+                WORKERS_EXCHANGE: (any_worker + "chunks$", NOTHING),
+                # Exact keys only: no wildcard, so no binding that catches others' replies.
+                CLIENTS_EXCHANGE: (NOTHING, mine + "[^*#]+$"),
+            },
+        )
+    raise ValueError(f"unknown role {role!r}: the roles are manager, worker and client.")
 
 
 # The active manager holds this exclusive queue on its connection; a second manager cannot
