@@ -83,6 +83,16 @@ class LocalNode:
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.mgmt_port}/"
 
+    @property
+    def admin_url(self) -> str:
+        """``WARREN_ADMIN_URL`` for ``python -m manager users``: guest is the administrator."""
+        return f"http://guest:guest@127.0.0.1:{self.mgmt_port}/"
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        """The AMQP URL of ``vhost`` on this node, logged in as ``user``."""
+        quoted = [urllib.parse.quote(x, safe="") for x in (user, password, vhost)]
+        return f"amqp://{quoted[0]}:{quoted[1]}@127.0.0.1:{self.amqp_port}/{quoted[2]}"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -249,6 +259,19 @@ class LocalNode:
     def delete_vhost(self, vhost: str) -> None:
         with contextlib.suppress(OSError, urllib.error.URLError):
             self.api("DELETE", "vhosts/" + urllib.parse.quote(vhost, safe=""))
+
+
+def tls_config(port: int, ca_file: Path, cert_file: Path, key_file: Path) -> str:
+    """``extra_config`` for a TLS listener on 127.0.0.1:``port`` (amqps://). The node may
+    run as the ``rabbitmq`` user: the files and their folders must be readable by it."""
+    return (
+        f"listeners.ssl.default = 127.0.0.1:{port}\n"
+        f"ssl_options.cacertfile = {ca_file}\n"
+        f"ssl_options.certfile = {cert_file}\n"
+        f"ssl_options.keyfile = {key_file}\n"
+        "ssl_options.verify = verify_peer\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+    )
 
 
 def _alive(pid: int) -> bool:

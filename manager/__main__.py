@@ -1,4 +1,8 @@
-"""``python -m manager [--data-dir DIR]``: run the manager (placement, catalog, liveness)."""
+"""``python -m manager [--data-dir DIR]``: run the manager (placement, catalog, liveness).
+
+``python -m manager users add|remove|list ...`` manages the broker users instead
+(``manager/users.py``) and exits.
+"""
 
 from __future__ import annotations
 
@@ -34,4 +38,8 @@ def run(s: Settings, stop: threading.Event) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["users"]:
+        from manager import users
+
+        sys.exit(users.main(sys.argv[2:]))
     sys.exit(main("manager", settings, run))
