@@ -1,0 +1,117 @@
+"""Routing and permissions without a broker: route(), each role's regexes, users' settings."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from manager import users
+from warren.config import Settings
+from warren.errors import UsageError
+from warren.testing import StubBroker
+from warren.topology import (
+    CLIENTS_EXCHANGE,
+    MANAGER_EVENTS,
+    MANAGER_EXCHANGE,
+    MANAGER_REQUESTS,
+    WORKERS_EXCHANGE,
+    client_reply_queue,
+    client_topology,
+    manager_topology,
+    permissions,
+    route,
+    worker_chunks,
+    worker_control,
+    worker_topology,
+)
+from warren.transport import Delivery
+
+
+def test_every_queue_has_one_exchange_and_key() -> None:
+    assert route(MANAGER_REQUESTS) == (MANAGER_EXCHANGE, "requests")
+    assert route(MANAGER_EVENTS) == (MANAGER_EXCHANGE, "events")
+    assert route(worker_chunks("w.1")) == (WORKERS_EXCHANGE, "w.1.chunks")
+    assert route(worker_control("w1")) == (WORKERS_EXCHANGE, "w1.control")
+    reply = client_reply_queue("alice's laptop")
+    assert route(reply) == (CLIENTS_EXCHANGE, reply)
+    # every queue a service declares is bound with the key it is published with
+    for spec in (manager_topology() + worker_topology("w1") + client_topology(reply)).queues:
+        if spec.bind_to and spec.bind_to != "warren.dlx":
+            assert (spec.bind_to, spec.routing_key) == route(spec.name)
+
+
+def allowed(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None
+
+
+def test_each_role_may_publish_exactly_where_its_role_needs() -> None:
+    boss, w1, alice = (
+        permissions("manager", "m"),
+        permissions("worker", "w1"),
+        permissions("client", "alice"),
+    )
+    # who may publish with which key (topic write), given write on the exchange
+    assert allowed(alice.topics[MANAGER_EXCHANGE][0], "requests")
+    assert not allowed(alice.topics[MANAGER_EXCHANGE][0], "events")
+    assert allowed(alice.topics[WORKERS_EXCHANGE][0], "w2.chunks")
+    assert not allowed(alice.topics[WORKERS_EXCHANGE][0], "w2.control")
+    assert not allowed(alice.write, CLIENTS_EXCHANGE)
+    assert allowed(w1.topics[MANAGER_EXCHANGE][0], "events")
+    assert not allowed(w1.topics[MANAGER_EXCHANGE][0], "requests")
+    assert allowed(w1.topics[WORKERS_EXCHANGE][0], "w2.chunks")
+    assert not allowed(w1.topics[WORKERS_EXCHANGE][0], "w2.control")
+    assert not allowed(boss.write, MANAGER_EXCHANGE)
+    # who may read (consume, purge) which queue
+    assert not allowed(alice.read, MANAGER_REQUESTS)
+    assert not allowed(alice.read, worker_chunks("w1"))
+    assert allowed(w1.read, worker_chunks("w1"))
+    assert not allowed(w1.read, worker_chunks("w10"))
+    assert not allowed(w1.read, worker_chunks("w2"))
+    # and bind only exact keys of their own
+    assert allowed(alice.topics[CLIENTS_EXCHANGE][1], client_reply_queue("a"))
+    assert not allowed(alice.topics[CLIENTS_EXCHANGE][1], "warren.client.#")
+    assert not allowed(w1.topics[WORKERS_EXCHANGE][1], "w2.chunks")
+    with pytest.raises(ValueError, match="unknown role"):
+        permissions("root", "x")
+
+
+def test_the_vhost_comes_from_the_amqp_url() -> None:
+    assert users.vhost_of("amqp://u:p@h:5672/%2F") == "/"
+    assert users.vhost_of("amqp://u:p@h:5672/") == "/"
+    assert users.vhost_of("amqp://u:p@h:5672") == "/"
+    assert users.vhost_of("amqp://u:p@h/prod%2Fa,amqp://u:p@h2/prod%2Fa") == "prod/a"
+
+
+def test_the_admin_url_needs_a_login() -> None:
+    with pytest.raises(UsageError, match="not set"):
+        users.Admin.from_settings(Settings())
+    with pytest.raises(UsageError, match="no user and password"):
+        users.Admin.from_settings(Settings(admin_url="http://h:15672/"))
+    admin = users.Admin.from_settings(Settings(admin_url="http://ad%40min:p%3Aw@h:15672"))
+    assert (admin.base, admin.user, admin.password) == ("http://h:15672/", "ad@min", "p:w")
+    with pytest.raises(UsageError, match="unknown role"):
+        users.check_name("admin", "x")
+
+
+def test_the_stub_routes_through_exchanges_and_drops_a_service_reply_to() -> None:
+    broker = StubBroker()
+    conn = broker.connect(Settings(), "t")
+    conn.open()
+    conn.declare(worker_topology("w1"))
+    got: list[Delivery] = []
+
+    def take(d: Delivery) -> None:
+        got.append(d)
+        d.ack()
+
+    conn.consume(worker_chunks("w1"), take)
+    conn.publish(worker_chunks("w1"), b"x", type="t", reply_to=MANAGER_EVENTS)
+    conn.publish(worker_chunks("w1"), b"y", type="t", reply_to="warren.client.a.b")
+    results: list[bool] = []
+    conn.publish(worker_chunks("w2"), b"z", type="t", on_confirm=results.append)
+    while len(got) < 2 or not results:
+        conn.process(0.1)
+    assert [d.reply_to for d in got] == [None, "warren.client.a.b"]
+    assert results == [False]  # no queue bound with w2.chunks
+    conn.close()
