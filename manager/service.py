@@ -191,6 +191,16 @@ class Manager:
 
     def _on_event(self, conn: Transport, d: Delivery) -> None:
         msg = m.decode(d.type, d.body)
+        claimed = getattr(msg, "worker", None)
+        if not isinstance(claimed, str):
+            raise DecodeError(f"{d.type} is not a worker event")
+        # A worker's broker user is its name (manager users add worker NAME). Only where
+        # everyone shares the manager's own login can the sender not be told apart.
+        if d.user_id not in (claimed, conn.user):
+            raise DecodeError(
+                f"{d.type} claims to come from worker {claimed!r} but was sent by broker user "
+                f"{d.user_id!r}: ignored"
+            )
         now = time.time()
         if isinstance(msg, m.Heartbeat):
             if self.catalog.worker_seen(msg.worker, msg.free_bytes, msg.used_bytes, msg.files, now):

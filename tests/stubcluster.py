@@ -41,10 +41,17 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def user_url(user: str) -> str:
+    return f"amqp://{user}:secret@localhost:5672/%2F"
+
+
 class StubCluster:
-    def __init__(self, base: Path, settings: Settings = FAST) -> None:
+    def __init__(self, base: Path, settings: Settings = FAST, users: bool = False) -> None:
+        """``users``: each service logs in as its own broker user (the manager as
+        ``manager``, a worker as its name), as ``manager users add`` sets them up."""
         self.base = base
         self.settings = settings
+        self.users = users
         self.broker = StubBroker()
         self.workers: dict[str, Worker] = {}
         self.manager: Manager | None = None
@@ -68,6 +75,8 @@ class StubCluster:
     def start_manager(self, key: str = "manager") -> Manager:
         stop = self._stops[key] = threading.Event()
         s = dataclasses.replace(self.settings, data_dir=self.base / key)
+        if self.users:
+            s = dataclasses.replace(s, amqp_url=user_url("manager"))
         manager = Manager(s, stop, self._connect(key))
         self.managers[key] = manager
         if key == "manager":
@@ -80,6 +89,8 @@ class StubCluster:
         s = dataclasses.replace(
             self.settings, name=name, data_dir=self.base / "workers" / name, **overrides
         )
+        if self.users:
+            s = dataclasses.replace(s, amqp_url=user_url(name), manager_user="manager")
         worker = self.workers[name] = Worker(s, stop, self._connect(name))
         self._start(name, worker.run)
         return worker

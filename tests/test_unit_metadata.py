@@ -13,8 +13,10 @@ import pytest
 
 from client.outcomes import Progress
 from client.session import Session
-from tests.stubcluster import FAST, StubCluster, wait_for
+from tests.stubcluster import FAST, StubCluster, user_url, wait_for
+from warren import messages as m
 from warren.errors import NotFound
+from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_control
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
 
@@ -186,3 +188,37 @@ def test_verify_reports_a_copy_damaged_between_scrubs(stub: StubCluster, tmp_pat
     assert {(c.worker, c.ok) for c in checks} == {(result.chain[0], True), (result.chain[1], False)}
     assert "SHA-256" in [c for c in checks if not c.ok][0].reason and missing == []
     wait_for(lambda: len(good_copies(stub, result.sha256)) == 2, what="the repair")
+
+
+def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
+    """Each service as its own broker user. A client replays w1's heartbeats after w1 is
+    killed, and tells w2 to delete a blob: w1 still goes dead and its file is repaired, w2
+    keeps the blob, and every forgery ends in the dead-letter queue."""
+    c = StubCluster(tmp_path, FAST, users=True)
+    try:
+        c.start(4)
+        data = os.urandom(150_000)
+        (tmp_path / "f").write_bytes(data)
+        with c.session(amqp_url=user_url("mallory")) as s:
+            result = s.upload(tmp_path / "f", "f", 2)
+        victim, other = result.chain
+        mallory = c.broker.connect(dataclasses.replace(FAST, amqp_url=user_url("mallory")), "m")
+        mallory.open()
+        c.kill(victim)
+        beat = m.Heartbeat(worker=victim, free_bytes=10**12, used_bytes=0, files=1)
+        order = m.DeleteBlob(sha256=result.sha256)
+        mallory.publish(worker_control(other), order.encode(), type=order.TYPE)
+        with c.session(amqp_url=user_url("mallory")) as s:
+
+            def repaired() -> bool:
+                mallory.publish(MANAGER_EVENTS, beat.encode(), type=beat.TYPE, persistent=False)
+                alive = {w.name for w in s.status().workers if w.alive}
+                [f] = s.files()
+                return victim not in alive and len(f.replicas) == 2
+
+            wait_for(repaired, what=f"{victim} dead and its file repaired despite the replay")
+        assert c.workers[other].store.blob_path(result.sha256).exists()
+        assert c.broker.depth(DEAD_LETTER_QUEUE) >= 2
+        mallory.close()
+    finally:
+        c.stop_all()

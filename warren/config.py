@@ -63,6 +63,10 @@ class Settings:
     upload_expiry: float = 86400.0  # seconds before an unfinished upload is abandoned
     scrub_interval: float = 604800.0  # seconds within which a worker re-reads every blob
     scrub_rate: float = 32 * MIB  # bytes a second a worker's scrub reads, at most
+    # The manager's broker user: a worker takes commands only from it. Empty: only from
+    # its own user (every service and client sharing one login, where nothing can tell
+    # senders apart anyway).
+    manager_user: str = ""
     tls_ca_file: str = ""  # amqps://: PEM bundle that signed the broker's certificate
     tls_cert_file: str = ""  # amqps://: a client certificate (PEM), if the broker asks for one
     tls_key_file: str = ""  # its private key, unless the certificate file holds it

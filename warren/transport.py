@@ -80,6 +80,7 @@ class Transport(Protocol):
     name: str
     settings: Settings
     url: str
+    user: str  # the broker user it logged in as: what its messages carry as user_id
 
     def open(
         self, give_up_after: float | None = None, stop: threading.Event | None = None

@@ -107,13 +107,16 @@ class Intake:
         elif d.type == m.CHUNK_TYPE:
             self._on_chunk(conn, d)
         elif d.type == m.DiscardUpload.TYPE:
+            from_manager(d, conn, self.settings)
             self._discard(m.DiscardUpload.decode(d.body))
             d.ack()
         elif d.type == m.RecordVersions.TYPE:
+            from_manager(d, conn, self.settings)
             records = m.RecordVersions.decode(d.body).records
             self.store.append_records([dataclasses.asdict(r) for r in records])
             d.ack()
         elif d.type == m.ForgetVersions.TYPE:
+            from_manager(d, conn, self.settings)
             keys = m.ForgetVersions.decode(d.body).keys
             self.store.append_records([{**dataclasses.asdict(k), "forget": True} for k in keys])
             d.ack()
@@ -320,6 +323,17 @@ class Intake:
         except OSError as exc:
             metrics.REPLICAS_FAILED.inc(files)
             return f"disk error: {exc.strerror or exc}"
+
+
+def from_manager(d: Delivery, conn: Transport, settings: Settings) -> None:
+    """A command only the manager may give: anything else is dead-lettered, with the
+    claimed and the real sender in the log (the broker validated ``user_id``)."""
+    manager = settings.manager_user or conn.user
+    if d.user_id != manager:
+        raise DecodeError(
+            f"{d.type} may come only from the manager ({manager!r}), not from broker user "
+            f"{d.user_id!r}: ignored"
+        )
 
 
 def settled(job: ChunkJob | PackJob, settle: Callable[[], None]) -> None:

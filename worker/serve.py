@@ -22,6 +22,7 @@ from warren.config import Settings
 from warren.errors import DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
+from worker.intake import from_manager
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
@@ -35,6 +36,7 @@ class Server:
         self.stop = stop
 
     def on_control(self, conn: Transport, d: Delivery) -> None:
+        from_manager(d, conn, self.settings)  # every command here is the manager's
         try:
             if d.type == m.ServeRequest.TYPE:
                 self._serve(conn, m.ServeRequest.decode(d.body))
