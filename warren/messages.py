@@ -16,121 +16,92 @@ from dataclasses import dataclass
 from typing import Any
 
 from warren.codec import (
-    HEX32 as HEX32,
-)
-from warren.codec import (
-    HEX64 as HEX64,
-)
-from warren.codec import (
-    MAX_NAME_BYTES as MAX_NAME_BYTES,
-)
-from warren.codec import (
-    REGISTRY as REGISTRY,
-)
-from warren.codec import (
-    WORKER_NAME as WORKER_NAME,
-)
-from warren.codec import (
-    Message as Message,
-)
-from warren.codec import _build
-from warren.codec import (
-    check_chain as check_chain,
-)
-from warren.codec import (
-    check_file_name as check_file_name,
-)
-from warren.codec import (
-    check_sha256 as check_sha256,
-)
-from warren.codec import (
-    check_size as check_size,
-)
-from warren.codec import (
-    check_upload_id as check_upload_id,
-)
-from warren.codec import (
-    check_worker as check_worker,
-)
-from warren.codec import (
-    decode as decode,
-)
-from warren.codec import (
-    message as message,
+    HEX32,
+    HEX64,
+    MAX_NAME_BYTES,
+    REGISTRY,
+    WORKER_NAME,
+    Message,
+    _build,
+    check_chain,
+    check_file_name,
+    check_sha256,
+    check_size,
+    check_upload_id,
+    check_worker,
+    decode,
+    message,
 )
 from warren.errors import DecodeError
 from warren.worker_messages import (
-    BlobDeleted as BlobDeleted,
+    BlobDeleted,
+    BlobEntry,
+    CopyRequest,
+    DeleteBlob,
+    DiscardUpload,
+    ForgetVersions,
+    HaveRequest,
+    Heartbeat,
+    Inventory,
+    PackEntry,
+    PackStored,
+    RecordVersions,
+    ReplicaDamaged,
+    ReplicaFailed,
+    ReplicaStored,
+    ReportRequest,
+    RestoreEnd,
+    RestoreFailed,
+    ServeRequest,
+    UploadHave,
+    VerifyBlob,
+    VerifyResult,
+    VersionKey,
+    VersionRecord,
 )
-from warren.worker_messages import (
-    BlobEntry as BlobEntry,
-)
-from warren.worker_messages import (
-    CopyRequest as CopyRequest,
-)
-from warren.worker_messages import (
-    DeleteBlob as DeleteBlob,
-)
-from warren.worker_messages import (
-    DiscardUpload as DiscardUpload,
-)
-from warren.worker_messages import (
-    ForgetVersions as ForgetVersions,
-)
-from warren.worker_messages import (
-    HaveRequest as HaveRequest,
-)
-from warren.worker_messages import (
-    Heartbeat as Heartbeat,
-)
-from warren.worker_messages import (
-    Inventory as Inventory,
-)
-from warren.worker_messages import (
-    PackEntry as PackEntry,
-)
-from warren.worker_messages import (
-    PackStored as PackStored,
-)
-from warren.worker_messages import (
-    RecordVersions as RecordVersions,
-)
-from warren.worker_messages import (
-    ReplicaDamaged as ReplicaDamaged,
-)
-from warren.worker_messages import (
-    ReplicaFailed as ReplicaFailed,
-)
-from warren.worker_messages import (
-    ReplicaStored as ReplicaStored,
-)
-from warren.worker_messages import (
-    ReportRequest as ReportRequest,
-)
-from warren.worker_messages import (
-    RestoreEnd as RestoreEnd,
-)
-from warren.worker_messages import (
-    RestoreFailed as RestoreFailed,
-)
-from warren.worker_messages import (
-    ServeRequest as ServeRequest,
-)
-from warren.worker_messages import (
-    UploadHave as UploadHave,
-)
-from warren.worker_messages import (
-    VerifyBlob as VerifyBlob,
-)
-from warren.worker_messages import (
-    VerifyResult as VerifyResult,
-)
-from warren.worker_messages import (
-    VersionKey as VersionKey,
-)
-from warren.worker_messages import (
-    VersionRecord as VersionRecord,
-)
+
+# Offered here too, so that one import serves: the codec, and the workers' messages.
+__all__ = [
+    "HEX32",
+    "HEX64",
+    "MAX_NAME_BYTES",
+    "Message",
+    "REGISTRY",
+    "WORKER_NAME",
+    "check_chain",
+    "check_file_name",
+    "check_sha256",
+    "check_size",
+    "check_upload_id",
+    "check_worker",
+    "decode",
+    "message",
+    "BlobDeleted",
+    "BlobEntry",
+    "CopyRequest",
+    "DeleteBlob",
+    "DiscardUpload",
+    "ForgetVersions",
+    "HaveRequest",
+    "Heartbeat",
+    "Inventory",
+    "PackEntry",
+    "PackStored",
+    "RecordVersions",
+    "ReplicaDamaged",
+    "ReplicaFailed",
+    "ReplicaStored",
+    "ReportRequest",
+    "RestoreEnd",
+    "RestoreFailed",
+    "ServeRequest",
+    "UploadHave",
+    "VerifyBlob",
+    "VerifyResult",
+    "VersionKey",
+    "VersionRecord",
+]
+
 
 # -- client -> manager ---------------------------------------------------------------------
 
