@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from client.cli import App, build_parser, open_session, version
+from client.args import build_parser, version
+from client.cli import App
+from client.connecting import open_session
 from warren import errors
 from warren.errors import WarrenError
 from warren.service import configure_logging

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from client.__main__ import Ended, ending_signals_interrupt
-from client.cli import build_parser
+from client.args import build_parser
 from client.outcomes import UploadResult
 from client.render import (
     SizeColumn,
