@@ -8,28 +8,20 @@ replica outcomes). Every catalog change is committed before the message is acked
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
-from manager.catalog import PENDING, Catalog, Upload
-from manager.placement import choose_chain
+from manager.catalog import Catalog, Upload
 from manager.repair import Repairs
+from manager.requests import Requests, to_client
 from warren import messages as m
 from warren import metrics
 from warren.config import Settings
 from warren.errors import (
     DecodeError,
     Locked,
-    NoReplica,
-    NotFound,
-    Unavailable,
-    WarrenError,
-    to_wire,
 )
 from warren.service import run_connection
 from warren.topology import (
@@ -49,7 +41,7 @@ log = logging.getLogger("warren.manager")
 FULL_PASS = 60.0
 
 
-class Manager:
+class Manager(Requests):
     def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
         self.settings = settings
         self.connect = connect
@@ -283,17 +275,6 @@ class Manager:
             log.info("repair %s: %s now holds %s", copy.upload_id, worker, sha256[:12])
             self._send_records(conn, [worker], self.catalog.records_of(sha256))
 
-    def _send_records(
-        self, conn: Transport, workers: Iterable[str], records: list[m.VersionRecord]
-    ) -> None:
-        """Version records to keep beside the data, on each worker's chunks queue."""
-        if not records:
-            return
-        cmd = m.RecordVersions(records=tuple(records))
-        for worker in workers:
-            conn.declare(worker_topology(worker))
-            conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
-
     def _ask_report(self, conn: Transport, worker: str) -> None:
         """A worker alive but not heard from in this term (a manager that just became
         active, or started on an empty catalog): ask for its inventory and records."""
@@ -305,333 +286,15 @@ class Manager:
         cmd = m.ReportRequest()
         conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
 
-    def _catching_up(self) -> bool:
-        """Until every live worker has reported, the catalog may lack versions only the
-        workers know: nothing that adds or deletes versions is taken on meanwhile."""
-        return not self.catalog.live_workers() <= self._reported
-
     def _tell_recorded(self, conn: Transport, up: Upload) -> None:
         """Tell the uploading client its file is in the catalog, so that a ``list`` right
         after ``upload`` shows it. Best effort: the client may be gone (then it is returned)."""
         if up.reply_to:
             done = m.UploadRecorded(upload_id=up.upload_id, name=up.name)
-            _to_client(conn, up.reply_to, done, up.upload_id)
+            to_client(conn, up.reply_to, done, up.upload_id)
 
     def _tell_pack_recorded(self, conn: Transport, ups: list[Upload], cid: str | None) -> None:
         """The pack's UploadRecorded: one message for the files one event completed."""
         for reply_to in sorted({up.reply_to for up in ups if up.reply_to}):
             ids = tuple(up.upload_id for up in ups if up.reply_to == reply_to)
-            _to_client(conn, reply_to, m.PackRecorded(upload_ids=ids), cid)
-
-    # -- client requests -------------------------------------------------------------------
-
-    def _on_request(self, conn: Transport, d: Delivery) -> None:
-        if not d.reply_to:
-            raise DecodeError(f"{d.type} request without reply_to")
-        serve_on: str | None = None
-        then: list[tuple[str, m.Message]] = []  # commands to workers, after the reply
-        reply: m.Message
-        owner = d.user_id or ""  # validated by RabbitMQ: the sender's own broker user
-        try:
-            msg = m.decode(d.type, d.body)
-            if self._catching_up() and isinstance(msg, _CHANGES) and not _dry_run(msg):
-                raise Unavailable(
-                    "the manager is catching up with the workers' records; try again in a moment."
-                )
-            if isinstance(msg, m.DownloadRequest):
-                reply, serve_on = self._restore(msg, owner)
-            elif isinstance(msg, m.UploadRequest):
-                reply = self._place(msg, d.reply_to, owner, d.correlation_id or "", then)
-            elif isinstance(msg, m.PackRequest):
-                reply = self._place_pack(msg, d.reply_to, owner)
-            elif isinstance(msg, m.VerifyRequest):
-                reply = self._verify(msg, owner, d.reply_to, d.correlation_id or "", then)
-            else:
-                reply = self._answer(msg, owner)
-        except DecodeError as exc:
-            log.warning("invalid %s request: %s", d.type, exc)
-            reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
-        except WarrenError as exc:
-            reply = m.ErrorReply(code=to_wire(exc), message=str(exc))
-        # The reply goes first: it reaches the client's queue before any restore chunk.
-        _to_client(conn, d.reply_to, reply, d.correlation_id)
-        if serve_on is not None and isinstance(reply, m.DownloadAccepted):
-            serve = m.ServeRequest(
-                sha256=reply.sha256,
-                size=reply.size,
-                reply_to=d.reply_to,
-                correlation_id=d.correlation_id or "",
-            )
-            conn.declare(worker_topology(serve_on))
-            conn.publish(worker_control(serve_on), serve.encode(), type=serve.TYPE)
-            log.info("restore %s: %r served by %s", d.correlation_id, reply.name, serve_on)
-        for worker, cmd in then:
-            conn.declare(worker_topology(worker))
-            conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
-        d.ack()
-
-    def _answer(self, msg: m.Message, owner: str) -> m.Message:
-        now = time.time()
-        if isinstance(msg, m.ListRequest):
-            return m.ListReply(files=tuple(self.catalog.files(owner=owner, prefix=msg.prefix)))
-        if isinstance(msg, m.VersionsRequest):
-            found = self.catalog.versions(owner, msg.name)
-            if not found:
-                raise NotFound(f"no file named {msg.name!r} is stored.")
-            return m.VersionsReply(versions=tuple(found))
-        if isinstance(msg, m.DeleteRequest):
-            gone = self.catalog.delete(owner, msg.name, msg.version, now)
-            if not gone:
-                which = f"version {msg.version} of " if msg.version else ""
-                raise NotFound(f"no {which}file named {msg.name!r} is stored.")
-            self._forget([m.VersionKey(owner, msg.name, v) for v in gone])
-            self._dirty = True
-            log.info("delete: %r versions %s of %s", msg.name, gone, owner or "a client")
-            return m.DeleteReply(name=msg.name, versions=tuple(gone))
-        if isinstance(msg, m.PruneRequest):
-            removed = self.catalog.prune(owner, msg.keep_last, msg.prefix, msg.dry_run, now)
-            if removed and not msg.dry_run:
-                log.info("prune: %d versions of %s", len(removed), owner or "a client")
-                self._forget([m.VersionKey(owner, v.name, v.version) for v in removed])
-                self._dirty = True
-            return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
-        if isinstance(msg, m.StatusRequest):
-            files_count, under = self._counts
-            scrub = self._scrub
-            return m.StatusReply(
-                workers=tuple(
-                    dataclasses.replace(
-                        w,
-                        scrubbed_at=scrub.get(w.name, (0.0, 0))[0],
-                        damaged=scrub.get(w.name, (0.0, 0))[1],
-                    )
-                    for w in self.catalog.workers()
-                ),
-                under_replicated=under,
-                files=files_count,
-                uploads_in_flight=len(self.catalog.pending_uploads()),
-                repairs_in_flight=len(self.repairs.in_flight),
-            )
-        raise DecodeError(f"{msg.TYPE} is not a client request")
-
-    def _place(
-        self,
-        req: m.UploadRequest,
-        reply_to: str,
-        owner: str,
-        cid: str,
-        then: list[tuple[str, m.Message]],
-    ) -> m.Message:
-        file = m.PackFile(req.name, req.size, req.sha256, req.mode, req.mtime)
-        stored = self._deduplicate(file, req.replicas, req.client, owner)
-        if stored is not None:
-            return stored
-        live = self.catalog.live_workers()
-        old = self.catalog.resumable(owner, req.name, req.sha256, req.size, live)
-        if old is not None and len(old.chain) == req.replicas:
-            # The same file, unfinished, by the same user, on live workers: go on with it.
-            # Its primary tells the client which chunks it has, after this answer.
-            self.catalog.resume(old.upload_id, reply_to)
-            then.append((old.chain[0], m.HaveRequest(old.upload_id, reply_to, cid)))
-            log.info("upload %s: %r resumed on %s", old.upload_id, req.name, " -> ".join(old.chain))
-            return m.UploadAccepted(
-                upload_id=old.upload_id,
-                chain=old.chain,
-                chunk_size=self.settings.chunk_size,
-                resumed=True,
-            )
-        [up] = self._reserve([file], req.replicas, req.client, reply_to, owner)
-        log.info(
-            "upload %s: %r (%d bytes) from %s, placed on %s",
-            up.upload_id,
-            req.name,
-            req.size,
-            req.client or "a client",
-            " -> ".join(up.chain),
-        )
-        return m.UploadAccepted(
-            upload_id=up.upload_id, chain=up.chain, chunk_size=self.settings.chunk_size
-        )
-
-    def _deduplicate(
-        self, file: m.PackFile, replicas: int, client: str, owner: str
-    ) -> m.UploadAccepted | None:
-        """Content already on enough live workers is recorded as a new version at once:
-        nothing is sent. (With too few copies it is sent as any upload.)"""
-        if replicas < 1:
-            return None
-        holders = self.catalog.live_holders(file.sha256)
-        if len(holders) < replicas:
-            return None
-        chain = tuple(holders[:replicas])
-        up = Upload(
-            upload_id=uuid.uuid4().hex,
-            name=file.name,
-            size=file.size,
-            sha256=file.sha256,
-            wanted=replicas,
-            chain=chain,
-            client=client,
-            state=PENDING,
-            owner=owner,
-            mode=file.mode,
-            mtime=file.mtime,
-        )
-        now = time.time()
-        version = self.catalog.record_existing(up, now)
-        self._dirty = True
-        self._send_records(self._live_conn(), chain, [_record(up, version, now)])
-        log.info(
-            "upload %s: %r (%d bytes) from %s already stored on %s: version %d, nothing sent",
-            up.upload_id,
-            file.name,
-            file.size,
-            client or "a client",
-            ", ".join(chain),
-            version,
-        )
-        return m.UploadAccepted(
-            upload_id=up.upload_id, chain=chain, chunk_size=self.settings.chunk_size, stored=True
-        )
-
-    def _place_pack(self, req: m.PackRequest, reply_to: str, owner: str) -> m.Message:
-        ups = self._reserve(list(req.files), req.replicas, req.client, reply_to, owner)
-        log.info(
-            "pack of %d files (%d bytes) from %s, placed on %s",
-            len(ups),
-            sum(up.size for up in ups),
-            req.client or "a client",
-            " -> ".join(ups[0].chain),
-        )
-        return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=ups[0].chain)
-
-    def _reserve(
-        self, files: list[m.PackFile], replicas: int, client: str, reply_to: str, owner: str
-    ) -> list[Upload]:
-        """Pick one chain with room for all of ``files`` and record each as a pending
-        upload, in one transaction (a plain upload is one file, a pack several). A worker
-        still deleting an old copy of the same content is not picked for it."""
-        total = sum(f.size for f in files)
-        # Each file's version is fixed now, so its workers keep its record before any chunk.
-        last: dict[str, int] = {}
-        numbers = []
-        for f in files:
-            last[f.name] = (
-                last[f.name] + 1 if f.name in last else self.catalog.next_version(owner, f.name)
-            )
-            numbers.append(last[f.name])
-        avoid = set().union(*(self.catalog.deleting(f.sha256) for f in files))
-        candidates = [c for c in self.catalog.candidates() if c.name not in avoid]
-        chain = tuple(choose_chain(candidates, total, replicas))
-        ups = [
-            Upload(
-                upload_id=uuid.uuid4().hex,
-                name=f.name,
-                size=f.size,
-                sha256=f.sha256,
-                wanted=replicas,
-                chain=chain,
-                client=client,
-                state=PENDING,
-                reply_to=reply_to,
-                owner=owner,
-                mode=f.mode,
-                mtime=f.mtime,
-                version=version,
-            )
-            for f, version in zip(files, numbers, strict=True)
-        ]
-        now = time.time()
-        self.catalog.add_uploads(ups, now)
-        # Published before the answer, so they are in each worker's queue before any chunk.
-        self._send_records(self._live_conn(), chain, [_record(up, up.version, now) for up in ups])
-        return ups
-
-    def _verify(
-        self,
-        req: m.VerifyRequest,
-        owner: str,
-        reply_to: str,
-        cid: str,
-        then: list[tuple[str, m.Message]],
-    ) -> m.VerifyAccepted:
-        """Every live holder of the files named (or of all the owner's) re-hashes its copy
-        now and answers the client; a damaged copy is quarantined and repaired."""
-        if req.names:
-            entries = []
-            for name in req.names:
-                entry = self.catalog.version(owner, name)
-                if entry is None:
-                    raise NotFound(f"no file named {name!r} is stored.")
-                entries.append(entry)
-        else:
-            entries = self.catalog.files(owner=owner)
-        copies = []
-        for e in entries:
-            for worker in e.replicas:
-                copies.append(m.VerifyCopy(e.name, e.version, worker, e.sha256))
-                then.append((worker, m.VerifyBlob(e.sha256, e.size, reply_to, cid)))
-        missing = tuple(e.name for e in entries if not e.replicas)
-        return m.VerifyAccepted(copies=tuple(copies), missing=missing)
-
-    def _forget(self, keys: list[m.VersionKey]) -> None:
-        """Deleted versions, to every worker's log (a dead one's queue keeps it): a catalog
-        rebuilt from the workers keeps them deleted."""
-        cmd = m.ForgetVersions(keys=tuple(keys))
-        conn = self._live_conn()
-        for w in self.catalog.workers():
-            conn.declare(worker_topology(w.name))
-            conn.publish(worker_chunks(w.name), cmd.encode(), type=cmd.TYPE)
-
-    def _live_conn(self) -> Transport:
-        assert self._conn is not None, "no connection: not active"
-        return self._conn
-
-    def _restore(self, req: m.DownloadRequest, owner: str) -> tuple[m.DownloadAccepted, str]:
-        entry = self.catalog.version(owner, req.name, req.version)
-        if entry is None:
-            which = f"version {req.version} of " if req.version else ""
-            raise NotFound(f"no {which}file named {req.name!r} is stored.")
-        holders = [w for w in entry.replicas if w not in req.exclude]
-        if not holders:
-            raise NoReplica(f"no live worker holds a copy of {req.name!r} right now.")
-        worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
-        self._serving[worker] = self._serving.get(worker, 0) + 1
-        accepted = m.DownloadAccepted(
-            name=entry.name,
-            size=entry.size,
-            sha256=entry.sha256,
-            worker=worker,
-            version=entry.version,
-            mode=entry.mode,
-            mtime=entry.mtime,
-        )
-        return accepted, worker
-
-
-def _to_client(conn: Transport, queue: str, msg: m.Message, cid: str | None) -> None:
-    """A message to a client's reply queue: transient, like the queue itself."""
-    conn.publish(queue, msg.encode(), type=msg.TYPE, correlation_id=cid, persistent=False)
-
-
-# Requests that add or delete versions: refused while the catalog catches up.
-_CHANGES = (m.UploadRequest, m.PackRequest, m.DeleteRequest, m.PruneRequest)
-
-
-def _dry_run(msg: m.Message) -> bool:
-    return isinstance(msg, m.PruneRequest) and msg.dry_run
-
-
-def _record(up: Upload, version: int, created: float) -> m.VersionRecord:
-    return m.VersionRecord(
-        owner=up.owner,
-        name=up.name,
-        version=version,
-        sha256=up.sha256,
-        size=up.size,
-        created=created,
-        wanted=up.wanted,
-        mode=up.mode,
-        mtime=up.mtime,
-        upload_id=up.upload_id,
-    )
+            to_client(conn, reply_to, m.PackRecorded(upload_ids=ids), cid)
