@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from client.outcomes import DownloadResult, Progress
+from warren import compression
 from warren import messages as m
 from warren.chunks import Writeback, sha256_file
-from warren.errors import IntegrityError, NoReplica, Unavailable, UsageError, WarrenError
+from warren.errors import (
+    DecodeError,
+    IntegrityError,
+    NoReplica,
+    Unavailable,
+    UsageError,
+    WarrenError,
+)
 from warren.transport import Delivery
 
 if TYPE_CHECKING:
@@ -153,16 +161,23 @@ class _Restore:
         d.ack()
         if d.type == m.RESTORE_CHUNK_TYPE:
             chunk = m.RestoreChunk.from_headers(d.headers)
+            # A compressed chunk is no larger than a chunk can be (a bad one fails the file:
+            # its size or SHA-256 cannot match, and another replica is asked).
+            try:
+                data = compression.decode(d.body, chunk.encoding, compression.MAX_CHUNK)
+            except DecodeError as exc:
+                self.failed = f"a chunk that does not decode ({exc})"
+                return
             with writing(self.dest):
-                os.pwrite(self.fd, d.body, chunk.offset)
+                os.pwrite(self.fd, data, chunk.offset)
             if chunk.offset == self._next_offset:
-                self._digest.update(d.body)
-                self._next_offset += len(d.body)
+                self._digest.update(data)
+                self._next_offset += len(data)
                 self._writeback.written_up_to(self.fd, self._next_offset)
             else:
                 self._in_order = False
-            self.received += len(d.body)
-            self.progress.transferred(len(d.body))
+            self.received += len(data)
+            self.progress.transferred(len(data))
         elif d.type == m.RestoreEnd.TYPE:
             self.ended = True
         elif d.type == m.RestoreFailed.TYPE:

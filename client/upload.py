@@ -18,6 +18,7 @@ connection's thread, turns those into transitions and judges deadlines, each ste
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from client.localfiles import (
     small_size,
 )
 from client.outcomes import NO_MANAGER, Progress, UploadResult, decode_answer
+from warren import compression
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
 from warren.errors import IntegrityError, Unavailable, WarrenError, from_wire
@@ -422,8 +424,9 @@ class Batch:
             member.accepted = m.UploadAccepted(upload_id, acc.chain, self.settings.chunk_size)
             member.progress.started(member.size)
             files.append(m.PackEntry(upload_id, member.sha256, member.size))
-        headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0)
-        body = b"".join(u.data for u in pack.members)
+        # One zstd frame for the whole body when it shrinks; workers forward it as it is.
+        body, encoding = compression.encode(b"".join(u.data for u in pack.members))
+        headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0, encoding=encoding)
         for member in pack.members:
             member.data = b""
 
@@ -469,33 +472,46 @@ class Batch:
         if up.have is not None and up.have.complete:
             up.progress.transferred(up.size)
             return  # the primary finished it: its confirmations or the record will come
-        for seq, offset, data in read_chunks(up.path, plan):
-            if seq in have:  # the primary wrote it before the upload was cut off
-                up.progress.transferred(len(data))
-                up.skipped += 1
-                continue
-            h = m.ChunkHeaders(
-                upload_id=acc.upload_id,
-                seq=seq,
-                offset=offset,
-                total_size=up.size,
-                chunk_count=plan.count,
-                sha256=up.sha256,
-                chain=acc.chain,
-                hop=0,
-            )
-            conn.publish(
-                worker_chunks(acc.chain[0]),
-                data,
-                type=m.CHUNK_TYPE,
-                headers=h.to_headers(),
-                reply_to=self.session.reply_queue,
-                correlation_id=acc.upload_id,
-                on_confirm=confirmed(len(data)),
-            )
-            conn.poll_confirms()  # progress as the broker takes the chunks
-            if up.failed:
-                break
+
+        def prepare(chunk: tuple[int, int, bytes]) -> tuple[int, int, int, bytes, str]:
+            """On the encoding thread, a few chunks ahead of the publishing: compressed
+            when that makes it smaller (zstd releases the GIL)."""
+            seq, offset, data = chunk
+            if seq in have:
+                return seq, offset, len(data), b"", m.RAW
+            body, encoding = compression.encode(data)
+            return seq, offset, len(data), body, encoding
+
+        chunks = compression.pipelined(read_chunks(up.path, plan), prepare)
+        with contextlib.closing(chunks):
+            for seq, offset, length, body, encoding in chunks:
+                if seq in have:  # the primary wrote it before the upload was cut off
+                    up.progress.transferred(length)
+                    up.skipped += 1
+                    continue
+                h = m.ChunkHeaders(
+                    upload_id=acc.upload_id,
+                    seq=seq,
+                    offset=offset,
+                    total_size=up.size,
+                    chunk_count=plan.count,
+                    sha256=up.sha256,
+                    chain=acc.chain,
+                    hop=0,
+                    encoding=encoding,
+                )
+                conn.publish(
+                    worker_chunks(acc.chain[0]),
+                    body,
+                    type=m.CHUNK_TYPE,
+                    headers=h.to_headers(),
+                    reply_to=self.session.reply_queue,
+                    correlation_id=acc.upload_id,
+                    on_confirm=confirmed(length),
+                )
+                conn.poll_confirms()  # progress as the broker takes the chunks
+                if up.failed:
+                    break
 
 
 def next_unit(

@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from warren import compression, metrics
 from warren import messages as m
-from warren import metrics
 from warren.config import Settings
 from warren.errors import BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
@@ -149,7 +149,11 @@ class Intake:
             # announce again (idempotent for the manager and client) and settle.
             self._forward(ChunkJob(conn, d, h, complete=True))
             return
-        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, d.body, h.chunk_count)
+        # Compressed bytes are forwarded as they came, and written here decoded: the blob
+        # is the file's own bytes. A bad frame is a DecodeError: dead-lettered, not written.
+        data = compression.decode(d.body, h.encoding, h.total_size - h.offset)
+        h.validate(len(data))
+        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, data, h.chunk_count)
         metrics.BYTES_IN.inc(len(d.body))
         self._forward(ChunkJob(conn, d, h, complete=count == h.chunk_count))
 
@@ -254,7 +258,8 @@ class Intake:
             raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
         metrics.BYTES_IN.inc(len(d.body))
         job = PackJob(conn, d, p)
-        body = memoryview(d.body)
+        # Forwarded as it came; stored decoded, each file its own bytes.
+        body = memoryview(compression.decode(d.body, p.encoding, p.total, exact=True))
         blobs = [(f.sha256, body[start:end]) for f, start, end in p.slices()]
         store = functools.partial(self.store.put_blobs, blobs)
         future = self.pool.submit(self._on_pool, store, len(blobs))

@@ -14,9 +14,10 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from warren import compression, metrics
 from warren import messages as m
-from warren import metrics
 from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
 from warren.errors import DecodeError
@@ -26,6 +27,9 @@ from worker.intake import from_manager
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
+
+# What a streamed chunk goes to: seq, offset, its length, its body on the wire and encoding.
+Send = Callable[[int, int, int, bytes, str], None]
 
 
 class Server:
@@ -97,26 +101,36 @@ class Server:
         done = m.BlobDeleted(worker=self.name, sha256=req.sha256, size=freed)
         conn.publish_and_wait(MANAGER_EVENTS, done.encode(), type=done.TYPE)
 
-    def _stream(self, sha256: str, size: int, send: Callable[[int, int, bytes], None]) -> str:
+    def _stream(self, sha256: str, size: int, send: Send) -> str:
         """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.
 
+        Each chunk is read, hashed and compressed (when that is worth it) on a thread of its
+        own, a few chunks ahead of ``send``, which publishes them: both go at once.
         Raises FileNotFoundError when the blob is not here, OSError when its size is wrong,
         and _Stopping when the worker is asked to stop half way (the command is requeued).
         """
         digest = hashlib.sha256()
         path = self.store.blob_path(sha256)
-        for seq, offset, data in read_chunks(path, ChunkPlan(size, self.settings.chunk_size)):
-            if self.stop.is_set():
-                raise _Stopping
+
+        def prepare(chunk: tuple[int, int, bytes]) -> tuple[int, int, int, bytes, str]:
+            seq, offset, data = chunk
             digest.update(data)
-            send(seq, offset, data)
+            body, encoding = compression.encode(data)
+            return seq, offset, len(data), body, encoding
+
+        chunks = read_chunks(path, ChunkPlan(size, self.settings.chunk_size))
+        with contextlib.closing(compression.pipelined(chunks, prepare)) as ready:
+            for seq, offset, length, body, encoding in ready:
+                if self.stop.is_set():
+                    raise _Stopping
+                send(seq, offset, length, body, encoding)
         return digest.hexdigest()
 
     def _serve(self, conn: Transport, req: m.ServeRequest) -> None:
         """Stream one blob to a client's reply queue, checking its hash on the way."""
         gone: list[bool] = []
 
-        def publish(body: bytes, type: str, headers: dict[str, int] | None = None) -> None:
+        def publish(body: bytes, type: str, headers: dict[str, Any] | None = None) -> None:
             conn.poll_confirms()  # a client that went away is noticed within a window
             if gone:
                 raise _ClientGone
@@ -130,9 +144,10 @@ class Server:
                 on_confirm=lambda ok: None if ok else gone.append(True),
             )
 
-        def chunk(seq: int, offset: int, data: bytes) -> None:
-            publish(data, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(seq, offset).to_headers())
-            metrics.BYTES_OUT.labels("restore").inc(len(data))
+        def chunk(seq: int, offset: int, length: int, body: bytes, encoding: str) -> None:
+            headers = m.RestoreChunk(seq, offset, encoding).to_headers()
+            publish(body, m.RESTORE_CHUNK_TYPE, headers)
+            metrics.BYTES_OUT.labels("restore").inc(len(body))
 
         try:
             actual = self._stream(req.sha256, req.size, chunk)
@@ -165,7 +180,7 @@ class Server:
         count = ChunkPlan(req.size, self.settings.chunk_size).count
         refused: list[int] = []
 
-        def chunk(seq: int, offset: int, data: bytes) -> None:
+        def chunk(seq: int, offset: int, length: int, body: bytes, encoding: str) -> None:
             h = m.ChunkHeaders(
                 upload_id=req.upload_id,
                 seq=seq,
@@ -175,16 +190,17 @@ class Server:
                 sha256=req.sha256,
                 chain=(req.target,),
                 hop=0,
+                encoding=encoding,
             )
             conn.publish(
                 worker_chunks(req.target),
-                data,
+                body,
                 type=m.CHUNK_TYPE,
                 headers=h.to_headers(),
                 correlation_id=req.upload_id,
                 on_confirm=lambda ok: None if ok else refused.append(seq),
             )
-            metrics.BYTES_OUT.labels("repair").inc(len(data))
+            metrics.BYTES_OUT.labels("repair").inc(len(body))
 
         try:
             if self._stream(req.sha256, req.size, chunk) != req.sha256:

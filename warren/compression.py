@@ -1,0 +1,155 @@
+"""Compression on the wire: a chunk's bytes as zstd (level 1) when that makes them smaller.
+
+The broker's CPU per byte limits what warren moves, and every uploaded byte crosses it
+twice (client to primary, primary to backup): a byte that is not sent is the only way past
+a raw hop. So the client compresses each chunk (and each pack of small files) on its own,
+workers forward the compressed bytes exactly as they came and decompress them before they
+write, and a worker compresses each chunk it sends back for a restore. Blobs on disk stay
+the file's own bytes: ``sha256sum`` checks them, and scrub and verify are unchanged.
+
+A chunk that does not shrink by at least ``MIN_SAVING`` travels as it is. Most content that
+does not compress (photos, archives, video, encrypted files) is found out from a sample of
+its first ``PROBE`` bytes, for a twentieth of the price of compressing the whole chunk.
+
+The encoding travels in the message's ``encoding`` header (``messages.ZSTD``); no header
+means the bytes as they are, so every message from before compression stays valid.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable
+from typing import TypeVar, cast
+
+import zstandard
+
+from warren.errors import DecodeError
+from warren.messages import RAW, ZSTD
+
+LEVEL = 1
+# Chunks shorter than this are sent as they are: a frame's header is not worth it.
+MIN_SIZE = 256
+# The sample tried first on a chunk longer than twice its size.
+PROBE = 64 * 1024
+# Compressed bytes are sent only if they save at least this share of the chunk: decompressing
+# costs each worker CPU too, and a few percent do not pay for it.
+MIN_SAVING = 1 / 32
+
+# The largest chunk there is (WARREN_CHUNK_SIZE's upper bound): what a restore chunk may
+# decode to at most.
+MAX_CHUNK = 64 * 1024 * 1024
+
+_local = threading.local()  # a compression context is not to be shared between threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+def shrinks(size: int, packed: int) -> bool:
+    return packed <= size - max(1, int(size * MIN_SAVING))
+
+
+def encode(data: bytes) -> tuple[bytes, str]:
+    """``(body, encoding)``: the bytes compressed with zstd when that is worth it, else the
+    bytes themselves with ``RAW``. Releases the GIL while it compresses."""
+    size = len(data)
+    if size < MIN_SIZE:
+        return data, RAW
+    c = _compressor()
+    if size >= 2 * PROBE and not shrinks(PROBE, len(c.compress(memoryview(data)[:PROBE]))):
+        return data, RAW
+    packed = c.compress(data)
+    if not shrinks(size, len(packed)):
+        return data, RAW
+    return packed, ZSTD
+
+
+def decode(body: bytes, encoding: str, limit: int, exact: bool = False) -> bytes:
+    """The bytes before ``encode``. ``limit``: how many they may be at most (``exact``: how
+    many they must be), so a frame that claims more is refused before anything is made.
+    Anything that is not a good frame is a DecodeError: the message is dead-lettered."""
+    if encoding == RAW:
+        out = body
+    elif encoding == ZSTD:
+        try:
+            claimed = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"not a zstd frame ({exc})") from None
+        if claimed < 0:
+            raise DecodeError("a zstd frame without its content size")
+        if claimed > limit:
+            raise DecodeError(f"a zstd frame of {claimed} bytes, more than the {limit} expected")
+        try:
+            out = _decompressor().decompress(body, max_output_size=max(claimed, 1))
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"a damaged zstd frame ({exc})") from None
+        if len(out) != claimed:
+            raise DecodeError("a zstd frame shorter than it says")
+    else:
+        raise DecodeError(f"unknown encoding {encoding!r}")
+    if len(out) > limit or (exact and len(out) != limit):
+        raise DecodeError(f"{len(out)} bytes, expected {'' if exact else 'at most '}{limit}")
+    return out
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+AHEAD = 4
+_DONE = object()
+
+
+def pipelined(
+    items: Iterable[T], work: Callable[[T], U], ahead: int = AHEAD
+) -> Generator[U, None, None]:
+    """``work(item)`` for each item in order, done on a thread of its own up to ``ahead``
+    items before they are taken: compressing (and reading, and hashing, which release the
+    GIL too) overlaps the caller's publishing. An exception in ``work`` or in ``items`` is
+    raised to the caller at its place in the order. Closing the iterator early (a ``break``,
+    an exception in the caller) stops the thread."""
+    out: queue.Queue[object] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(value: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((work(item),)):
+                    return
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=run, name="warren-encode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = out.get()
+            if got is _DONE:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield cast(tuple[U], got)[0]
+    finally:
+        stop.set()
+        thread.join()
