@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from warren import messages as m
+from warren.errors import DecodeError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
@@ -412,3 +413,75 @@ def test_docs_headers_tables_match_the_header_dicts() -> None:
     restore = " ".join(PROTOCOL.split("### Restore")[1].split())
     assert "with its raw bytes in the body and `seq` and `offset` in the headers" in restore
     assert "Every message carries the header `sent_at_ms`" in " ".join(PROTOCOL.split())
+
+
+# -- compression on the wire: the `encoding` header ---------------------------------------------
+
+
+def test_encoding_names() -> None:
+    assert (m.RAW, m.ZSTD, m.ENCODINGS) == ("", "zstd", ("", "zstd"))
+
+
+def test_a_compressed_upload_chunk_carries_encoding_zstd() -> None:
+    compressed = {**CHUNK_HEADERS, "encoding": "zstd"}
+    chunk = dataclasses.replace(CHUNK, encoding="zstd")
+    assert chunk.to_headers() == compressed
+    # The body's length is of the compressed bytes: checked against the file once decoded.
+    assert m.ChunkHeaders.from_headers(compressed, body_len=10**9) == chunk
+    assert m.ChunkHeaders.from_headers({**compressed, "encoding": b"zstd"}, body_len=1) == chunk
+
+
+def test_raw_chunks_carry_no_encoding_header_as_before_compression() -> None:
+    assert "encoding" not in CHUNK.to_headers()
+    assert m.ChunkHeaders.from_headers({**CHUNK_HEADERS, "encoding": ""}, body_len=1) == CHUNK
+
+
+@pytest.mark.parametrize("value", ["gzip", "ZSTD", 1])
+def test_an_unknown_encoding_is_refused(value: object) -> None:
+    with pytest.raises(DecodeError, match="encoding"):
+        m.ChunkHeaders.from_headers({**CHUNK_HEADERS, "encoding": value}, body_len=1)
+    pack = m.PackHeaders(files=(m.PackEntry(UID, SHA, 3),), chain=("w2",), hop=0)
+    with pytest.raises(DecodeError, match="encoding"):
+        m.PackHeaders.from_headers({**pack.to_headers(), "encoding": value}, body_len=3)
+    with pytest.raises(DecodeError, match="encoding"):
+        m.RestoreChunk.from_headers({"seq": 0, "offset": 0, "encoding": value})
+
+
+def test_a_compressed_pack_carries_encoding_zstd_for_the_whole_body() -> None:
+    pack = m.PackHeaders(
+        files=(m.PackEntry(UID, SHA, 3), m.PackEntry("12" * 16, SHA, 5)),
+        chain=("w2", "w4"),
+        hop=1,
+        encoding="zstd",
+    )
+    headers = {
+        "files": f'[["{UID}","{SHA}",3],["{"12" * 16}","{SHA}",5]]',
+        "chain": ["w2", "w4"],
+        "hop": 1,
+        "encoding": "zstd",
+    }
+    assert pack.to_headers() == headers
+    assert m.PackHeaders.from_headers(headers, body_len=2) == pack  # compressed: 8 bytes decoded
+    assert pack.total == 8
+    raw = m.PackHeaders(pack.files, pack.chain, pack.hop)
+    assert "encoding" not in raw.to_headers()
+    with pytest.raises(DecodeError, match="add up"):
+        m.PackHeaders.from_headers(raw.to_headers(), body_len=2)
+
+
+def test_a_compressed_restore_chunk_carries_encoding_zstd() -> None:
+    chunk = m.RestoreChunk(seq=2, offset=2097152, encoding="zstd")
+    assert chunk.to_headers() == {"seq": 2, "offset": 2097152, "encoding": "zstd"}
+    assert m.RestoreChunk.from_headers({**chunk.to_headers(), "encoding": b"zstd"}) == chunk
+    assert "encoding" not in m.RestoreChunk(seq=2, offset=0).to_headers()
+
+
+def test_docs_describe_the_encoding_header() -> None:
+    text = " ".join(PROTOCOL.split())
+    for needed in (
+        "the header `encoding`",
+        "`zstd`",
+        "forwards the bytes exactly as they came",
+        "Blobs on disk are the file's own bytes",
+    ):
+        assert needed in text, needed

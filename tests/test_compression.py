@@ -1,0 +1,242 @@
+"""Compression on the wire, end to end: compressible, incompressible and mixed files, a
+chunk that grows when compressed, packs, restores and repair copies. Whatever travels, the
+blobs on the workers' disks are the files' own bytes (``sha256sum`` checks them).
+
+The protocol's cases run on the in-memory broker; the last tests run the real processes on
+a private RabbitMQ node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from client.session import Progress
+from tests.cluster import Cluster
+from tests.stubcluster import StubCluster, wait_for
+from warren import messages as m
+from warren.testing import Message
+from warren.topology import DEAD_LETTER_QUEUE, worker_chunks
+
+CHUNK = 64 * 1024  # the stub cluster's chunk size
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[StubCluster]:
+    c = StubCluster(tmp_path)
+    try:
+        yield c.start(4)
+    finally:
+        c.stop_all()
+
+
+def log_text(size: int, seed: int = 0) -> bytes:
+    out: list[bytes] = []
+    made, i = 0, seed
+    while made < size:
+        status = 404 if i % 9 == 0 else 200
+        line = (
+            f'10.1.{i % 200}.{i % 13} - - [02/Feb/2026:10:{i % 60:02}:{i % 59:02} +0000] "GET '
+            f'/api/items/{i * 7919 % 100_000} HTTP/1.1" {status} {i % 4000}\n'
+        ).encode()
+        out.append(line)
+        made += len(line)
+        i += 1
+    return b"".join(out)[:size]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(c: StubCluster, worker: str, data: bytes) -> bytes | None:
+    path = c.workers[worker].store.blob_path(sha(data))
+    return path.read_bytes() if path.exists() else None
+
+
+def chunks_sent(c: StubCluster, upload_sha: str) -> list[Message]:
+    return [
+        p
+        for p in c.broker.published
+        if p.type == m.CHUNK_TYPE and (p.headers or {}).get("sha256") == upload_sha
+    ]
+
+
+def restore_chunks(c: StubCluster) -> list[Message]:
+    return [p for p in c.broker.published if p.type == m.RESTORE_CHUNK_TYPE]
+
+
+def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -> list[str]:
+    """Upload ``data`` with 2 replicas, check both blobs are its bytes and that it restores
+    byte for byte; the chain."""
+    src = tmp_path / name
+    src.write_bytes(data)
+    with c.session() as s:
+        result = s.upload(src, name, 2)
+    for worker in result.chain:
+        assert blob(c, worker, data) == data, f"{worker}'s blob is not the file's bytes"
+        assert c.workers[worker].store.check(sha(data), len(data)) is None  # scrub, verify
+    with c.session() as s:
+        s.download(name, tmp_path / f"{name}.back", overwrite=True)
+    assert (tmp_path / f"{name}.back").read_bytes() == data
+    return list(result.chain)
+
+
+def test_text_travels_compressed_is_forwarded_as_it_came_and_stored_as_itself(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = log_text(5 * CHUNK + 1234)
+    chain = upload_and_restore(stub, tmp_path, data, "access.log")
+
+    sent = chunks_sent(stub, sha(data))
+    to_primary = [p for p in sent if p.queue == worker_chunks(chain[0])]
+    forwarded = [p for p in sent if p.queue == worker_chunks(chain[1])]
+    assert len(to_primary) == len(forwarded) == 6
+    assert all((p.headers or {}).get("encoding") == "zstd" for p in sent)
+    assert sum(len(p.body) for p in to_primary) < len(data) / 3
+    # The primary forwards the client's bytes and headers exactly, but for the hop.
+    by_seq = {(p.headers or {})["seq"]: p for p in to_primary}
+    for p in forwarded:
+        h = p.headers or {}
+        original = by_seq[h["seq"]]
+        assert p.body == original.body
+        assert {**h, "hop": 0, "sent_at_ms": 0} == {**(original.headers or {}), "sent_at_ms": 0}
+    # Each body is one frame of the chunk's own bytes.
+    seq1 = by_seq[1]
+    assert zstandard.ZstdDecompressor().decompress(seq1.body) == data[CHUNK : 2 * CHUNK]
+
+    back = restore_chunks(stub)
+    assert back and all((p.headers or {}).get("encoding") == "zstd" for p in back)
+    assert sum(len(p.body) for p in back) < len(data) / 3
+
+
+def test_random_bytes_travel_raw_with_no_encoding_header(stub: StubCluster, tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK + 17)
+    upload_and_restore(stub, tmp_path, data, "random.bin")
+    sent = chunks_sent(stub, sha(data))
+    assert len(sent) == 8
+    assert all("encoding" not in (p.headers or {}) for p in sent)
+    assert sorted(p.body for p in sent if p.headers and p.headers["hop"] == 0) == sorted(
+        data[i : i + CHUNK] for i in range(0, len(data), CHUNK)
+    )
+    assert all("encoding" not in (p.headers or {}) for p in restore_chunks(stub))
+
+
+def test_a_chunk_that_grows_when_compressed_travels_raw(stub: StubCluster, tmp_path: Path) -> None:
+    # Every chunk is random: compressed whole (64 KiB is under two probes) it would grow.
+    data = os.urandom(2 * CHUNK)
+    assert len(zstandard.ZstdCompressor(level=1).compress(data[:CHUNK])) > CHUNK
+    upload_and_restore(stub, tmp_path, data, "grows.bin")
+    assert all("encoding" not in (p.headers or {}) for p in chunks_sent(stub, sha(data)))
+
+
+def test_a_mixed_file_sends_each_chunk_its_own_way(stub: StubCluster, tmp_path: Path) -> None:
+    parts = [log_text(CHUNK, 1), os.urandom(CHUNK), log_text(CHUNK, 2), os.urandom(CHUNK // 2)]
+    data = b"".join(parts)
+    upload_and_restore(stub, tmp_path, data, "mixed.tar")
+    hop0 = {
+        (p.headers or {})["seq"]: (p.headers or {}).get("encoding", "")
+        for p in chunks_sent(stub, sha(data))
+        if (p.headers or {})["hop"] == 0
+    }
+    assert hop0 == {0: "zstd", 1: "", 2: "zstd", 3: ""}
+    encodings = [(p.headers or {}).get("encoding", "") for p in restore_chunks(stub)]
+    assert encodings == ["zstd", "", "zstd", ""]
+
+
+def test_a_pack_of_text_files_is_one_compressed_frame_stored_file_by_file(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    texts = [log_text(3000 + i, i) for i in range(30)]
+    randoms = [os.urandom(2000 + i) for i in range(30)]
+    for kind, contents in (("text", texts), ("random", randoms)):
+        items = []
+        for i, data in enumerate(contents):
+            (tmp_path / f"{kind}{i}").write_bytes(data)
+            items.append((tmp_path / f"{kind}{i}", f"{kind}/{i}"))
+        outcomes: dict[str, object] = {}
+        with stub.session() as s:
+            s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
+        assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
+        for data in contents:
+            holders = [w for w in stub.workers if blob(stub, w, data) is not None]
+            assert len(holders) == 2 and all(blob(stub, w, data) == data for w in holders)
+    packs = [p for p in stub.broker.published if p.type == m.PACK_TYPE]
+    text_packs = [p for p in packs if sha(texts[0]) in str((p.headers or {})["files"])]
+    random_packs = [p for p in packs if sha(randoms[0]) in str((p.headers or {})["files"])]
+    assert text_packs and all((p.headers or {}).get("encoding") == "zstd" for p in text_packs)
+    assert len(text_packs[0].body) < sum(map(len, texts)) / 3
+    assert random_packs and all("encoding" not in (p.headers or {}) for p in random_packs)
+    with stub.session() as s:
+        s.download("text/7", tmp_path / "t7", overwrite=True)
+    assert (tmp_path / "t7").read_bytes() == texts[7]
+
+
+def test_a_repair_copy_travels_compressed_and_is_stored_as_itself(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = log_text(3 * CHUNK)
+    chain = upload_and_restore(stub, tmp_path, data, "repaired.log")
+    stub.kill(chain[0])
+    wait_for(
+        lambda: sum(blob(stub, w, data) == data for w in stub.workers if w != chain[0]) == 2,
+        timeout=30,
+        what="a repair copy",
+    )
+    sent = chunks_sent(stub, sha(data))
+    copies = [p for p in sent if p.correlation_id != sent[0].correlation_id]  # another id
+    assert copies and all((p.headers or {}).get("encoding") == "zstd" for p in copies)
+
+
+def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> None:
+    raw = stub.broker.connect(stub.settings, "mallory")
+    raw.open()
+    uid, file_sha = "ab" * 16, "cd" * 32
+
+    def chunk(body: bytes, total: int = CHUNK) -> None:
+        h = m.ChunkHeaders(uid, 0, 0, total, 1, file_sha, ("w1",), 0, encoding="zstd")
+        raw.publish(worker_chunks("w1"), body, type=m.CHUNK_TYPE, headers=h.to_headers())
+
+    chunk(b"not zstd at all")
+    chunk(zstandard.ZstdCompressor().compress(bytes(CHUNK + 1)))  # more than the file
+    files = (m.PackEntry(uid, file_sha, 10),)
+    pack = m.PackHeaders(files, ("w1",), 0, encoding="zstd")
+    body = zstandard.ZstdCompressor().compress(bytes(11))  # not the sizes' sum
+    raw.publish(worker_chunks("w1"), body, type=m.PACK_TYPE, headers=pack.to_headers())
+    wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 3, what="three dead letters")
+    raw.close()
+    assert not list(stub.workers["w1"].store.incoming.glob(f"{uid}*"))
+    assert not stub.workers["w1"].store.blob_path(file_sha).exists()
+
+
+# -- on a real broker ---------------------------------------------------------------------------
+
+
+def test_compressed_incompressible_and_mixed_files_round_trip_on_rabbitmq(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    mib = 1024 * 1024
+    files = {
+        "c access.log": log_text(3 * mib + 5),
+        "c photo.jpg": os.urandom(2 * mib + 3),
+        "c mixed.tar": log_text(mib, 3) + os.urandom(mib) + log_text(mib // 2, 4),
+        "c small.txt": log_text(4096, 5),
+        "c empty": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    cluster.client("upload", *(str(tmp_path / n) for n in files), "--replicas", "2").ok()
+    for name, data in files.items():
+        holders = cluster.holders_on_disk(sha(data))
+        assert len(holders) >= 2, name
+        for worker in holders:  # sha256sum of each blob: the file's own bytes
+            assert sha(cluster.blob(worker, sha(data)).read_bytes()) == sha(data), name
+        out = tmp_path / f"{name}.back"
+        cluster.client("download", name, "-o", str(out)).ok()
+        assert out.read_bytes() == data, name
+    cluster.client("verify", *files).ok()
