@@ -5,9 +5,16 @@ measures in one run:
 
 * raw: one pika hop of the same bytes (bench/raw.py), the ceiling for a byte crossing the broker;
 * the disk: how fast it takes 1 GiB and an fsync (a 2-replica upload writes each byte 4 times);
-* warren upload with 2 replicas and with 1, and restore, of one large file, and what a client
-  command pays before its first chunk: start-up, and the SHA-256 pass over the file;
-* 1,000 files of 4 KiB in one upload command, against the raw request/reply rate;
+* warren upload with 2 replicas and with 1, and restore, of one large file of random bytes
+  (incompressible), and what a client command pays before its first chunk: start-up, and the
+  SHA-256 pass over the file;
+* the same for a large file of log-like text (a web server's access log: compressible), each
+  against a raw hop of that file's own bytes;
+* what finding out that a chunk does not compress costs, against the upload of those chunks;
+* 5,000 files of 4 KiB in one upload command, against sequential raw request/reply round
+  trips carrying 4 KiB each;
+* CPU seconds per GB of each process (client, broker, manager, each worker) for each upload
+  and restore;
 * peak RSS of the client and of each worker at 64 MiB and at 1 GiB.
 
 Prints a table with the ratios warren/raw and writes it to bench/results.md.
@@ -16,14 +23,18 @@ Prints a table with the ratios warren/raw and writes it to bench/results.md.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
+import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +52,109 @@ def random_file(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         left = size
         while left:
-            n = min(left, 16 * MIB)
+            n = min(left, 4 * MIB)
             f.write(os.urandom(n))
             left -= n
     return path
+
+
+LOG_PATHS = (
+    "/",
+    "/index.html",
+    "/api/v1/items",
+    "/api/v1/items/{}",
+    "/static/app.{}.js",
+    "/login",
+    "/search?q={}",
+    "/img/{}.png",
+    "/api/v1/users/{}/orders",
+)
+LOG_AGENTS = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+    "curl/8.4.0",
+    "Googlebot/2.1 (+http://www.google.com/bot.html)",
+    "python-requests/2.31",
+)
+
+
+def log_text_file(path: Path, size: int) -> Path:
+    """A web server's access log: 32 MiB of lines (client address, time, request, status,
+    bytes, user agent, response time, a random request id), repeated up to ``size``. Each
+    1 MiB chunk is compressed on its own, so the repetition does not help compression.
+
+    Made in a child process: the kernel counts a process's peak RSS before ``exec`` in the
+    peak of what it runs, so a large bench process would inflate every client's figure."""
+    child = multiprocessing.get_context("fork").Process(target=_write_log, args=(path, size))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"could not write {path}")
+    return path
+
+
+def _write_log(path: Path, size: int) -> None:
+    rnd = random.Random(15)
+    lines, made, ts = [], 0, 1_700_000_000
+    while made < min(size, 32 * MIB):
+        ts += rnd.randrange(3)
+        ip = ".".join(str(rnd.randrange(1, 255)) for _ in range(4))
+        when = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(ts))
+        method = rnd.choice(("GET",) * 8 + ("POST", "PUT", "DELETE"))
+        req = rnd.choice(LOG_PATHS).format(rnd.randrange(100_000))
+        status = rnd.choice((200,) * 20 + (201, 301, 304, 404, 500))
+        line = (
+            f'{ip} - - [{when} +0000] "{method} {req} HTTP/1.1" {status} '
+            f'{rnd.randrange(200, 60_000)} "-" "{rnd.choice(LOG_AGENTS)}" '
+            f"rt={rnd.random():.3f} id={rnd.getrandbits(128):032x}\n"
+        )
+        lines.append(line)
+        made += len(line)
+    block = "".join(lines).encode()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+
+
+def zstd_ratio(path: Path, chunk: int = MIB) -> float:
+    """How much zstd level 1 shrinks the file's first 32 chunks, each on its own."""
+    import zstandard
+
+    raw = packed = 0
+    with open(path, "rb") as f:
+        for _ in range(32):
+            data = f.read(chunk)
+            if not data:
+                break
+            raw += len(data)
+            packed += len(zstandard.ZstdCompressor(level=1).compress(data))
+    return raw / packed
+
+
+def detection_seconds(path: Path, chunk: int = MIB) -> float | None:
+    """CPU seconds warren's client spends finding out that each chunk of the file does not
+    compress (None before warren compressed anything)."""
+    try:
+        from warren import compression
+    except ImportError:
+        return None
+    spent = 0.0
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            started = time.process_time()
+            compression.encode(data)
+            spent += time.process_time() - started
+    return spent
+
+
+def fresh(path: Path, tag: str) -> None:
+    """Make the file's content new (its first bytes say ``tag``): content the cluster
+    already holds would be recorded without sending a byte."""
+    with open(path, "r+b") as f:
+        f.write(f"{tag}\n".encode())
 
 
 def settle() -> None:
@@ -72,10 +182,44 @@ def disk_write_rate(folder: Path, size: int) -> float:
     return size / elapsed / 1e6
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    seconds: float
+    rss_kib: int
+    cpu: dict[str, float]  # CPU seconds of each process: client, broker, manager, w1..w4
+
+
+def service_pids(c: Cluster) -> dict[str, int]:
+    pids = {name: proc.pid for name, proc in c.procs.items()}
+    pids["broker"] = int((c.node.base / "beam.pid").read_text())
+    return pids
+
+
+def measured(c: Cluster, *args: str) -> Run:
+    """Run the client; its wall time, its peak RSS and every process's CPU seconds."""
+    pids = service_pids(c)
+    settle()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds, rss, usage = _run_client(c, *args)
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu["client"] = usage.ru_utime + usage.ru_stime
+    return Run(seconds, rss, cpu)
+
+
 def timed_client(c: Cluster, *args: str) -> tuple[float, int]:
     """Run the client; return (seconds, peak RSS in KiB) measured by the kernel."""
-    err = c.base / "bench-client.err"
     settle()
+    seconds, rss, _ = _run_client(c, *args)
+    return seconds, rss
+
+
+def _run_client(c: Cluster, *args: str) -> tuple[float, int, resource.struct_rusage]:
+    err = c.base / "bench-client.err"
     with open(err, "wb") as errf:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -90,7 +234,7 @@ def timed_client(c: Cluster, *args: str) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"client {args[0]} failed: {err.read_text()}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, usage
 
 
 def worker_peak_kib(c: Cluster) -> dict[str, int]:
@@ -107,8 +251,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mib", type=int, default=512, help="the large file (MiB)")
-    parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument("--size-mib", type=int, default=512, help="the large files (MiB)")
+    parser.add_argument("--small-files", type=int, default=5000)
     parser.add_argument("--skip-gib", action="store_true", help="skip the 1 GiB RSS run")
     parser.add_argument("--runs", type=int, default=3, help="runs of each measure; the best counts")
     args = parser.parse_args()
@@ -117,6 +261,8 @@ def main() -> int:
     node = LocalNode.with_free_ports(base / "rabbitmq", name="bench")
     node.start()
     rows: list[tuple[str, str, str, str]] = []
+    cpu_rows: list[tuple[str, float, dict[str, float]]] = []  # (what, GB, CPU s per process)
+    notes: list[str] = []
     try:
         url = node.url
         size: int = args.size_mib * MIB
@@ -126,6 +272,7 @@ def main() -> int:
         data = base / "data"
         data.mkdir()
         big = random_file(data / "big.bin", size)
+        text = log_text_file(data / "access.log", size)
 
         def mbs(seconds: float) -> float:
             return size / seconds / 1e6
@@ -145,86 +292,156 @@ def main() -> int:
 
         # Rounds of every large-file measure, raw included, so that raw and warren meet the
         # same machine: this VM's disk and CPU change speed from one minute to the next.
-        raw_runs, disk_runs, t2s, t1s, trs = [], [], [], [], []
+        raw_runs, raw_text_runs, disk_runs = [], [], []
+        up2: list[Run] = []
+        up1: list[Run] = []
+        back: list[Run] = []
+        text_up2: list[Run] = []
+        text_back: list[Run] = []
         for n in range(runs):
-            print(f"round {n + 1} of {runs}: raw, disk, warren uploads and restore ...", flush=True)
+            print(
+                f"round {n + 1} of {runs}: raw, disk, warren uploads and restores ...", flush=True
+            )
             settle()
-            raw_runs.append(raw.one_hop(url, size))
+            raw_runs.append(raw.one_hop(url, size, source=big))
             settle()
             disk_runs.append(disk_write_rate(base, 1024 * MIB))
-            t2s.append(
-                timed_client(c, "upload", str(big), "--name", "big-r2", "--replicas", "2")[0]
+            fresh(big, f"big-r2-{n}")
+            up2.append(measured(c, "upload", str(big), "--name", f"big-r2-{n}", "--replicas", "2"))
+            fresh(big, f"big-r1-{n}")
+            up1.append(measured(c, "upload", str(big), "--name", f"big-r1-{n}", "--replicas", "1"))
+            back.append(measured(c, "download", f"big-r2-{n}", "-o", str(data / "back"), "--force"))
+            settle()
+            raw_text_runs.append(raw.one_hop(url, size, source=text))
+            fresh(text, f"log-r2-{n}")
+            text_up2.append(
+                measured(c, "upload", str(text), "--name", f"log-r2-{n}", "--replicas", "2")
             )
-            t1s.append(
-                timed_client(c, "upload", str(big), "--name", "big-r1", "--replicas", "1")[0]
+            text_back.append(
+                measured(c, "download", f"log-r2-{n}", "-o", str(data / "back.log"), "--force")
             )
-            trs.append(
-                timed_client(c, "download", "big-r2", "-o", str(data / "back"), "--force")[0]
-            )
-        raw_mbs, disk = max(raw_runs), statistics.median(disk_runs)
-        t2, t1, tr = min(t2s), min(t1s), min(trs)
-        per_round = ", ".join(f"{mbs(t) / r:.2f}" for t, r in zip(t2s, raw_runs, strict=True))
+        raw_mbs, raw_text, disk = max(raw_runs), max(raw_text_runs), statistics.median(disk_runs)
+
+        def best(runs_: list[Run]) -> Run:
+            return min(runs_, key=lambda r: r.seconds)
+
+        t2, t1, tr = best(up2), best(up1), best(back)
+        tt2, ttr = best(text_up2), best(text_back)
+        per_round = ", ".join(
+            f"{mbs(r.seconds) / w:.2f}" for r, w in zip(up2, raw_runs, strict=True)
+        )
+        per_round_text = ", ".join(
+            f"{mbs(r.seconds) / w:.2f}" for r, w in zip(text_up2, raw_text_runs, strict=True)
+        )
         per_round_sent = ", ".join(
-            f"{mbs(t - startup - hashing) / r:.2f}" for t, r in zip(t2s, raw_runs, strict=True)
+            f"{mbs(r.seconds - startup - hashing) / w:.2f}"
+            for r, w in zip(up2, raw_runs, strict=True)
         )
 
-        def row(label: str, seconds: float) -> tuple[str, str, str, str]:
+        def row(label: str, seconds: float, ref: float) -> tuple[str, str, str, str]:
             wall, net = mbs(seconds), mbs(seconds - startup)
-            return (label, f"{wall:.0f} MB/s", f"{wall / raw_mbs:.2f}", f"{net / raw_mbs:.2f}")
+            return (label, f"{wall:.0f} MB/s", f"{wall / ref:.2f}", f"{net / ref:.2f}")
 
+        ratio = zstd_ratio(text)
+        detect = detection_seconds(big)
         rows += [
             ("raw one hop (pika, window 16, prefetch 32)", f"{raw_mbs:.0f} MB/s", "1.00", "1.00"),
             ("disk: 1 GiB written, then fsync (median)", f"{disk:.0f} MB/s", "", ""),
-            row("warren upload, 2 replicas", t2),
-            row("warren upload, 1 replica", t1),
-            row("warren restore", tr),
+            row("warren upload, 2 replicas (random bytes)", t2.seconds, raw_mbs),
+            row("warren upload, 1 replica (random bytes)", t1.seconds, raw_mbs),
+            row("warren restore (random bytes)", tr.seconds, raw_mbs),
+            (
+                f"raw one hop of the log-like text (zstd -1 shrinks it {ratio:.1f}x)",
+                f"{raw_text:.0f} MB/s",
+                "1.00",
+                "1.00",
+            ),
+            row("warren upload, 2 replicas (log-like text)", tt2.seconds, raw_text),
+            row("warren restore (log-like text)", ttr.seconds, raw_text),
             ("client start-up (python -m client status)", f"{startup:.2f} s", "", ""),
             ("client's SHA-256 pass over the large file", f"{hashing:.2f} s", "", ""),
+        ]
+        if detect is not None:
+            rows.append(
+                (
+                    "finding out that random chunks do not compress (client CPU)",
+                    f"{detect:.2f} s",
+                    f"{detect / t2.seconds:.1%} of the upload",
+                    "",
+                )
+            )
+        gb = size / 1e9
+        cpu_rows += [
+            ("upload, 2 replicas (random bytes)", gb, t2.cpu),
+            ("upload, 1 replica (random bytes)", gb, t1.cpu),
+            ("restore (random bytes)", gb, tr.cpu),
+            ("upload, 2 replicas (log-like text)", gb, tt2.cpu),
+            ("restore (log-like text)", gb, ttr.cpu),
         ]
 
         print(f"{args.small_files} small files ...", flush=True)
 
-        def small_files(run: int) -> float:
-            """Seconds to upload new small files (already stored content would be skipped)."""
+        def small_files(run: int) -> Run:
+            """Upload new small files in one command (stored content would be skipped)."""
             folder = data / f"small-{run}"
             folder.mkdir()
-            paths = [str(random_file(folder / f"s{i:05}", 4096)) for i in range(args.small_files)]
-            return timed_client(c, "upload", *paths)[0]
+            for i in range(args.small_files):
+                random_file(folder / f"s{i:05}", 4096)
+            return measured(c, "upload", str(folder))
 
-        raw_rrs, small_runs = [], []
+        raw_rrs: list[float] = []
+        small_runs: list[Run] = []
         for n in range(runs):
             settle()
-            raw_rrs.append(raw.round_trips(url, seconds=2.0))
+            raw_rrs.append(raw.round_trips(url, seconds=2.0, payload=4096))
             small_runs.append(small_files(n))
-        raw_rr, ts = max(raw_rrs), min(small_runs)
-        rate = args.small_files / ts
+        raw_rr, ts = max(raw_rrs), best(small_runs)
+        rate = args.small_files / ts.seconds
         rows += [
-            ("raw request/reply round trips", f"{raw_rr:.0f} /s", "1.00", "1.00"),
             (
-                f"warren upload of {args.small_files} x 4 KiB, 2 replicas",
+                "raw request/reply round trips, 4 KiB each, one at a time",
+                f"{raw_rr:.0f} /s",
+                "1.00",
+                "1.00",
+            ),
+            (
+                f"warren upload of {args.small_files} x 4 KiB in one command, 2 replicas",
                 f"{rate:.0f} files/s",
                 f"{rate / raw_rr:.2f}",
-                f"{args.small_files / (ts - startup) / raw_rr:.2f}",
+                f"{args.small_files / (ts.seconds - startup) / raw_rr:.2f}",
             ),
         ]
+        cpu_rows.append(
+            (f"upload of {args.small_files} x 4 KiB", args.small_files * 4096 / 1e9, ts.cpu)
+        )
 
         print("peak RSS ...", flush=True)
         for label, mib in (("64 MiB", 64), ("1 GiB", 1024)):
             if mib == 1024 and args.skip_gib:
                 continue
-            f = random_file(data / f"rss-{mib}.bin", mib * MIB)
-            _, up_kib = timed_client(c, "upload", str(f))
-            _, down_kib = timed_client(c, "download", f.name, "-o", str(data / f"rss-back-{mib}"))
-            peak = max(worker_peak_kib(c).values())
-            rows.append(
-                (
-                    f"peak RSS at {label}: client upload / restore / worst worker",
-                    f"{up_kib / 1024:.0f} / {down_kib / 1024:.0f} / {peak / 1024:.0f} MiB",
-                    "",
-                    "",
+            for kind, make in (("random", random_file), ("log-like text", log_text_file)):
+                sample = make(data / f"rss-{mib}.bin", mib * MIB)
+                fresh(sample, f"rss-{mib}-{kind}")
+                _, up_kib = timed_client(c, "upload", str(sample), "--name", f"rss-{mib}-{kind}")
+                _, down_kib = timed_client(
+                    c, "download", f"rss-{mib}-{kind}", "-o", str(data / f"rss-back-{mib}")
                 )
-            )
-            f.unlink()
+                (data / f"rss-back-{mib}").unlink()
+                peak = max(worker_peak_kib(c).values())
+                rows.append(
+                    (
+                        f"peak RSS at {label} ({kind}): client upload / restore / worst worker",
+                        f"{up_kib / 1024:.0f} / {down_kib / 1024:.0f} / {peak / 1024:.0f} MiB",
+                        "",
+                        "",
+                    )
+                )
+                sample.unlink()
+        notes.append(
+            f"Upload with 2 replicas / raw, round by round: random {per_round}; log-like text "
+            f"{per_round_text}. Random, less the client's start-up and its SHA-256 pass, i.e. "
+            f"from the placement to the last confirmation: {per_round_sent}."
+        )
     finally:
         c_stop = locals().get("c")
         if isinstance(c_stop, Cluster):
@@ -234,13 +451,23 @@ def main() -> int:
 
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"file of {args.size_mib} MiB, 1 MiB chunks"
+        f"files of {args.size_mib} MiB, 1 MiB chunks"
     )
     table = [
         "| measure | result (wall clock) | warren / raw | warren / raw, less client start-up |",
         "|---|---|---|---|",
     ]
     table += [f"| {a} | {b} | {r} | {n} |" for a, b, r, n in rows]
+    procs = ["client", "broker", "manager", "w1", "w2", "w3", "w4"]
+    cpu_table = [
+        "| CPU seconds per GB of file | " + " | ".join(procs) + " | all |",
+        "|---|" + "---|" * (len(procs) + 1),
+    ]
+    for what, gbytes, cpu in cpu_rows:
+        cells = [f"{cpu.get(p, 0.0) / gbytes:.1f}" for p in procs]
+        cpu_table.append(
+            f"| {what} | " + " | ".join(cells) + f" | {sum(cpu.values()) / gbytes:.1f} |"
+        )
     report = "\n".join(
         [
             f"# warren benchmark ({time.strftime('%Y-%m-%d')})",
@@ -252,16 +479,21 @@ def main() -> int:
             "manager), which the raw figures do not pay. Each throughput is the best of "
             f"{args.runs} runs, raw and warren alike, each run after the disk has settled "
             "(`sync`), in rounds that take turns with raw: single runs vary by up to 30% "
-            "here. A 2-replica upload writes each "
+            "here. A raw hop carries the same file's bytes, uncompressed, as pika would. "
+            "A 2-replica upload writes each "
             "byte four times (twice in the broker's message store, once on each worker), so "
             "it can go no faster than a quarter of what the disk writes; this "
             "machine's disk has measured anywhere from 300 to 1,850 MB/s.",
             "",
             *table,
             "",
-            f"Upload with 2 replicas / raw, round by round: {per_round}. The same less the "
-            f"client's start-up and its SHA-256 pass, i.e. from the placement to the last "
-            f"confirmation: {per_round_sent}.",
+            *notes,
+            "",
+            "CPU seconds (user + system) each process spent on the fastest run of each measure, "
+            "per GB of file content (for the small files, per GB of their 4 KiB each); the "
+            "workers a file was not placed on spend only their heartbeats.",
+            "",
+            *cpu_table,
             "",
         ]
     )

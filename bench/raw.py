@@ -5,26 +5,37 @@ the baseline, not part of warren.
 
 * ``one_hop``: a SelectConnection producer keeps ``window`` persistent publishes of
   ``chunk`` bytes unconfirmed on a durable queue; a consumer at prefetch 32 acks each,
-  in another process. MB/s from the first publish to the last ack.
-* ``round_trips``: a blocking requester sends a small message and waits for the reply
-  from a blocking responder, one at a time. Round trips per second.
+  in another process. MB/s from the first publish to the last ack. With ``source``, the
+  chunks are that file's bytes, in order (the same bytes warren is given).
+* ``round_trips``: a blocking requester sends a message of ``payload`` bytes and waits
+  for a small reply from a blocking responder, one at a time. Round trips per second.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.queues
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pika
 
 
-def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 16) -> float:
+def one_hop(
+    url: str,
+    total_bytes: int,
+    chunk: int = 1024 * 1024,
+    window: int = 16,
+    source: Path | None = None,
+) -> float:
     """MB/s of one hop. Producer and consumer are separate processes, as warren's are: in
-    one process they would share one interpreter lock and measure less than pika can do."""
+    one process they would share one interpreter lock and measure less than pika can do.
+    ``source``: a file whose chunks are sent (read as they go), else the same bytes each time.
+    """
     queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
     count = total_bytes // chunk
     params = pika.URLParameters(url)
@@ -38,7 +49,7 @@ def one_hop(url: str, total_bytes: int, chunk: int = 1024 * 1024, window: int = 
     consumer = ctx.Process(target=_consume, args=(url, queue, count, ready, times))
     consumer.start()
     ready.wait()
-    producer = ctx.Process(target=_produce, args=(url, queue, count, chunk, window, times))
+    producer = ctx.Process(target=_produce, args=(url, queue, count, chunk, window, times, source))
     producer.start()
     producer.join()
     consumer.join()
@@ -83,10 +94,17 @@ def _produce(
     chunk: int,
     window: int,
     times: multiprocessing.queues.Queue[tuple[str, float]],
+    source: Path | None = None,
 ) -> None:
     """A SelectConnection keeping ``window`` persistent publishes unconfirmed."""
     body = b"\x5a" * chunk
+    fd = os.open(source, os.O_RDONLY) if source is not None else -1
     state = {"sent": 0, "acked": 0}
+
+    def next_body() -> bytes:
+        if fd < 0:
+            return body
+        return os.pread(fd, chunk, state["sent"] * chunk)
 
     def on_open(conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=on_channel)
@@ -105,7 +123,7 @@ def _produce(
                 times.put(("first publish", time.monotonic()))
             props = pika.BasicProperties(delivery_mode=2)
             while state["sent"] < count and state["sent"] - state["acked"] < window:
-                ch.basic_publish("", queue, body, props)
+                ch.basic_publish("", queue, next_body(), props)
                 state["sent"] += 1
             if state["acked"] >= count:
                 ch.connection.close()
@@ -121,7 +139,7 @@ def _produce(
     producer.ioloop.start()
 
 
-def round_trips(url: str, seconds: float = 3.0) -> float:
+def round_trips(url: str, seconds: float = 3.0, payload: int = 4) -> float:
     queue = f"bench.rpc.{uuid.uuid4().hex[:8]}"
     params = pika.URLParameters(url)
     ready = threading.Event()
@@ -136,7 +154,7 @@ def round_trips(url: str, seconds: float = 3.0) -> float:
             c: object, method: pika.spec.Basic.Deliver, props: pika.BasicProperties, body: bytes
         ) -> None:
             ch.basic_publish(
-                "", props.reply_to, body, pika.BasicProperties(correlation_id=props.correlation_id)
+                "", props.reply_to, b"ok", pika.BasicProperties(correlation_id=props.correlation_id)
             )
             ch.basic_ack(method.delivery_tag)
 
@@ -155,9 +173,10 @@ def round_trips(url: str, seconds: float = 3.0) -> float:
     answers: list[bytes] = []
     ch.basic_consume(reply, lambda c, m, p, b: answers.append(b), auto_ack=True)
     n = 0
+    request = os.urandom(payload)
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        ch.basic_publish("", queue, b"ping", pika.BasicProperties(reply_to=reply))
+        ch.basic_publish("", queue, request, pika.BasicProperties(reply_to=reply))
         while len(answers) <= n:
             conn.process_data_events(time_limit=None)
         n += 1
