@@ -257,6 +257,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         if args.command == "add":
             add(admin, vhost, args.role, args.name, args.password)
             print(f"{args.role} user {args.name!r} is ready on virtual host {vhost!r}")
+            if args.role == "manager":
+                print(
+                    f"workers take commands only from it: give them WARREN_MANAGER_USER={args.name}"
+                )
         elif args.command == "remove":
             if remove(admin, args.name):
                 print(f"removed user {args.name!r}")

@@ -274,8 +274,8 @@ def test_the_services_run_with_their_own_users(rabbit: LocalNode, tmp_path: Path
     try:
         add_users(rabbit, c.vhost)
         c.start("manager", WARREN_AMQP_URL=rabbit.url_for("boss", PW, c.vhost))
-        for w in ("w1", "w2"):
-            c.start(w, WARREN_AMQP_URL=rabbit.url_for(w, PW, c.vhost))
+        for w in ("w1", "w2"):  # a worker takes commands only from the manager's user
+            c.start(w, WARREN_AMQP_URL=rabbit.url_for(w, PW, c.vhost), WARREN_MANAGER_USER="boss")
         c.wait_alive(["w1", "w2"])
         alice = rabbit.url_for("alice", PW, c.vhost)
         bob = rabbit.url_for("bob", PW, c.vhost)
@@ -290,6 +290,6 @@ def test_the_services_run_with_their_own_users(rabbit: LocalNode, tmp_path: Path
         assert (tmp_path / "back").read_bytes() == src.read_bytes()
         assert c.client("list", "--json", WARREN_AMQP_URL=bob).ok().json() == []
         logs = c.logs()
-        assert "ACCESS_REFUSED" not in logs, logs
+        assert "ACCESS_REFUSED" not in logs and "dead-lettering" not in logs, logs
     finally:
         c.stop_all()
