@@ -598,6 +598,18 @@ class Catalog:
             self._usage = None
         return out
 
+    def blobs_on(self, worker: str) -> set[str]:
+        """The blobs the catalog knows on one worker (indexed: its own rows only)."""
+        return {
+            r[0] for r in self.db.execute("SELECT sha256 FROM replicas WHERE worker=?", (worker,))
+        }
+
+    def count_files(self) -> int:
+        (files,) = self.db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM versions GROUP BY owner, name)"
+        ).fetchone()
+        return int(files)
+
     def live_holders(self, sha256: str, now: float | None = None) -> list[str]:
         """Live workers with a verified copy of this content, for deduplication."""
         live = self.live_workers(now)
@@ -617,18 +629,39 @@ class Catalog:
         rows = self.db.execute("SELECT worker FROM deleting WHERE sha256=?", (sha256,))
         return {r[0] for r in rows}
 
-    def shortfalls(self, now: float | None = None) -> list[Shortfall]:
-        """Blobs with fewer live replicas than the most any version using them wants."""
-        live = self.live_workers(now)
-        holders = self._holders()
-        out = []
-        for sha, size, wanted in self.db.execute(
-            "SELECT sha256, MAX(size), MAX(wanted) FROM versions GROUP BY sha256 ORDER BY sha256"
-        ):
-            have = sorted(w for w in holders.get(sha, ()) if w in live)
-            if len(have) < wanted:
-                out.append(Shortfall(sha, size, wanted, tuple(have), tuple(self.deleting(sha))))
-        return out
+    def shortfalls(
+        self, now: float | None = None, among: set[str] | None = None
+    ) -> list[Shortfall]:
+        """Blobs with fewer live replicas than the most any version using them wants: of
+        all (a full pass, in SQL over the indexes), or only ``among`` these (the blobs a
+        lost worker held, a damaged copy, repairs under way), which is what a change costs."""
+        live = sorted(self.live_workers(now))
+        slots = ",".join("?" * len(live)) or "NULL"
+        query = (
+            "SELECT sha256, MAX(size), MAX(wanted) FROM versions v {where} GROUP BY sha256 "
+            "HAVING MAX(wanted) > (SELECT COUNT(*) FROM replicas r WHERE r.sha256 = v.sha256 "
+            f"AND r.worker IN ({slots})) ORDER BY sha256"
+        )
+        if among is None:
+            rows = self.db.execute(query.format(where=""), live).fetchall()
+        else:
+            rows = []
+            todo = sorted(among)
+            for i in range(0, len(todo), 500):
+                part = todo[i : i + 500]
+                where = f"WHERE sha256 IN ({','.join('?' * len(part))})"
+                rows += self.db.execute(query.format(where=where), (*part, *live)).fetchall()
+        holders = self._holders_of({r[0] for r in rows})
+        return [
+            Shortfall(
+                sha,
+                size,
+                wanted,
+                tuple(sorted(w for w in holders.get(sha, ()) if w in live)),
+                tuple(self.deleting(sha)),
+            )
+            for sha, size, wanted in rows
+        ]
 
     def _holders_of(self, shas: set[str]) -> dict[str, list[str]]:
         """Workers holding each of these blobs, alive or not (indexed: a few rows each)."""

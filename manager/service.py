@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from manager.catalog import Catalog, Upload
+from manager.catalog import Catalog, Shortfall, Upload
 from manager.repair import Repairs
 from manager.requests import Requests, to_client
 from warren import messages as m
@@ -37,8 +37,9 @@ from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
-# Seconds between passes over the whole catalog when nothing has changed (a safety net).
-FULL_PASS = 60.0
+# Seconds between checks of every blob's copies when nothing says so (a safety net: work
+# is otherwise driven by what changed, so an idle manager costs the same at any size).
+FULL_PASS = 3600.0
 
 
 class Manager(Requests):
@@ -56,15 +57,17 @@ class Manager(Requests):
         self._reported: set[str] = set()
         self._asked: dict[str, float] = {}
         self._scrub: dict[str, tuple[float, int]] = {}  # worker -> (last full scrub, damaged)
-        self._dirty = True  # something the full pass depends on changed
-        self._last_pass = 0.0
+        self._dirty = True  # a version came or went: count the files again
+        self._suspects: set[str] | None = None  # blobs to check for copies (None: all)
+        self._short: set[str] = set()  # blobs found short of live copies, last time
+        self._last_pass = time.monotonic()
         self._counts = (0, 0)  # files, under-replicated, as of the last full pass
         self._conn: Transport | None = None  # the connection of this term
 
     def run(self) -> None:
         self.catalog.open()
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
-        log.info("manager: catalog at %s, %d files", self.catalog.path, len(self.catalog.files()))
+        log.info("manager: catalog at %s, %d files", self.catalog.path, self.catalog.count_files())
         try:
             run_connection(self.connect, self.settings, "warren manager", self._setup, self.stop)
         finally:
@@ -83,6 +86,7 @@ class Manager(Requests):
             log.warning("manager: the active manager is gone; taking over")
         self._standing_by = False
         self._dirty = True
+        self._suspects = None  # a new term: check every blob once
         self._reported = set()  # this term: which workers have sent their inventory
         self._asked = {}
         self._conn = conn
@@ -109,24 +113,42 @@ class Manager(Requests):
             log.warning(
                 "worker %s: no heartbeat for %.0f s, marked dead", name, self.settings.dead_after
             )
-        if alive != self._alive:
-            self._dirty = True
+            self._suspect(self.catalog.blobs_on(name))  # what it held may now be short
         self._alive = alive
         self._expire(conn)
         self._collect_garbage(conn)
         metrics.WORKERS_ALIVE.set(len(alive))
         now = time.monotonic()
-        if self._dirty or self.repairs.in_flight or now - self._last_pass > FULL_PASS:
+        if self._dirty:  # a version came or went
             self._dirty = False
+            self._counts = (self.catalog.count_files(), self._counts[1])
+            metrics.FILES.set(self._counts[0])
+        # Not in the first dead_after seconds after start: until every live worker has
+        # sent a heartbeat, files would look under-replicated when they are not.
+        if now - self._started < self.settings.dead_after:
+            return self._again(conn)
+        if now - self._last_pass > FULL_PASS:
             self._last_pass = now
-            files = self.catalog.files()
-            under = sum(1 for f in files if len(f.replicas) < f.wanted)
-            self._counts = (len(files), under)
-            metrics.FILES.set(len(files))
-            metrics.UNDER_REPLICATED.set(under)
-            if not self._repair(conn):
-                self._dirty = True  # too early to plan repairs: look again next second
+            self._suspects = None  # every blob, now and then: a safety net
+        if self._suspects is None or self._suspects or self._short or self.repairs.in_flight:
+            among = None
+            if self._suspects is not None:
+                among = self._suspects | self._short | set(self.repairs.in_flight)
+            shortfalls = self.catalog.shortfalls(time.time(), among)
+            self._suspects = set()
+            self._short = {s.sha256 for s in shortfalls}
+            self._counts = (self._counts[0], len(self._short))
+            metrics.UNDER_REPLICATED.set(len(self._short))
+            self._repair(conn, shortfalls)
+        self._again(conn)
+
+    def _again(self, conn: Transport) -> None:
         conn.call_later(1.0, lambda: self._tick(conn))
+
+    def _suspect(self, shas: set[str]) -> None:
+        """These blobs may have too few live copies now: the next tick checks them."""
+        if self._suspects is not None:
+            self._suspects |= shas
 
     def _expire(self, conn: Transport) -> None:
         """Uploads unfinished after ``upload_expiry`` seconds are abandoned: failed in the
@@ -151,16 +173,9 @@ class Manager(Requests):
                 conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
             log.info("gc: %s is used by no version; deleting it on %s", sha[:12], holders)
 
-    def _repair(self, conn: Transport) -> bool:
-        """Start copies for files with too few live replicas, a few at a time.
-
-        Not in the first ``dead_after`` seconds after start: until every live worker has
-        sent a heartbeat, files would look under-replicated when they are not.
-        """
+    def _repair(self, conn: Transport, shortfalls: list[Shortfall]) -> None:
+        """Start copies for files with too few live replicas, a few at a time."""
         now = time.time()
-        if time.monotonic() - self._started < self.settings.dead_after:
-            return False
-        shortfalls = self.catalog.shortfalls(now)
         for copy in self.repairs.plan(shortfalls, self.catalog.candidates(now), now):
             cmd = m.CopyRequest(
                 sha256=copy.sha256, size=copy.size, target=copy.target, upload_id=copy.upload_id
@@ -177,7 +192,6 @@ class Manager(Requests):
                 copy.target,
                 len(shortfalls),
             )
-        return True
 
     # -- worker events ---------------------------------------------------------------------
 
@@ -206,8 +220,11 @@ class Manager(Requests):
             self._ask_report(conn, msg.worker)
             self._scrub[msg.worker] = (msg.scrubbed_at, msg.damaged)
         elif isinstance(msg, m.Inventory):
+            before = self.catalog.blobs_on(msg.worker)
             added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
             more, fewer = self.catalog.merge_records(msg.records, msg.forgotten, now)
+            self._suspect(before - {b.sha256 for b in msg.blobs})
+            self._suspect({r.sha256 for r in msg.records})
             self._dirty = True
             self._reported.add(msg.worker)
             log.info(
@@ -257,7 +274,7 @@ class Manager(Requests):
                 msg.reason,
             )
             self.catalog.replica_lost(msg.worker, msg.sha256)
-            self._dirty = True
+            self._suspect({msg.sha256})
             metrics.DAMAGED.inc()
         elif isinstance(msg, m.BlobDeleted):
             self.catalog.blob_deleted(msg.worker, msg.sha256)
