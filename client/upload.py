@@ -99,6 +99,7 @@ class Upload:
         self.error: WarrenError | None = None
         self.confirmed: dict[str, int] = {}  # worker -> hop
         self.failures: list[str] = []
+        self.failure_codes: set[str] = set()  # wire codes of the failures
         self.recorded = False  # the manager has it in the catalog
         self.have: m.UploadHave | None = None  # resuming: the chunks the primary has
 
@@ -109,6 +110,10 @@ class Upload:
     @property
     def complete(self) -> bool:
         return self.accepted is not None and len(self.confirmed) == len(self.accepted.chain)
+
+    def failed_on(self, msg: m.ReplicaFailed) -> None:
+        self.failures.append(f"{msg.worker}: {msg.reason}")
+        self.failure_codes.add(msg.code)
 
     def time_out(self) -> None:
         """Its replicas did not all confirm in time: those that did not are named."""
@@ -147,7 +152,7 @@ class Upload:
             self.confirmed[msg.worker] = msg.hop
             self.progress.replica(msg.worker, msg.hop)
         elif isinstance(msg, m.ReplicaFailed):
-            self.failures.append(f"{msg.worker}: {msg.reason}")
+            self.failed_on(msg)
         elif isinstance(msg, m.UploadRecorded):
             # Recorded means stored on the whole chain, whoever sent the last chunk (after
             # a resume, the confirmations may have gone to the client that was cut off).
@@ -164,7 +169,12 @@ class Upload:
         if self.error is not None:
             return self.error
         if self.failures:
-            return IntegrityError(f"storing {self.name!r} failed on {'; '.join(self.failures)}.")
+            # Wrong bytes are an integrity error (exit 5); a worker that could not forward or
+            # write them, during a leader election say, makes the cluster unavailable (4).
+            sentence = f"storing {self.name!r} failed on {'; '.join(self.failures)}."
+            if "integrity" in self.failure_codes:
+                return IntegrityError(sentence)
+            return from_wire(sorted(self.failure_codes)[0], sentence)
         assert self.accepted is not None
         if self.timed_out and not self.complete:
             missing = [w for w in self.accepted.chain if w not in self.confirmed]
@@ -229,7 +239,7 @@ class Pack:
                     member.confirmed[msg.worker] = msg.hop
                     member.progress.replica(msg.worker, msg.hop)
         elif isinstance(msg, m.ReplicaFailed) and msg.upload_id in by_id:
-            by_id[msg.upload_id].failures.append(f"{msg.worker}: {msg.reason}")
+            by_id[msg.upload_id].failed_on(msg)
         elif isinstance(msg, m.PackRecorded):
             for upload_id in msg.upload_ids:
                 if upload_id in by_id:

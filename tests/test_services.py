@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import urllib.parse
@@ -20,6 +21,7 @@ from warren.topology import (
     manager_topology,
     worker_chunks,
 )
+from warren.transport import Delivery
 
 
 def connect(url: str, name: str = "warren test") -> Connection:
@@ -190,9 +192,10 @@ def test_metrics_count_what_the_services_do(make_cluster: MakeCluster, tmp_path:
         c.start(name, WARREN_METRICS_PORT=str(port))
     c.wait_alive(["w1", "w2"])
 
-    # When a 3 MiB file is stored on both
+    # When a 3 MiB file is stored on both (random bytes: they travel as they are, while
+    # compressible ones would cross the wire, and be counted, compressed)
     p = tmp_path / "m.bin"
-    p.write_bytes(b"m" * 3 * 1024 * 1024)
+    p.write_bytes(os.urandom(3 * 1024 * 1024))
     c.client("upload", str(p)).ok()
 
     # Then each worker counted the bytes it wrote and the replica it stored

@@ -19,7 +19,7 @@ import pytest
 from client.session import Progress
 from tests.stubcluster import StubCluster, wait_for
 from warren import messages as m
-from warren.errors import NotFound
+from warren.errors import NotFound, Unavailable
 from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
 from worker.store import ChunkStore
@@ -263,3 +263,25 @@ def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(
     raw.close()
     with stub.session() as s, pytest.raises(NotFound):
         s.download("nothing-here", tmp_path / "x")  # the manager still answers
+
+
+def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    """As while a quorum queue elects its leader: the backup's queue refuses the forward
+    twice. The client says the cluster is unavailable (exit 4), not that bytes were bad."""
+
+    random_file(tmp_path / "x.bin", 3 * 64 * 1024)
+    original = stub.broker._route
+
+    def route(msg: Message) -> bool:
+        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 1:
+            return False  # RabbitMQ returns it: the forward is refused
+        return original(msg)
+
+    stub.broker._route = route  # type: ignore[method-assign]
+    with stub.session() as s, pytest.raises(Unavailable) as failure:
+        s.upload(tmp_path / "x.bin", "x.bin", 2)
+    stub.broker._route = original  # type: ignore[method-assign]
+    assert "could not forward" in str(failure.value)
+    assert failure.value.exit_code == 4

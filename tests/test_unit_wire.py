@@ -128,8 +128,8 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"worker":"w2","hop":1,"files":[{"upload_id":"<UID>","sha256":"<SHA>","size":3}]}'),
     ),
     (
-        m.ReplicaFailed(upload_id=UID, worker="w1", reason="disk full"),
-        wire('{"upload_id":"<UID>","worker":"w1","reason":"disk full"}'),
+        m.ReplicaFailed(upload_id=UID, worker="w1", reason="disk full", code="unavailable"),
+        wire('{"upload_id":"<UID>","worker":"w1","reason":"disk full","code":"unavailable"}'),
     ),
     (
         m.Heartbeat(worker="w1", free_bytes=1, used_bytes=2, files=3, scrubbed_at=4.5, damaged=1),

@@ -74,6 +74,9 @@ class ReplicaFailed(Message):
     upload_id: str
     worker: str
     reason: str
+    # A wire code (warren.errors.WIRE_CODES): "integrity" when the bytes were wrong,
+    # "unavailable" when the worker could not forward or write them (a retry may succeed).
+    code: str = "integrity"
 
 
 @message

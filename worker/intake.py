@@ -50,6 +50,15 @@ class Step(enum.Enum):
     SETTLED = "settled"  # acked, requeued or dead-lettered: nothing more to do
 
 
+@dataclass(frozen=True)
+class Failed:
+    """Why a replica failed here, with its wire code: "integrity" (the bytes were wrong) or
+    "unavailable" (they could not be forwarded or written; a retry may do)."""
+
+    code: str
+    reason: str
+
+
 @dataclass
 class ChunkJob:
     conn: Transport
@@ -67,7 +76,7 @@ class PackJob:
     step: Step = Step.FORWARDING
     stored: bool = False  # the files are on disk here (or failed: see error)
     forwarded: bool = False  # the next worker's queue has the pack (or there is none)
-    error: str | None = None
+    error: Failed | None = None
 
 
 class Intake:
@@ -183,7 +192,7 @@ class Intake:
             d.reject(requeue=True)
             return
         log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
-        reason = f"could not forward to {h.next_worker}"
+        reason = Failed("unavailable", f"could not forward to {h.next_worker}")
         if isinstance(h, m.ChunkHeaders):
             self._announce_failed(conn, d, [h.upload_id], reason)
         else:
@@ -208,7 +217,7 @@ class Intake:
             lambda f: self._from_pool(lambda: self._finished(upload_id, f.result()))
         )
 
-    def _finished(self, upload_id: str, error: str | None) -> None:
+    def _finished(self, upload_id: str, error: Failed | None) -> None:
         """FINISHING ends for every job waiting on this upload. A job whose connection
         has gone since will be delivered again: the replica is done by then, or not."""
         for job in self._finishing.pop(upload_id, []):
@@ -217,10 +226,10 @@ class Intake:
             else:
                 job.step = Step.SETTLED
 
-    def _announce_chunk(self, job: ChunkJob, error: str | None) -> None:
+    def _announce_chunk(self, job: ChunkJob, error: Failed | None) -> None:
         h = job.h
         if error is not None:
-            log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error)
+            log.error("upload %s: replica failed on %s: %s", h.upload_id, self.name, error.reason)
             job.step = Step.SETTLED
             self._announce_failed(job.conn, job.d, [h.upload_id], error)
             return
@@ -239,11 +248,13 @@ class Intake:
         announce(job.conn, job.d, stored, lambda: settled(job, job.d.ack))
 
     def _announce_failed(
-        self, conn: Transport, d: Delivery, upload_ids: list[str], reason: str
+        self, conn: Transport, d: Delivery, upload_ids: list[str], why: Failed
     ) -> None:
         """Say "failed" for each upload, then dead-letter the message."""
         for i, upload_id in enumerate(upload_ids):
-            failed = m.ReplicaFailed(upload_id=upload_id, worker=self.name, reason=reason)
+            failed = m.ReplicaFailed(
+                upload_id=upload_id, worker=self.name, reason=why.reason, code=why.code
+            )
             last = i == len(upload_ids) - 1
             then = (lambda: d.reject(requeue=False)) if last else (lambda: None)
             announce(conn, d, failed, then)
@@ -267,7 +278,7 @@ class Intake:
         headers = dataclasses.replace(p, hop=p.hop + 1).to_headers()
         relay(conn, d, p.next_worker, headers, lambda ok: self._pack_forwarded(job, ok))
 
-    def _pack_stored(self, job: PackJob, f: Future[str | None]) -> None:
+    def _pack_stored(self, job: PackJob, f: Future[Failed | None]) -> None:
         job.stored, job.error = True, f.result()
         self._pack_step(job)
 
@@ -294,7 +305,7 @@ class Intake:
                 d.correlation_id,
                 len(p.files),
                 self.name,
-                job.error,
+                job.error.reason,
             )
             self._announce_failed(job.conn, d, [f.upload_id for f in p.files], job.error)
             return
@@ -313,7 +324,7 @@ class Intake:
 
     # -- the pool --------------------------------------------------------------------------
 
-    def _on_pool(self, write: Callable[[], object], files: int) -> str | None:
+    def _on_pool(self, write: Callable[[], object], files: int) -> Failed | None:
         """On the pool: ``write`` replicas to the store (a finished upload, or a pack's
         files): fsync, verify, move into place. Returns why it failed, or None."""
         try:
@@ -324,10 +335,10 @@ class Intake:
             return None
         except CorruptUpload as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return str(exc)
+            return Failed("integrity", str(exc))
         except OSError as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return f"disk error: {exc.strerror or exc}"
+            return Failed("unavailable", f"disk error: {exc.strerror or exc}")
 
 
 def from_manager(d: Delivery, conn: Transport, settings: Settings) -> None:
