@@ -49,6 +49,9 @@ class Requests:
     _dirty: bool
     _conn: Transport | None
     _reported: set[str]
+    _alive: set[str]
+    _suspects: set[str] | None
+    _short: set[str]
 
     def _on_request(self, conn: Transport, d: Delivery) -> None:
         if not d.reply_to:
@@ -122,6 +125,16 @@ class Requests:
             return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
         if isinstance(msg, m.StatusRequest):
             files_count, under = self._counts
+            if self._dirty:  # versions came or went since the tick counted
+                files_count = self.catalog.count_files()
+            # One snapshot: liveness is as of now, so the count of short blobs must be too
+            # (a worker may have gone silent since the last tick looked).
+            silent = self._alive - self.catalog.live_workers()
+            if (silent or self._suspects) and self._suspects is not None:
+                among = self._short | self._suspects
+                for worker in silent:
+                    among |= self.catalog.blobs_on(worker)
+                under = len(self.catalog.shortfalls(now, among))
             scrub = self._scrub
             return m.StatusReply(
                 workers=tuple(

@@ -12,11 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devtools.localnode import LocalNode, free_port, tls_config
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_for
 from warren import errors
 
 trustme = pytest.importorskip("trustme", reason="pip install trustme (the dev extra)")
@@ -93,9 +94,13 @@ def test_a_round_trip_over_tls(tls_cluster: Cluster, tmp_path: Path) -> None:
     c.client("download", "f.bin", "-o", str(tmp_path / "back")).ok()
     # Then it comes back byte for byte, and the broker saw TLS connections only
     assert (tmp_path / "back").read_bytes() == src.read_bytes()
-    conns = c.node.api("GET", "connections")
-    mine = [x for x in conns if x.get("vhost") == c.vhost]
-    assert mine and all(x.get("ssl") for x in mine), mine
+
+    # (the management API lists connections once its statistics have caught up: wait)
+    def mine() -> list[dict[str, Any]]:
+        return [x for x in c.node.api("GET", "connections") if x.get("vhost") == c.vhost]
+
+    wait_for(lambda: len(mine()) >= 3, timeout=60, what="the services' connections listed")
+    assert all(x.get("ssl") for x in mine()), mine()
 
 
 @pytest.mark.parametrize(
