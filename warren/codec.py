@@ -20,6 +20,9 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 WORKER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_NAME_BYTES = 4096
+# Small files travel in packs: one request, one message and one confirmation per worker for
+# up to MAX_PACK_FILES files, instead of all of that for each file.
+MAX_PACK_FILES = 256
 
 T = TypeVar("T", bound="Message")
 
