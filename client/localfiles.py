@@ -21,7 +21,7 @@ from warren.chunks import sha256_file
 from warren.errors import UsageError, WarrenError
 
 if TYPE_CHECKING:
-    from client.upload import Upload
+    from client.units import Upload
 
 log = logging.getLogger("warren.client")
 
