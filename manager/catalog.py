@@ -17,13 +17,12 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manager.placement import Candidate
-from warren.messages import BlobEntry, FileEntry, VersionKey, VersionRecord, WorkerEntry
+from manager.holdings import COMPLETE, FAILED, PENDING, Holdings
+from warren.messages import FileEntry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -58,10 +57,6 @@ CREATE TABLE IF NOT EXISTS deleting (
 # user: they become version 1 of that user's files.
 LEGACY_OWNER = "guest"
 
-PENDING = "pending"
-COMPLETE = "complete"
-FAILED = "failed"
-
 
 @dataclass(frozen=True)
 class Upload:
@@ -80,16 +75,7 @@ class Upload:
     version: int = 0  # the version it becomes, fixed when it is placed (0: when recorded)
 
 
-@dataclass(frozen=True)
-class Shortfall:
-    sha256: str
-    size: int
-    wanted: int
-    live_holders: tuple[str, ...]
-    avoid: tuple[str, ...] = ()  # workers still deleting an old copy of it
-
-
-class Catalog:
+class Catalog(Holdings):
     def __init__(self, path: Path, dead_after: float) -> None:
         self.path = path
         self.dead_after = dead_after
@@ -133,114 +119,6 @@ class Catalog:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "catalog is not open"
-        return self._db
-
-    # -- workers ---------------------------------------------------------------------------
-
-    def worker_seen(self, name: str, free: int, used: int, files: int, now: float) -> bool:
-        """Record a heartbeat; True when the worker was dead or unknown until now."""
-        row = self.db.execute("SELECT last_seen FROM workers WHERE name=?", (name,)).fetchone()
-        self.db.execute(
-            "INSERT INTO workers VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-            "last_seen=excluded.last_seen, free_bytes=excluded.free_bytes, "
-            "used_bytes=excluded.used_bytes, files=excluded.files",
-            (name, now, free, used, files),
-        )
-        return row is None or now - row[0] > self.dead_after
-
-    def workers(self, now: float | None = None) -> list[WorkerEntry]:
-        now = time.time() if now is None else now
-        rows = self.db.execute(
-            "SELECT name, last_seen, free_bytes, used_bytes, files FROM workers ORDER BY name"
-        ).fetchall()
-        return [
-            WorkerEntry(
-                name=r[0],
-                alive=now - r[1] <= self.dead_after,
-                free_bytes=r[2],
-                used_bytes=r[3],
-                files=r[4],
-                last_seen=r[1],
-            )
-            for r in rows
-        ]
-
-    def live_workers(self, now: float | None = None) -> set[str]:
-        return {w.name for w in self.workers(now) if w.alive}
-
-    def candidates(self, now: float | None = None) -> list[Candidate]:
-        reserved: dict[str, int] = {}
-        count: dict[str, int] = {}
-        for worker, nbytes, nfiles in self.db.execute(
-            "SELECT j.value, SUM(u.size), COUNT(*) FROM uploads u, json_each(u.chain) j "
-            "WHERE u.state=? GROUP BY j.value",
-            (PENDING,),
-        ):
-            reserved[worker], count[worker] = nbytes, nfiles
-        usage = self._replica_usage()
-        return [
-            Candidate(
-                w.name,
-                w.alive,
-                w.free_bytes,
-                usage.get(w.name, (0, 0))[0],
-                reserved.get(w.name, 0),
-                count.get(w.name, 0) + usage.get(w.name, (0, 0))[1],
-            )
-            for w in self.workers(now)
-        ]
-
-    def _replica_usage(self) -> dict[str, tuple[int, int]]:
-        """(bytes, replicas) the catalog knows on each worker.
-
-        Placement asks on every upload, so this is summed over the replicas table once and
-        then kept up to date as replicas are recorded; a reconcile sums it again.
-        """
-        if self._usage is None:
-            self._usage = {
-                worker: (nbytes, nfiles)
-                for worker, nbytes, nfiles in self.db.execute(
-                    "SELECT worker, SUM(size), COUNT(*) FROM replicas GROUP BY worker"
-                )
-            }
-        return self._usage
-
-    def reconcile(
-        self, worker: str, blobs: Iterable[BlobEntry], now: float | None = None
-    ) -> tuple[int, int]:
-        """Make the catalog's replicas on ``worker`` exactly what it reports holding.
-
-        Returns (added, removed). A blob the worker was told to delete is not counted (the
-        command waits in its queue). A blob no version uses is remembered as a replica and
-        counted as garbage: it leaves the worker after the GC delay, unless used by then.
-        """
-        now = time.time() if now is None else now
-        doomed = {
-            r[0] for r in self.db.execute("SELECT sha256 FROM deleting WHERE worker=?", (worker,))
-        }
-        reported = {b.sha256: b.size for b in blobs if b.sha256 not in doomed}
-        known = {
-            r[0] for r in self.db.execute("SELECT sha256 FROM replicas WHERE worker=?", (worker,))
-        }
-        added = set(reported) - known
-        removed = known - set(reported)
-        self._usage = None  # summed again on next use
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT OR IGNORE INTO replicas VALUES (?,?,?)",
-                [(s, worker, reported[s]) for s in added],
-            )
-            self.db.executemany(
-                "DELETE FROM replicas WHERE sha256=? AND worker=?", [(s, worker) for s in removed]
-            )
-            for sha in added:
-                self._mark_if_unused(sha, now)
-        return len(added), len(removed)
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -495,197 +373,6 @@ class Catalog:
             self.db.executemany("INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", keys)
             for sha in sorted({v.sha256 for v in victims}):
                 self._mark_if_unused(sha, now)
-
-    # -- the records kept beside the data ----------------------------------------------------
-
-    def merge_records(
-        self, records: Iterable[VersionRecord], forgotten: Iterable[VersionKey], now: float
-    ) -> tuple[int, int]:
-        """Take in what a worker keeps beside its blobs: versions the catalog lacks (it was
-        lost, or this manager was a standby) are added, unless known deleted; deletions it
-        lacks are applied. Idempotent. Returns (added, removed)."""
-        added = removed = 0
-        with self.db:
-            self.db.execute("BEGIN")
-            for k in forgotten:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", (k.owner, k.name, k.version)
-                )
-                row = self.db.execute(
-                    "SELECT sha256 FROM versions WHERE owner=? AND name=? AND version=?",
-                    (k.owner, k.name, k.version),
-                ).fetchone()
-                if row is not None:
-                    self.db.execute(
-                        "DELETE FROM versions WHERE owner=? AND name=? AND version=?",
-                        (k.owner, k.name, k.version),
-                    )
-                    self._mark_if_unused(row[0], now)
-                    removed += 1
-            for r in records:
-                gone = self.db.execute(
-                    "SELECT 1 FROM forgotten WHERE owner=? AND name=? AND version=?",
-                    (r.owner, r.name, r.version),
-                ).fetchone()
-                if gone is not None:
-                    continue
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        r.owner,
-                        r.name,
-                        r.version,
-                        r.sha256,
-                        r.size,
-                        r.wanted,
-                        r.created,
-                        r.mode,
-                        r.mtime,
-                        r.upload_id,
-                    ),
-                )
-                if cur.rowcount == 1:
-                    added += 1
-                    self.db.execute("DELETE FROM garbage WHERE sha256=?", (r.sha256,))
-        return added, removed
-
-    def records_of(self, sha256: str) -> list[VersionRecord]:
-        """The records of every version using this content (for a worker that now holds it)."""
-        rows = self.db.execute(
-            "SELECT owner, name, version, sha256, size, created, wanted, mode, mtime, upload_id "
-            "FROM versions WHERE sha256=?",
-            (sha256,),
-        ).fetchall()
-        return [VersionRecord(*r) for r in rows]
-
-    # -- garbage ---------------------------------------------------------------------------
-
-    def _unused(self, sha256: str) -> bool:
-        return (
-            self.db.execute("SELECT 1 FROM versions WHERE sha256=? LIMIT 1", (sha256,)).fetchone()
-            is None
-            and self.db.execute(
-                "SELECT 1 FROM uploads WHERE sha256=? AND state=? LIMIT 1", (sha256, PENDING)
-            ).fetchone()
-            is None
-        )
-
-    def _mark_if_unused(self, sha256: str, now: float) -> None:
-        if self._unused(sha256):
-            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?,?)", (sha256, now))
-
-    def garbage_due(self, now: float, delay: float) -> list[tuple[str, list[str]]]:
-        """Blobs unused for ``delay`` seconds, and still unused: their replicas leave the
-        catalog now, and each (sha256, holders) is returned for the holders to delete it."""
-        due = [
-            r[0]
-            for r in self.db.execute("SELECT sha256 FROM garbage WHERE since<=?", (now - delay,))
-        ]
-        out = []
-        with self.db:
-            self.db.execute("BEGIN")
-            for sha in due:
-                self.db.execute("DELETE FROM garbage WHERE sha256=?", (sha,))
-                if not self._unused(sha):
-                    continue
-                holders = self._holders(sha).get(sha, [])
-                self.db.execute("DELETE FROM replicas WHERE sha256=?", (sha,))
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO deleting VALUES (?,?)", [(sha, w) for w in holders]
-                )
-                out.append((sha, holders))
-        if out:
-            self._usage = None
-        return out
-
-    def blobs_on(self, worker: str) -> set[str]:
-        """The blobs the catalog knows on one worker (indexed: its own rows only)."""
-        return {
-            r[0] for r in self.db.execute("SELECT sha256 FROM replicas WHERE worker=?", (worker,))
-        }
-
-    def count_files(self) -> int:
-        (files,) = self.db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM versions GROUP BY owner, name)"
-        ).fetchone()
-        return int(files)
-
-    def live_holders(self, sha256: str, now: float | None = None) -> list[str]:
-        """Live workers with a verified copy of this content, for deduplication."""
-        live = self.live_workers(now)
-        return sorted(w for w in self._holders(sha256).get(sha256, []) if w in live)
-
-    def replica_lost(self, worker: str, sha256: str) -> None:
-        """A copy found damaged (and quarantined): it no longer counts, so repair makes a
-        good one elsewhere."""
-        self.db.execute("DELETE FROM replicas WHERE sha256=? AND worker=?", (sha256, worker))
-        self._usage = None
-
-    def blob_deleted(self, worker: str, sha256: str) -> None:
-        self.db.execute("DELETE FROM deleting WHERE sha256=? AND worker=?", (sha256, worker))
-
-    def deleting(self, sha256: str) -> set[str]:
-        """Workers told to delete this content that have not confirmed yet."""
-        rows = self.db.execute("SELECT worker FROM deleting WHERE sha256=?", (sha256,))
-        return {r[0] for r in rows}
-
-    def shortfalls(
-        self, now: float | None = None, among: set[str] | None = None
-    ) -> list[Shortfall]:
-        """Blobs with fewer live replicas than the most any version using them wants: of
-        all (a full pass, in SQL over the indexes), or only ``among`` these (the blobs a
-        lost worker held, a damaged copy, repairs under way), which is what a change costs."""
-        live = sorted(self.live_workers(now))
-        slots = ",".join("?" * len(live)) or "NULL"
-        query = (
-            "SELECT sha256, MAX(size), MAX(wanted) FROM versions v {where} GROUP BY sha256 "
-            "HAVING MAX(wanted) > (SELECT COUNT(*) FROM replicas r WHERE r.sha256 = v.sha256 "
-            f"AND r.worker IN ({slots})) ORDER BY sha256"
-        )
-        if among is None:
-            rows = self.db.execute(query.format(where=""), live).fetchall()
-        else:
-            rows = []
-            todo = sorted(among)
-            for i in range(0, len(todo), 500):
-                part = todo[i : i + 500]
-                where = f"WHERE sha256 IN ({','.join('?' * len(part))})"
-                rows += self.db.execute(query.format(where=where), (*part, *live)).fetchall()
-        holders = self._holders_of({r[0] for r in rows})
-        return [
-            Shortfall(
-                sha,
-                size,
-                wanted,
-                tuple(sorted(w for w in holders.get(sha, ()) if w in live)),
-                tuple(self.deleting(sha)),
-            )
-            for sha, size, wanted in rows
-        ]
-
-    def _holders_of(self, shas: set[str]) -> dict[str, list[str]]:
-        """Workers holding each of these blobs, alive or not (indexed: a few rows each)."""
-        holders: dict[str, list[str]] = {}
-        todo = sorted(shas)
-        for i in range(0, len(todo), 500):
-            part = todo[i : i + 500]
-            query = (
-                f"SELECT sha256, worker FROM replicas WHERE sha256 IN ({','.join('?' * len(part))})"
-            )
-            for sha, worker in self.db.execute(query, part):
-                holders.setdefault(sha, []).append(worker)
-        return holders
-
-    def _holders(self, sha256: str | None = None) -> dict[str, list[str]]:
-        """Workers holding each blob (or just ``sha256``), alive or not."""
-        holders: dict[str, list[str]] = {}
-        query = "SELECT sha256, worker FROM replicas"
-        args: tuple[str, ...] = ()
-        if sha256 is not None:
-            query, args = query + " WHERE sha256=?", (sha256,)
-        for sha, worker in self.db.execute(query, args):
-            holders.setdefault(sha, []).append(worker)
-        return holders
 
 
 _UPLOAD_COLUMNS = (

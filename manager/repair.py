@@ -13,7 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from manager.catalog import Shortfall
+from manager.holdings import Shortfall
 from manager.placement import Candidate, choose_chain
 from warren.errors import Refused
 

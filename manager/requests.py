@@ -14,7 +14,8 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from manager.catalog import PENDING, Catalog, Upload
+from manager.catalog import Catalog, Upload
+from manager.holdings import PENDING
 from manager.placement import choose_chain
 from manager.repair import Repairs
 from warren import messages as m

@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from manager.catalog import Catalog, Shortfall, Upload
+from manager.catalog import Catalog, Upload
+from manager.holdings import Shortfall
 from manager.repair import Repairs
 from manager.requests import Requests, to_client
 from warren import messages as m

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from manager.catalog import COMPLETE, PENDING, Catalog, Upload
+from manager.catalog import Catalog, Upload
+from manager.holdings import COMPLETE, PENDING
 from warren.messages import BlobEntry
 
 SHA = "ab" * 32

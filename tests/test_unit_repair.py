@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager.catalog import Shortfall
+from manager.holdings import Shortfall
 from manager.placement import GIB, Candidate
 from manager.repair import Repairs
 
