@@ -37,6 +37,7 @@ class UploadResult:
     confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
     recorded: bool = True  # False: stored on every replica, but not yet in the catalog
     deduplicated: bool = False  # the cluster already held the content: nothing was sent
+    sent: int = 0  # bytes of it this command sent (less than size when resumed)
 
 
 @dataclass

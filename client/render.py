@@ -180,6 +180,11 @@ def upload_summary(r: UploadResult) -> str:
             f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}: "
             "already stored, 0 B sent"
         )
+    if r.sent < r.size:  # a resumed upload: the workers had the rest
+        return (
+            f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}: resumed, "
+            f"{human_size(r.sent)} sent"
+        )
     return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
 
 
@@ -282,7 +287,7 @@ def upload_json(r: UploadResult) -> dict[str, Any]:
         "size": r.size,
         "sha256": r.sha256,
         "replicas": [w for w, _ in sorted(r.confirmed.items(), key=lambda kv: kv[1])],
-        "bytes_sent": 0 if r.deduplicated else r.size,
+        "bytes_sent": r.sent,
         "deduplicated": r.deduplicated,
         "recorded": r.recorded,
     }

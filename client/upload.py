@@ -245,6 +245,7 @@ class Batch:
         headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0, encoding=encoding)
         for member in pack.members:
             member.data = b""
+            member.sent = member.size
 
         def confirmed(ok: bool) -> None:
             if not ok:
@@ -325,6 +326,7 @@ class Batch:
                     correlation_id=acc.upload_id,
                     on_confirm=confirmed(length),
                 )
+                up.sent += length
                 conn.poll_confirms()  # progress as the broker takes the chunks
                 if up.failed:
                     break

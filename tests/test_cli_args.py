@@ -205,7 +205,7 @@ def test_status_says_what_is_in_flight() -> None:
 
 
 def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
-    r = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), {"w2": 1, "w1": 0})
+    r = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), {"w2": 1, "w1": 0}, sent=10)
     assert upload_json(r) == {
         "name": "a.txt",
         "size": 10,
@@ -215,8 +215,10 @@ def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
         "deduplicated": False,
         "recorded": True,
     }
-    r.deduplicated = True
-    assert upload_json(r)["bytes_sent"] == 0
+    deduplicated = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), deduplicated=True)
+    assert upload_json(deduplicated)["bytes_sent"] == 0
+    resumed = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), sent=4)
+    assert upload_json(resumed)["bytes_sent"] == 4
 
 
 def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> None:

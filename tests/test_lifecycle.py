@@ -4,6 +4,7 @@ with the real client, manager and workers on a real broker."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, MakeCluster, wait_for
-from tests.test_faults import random_file
+from tests.test_faults import chunks_on_disk, random_file
 
 MIB = 1024 * 1024
 
@@ -136,3 +137,48 @@ def test_identical_content_is_not_sent_again(cluster: Cluster, tmp_path: Path) -
 def chunk_lines(c: Cluster) -> int:
     """Replicas the workers have stored so far, by their logs."""
     return sum(p.read_text().count("replica stored on") for p in (c.base / "logs").glob("w*.log"))
+
+
+def test_an_upload_killed_at_60_percent_sends_only_the_rest_when_run_again(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a 64 MiB upload whose client is killed once its primary has written 60% of it
+    src = random_file(tmp_path, "big.bin", 64 * MIB)
+    client = cluster.client_process("upload", str(src))
+    wait_for(lambda: most_on_one(cluster) >= 38, what="60% on the primary's disk")
+    client.kill()
+    client.wait(timeout=30)
+
+    # When the same upload is run again
+    res = cluster.client("upload", str(src), "--json").ok()
+
+    # Then it sends only what the primary did not have, and the file restores byte for byte
+    [line] = [json.loads(x) for x in res.out.splitlines()]
+    assert line["bytes_sent"] <= 0.45 * 64 * MIB, line
+    cluster.client("download", "big.bin", "-o", str(tmp_path / "back")).ok()
+    assert sha(tmp_path / "back") == sha(src)
+
+
+def test_an_abandoned_upload_leaves_no_partial_bytes(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    # Given a cluster that abandons uploads unfinished after 3 s, and an upload cut off
+    c = make_cluster(WARREN_UPLOAD_EXPIRY="3")
+    c.start_all(4)
+    src = random_file(tmp_path, "big.bin", 32 * MIB)
+    client = c.client_process("upload", str(src))
+    wait_for(lambda: chunks_on_disk(c, ("w1", "w2", "w3", "w4")) >= 8, what="chunks on disk")
+    client.kill()
+    client.wait(timeout=30)
+
+    # Then its partial bytes leave every worker, and nothing is in flight any more
+    def incoming() -> list[Path]:
+        return [p for p in (c.base / "data").glob("w*/incoming/*") if p.is_file()]
+
+    wait_for(lambda: not incoming(), timeout=60, what="the partial data to go")
+    assert c.status()["uploads_in_flight"] == 0
+
+
+def most_on_one(c: Cluster) -> int:
+    """The most chunks any one worker has journaled (the primary is ahead of its backup)."""
+    return max(chunks_on_disk(c, (w,)) for w in ("w1", "w2", "w3", "w4"))
