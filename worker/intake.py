@@ -85,6 +85,8 @@ class Intake:
         self.name = settings.name
         self.store = store
         self.pool = pool
+        # Uploads the manager abandoned since this worker started: their chunks are dropped.
+        self._abandoned: set[str] = set()
         # Uploads being finished on the pool, and the jobs waiting for that outcome.
         self._finishing: dict[str, list[ChunkJob]] = {}
         # What the pool hands back, run on this thread by drain(); kept across reconnects.
@@ -135,6 +137,7 @@ class Intake:
     def _discard(self, cmd: m.DiscardUpload) -> None:
         """The manager abandoned the upload: its partial data goes (a finish under way
         ends on its own; its replica is then simply garbage)."""
+        self._abandoned.add(cmd.upload_id)
         if cmd.upload_id in self._finishing:
             return
         freed = self.store.abandon(cmd.upload_id)
@@ -146,6 +149,11 @@ class Intake:
         h = m.ChunkHeaders.from_headers(d.headers, len(d.body))
         if h.chain[h.hop] != self.name:
             raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
+        if h.upload_id in self._abandoned:
+            # Late for an upload the manager abandoned (still queued here, or forwarded
+            # before the primary heard): nobody will finish it, so nothing is written.
+            d.ack()
+            return
         waiting = self._finishing.get(h.upload_id)
         if waiting is not None:
             # A redelivery while the replica is being finished: settle it with the outcome.
