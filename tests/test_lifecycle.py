@@ -165,7 +165,7 @@ def test_an_abandoned_upload_leaves_no_partial_bytes(
     # Given a cluster that abandons uploads unfinished after 3 s, and an upload cut off
     c = make_cluster(WARREN_UPLOAD_EXPIRY="3")
     c.start_all(4)
-    src = random_file(tmp_path, "big.bin", 32 * MIB)
+    src = random_file(tmp_path, "big.bin", 256 * MIB)  # killed long before it is all sent
     client = c.client_process("upload", str(src))
     wait_for(lambda: chunks_on_disk(c, ("w1", "w2", "w3", "w4")) >= 8, what="chunks on disk")
     client.kill()
@@ -177,6 +177,7 @@ def test_an_abandoned_upload_leaves_no_partial_bytes(
 
     wait_for(lambda: not incoming(), timeout=60, what="the partial data to go")
     assert c.status()["uploads_in_flight"] == 0
+    assert "big.bin" not in c.files()
 
 
 def most_on_one(c: Cluster) -> int:

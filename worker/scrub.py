@@ -85,6 +85,11 @@ class Scrubber:
             return self._next_pass - now
         self._todo = [b.sha256 for b in self.store.inventory()]
         self._pass_started = now
+        # Also, now and then: markers of finished uploads, and partial data of uploads the
+        # manager's discard never reached, untouched for longer than an upload may take.
+        swept = self.store.sweep(now - self.settings.upload_expiry)
+        if swept:
+            log.info("scrub: %s removed %d stale files from incoming/", self.name, swept)
         return 0.0
 
     def _hash_slice(self, conn: Transport) -> int:
