@@ -117,6 +117,7 @@ class StubCluster:
     def stop_all(self) -> None:
         for key in list(self._threads):
             self._stops[key].set()
+        self.broker.disconnect()  # so no thread waits out its process() to see the stop
         for thread in self._threads.values():
             thread.join(timeout=10)
 
