@@ -8,9 +8,9 @@ memory, so the roles' logic runs in fast tests with no broker at all (dramatiq's
 The contract both implementations keep:
 
 * A transport is one connection owned by one thread. Handlers, confirm callbacks, timers
-  and ``call_threadsafe`` functions all run on that thread, inside ``process`` (or while a
-  publish waits for its window): never inside another thread, never re-entrantly inside
-  the ``publish`` call that triggered them.
+  and ``call_threadsafe`` functions all run on that thread, inside ``process`` (confirm
+  callbacks also in ``wait_for_confirms`` and ``poll_confirms``): never on another thread,
+  never inside a ``publish`` call.
 * Every publish carries the connection's broker user as ``user_id``; a delivery's
   ``user_id`` is therefore its sender's identity.
 * ``publish`` is mandatory and confirmed: ``on_confirm(True)`` once the broker has taken
