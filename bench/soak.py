@@ -1,4 +1,5 @@
-"""Soak test: clients upload and restore while workers are killed and the broker restarts.
+"""Soak test: clients upload and restore while workers are killed, the broker restarts, the
+active manager is killed (a standby takes over) and bytes rot in stored copies.
 
     make soak                      # 5 minutes, 3 clients
     .venv/bin/python bench/soak.py --minutes 2 --clients 2
@@ -52,6 +53,9 @@ class Tally:
     kills: int = 0
     restarts: int = 0
     broker_restarts: int = 0
+    manager_kills: int = 0  # the active manager killed, the standby taking over
+    rotted: int = 0  # bytes flipped in stored copies
+    damaged_found: int = 0  # copies the final verify found damaged (scrub found the others)
     # Every failure that must make the soak exit non-zero, in words.
     wrong: list[str] = field(default_factory=list)  # a restore returned other bytes
     lost: list[str] = field(default_factory=list)  # a confirmed file did not come back
@@ -164,19 +168,48 @@ def chaos_loop(
     c: Cluster, node: LocalNode, workers: list[str], seconds: float, stop: threading.Event, t: Tally
 ) -> None:
     rng = random.Random(99)
-    broker_at = time.monotonic() + seconds / 2
+    started = time.monotonic()
+    broker_at = started + seconds / 2
+    managers_at = [started + seconds / 4, started + 3 * seconds / 4]
+    active, standby = "manager", "manager2"
     while not stop.wait(rng.uniform(8, 15)):
         if time.monotonic() > broker_at and not t.broker_restarts:
             node.stop()
             node.start()
             t.broker_restarts += 1
             continue
+        if managers_at and time.monotonic() > managers_at[0]:
+            # The active manager dies; the standby takes over; the old one comes back and
+            # stands by.
+            managers_at.pop(0)
+            c.kill(active, signal.SIGKILL)
+            t.manager_kills += 1
+            stop.wait(rng.uniform(2, 6))
+            c.start(active)
+            active, standby = standby, active
+            continue
+        if rng.random() < 0.3:
+            rot_a_blob(c, workers, rng, t)
         victim = rng.choice(workers)
         c.kill(victim, signal.SIGKILL)
         t.kills += 1
         stop.wait(rng.uniform(2, 6))
         c.start(victim)
         t.restarts += 1
+
+
+def rot_a_blob(c: Cluster, workers: list[str], rng: random.Random, t: Tally) -> None:
+    """Flip a byte in a random stored copy: scrub (or the final verify) must find it, and
+    repair must make a good copy from the other holder."""
+    blobs = [p for w in workers for p in (c.data_dir(w) / "blobs").glob("*/*") if p.is_file()]
+    blobs = [p for p in blobs if p.stat().st_size > 0]
+    if not blobs:
+        return
+    blob = rng.choice(blobs)
+    data = bytearray(blob.read_bytes())
+    data[rng.randrange(len(data))] ^= 0x01
+    blob.write_bytes(bytes(data))
+    t.rotted += 1
 
 
 def verify_all(c: Cluster, workers: list[str], folder: Path, t: Tally) -> int:
@@ -226,10 +259,15 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="warren-soak-"))
     node = LocalNode.with_free_ports(base / "rabbitmq", name="soak")
     node.start()
-    c = Cluster(node, base / "cluster", env_extra={"WARREN_TRANSFER_TIMEOUT": "20"})
+    c = Cluster(
+        node,
+        base / "cluster",
+        env_extra={"WARREN_TRANSFER_TIMEOUT": "20", "WARREN_SCRUB_INTERVAL": "60"},
+    )
     t = Tally(corrupt_one=args.corrupt_one)
     try:
         c.start_all(args.workers)
+        c.start("manager2")  # a standby: takes over when the active one is killed
         workers = [f"w{i}" for i in range(1, args.workers + 1)]
         stop = threading.Event()
         seconds = args.minutes * 60
@@ -250,6 +288,10 @@ def main() -> int:
             if w not in c.procs:
                 c.start(w)
         c.wait_alive(workers, timeout=120)
+        # A copy rotted since the last scrub pass: have every holder check its copies now,
+        # so the damaged ones are quarantined and repaired before the count.
+        checked = c.client("verify", timeout=600)
+        t.damaged_found = checked.out.count("DAMAGED")
         wait_for(lambda: c.status()["under_replicated"] == 0, timeout=600, what="repair")
         verified = verify_all(c, workers, base, t)
         total = sum(t.sizes.values())
@@ -259,6 +301,14 @@ def main() -> int:
         print(f"  restores          {t.restores} during chaos, {t.failed_restores} failed")
         print(f"  worker kills      {t.kills} (kill -9), restarts {t.restarts}")
         print(f"  broker restarts   {t.broker_restarts}")
+        print(
+            f"  manager kills     {t.manager_kills} (kill -9 of the active one; a standby"
+            " took over)"
+        )
+        print(
+            f"  copies rotted     {t.rotted} (a byte flipped), {t.damaged_found} of them left "
+            "for the final verify to find"
+        )
         print(f"  verified          {verified} of {len(t.confirmed)} files restored byte for byte")
         print(f"  wrong bytes       {len(t.wrong)} {t.wrong if t.wrong else ''}")
         print(f"  lost              {len(t.lost)} {t.lost if t.lost else ''}")

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,11 +44,27 @@ def find_binary(candidates: tuple[str, ...]) -> str:
     raise UsageError(INSTALL_HINT)
 
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 on Linux): while a node
+# restarts, its ports are free, and an ephemeral one may meanwhile become the source port of
+# any outgoing connection on the machine, and the node then fails to start (eaddrinuse).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, below the ephemeral range, so a node can restart on it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything there taken: any free port will have to do
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 def port_open(port: int) -> bool:
