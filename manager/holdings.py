@@ -111,16 +111,15 @@ class Holdings:
             }
         return self._usage
 
-    def reconcile(
-        self, worker: str, blobs: Iterable[BlobEntry], now: float | None = None
-    ) -> tuple[int, int]:
+    def reconcile(self, worker: str, blobs: Iterable[BlobEntry]) -> tuple[int, int]:
         """Make the catalog's replicas on ``worker`` exactly what it reports holding.
 
         Returns (added, removed). A blob the worker was told to delete is not counted (the
         command waits in its queue). A blob no version uses is remembered as a replica and
-        counted as garbage: it leaves the worker after the GC delay, unless used by then.
+        kept: after a lost catalog, a blob stored before its worker kept records (or whose
+        records live on a worker not heard from yet) must not be taken for garbage. Garbage
+        comes only from deletes, failed or abandoned uploads and late copies.
         """
-        now = time.time() if now is None else now
         doomed = {
             r[0] for r in self.db.execute("SELECT sha256 FROM deleting WHERE worker=?", (worker,))
         }
@@ -140,8 +139,6 @@ class Holdings:
             self.db.executemany(
                 "DELETE FROM replicas WHERE sha256=? AND worker=?", [(s, worker) for s in removed]
             )
-            for sha in added:
-                self._mark_if_unused(sha, now)
         return len(added), len(removed)
 
     # -- the records kept beside the data ----------------------------------------------------
