@@ -23,6 +23,7 @@ Prints a table with the ratios warren/raw and writes it to bench/results.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -247,6 +248,66 @@ def worker_peak_kib(c: Cluster) -> dict[str, int]:
     return peaks
 
 
+def journaled_on_one(c: Cluster) -> int:
+    """The most chunks any one worker has written of uploads in progress (the primary)."""
+    most = 0
+    for w in ("w1", "w2", "w3", "w4"):
+        count = 0
+        for p in c.data_dir(w).glob("incoming/*.seqs"):
+            with contextlib.suppress(FileNotFoundError):
+                count += len(p.read_text().split())
+        most = max(most, count)
+    return most
+
+
+def lifecycle_rows(c: Cluster, big: Path, runs: int) -> list[tuple[str, str, str, str]]:
+    """Identical content uploaded again (dedup), and an upload killed at 60% run again
+    (resume), each timed against a whole upload of the same file in the same round."""
+    chunks = big.stat().st_size // MIB
+    full, again, resumed = [], [], []
+    for n in range(runs):
+        settle()
+        fresh(big, f"dedup-{n}")
+        full.append(timed_client(c, "upload", str(big), "--name", f"dedup-{n}")[0])
+        again.append(timed_client(c, "upload", str(big), "--name", f"dedup-again-{n}")[0])
+        settle()
+        fresh(big, f"resume-{n}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client", "upload", str(big), "--name", f"resume-{n}"],
+            env=c.env(),
+            cwd=c.base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 300
+        while journaled_on_one(c) < 0.6 * chunks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        resumed.append(timed_client(c, "upload", str(big), "--name", f"resume-{n}")[0])
+    whole = min(full)
+    return [
+        (
+            "whole upload of the same file (2 replicas), for the two rows below",
+            f"{whole:.2f} s",
+            "1.00",
+            "",
+        ),
+        (
+            "identical content uploaded again under another name (dedup)",
+            f"{min(again):.2f} s",
+            f"{min(again) / whole:.2f}",
+            "",
+        ),
+        (
+            "an upload killed at 60% run again (resume)",
+            f"{min(resumed):.2f} s",
+            f"{min(resumed) / whole:.2f}",
+            "",
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -413,6 +474,14 @@ def main() -> int:
         ]
         cpu_rows.append(
             (f"upload of {args.small_files} x 4 KiB", args.small_files * 4096 / 1e9, ts.cpu)
+        )
+
+        print("dedup and resume ...", flush=True)
+        rows += lifecycle_rows(c, big, runs)
+        notes.append(
+            "The dedup and resume rows compare with a whole upload of the same file in the same "
+            "round, not with raw: the time a command takes when the cluster already holds the "
+            "content, or 60% of it."
         )
 
         print("peak RSS ...", flush=True)
