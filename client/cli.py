@@ -29,12 +29,14 @@ from client.localfiles import expand
 from client.outcomes import DownloadResult, UploadResult
 from client.outcomes import Progress as ProgressHooks
 from client.render import (
+    TABLE_MAX,
     BatchProgress,
     RichProgress,
     dashboard,
     download_json,
     download_summary,
     file_json,
+    files_lines,
     files_table,
     human_size,
     replica_line,
@@ -285,6 +287,11 @@ class App:
         files = session.files(self.args.prefix)
         if self.args.json:
             print(json.dumps([file_json(f) for f in files], ensure_ascii=False, indent=2))
+            return errors.EXIT_OK
+        if len(files) > TABLE_MAX:  # a big backup: lines at once, not a table laid out whole
+            if not self.args.quiet:
+                sys.stdout.writelines(files_lines(files))
+                print(f"{len(files)} files")
             return errors.EXIT_OK
         self.out.print(files_table(files))
         return errors.EXIT_OK

@@ -19,8 +19,10 @@ from client.__main__ import Ended, ending_signals_interrupt
 from client.args import build_parser
 from client.outcomes import UploadResult
 from client.render import (
+    TABLE_MAX,
     SizeColumn,
     SpeedColumn,
+    files_lines,
     human_size,
     size_pair,
     speed_text,
@@ -30,7 +32,7 @@ from client.render import (
 from devtools.localnode import free_port
 from tests.cluster import ROOT
 from warren import errors
-from warren.messages import StatusReply
+from warren.messages import FileEntry, StatusReply
 
 BIN = Path(sys.executable).parent
 
@@ -235,3 +237,16 @@ def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> Non
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, saved)
+
+
+def test_a_long_listing_is_lines_not_a_table() -> None:
+    # A big backup's list prints a line per file at once; rich would lay out a table whole
+    files = [
+        FileEntry(f"photos/{i:05}.jpg", 1024 * i, "ab" * 32, ("w1", "w2"), 2, 1.0, 1, 1 + i % 3)
+        for i in range(20_000)
+    ]
+    lines = list(files_lines(files))
+    assert len(lines) == 20_000 and TABLE_MAX < 20_000
+    assert lines[7] == "photos/00007.jpg\t7.0 KiB\t2 versions\tw1,w2\tabababababab\n"
+    short = FileEntry("x", 1, "ab" * 32, ("w3",), 2, 1.0)
+    assert next(files_lines([short])).split("\t")[3] == "w3 (1/2)"
