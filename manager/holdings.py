@@ -124,9 +124,7 @@ class Holdings:
             r[0] for r in self.db.execute("SELECT sha256 FROM deleting WHERE worker=?", (worker,))
         }
         reported = {b.sha256: b.size for b in blobs if b.sha256 not in doomed}
-        known = {
-            r[0] for r in self.db.execute("SELECT sha256 FROM replicas WHERE worker=?", (worker,))
-        }
+        known = self.blobs_on(worker)
         added = set(reported) - known
         removed = known - set(reported)
         self._usage = None  # summed again on next use

@@ -203,19 +203,7 @@ class Requests:
         if len(holders) < replicas:
             return None
         chain = tuple(holders[:replicas])
-        up = Upload(
-            upload_id=uuid.uuid4().hex,
-            name=file.name,
-            size=file.size,
-            sha256=file.sha256,
-            wanted=replicas,
-            chain=chain,
-            client=client,
-            state=PENDING,
-            owner=owner,
-            mode=file.mode,
-            mtime=file.mtime,
-        )
+        up = _upload_of(file, replicas, chain, client, owner)
         now = time.time()
         version = self.catalog.record_existing(up, now)
         self._dirty = True
@@ -263,21 +251,7 @@ class Requests:
         candidates = [c for c in self.catalog.candidates() if c.name not in avoid]
         chain = tuple(choose_chain(candidates, total, replicas))
         ups = [
-            Upload(
-                upload_id=uuid.uuid4().hex,
-                name=f.name,
-                size=f.size,
-                sha256=f.sha256,
-                wanted=replicas,
-                chain=chain,
-                client=client,
-                state=PENDING,
-                reply_to=reply_to,
-                owner=owner,
-                mode=f.mode,
-                mtime=f.mtime,
-                version=version,
-            )
+            _upload_of(f, replicas, chain, client, owner, reply_to, version)
             for f, version in zip(files, numbers, strict=True)
         ]
         now = time.time()
@@ -375,6 +349,33 @@ _CHANGES = (m.UploadRequest, m.PackRequest, m.DeleteRequest, m.PruneRequest)
 
 def _dry_run(msg: m.Message) -> bool:
     return isinstance(msg, m.PruneRequest) and msg.dry_run
+
+
+def _upload_of(
+    f: m.PackFile,
+    replicas: int,
+    chain: tuple[str, ...],
+    client: str,
+    owner: str,
+    reply_to: str = "",
+    version: int = 0,
+) -> Upload:
+    """A new upload of ``f`` on ``chain`` (placed, or deduplicated onto its holders)."""
+    return Upload(
+        upload_id=uuid.uuid4().hex,
+        name=f.name,
+        size=f.size,
+        sha256=f.sha256,
+        wanted=replicas,
+        chain=chain,
+        client=client,
+        state=PENDING,
+        reply_to=reply_to,
+        owner=owner,
+        mode=f.mode,
+        mtime=f.mtime,
+        version=version,
+    )
 
 
 def _record(up: Upload, version: int, created: float) -> m.VersionRecord:
