@@ -23,7 +23,6 @@ Prints a table with the ratios warren/raw and writes it to bench/results.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import platform
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import raw  # noqa: E402
 from devtools.localnode import LocalNode  # noqa: E402
-from tests.cluster import Cluster  # noqa: E402
+from tests.cluster import Cluster, most_on_one  # noqa: E402
 from warren.chunks import sha256_file  # noqa: E402
 
 MIB = 1024 * 1024
@@ -248,18 +247,6 @@ def worker_peak_kib(c: Cluster) -> dict[str, int]:
     return peaks
 
 
-def journaled_on_one(c: Cluster) -> int:
-    """The most chunks any one worker has written of uploads in progress (the primary)."""
-    most = 0
-    for w in ("w1", "w2", "w3", "w4"):
-        count = 0
-        for p in c.data_dir(w).glob("incoming/*.seqs"):
-            with contextlib.suppress(FileNotFoundError):
-                count += len(p.read_text().split())
-        most = max(most, count)
-    return most
-
-
 def lifecycle_rows(c: Cluster, big: Path, runs: int) -> list[tuple[str, str, str, str]]:
     """Identical content uploaded again (dedup), and an upload killed at 60% run again
     (resume), each timed against a whole upload of the same file in the same round."""
@@ -280,7 +267,7 @@ def lifecycle_rows(c: Cluster, big: Path, runs: int) -> list[tuple[str, str, str
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 300
-        while journaled_on_one(c) < 0.6 * chunks and time.monotonic() < deadline:
+        while most_on_one(c) < 0.6 * chunks and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.kill()
         proc.wait()

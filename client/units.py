@@ -43,7 +43,6 @@ class Upload:
         self.data = b""  # a small file's bytes, until its pack is sent
         self.hashed = threading.Event()  # size and sha256 are known, or error says why not
         self.timed_out = False
-        self.skipped = 0  # chunks a resumed upload did not send again
         self.sent = 0  # bytes of the file this command published (not those already there)
         # What arrived: the manager's answer and the replicas' word.
         self.accepted: m.UploadAccepted | None = None

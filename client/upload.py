@@ -304,7 +304,6 @@ class Batch:
             for seq, offset, length, body, encoding in chunks:
                 if seq in have:  # the primary wrote it before the upload was cut off
                     up.progress.transferred(length)
-                    up.skipped += 1
                     continue
                 h = m.ChunkHeaders(
                     upload_id=acc.upload_id,

@@ -6,6 +6,7 @@ dirs and logs, so tests cannot see each other's queues or files.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import hashlib
 import json
@@ -257,3 +258,18 @@ class Cluster:
             lines = path.read_text(errors="replace").splitlines()[-15:]
             out.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(out)
+
+
+def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2")) -> int:
+    """How many chunks the workers have journaled for uploads in progress."""
+    total = 0
+    for w in workers:
+        for p in c.data_dir(w).glob("incoming/*.seqs"):
+            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                total += len(p.read_text().split())
+    return total
+
+
+def most_on_one(c: Cluster, workers: tuple[str, ...] = ("w1", "w2", "w3", "w4")) -> int:
+    """The most chunks any one worker has journaled (an upload's primary is ahead)."""
+    return max(chunks_on_disk(c, (w,)) for w in workers)

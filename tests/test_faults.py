@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import os
 import signal
@@ -11,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 from devtools.localnode import LocalNode
-from tests.cluster import Cluster, MakeCluster, file_sha256, stored_names, wait_for
+from tests.cluster import Cluster, MakeCluster, chunks_on_disk, file_sha256, stored_names, wait_for
 from warren import errors
 from warren.chunks import sha256_file
 from warren.topology import worker_chunks
@@ -26,16 +25,6 @@ def random_file(folder: Path, name: str, size: int) -> Path:
             f.write(os.urandom(n))
             left -= n
     return path
-
-
-def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2")) -> int:
-    """How many chunks the workers have journaled for uploads in progress."""
-    total = 0
-    for w in workers:
-        for p in c.data_dir(w).glob("incoming/*.seqs"):
-            with contextlib.suppress(FileNotFoundError):  # finished meanwhile
-                total += len(p.read_text().split())
-    return total
 
 
 def upload_in_flight(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, MakeCluster, wait_for
-from tests.test_faults import chunks_on_disk, random_file
+from tests.cluster import Cluster, MakeCluster, chunks_on_disk, most_on_one, wait_for
+from tests.test_faults import random_file
 
 MIB = 1024 * 1024
 
@@ -178,8 +178,3 @@ def test_an_abandoned_upload_leaves_no_partial_bytes(
     wait_for(lambda: not incoming(), timeout=60, what="the partial data to go")
     assert c.status()["uploads_in_flight"] == 0
     assert "big.bin" not in c.files()
-
-
-def most_on_one(c: Cluster) -> int:
-    """The most chunks any one worker has journaled (the primary is ahead of its backup)."""
-    return max(chunks_on_disk(c, (w,)) for w in ("w1", "w2", "w3", "w4"))
