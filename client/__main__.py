@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -43,9 +45,18 @@ def ending_signals_interrupt() -> Iterator[None]:
     so the clean-up finishes. A signal already ignored (``nohup warren upload ...``) stays
     ignored."""
 
+    deadline: list[threading.Timer] = []
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         for sig in ENDING:
             signal.signal(sig, signal.SIG_IGN)
+        # The clean-up gets CLEAN_UP_SECONDS. Raised at an arbitrary point (inside pika's
+        # I/O, say), closing the connection has been seen to hang once in CI: the command
+        # must end all the same, as it promised, rather than linger.
+        timer = threading.Timer(CLEAN_UP_SECONDS, _end_now, (signal.Signals(signum).name,))
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
         raise Ended(signum)
 
     saved = {
@@ -56,8 +67,21 @@ def ending_signals_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
+        for timer in deadline:
+            timer.cancel()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# Seconds a command ended by SIGTERM or SIGHUP has to clean up before it exits regardless.
+CLEAN_UP_SECONDS = 15.0
+
+
+def _end_now(name: str) -> None:
+    """The clean-up after a signal did not finish in time: say so, and exit 130."""
+    with contextlib.suppress(OSError):
+        print(f"interrupted by {name}", file=sys.stderr, flush=True)
+    os._exit(errors.EXIT_INTERRUPTED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

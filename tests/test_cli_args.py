@@ -250,3 +250,25 @@ def test_a_long_listing_is_lines_not_a_table() -> None:
     assert lines[7] == "photos/00007.jpg\t7.0 KiB\t2 versions\tw1,w2\tabababababab\n"
     short = FileEntry("x", 1, "ab" * 32, ("w3",), 2, 1.0)
     assert next(files_lines([short])).split("\t")[3] == "w3 (1/2)"
+
+
+def test_a_clean_up_that_hangs_after_sigterm_still_ends_the_command() -> None:
+    # Given a command whose clean-up after SIGTERM never finishes (as pika's close once did)
+    script = (
+        "import os, signal, time\n"
+        "import client.__main__ as cm\n"
+        "cm.CLEAN_UP_SECONDS = 1.0\n"
+        "with cm.ending_signals_interrupt():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(30)\n"
+        "    finally:\n"
+        "        time.sleep(60)  # the clean-up hangs\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # When it runs, then it ends within seconds anyway: exit 130, one sentence
+    res = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=30, check=False
+    )
+    assert res.returncode == 130
+    assert res.stderr.decode().strip() == "interrupted by SIGTERM"
