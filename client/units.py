@@ -59,7 +59,11 @@ class Upload:
 
     @property
     def complete(self) -> bool:
-        return self.accepted is not None and len(self.confirmed) == len(self.accepted.chain)
+        if self.accepted is None:
+            return False
+        if self.accepted.copies:  # the manager says when the last copy is on disk
+            return self.recorded
+        return len(self.confirmed) == len(self.accepted.chain)
 
     def failed_on(self, msg: m.ReplicaFailed) -> None:
         self.failures.append(f"{msg.worker}: {msg.reason}")
@@ -73,16 +77,20 @@ class Upload:
         return self.accepted is not None and self.accepted.resumed
 
     def already_stored(self) -> bool:
-        """The manager found the content on enough workers and recorded it: every worker
-        of the chain counts as confirmed, and no byte is sent."""
+        """The manager found the content on workers and recorded it: every worker of the
+        chain counts as confirmed, and no byte is sent. (When they are fewer than asked,
+        it is ``copying``: they copy it on, and the record comes when they are done.)"""
         if self.accepted is None or not self.accepted.stored:
             return False
         for hop, worker in enumerate(self.accepted.chain):
             if worker not in self.confirmed:
                 self.confirmed[worker] = hop
                 self.progress.replica(worker, hop)
-        self.recorded = True
+        self.recorded = not self.accepted.copies
         return True
+
+    def copying(self) -> bool:
+        return self.accepted is not None and self.accepted.stored and self.accepted.copies > 0
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
@@ -105,7 +113,8 @@ class Upload:
             self.failed_on(msg)
         elif isinstance(msg, m.UploadRecorded):
             # Recorded means stored on the whole chain, whoever sent the last chunk (after
-            # a resume, the confirmations may have gone to the client that was cut off).
+            # a resume, the confirmations may have gone to the client that was cut off),
+            # or every copy of deduplicated content on disk.
             self.recorded = True
             for hop, worker in enumerate(self.accepted.chain if self.accepted else ()):
                 if worker not in self.confirmed:
@@ -126,14 +135,23 @@ class Upload:
                 return IntegrityError(sentence)
             return from_wire(sorted(self.failure_codes)[0], sentence)
         assert self.accepted is not None
+        if self.timed_out and not self.complete and self.accepted.copies:
+            return Unavailable(
+                f"{self.name!r} is stored on {', '.join(self.confirmed)} but the copies to "
+                f"{self.accepted.copies} more workers did not finish in time; the manager "
+                "goes on with them (see status)."
+            )
         if self.timed_out and not self.complete:
             missing = [w for w in self.accepted.chain if w not in self.confirmed]
             return Unavailable(f"{', '.join(missing)} did not confirm {self.name!r} in time.")
+        chain = self.accepted.chain
+        if self.accepted.copies:  # the holders, then the workers it was copied to
+            chain = tuple(sorted(self.confirmed, key=lambda w: self.confirmed[w]))
         return UploadResult(
             self.name,
             self.size,
             self.sha256,
-            self.accepted.chain,
+            chain,
             dict(self.confirmed),
             recorded=self.recorded,
             deduplicated=self.accepted.stored,
@@ -162,6 +180,21 @@ class Pack:
     def complete(self) -> bool:
         """Every member is stored on the whole chain, or has failed."""
         return self.accepted is not None and all(u.failures or u.complete for u in self.members)
+
+    def take_stored(self) -> list[Upload]:
+        """The manager's answer is in: the members it found already stored are done (they
+        count as confirmed and recorded); the others, still to be sent, are returned."""
+        assert self.accepted is not None
+        stored = {f.upload_id: f.chain for f in self.accepted.stored}
+        to_send = []
+        for member, upload_id in zip(self.members, self.accepted.upload_ids, strict=True):
+            member.upload_id = upload_id
+            if upload_id in stored:
+                member.accepted = m.UploadAccepted(upload_id, stored[upload_id], 0, stored=True)
+                member.already_stored()
+            else:
+                to_send.append(member)
+        return to_send
 
     @property
     def recorded(self) -> bool:

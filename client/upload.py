@@ -140,7 +140,22 @@ class Batch:
         elif step is Step.ASKING and unit.error is not None:
             unit.step = Step.DONE
         elif step is Step.ASKING and isinstance(unit, Upload) and unit.already_stored():
-            unit.step = Step.DONE  # the cluster had it: recorded, nothing to send
+            if unit.copying():  # its holders copy it on; the manager says when they are done
+                self.session.unroute(unit.route)
+                unit.route = unit.upload_id = unit.accepted.upload_id if unit.accepted else ""
+                self.session.route(unit.route, unit.on_replica)
+                unit.step = Step.STORING
+                unit.deadline = (
+                    time.monotonic() + self.settings.transfer_timeout + unit.size * SECONDS_PER_BYTE
+                )
+            else:
+                unit.step = Step.DONE  # the cluster had it: recorded, nothing to send
+        elif step is Step.ASKING and isinstance(unit, Pack) and unit.accepted is not None:
+            if unit.take_stored():
+                self._send(unit)
+                unit.step = Step.STORING
+                return True
+            unit.step = Step.DONE  # every file was already stored: nothing to send
         elif step is Step.ASKING and isinstance(unit, Upload) and unit.resumed():
             unit.step = Step.RESUMING
             unit.deadline = time.monotonic() + self.settings.request_timeout
@@ -235,23 +250,26 @@ class Batch:
         acc = pack.accepted
         assert acc is not None
         files = []
-        for member, upload_id in zip(pack.members, acc.upload_ids, strict=True):
-            member.upload_id = upload_id
-            member.accepted = m.UploadAccepted(upload_id, acc.chain, self.settings.chunk_size)
+        to_send = [u for u in pack.members if u.accepted is None]  # not already stored
+        for member in to_send:
+            member.accepted = m.UploadAccepted(
+                member.upload_id, acc.chain, self.settings.chunk_size
+            )
             member.progress.started(member.size)
-            files.append(m.PackEntry(upload_id, member.sha256, member.size))
+            files.append(m.PackEntry(member.upload_id, member.sha256, member.size))
         # One zstd frame for the whole body when it shrinks; workers forward it as it is.
-        body, encoding = compression.encode(b"".join(u.data for u in pack.members))
+        body, encoding = compression.encode(b"".join(u.data for u in to_send))
         headers = m.PackHeaders(files=tuple(files), chain=acc.chain, hop=0, encoding=encoding)
         for member in pack.members:
             member.data = b""
+        for member in to_send:
             member.sent = member.size
 
         def confirmed(ok: bool) -> None:
             if not ok:
                 pack.error = Unavailable("RabbitMQ did not accept a pack of files.")
                 return
-            for member in pack.members:
+            for member in to_send:
                 member.progress.transferred(member.size)
 
         self.session.route(pack.route, pack.on_replica)

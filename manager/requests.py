@@ -37,6 +37,22 @@ from warren.transport import Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
+# A client waiting for copies of deduplicated content is forgotten after this long (it has
+# given up by then; the copies go on as repairs).
+AWAIT_COPIES = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Awaiting:
+    """A client told its content is being copied to more workers: it hears of each copy,
+    and of the record once ``wanted`` live workers hold it."""
+
+    upload_id: str
+    name: str
+    reply_to: str
+    wanted: int
+    since: float = dataclasses.field(default_factory=time.monotonic)
+
 
 class Requests:
     """Client requests, answered on the request's ``reply_to`` with its correlation id."""
@@ -53,6 +69,9 @@ class Requests:
     _alive: set[str]
     _suspects: set[str] | None
     _short: set[str]
+    _awaiting: dict[str, list[Awaiting]]  # by sha256
+
+    def _suspect(self, shas: set[str]) -> None: ...
 
     def _on_request(self, conn: Transport, d: Delivery) -> None:
         if not d.reply_to:
@@ -162,7 +181,7 @@ class Requests:
         then: list[tuple[str, m.Message]],
     ) -> m.Message:
         file = m.PackFile(req.name, req.size, req.sha256, req.mode, req.mtime)
-        stored = self._deduplicate(file, req.replicas, req.client, owner)
+        stored = self._deduplicate(file, req.replicas, req.client, owner, reply_to)
         if stored is not None:
             return stored
         live = self.catalog.live_workers()
@@ -193,16 +212,38 @@ class Requests:
         )
 
     def _deduplicate(
-        self, file: m.PackFile, replicas: int, client: str, owner: str
+        self, file: m.PackFile, replicas: int, client: str, owner: str, reply_to: str
     ) -> m.UploadAccepted | None:
-        """Content already on enough live workers is recorded as a new version at once:
-        nothing is sent. (With too few copies it is sent as any upload.)"""
+        """Content some live worker already holds is recorded as a new version at once:
+        nothing is sent. With fewer live copies than asked, the holders copy it to other
+        workers (a repair), and the client hears of each copy and of the record when the
+        last one is on disk."""
         if replicas < 1:
             return None
         holders = self.catalog.live_holders(file.sha256)
-        if len(holders) < replicas:
+        if not holders:
             return None
         chain = tuple(holders[:replicas])
+        up = self._record_held(file, replicas, chain, client, owner)
+        copies = replicas - len(chain)
+        if copies:
+            self._awaiting.setdefault(file.sha256, []).append(
+                Awaiting(up.upload_id, up.name, reply_to, replicas)
+            )
+            self._suspect({file.sha256})  # the next tick plans the copies
+        return m.UploadAccepted(
+            upload_id=up.upload_id,
+            chain=chain,
+            chunk_size=self.settings.chunk_size,
+            stored=True,
+            copies=copies,
+        )
+
+    def _record_held(
+        self, file: m.PackFile, replicas: int, chain: tuple[str, ...], client: str, owner: str
+    ) -> Upload:
+        """A new version of content ``chain`` already holds, recorded with its records
+        sent to the holders."""
         up = _upload_of(file, replicas, chain, client, owner)
         now = time.time()
         version = self.catalog.record_existing(up, now)
@@ -217,20 +258,42 @@ class Requests:
             ", ".join(chain),
             version,
         )
-        return m.UploadAccepted(
-            upload_id=up.upload_id, chain=chain, chunk_size=self.settings.chunk_size, stored=True
-        )
+        return up
 
     def _place_pack(self, req: m.PackRequest, reply_to: str, owner: str) -> m.Message:
-        ups = self._reserve(list(req.files), req.replicas, req.client, reply_to, owner)
-        log.info(
-            "pack of %d files (%d bytes) from %s, placed on %s",
-            len(ups),
-            sum(up.size for up in ups),
-            req.client or "a client",
-            " -> ".join(ups[0].chain),
+        """Small files together: those whose content enough live workers hold are recorded
+        at once (``stored``), the others placed on one chain and sent in one message."""
+        ids: dict[int, str] = {}
+        stored = []
+        for i, f in enumerate(req.files):
+            holders = self.catalog.live_holders(f.sha256) if req.replicas >= 1 else []
+            if len(holders) >= req.replicas:
+                up = self._record_held(
+                    f, req.replicas, tuple(holders[: req.replicas]), req.client, owner
+                )
+                ids[i] = up.upload_id
+                stored.append(m.StoredFile(up.upload_id, up.chain))
+        rest = [i for i in range(len(req.files)) if i not in ids]
+        chain = stored[0].chain if stored else ()
+        if rest:
+            ups = self._reserve(
+                [req.files[i] for i in rest], req.replicas, req.client, reply_to, owner
+            )
+            ids.update(zip(rest, (up.upload_id for up in ups), strict=True))
+            chain = ups[0].chain
+            log.info(
+                "pack of %d files (%d bytes) from %s, placed on %s; %d already stored",
+                len(ups),
+                sum(up.size for up in ups),
+                req.client or "a client",
+                " -> ".join(chain),
+                len(stored),
+            )
+        return m.PackAccepted(
+            upload_ids=tuple(ids[i] for i in range(len(req.files))),
+            chain=chain,
+            stored=tuple(stored),
         )
-        return m.PackAccepted(upload_ids=tuple(up.upload_id for up in ups), chain=ups[0].chain)
 
     def _reserve(
         self, files: list[m.PackFile], replicas: int, client: str, reply_to: str, owner: str
@@ -259,6 +322,26 @@ class Requests:
         # Published before the answer, so they are in each worker's queue before any chunk.
         self._send_records(self._live_conn(), chain, [_record(up, up.version, now) for up in ups])
         return ups
+
+    def _tell_copied(self, conn: Transport, worker: str, sha256: str) -> None:
+        """A copy of ``sha256`` landed on ``worker``: the clients waiting for copies of it
+        hear of it, and of their record once enough live workers hold it."""
+        waiting = self._awaiting.pop(sha256, [])
+        if not waiting:
+            return
+        holders = self.catalog.live_holders(sha256)
+        stale = time.monotonic() - AWAIT_COPIES
+        for w in waiting:
+            if w.since < stale:
+                continue
+            hop = holders.index(worker) if worker in holders else len(holders)
+            stored = m.ReplicaStored(w.upload_id, worker, sha256, 0, hop)
+            to_client(conn, w.reply_to, stored, w.upload_id)
+            if len(holders) >= w.wanted:
+                log.info("upload %s: %r now on %s", w.upload_id, w.name, ", ".join(holders))
+                to_client(conn, w.reply_to, m.UploadRecorded(w.upload_id, w.name), w.upload_id)
+            else:
+                self._awaiting.setdefault(sha256, []).append(w)
 
     def _verify(
         self,

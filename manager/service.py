@@ -16,7 +16,7 @@ from pathlib import Path
 from manager.catalog import Catalog, Upload
 from manager.holdings import Shortfall
 from manager.repair import Repairs
-from manager.requests import Requests, to_client
+from manager.requests import Awaiting, Requests, to_client
 from warren import messages as m
 from warren import metrics
 from warren.config import Settings
@@ -61,6 +61,7 @@ class Manager(Requests):
         self._dirty = True  # a version came or went: count the files again
         self._suspects: set[str] | None = None  # blobs to check for copies (None: all)
         self._short: set[str] = set()  # blobs found short of live copies, last time
+        self._awaiting: dict[str, list[Awaiting]] = {}  # clients waiting for copies, by sha256
         self._last_pass = time.monotonic()
         self._counts = (0, 0)  # files, under-replicated, as of the last full pass
         self._conn: Transport | None = None  # the connection of this term
@@ -287,6 +288,7 @@ class Manager(Requests):
     def _copy_landed(self, conn: Transport, worker: str, sha256: str) -> None:
         """A verified copy of ``sha256`` is on ``worker``: it may be a repair finishing,
         and then the new holder keeps the records of the versions using it too."""
+        self._tell_copied(conn, worker, sha256)
         copy = self.repairs.stored(sha256, worker)
         if copy is not None:
             metrics.REPAIRS.labels("done").inc()

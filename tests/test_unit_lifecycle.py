@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from client.outcomes import Progress, UploadResult
+from client.session import Session
 from tests.stubcluster import FAST, StubCluster, wait_for
 from warren import messages as m
 from warren.errors import NotFound, WarrenError
@@ -86,6 +88,72 @@ def test_content_the_cluster_holds_is_recorded_without_sending_a_byte(
     assert chunks_sent(stub) == sent, "chunks were sent for content already stored"
     assert set(again.confirmed) == set(first.chain)
     assert names == {"one", "elsewhere/two"}
+
+
+def upload_all(
+    s: Session, items: list[tuple[Path, str]], replicas: int
+) -> dict[str, UploadResult | WarrenError]:
+    outcomes: dict[str, UploadResult | WarrenError] = {}
+    s.upload_many(items, replicas, lambda _n: Progress(), outcomes.__setitem__)
+    return outcomes
+
+
+def test_small_files_the_cluster_holds_are_recorded_without_being_sent_again(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    old = [os.urandom(1000 + i) for i in range(20)]
+    new = [os.urandom(1000 + i) for i in range(5)]
+    for i, data in enumerate(old + new):
+        write(tmp_path / f"f{i}", data)
+    first = [(tmp_path / f"f{i}", f"a/f{i}") for i in range(len(old))]
+    with stub.session() as s:
+        upload_all(s, first, 2)
+        packed = sum(1 for p in stub.broker.published if p.type == m.PACK_TYPE)
+        again = upload_all(s, [(path, "b/" + name[2:]) for path, name in first], 2)
+        after_same = sum(1 for p in stub.broker.published if p.type == m.PACK_TYPE)
+        mixed = [(tmp_path / f"f{i}", f"c/f{i}") for i in range(len(old) + len(new))]
+        both = upload_all(s, mixed, 2)
+        sent = [p for p in stub.broker.published if p.type == m.PACK_TYPE][after_same:]
+        listed = {f.name for f in s.files()}
+        s.download("b/f3", tmp_path / "back")
+    assert packed >= 1
+    assert after_same == packed, "a pack was sent for small files already stored"
+    assert all(
+        isinstance(r, UploadResult) and r.deduplicated and r.sent == 0 for r in again.values()
+    )
+    results = [both[f"c/f{i}"] for i in range(len(old) + len(new))]
+    assert all(isinstance(r, UploadResult) for r in results), results
+    assert [isinstance(r, UploadResult) and r.deduplicated for r in results] == [True] * len(
+        old
+    ) + [False] * len(new)
+    # Only the new files went in the pack the client sent (to the primary, hop 0).
+    packs = [m.PackHeaders.from_headers(p.headers, len(p.body)) for p in sent]
+    assert sorted(len(h.files) for h in packs if h.hop == 0) == [len(new)]
+    assert listed >= {f"b/f{i}" for i in range(len(old))} | {f"c/f{i}" for i in range(25)}
+    assert (tmp_path / "back").read_bytes() == old[3]
+
+
+def test_content_held_too_few_times_is_copied_worker_to_worker_not_sent(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = os.urandom(300_000)
+
+    def from_clients() -> int:
+        return sum(
+            1 for p in stub.broker.published if p.type == m.CHUNK_TYPE and "#" not in p.sender
+        )
+
+    with stub.session() as s:
+        first = s.upload(write(tmp_path / "one", data), "one", 1)
+        sent = from_clients()
+        again = s.upload(write(tmp_path / "two", data), "two", 3)
+        [entry] = [f for f in s.files() if f.name == "two"]
+    assert sent > 0
+    assert from_clients() == sent, "the client sent chunks of content the cluster holds"
+    assert again.deduplicated and again.sent == 0
+    assert len(again.confirmed) == 3 and set(first.chain) <= set(again.confirmed)
+    assert on_disk(stub, data) == set(again.confirmed)
+    assert set(entry.replicas) == set(again.confirmed)
 
 
 def test_delete_gives_the_space_back_but_keeps_content_another_name_uses(

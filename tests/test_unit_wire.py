@@ -66,12 +66,14 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         m.UploadAccepted(upload_id=UID, chain=("w3", "w1"), chunk_size=1048576),
         wire(
             '{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576,"stored":false,'
-            '"resumed":false}'
+            '"resumed":false,"copies":0}'
         ),
     ),
     (
-        m.PackAccepted(upload_ids=(UID,), chain=("w3", "w1")),
-        wire('{"upload_ids":["<UID>"],"chain":["w3","w1"]}'),
+        m.PackAccepted(upload_ids=(UID,), chain=("w3", "w1"), stored=(m.StoredFile(UID, ("w2",)),)),
+        wire(
+            '{"upload_ids":["<UID>"],"chain":["w3","w1"],"stored":[{"upload_id":"<UID>","chain":["w2"]}]}'
+        ),
     ),
     (m.UploadRecorded(upload_id=UID, name="x"), wire('{"upload_id":"<UID>","name":"x"}')),
     (m.PackRecorded(upload_ids=(UID,)), wire('{"upload_ids":["<UID>"]}')),

@@ -256,25 +256,44 @@ class UploadAccepted(Message):
     # An unfinished upload of the same file by the same user goes on: the primary says
     # which chunks it has (upload.have), and only the others are sent.
     resumed: bool = False
+    # With ``stored``: the holders in ``chain`` are fewer than asked, so they copy the
+    # content to this many more workers; the manager sends a replica.stored for each copy
+    # and upload.recorded once every one is on disk. Nothing is sent by the client.
+    copies: int = 0
 
     def validate(self) -> None:
         check_upload_id(self.upload_id, "upload_id")
         check_chain(self.chain, "upload.accepted")
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A file of a pack recorded on the workers that already held its content."""
+
+    upload_id: str
+    chain: tuple[str, ...]
+
+
 @message
 @dataclass(frozen=True)
 class PackAccepted(Message):
-    """Where a pack goes: one upload id per file, in the request's order, and one chain."""
+    """Where a pack goes: one upload id per file, in the request's order, and one chain.
+    The files in ``stored`` were already held by enough live workers: each is recorded on
+    its holders as it is and not sent (the pack carries the others)."""
 
     TYPE = "pack.accepted"
     upload_ids: tuple[str, ...]
     chain: tuple[str, ...]
+    stored: tuple[StoredFile, ...] = ()
 
     def validate(self) -> None:
         for u in self.upload_ids:
             check_upload_id(u, "upload_ids")
         check_chain(self.chain, "pack.accepted")
+        for f in self.stored:
+            if f.upload_id not in self.upload_ids:
+                raise DecodeError("pack.accepted: a stored file that is not in upload_ids")
+            check_chain(f.chain, "pack.accepted stored")
 
 
 @message
