@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 rabbitmq:
 	@sh scripts/ensure-rabbitmq.sh
 
+# TLS=1: every process reaches RabbitMQ over amqps://, with a throwaway CA in .warren/tls/.
+TLS_FLAG = $(if $(filter-out 0 no false,$(TLS)),--tls)
+
 up: install
-	$(PY) -m devtools.localcluster up
+	$(PY) -m devtools.localcluster up $(TLS_FLAG)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devtools.localcluster down; fi
@@ -29,7 +32,7 @@ status: install
 
 # The same on a three-node RabbitMQ cluster with quorum queues (data in .warren/cluster/).
 cluster-up: install
-	$(PY) -m devtools.localcluster cluster-up
+	$(PY) -m devtools.localcluster cluster-up $(TLS_FLAG)
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m devtools.localcluster cluster-down; fi

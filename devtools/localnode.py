@@ -83,6 +83,9 @@ class LocalNode:
     dist_port: int
     name: str = "warren"
     extra_config: str = ""
+    # The management API's login: guest on a node of the test suite, the administrator
+    # ``make up`` provisions on its nodes (devtools/provision.py), which have no guest.
+    admin: tuple[str, str] = ("guest", "guest")
 
     @classmethod
     def with_free_ports(cls, base: Path, name: str = "warren", extra_config: str = "") -> LocalNode:
@@ -102,8 +105,9 @@ class LocalNode:
 
     @property
     def admin_url(self) -> str:
-        """``WARREN_ADMIN_URL`` for ``python -m manager users``: guest is the administrator."""
-        return f"http://guest:guest@127.0.0.1:{self.mgmt_port}/"
+        """``WARREN_ADMIN_URL`` for ``python -m manager users``, as ``admin``."""
+        user, password = (urllib.parse.quote(x, safe="") for x in self.admin)
+        return f"http://{user}:{password}@127.0.0.1:{self.mgmt_port}/"
 
     def url_for(self, user: str, password: str, vhost: str = "/") -> str:
         """The AMQP URL of ``vhost`` on this node, logged in as ``user``."""
@@ -124,14 +128,18 @@ class LocalNode:
         )
         return env
 
-    def write_config(self) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        (self.base / "rabbitmq.conf").write_text(
+    def config_text(self) -> str:
+        """The node's rabbitmq.conf, as ``write_config`` writes it."""
+        return (
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.mgmt_port}\n"
             "log.console = false\n" + self.extra_config
         )
+
+    def write_config(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "rabbitmq.conf").write_text(self.config_text())
         (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (self.base / "node.json").write_text(
             json.dumps(
@@ -193,6 +201,9 @@ class LocalNode:
         try:
             self.api("GET", "overview")
             return True
+        except urllib.error.HTTPError as exc:
+            # It answers, but not to this login (a node whose users are still to be made).
+            return exc.code == 401
         except (OSError, urllib.error.URLError):
             return False
 
@@ -258,7 +269,8 @@ class LocalNode:
         url = self.management_url + "api/" + path
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        login = ":".join(self.admin).encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
         req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=10) as resp:
             raw = resp.read()

@@ -1,0 +1,84 @@
+"""`make up`'s path for real, in a folder of its own: no guest, a user per process.
+
+``python -m devtools.localcluster up`` (what ``make up`` runs) on fresh free ports: guest
+cannot log in, every service is connected as its own user, the client config it prints
+works, client2 does not see client1's file, and ``down`` stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from devtools.localnode import SERVER_CANDIDATES, LocalNode, find_binary
+from tests.cluster import wait_for
+from warren.errors import UsageError
+
+pytestmark = pytest.mark.integration
+
+
+def run(cwd: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARREN_")}
+    if config is not None:
+        env["WARREN_CONFIG"] = str(config)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_make_up_runs_every_process_as_its_own_user(tmp_path: Path) -> None:
+    try:
+        find_binary(SERVER_CANDIDATES)
+    except UsageError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    # Given `make up` with two workers, in a folder of its own
+    up = run(tmp_path, "-m", "devtools.localcluster", "up", "--workers", "2", "--free-ports")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        secrets = tmp_path / ".warren" / "secrets"
+        client1, client2 = secrets / "client1.toml", secrets / "client2.toml"
+        assert f"export WARREN_CONFIG={client1}" in up.stdout
+        assert "cat .warren/secrets/admin.password" in up.stdout
+        node = LocalNode.load(tmp_path / ".warren" / "rabbitmq")
+        assert node is not None
+        node.admin = ("admin", (secrets / "admin.password").read_text().strip())
+
+        # Then guest cannot log in, not even from this machine
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika.BlockingConnection(pika.URLParameters(node.url))
+        assert "guest" not in {u["name"] for u in node.api("GET", "users")}
+
+        # and every service is connected as its own user
+        def users() -> set[str]:
+            return {c.get("user") for c in node.api("GET", "connections")}
+
+        wait_for(lambda: users() >= {"manager", "w1", "w2"}, timeout=30, what="connections")
+        assert users() <= {"manager", "w1", "w2"}, users()
+
+        # When client1 uploads with the config make up printed
+        src = tmp_path / "diary.txt"
+        src.write_text("dear diary\n")
+        res = run(tmp_path, "-m", "client", "upload", str(src), config=client1)
+        assert res.returncode == 0, res.stderr
+        # Then client1 lists it, and client2 (its own user) does not see it
+        res = run(tmp_path, "-m", "client", "list", "--json", config=client1)
+        assert res.returncode == 0, res.stderr
+        assert "diary.txt" in res.stdout
+        res = run(tmp_path, "-m", "client", "list", "--json", config=client2)
+        assert res.returncode == 0, res.stderr
+        assert "diary.txt" not in res.stdout
+    finally:
+        down = run(tmp_path, "-m", "devtools.localcluster", "down")
+    assert down.returncode == 0, down.stderr
+    # And down stopped the node and every service
+    stopped = LocalNode.load(tmp_path / ".warren" / "rabbitmq")
+    assert stopped is not None and not stopped.running()
+    assert not list((tmp_path / ".warren" / "pids").iterdir())
