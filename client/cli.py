@@ -39,11 +39,11 @@ from client.render import (
     files_lines,
     files_table,
     human_size,
-    replica_line,
     status_json,
     status_summary,
     transfer_bars,
     upload_json,
+    upload_lines,
     upload_summary,
     versions_table,
     workers_table,
@@ -150,6 +150,9 @@ class App:
             hooks[name] = BatchProgress(bars, task)
             return hooks[name]
 
+        # Output that is not a terminal gets no styles: the text is written as it is.
+        plain = not (self.out.is_terminal or self.out.color_system)
+
         def done(name: str, outcome: UploadResult | WarrenError) -> None:
             if isinstance(outcome, WarrenError):
                 self.err.print(f"error: {outcome}", markup=False)
@@ -158,10 +161,17 @@ class App:
             if self.json:
                 self.summarize(outcome)
                 return
-            self.out.print(f"[bold]{escape(name)}[/]", highlight=False, soft_wrap=True)
-            for worker, hop in sorted(outcome.confirmed.items(), key=lambda kv: kv[1]):
-                self.out.print(replica_line(worker, hop), highlight=False, soft_wrap=True)
-            self.summarize(outcome)
+            if self.out.quiet:
+                self.not_recorded(outcome)
+                return
+            lines = upload_lines(outcome)
+            if plain and "\t" not in lines.plain:
+                # What rich would write here, without its rendering (0.1 ms a file).
+                self.out.file.write(lines.plain + "\n")
+                self.out.file.flush()
+            else:
+                self.out.print(lines, highlight=False, soft_wrap=True)
+            self.not_recorded(outcome)
 
         with bars or contextlib.nullcontext():
             session.upload_many(items, self.args.replicas, progress_for, done)
@@ -171,6 +181,9 @@ class App:
         if self.json:
             self.emit(upload_json(r))
         self.out.print(upload_summary(r), highlight=False, soft_wrap=True)
+        self.not_recorded(r)
+
+    def not_recorded(self, r: UploadResult) -> None:
         if not r.recorded:
             self.err.print(
                 f"note: every replica of {r.name} is stored, but the manager has not recorded "

@@ -172,20 +172,39 @@ def transfer_bars(console: Console) -> Progress:
 
 def upload_summary(r: UploadResult) -> str:
     """The last line of an upload: where every copy is, primary first."""
+    return _summary(r, escape(r.name))
+
+
+def _summary(r: UploadResult, name: str) -> str:
+    """``upload_summary`` with the name as given: escaped for markup, or as it is."""
     holders = ", ".join(
         f"{w} ({role(hop)})" for w, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1])
     )
     if r.deduplicated:
-        return (
-            f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}: "
-            "already stored, 0 B sent"
-        )
+        return f"  stored {name} ({human_size(r.size)}) on {holders}: already stored, 0 B sent"
     if r.sent < r.size:  # a resumed upload: the workers had the rest
         return (
-            f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}: resumed, "
+            f"  stored {name} ({human_size(r.size)}) on {holders}: resumed, "
             f"{human_size(r.sent)} sent"
         )
-    return f"  stored {escape(r.name)} ({human_size(r.size)}) on {holders}"
+    return f"  stored {name} ({human_size(r.size)}) on {holders}"
+
+
+def upload_lines(r: UploadResult) -> Text:
+    """A file of a batch, whole: its name, a line per replica, primary first, and its
+    summary, as ``upload`` prints one file's lines (the same text as ``replica_line`` and
+    ``upload_summary``). Built as styled text, not markup: a batch prints thousands of
+    them, and one print of it costs a third of four prints of markup (5,000 small files:
+    printing was half of the client's CPU)."""
+    text = Text(end="")
+    text.append(r.name, style="bold")
+    for worker, hop in sorted(r.confirmed.items(), key=lambda kv: kv[1]):
+        text.append("\n  ")
+        text.append(worker, style="bold")
+        text.append(f" {role(hop)} ")
+        text.append("✓", style="green")
+    text.append("\n" + _summary(r, r.name))
+    return text
 
 
 def download_summary(r: DownloadResult) -> str:

@@ -98,6 +98,9 @@ class Catalog(Holdings):
         ):
             if column not in columns:  # a catalog from before uploads remembered it
                 db.execute(f"ALTER TABLE uploads ADD COLUMN {column} {kind}")
+        # next_version looks up a name's uploads for every file placed: without this
+        # index each lookup reads the whole table (5,000 small files: 44% of the manager).
+        db.execute("CREATE INDEX IF NOT EXISTS uploads_by_name ON uploads (owner, name)")
         self._db = db
         self._migrate_files()
 
