@@ -319,8 +319,15 @@ class Requests:
         ]
         now = time.time()
         self.catalog.add_uploads(ups, now)
-        # Published before the answer, so they are in each worker's queue before any chunk.
-        self._send_records(self._live_conn(), chain, [_record(up, up.version, now) for up in ups])
+        # Published before the answer, so they are in each worker's queue before any chunk:
+        # the records, and whom to take the chunks from (the client, then each worker).
+        records = tuple(_record(up, up.version, now) for up in ups)
+        conn = self._live_conn()
+        for hop, worker in enumerate(chain):
+            sender = owner if hop == 0 else chain[hop - 1]
+            cmd = m.RecordVersions(records, tuple(m.Expect(up.upload_id, sender) for up in ups))
+            conn.declare(worker_topology(worker))
+            conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
         return ups
 
     def _tell_copied(self, conn: Transport, worker: str, sha256: str) -> None:

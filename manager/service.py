@@ -179,6 +179,11 @@ class Manager(Requests):
         """Start copies for files with too few live replicas, a few at a time."""
         now = time.time()
         for copy in self.repairs.plan(shortfalls, self.catalog.candidates(now), now):
+            # The target takes the copy's chunks from the source only (told first, on the
+            # queue the chunks will come by).
+            expect = m.RecordVersions(records=(), expect=(m.Expect(copy.upload_id, copy.source),))
+            conn.declare(worker_topology(copy.target))
+            conn.publish(worker_chunks(copy.target), expect.encode(), type=expect.TYPE)
             cmd = m.CopyRequest(
                 sha256=copy.sha256, size=copy.size, target=copy.target, upload_id=copy.upload_id
             )

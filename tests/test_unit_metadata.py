@@ -4,8 +4,10 @@ workers' records, and a standby manager that takes over with nothing missing."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from client.session import Session
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound
-from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_control
+from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
 
@@ -219,6 +221,44 @@ def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
             wait_for(repaired, what=f"{victim} dead and its file repaired despite the replay")
         assert c.workers[other].store.blob_path(result.sha256).exists()
         assert c.broker.depth(DEAD_LETTER_QUEUE) >= 2
+        mallory.close()
+    finally:
+        c.stop_all()
+
+
+def test_chunks_from_anyone_but_the_sender_the_manager_named_are_refused(tmp_path: Path) -> None:
+    """Each service as its own broker user. Alice's upload is placed; Mallory, who has
+    learnt its id, sends a chunk of it to the primary, and one to the backup posing as the
+    primary, and a chunk of an upload nobody placed. Each is dead-lettered and nothing of
+    them is written; Alice's own chunks are taken and her file restores byte for byte."""
+    c = StubCluster(tmp_path, FAST, users=True)
+    try:
+        c.start(4)
+        data = os.urandom(150_000)
+        (tmp_path / "f").write_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
+        with c.session(amqp_url=user_url("alice")) as s:
+            placed = s.request(m.UploadRequest("f", len(data), sha, 2, "alice"), m.UploadAccepted)
+        primary, backup = placed.chain
+        mallory = c.broker.connect(dataclasses.replace(FAST, amqp_url=user_url("mallory")), "m")
+        mallory.open()
+        forged = [
+            (placed.upload_id, primary, 0),
+            (placed.upload_id, backup, 1),
+            (uuid.uuid4().hex, primary, 0),
+        ]
+        for upload_id, worker, hop in forged:
+            h = m.ChunkHeaders(upload_id, 0, 0, len(data), 3, sha, placed.chain, hop)
+            body = b"x" * placed.chunk_size
+            mallory.publish(worker_chunks(worker), body, type=m.CHUNK_TYPE, headers=h.to_headers())
+        wait_for(lambda: c.broker.depth(DEAD_LETTER_QUEUE) == 3, what="the forged chunks refused")
+        for upload_id, worker, _hop in forged:
+            incoming = c.workers[worker].store.incoming
+            assert not list(incoming.glob(f"{upload_id}.*")), f"{worker} wrote a forged chunk"
+        with c.session(amqp_url=user_url("alice")) as s:
+            s.upload(tmp_path / "f", "f", 2)
+            s.download("f", tmp_path / "back")
+        assert (tmp_path / "back").read_bytes() == data
         mallory.close()
     finally:
         c.stop_all()

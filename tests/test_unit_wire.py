@@ -175,11 +175,13 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     (m.DiscardUpload(upload_id=UID), wire('{"upload_id":"<UID>"}')),
     (
         m.RecordVersions(
-            records=(m.VersionRecord("alice", "a", 2, SHA, 3, 1.5, 2, 420, 1.0, UID),)
+            records=(m.VersionRecord("alice", "a", 2, SHA, 3, 1.5, 2, 420, 1.0, UID),),
+            expect=(m.Expect(UID, "alice"),),
         ),
         wire(
             '{"records":[{"owner":"alice","name":"a","version":2,"sha256":"<SHA>","size":3,'
-            '"created":1.5,"wanted":2,"mode":420,"mtime":1.0,"upload_id":"<UID>"}]}'
+            '"created":1.5,"wanted":2,"mode":420,"mtime":1.0,"upload_id":"<UID>"}],'
+            '"expect":[{"upload_id":"<UID>","sender":"alice"}]}'
         ),
     ),
     (

@@ -15,6 +15,7 @@ from warren.codec import (
     check_worker,
     message,
 )
+from warren.errors import DecodeError
 
 # -- worker -> manager (and client) --------------------------------------------------------
 
@@ -165,20 +166,34 @@ class Inventory(Message):
             check_sha256(r.sha256, "records")
 
 
+@dataclass(frozen=True)
+class Expect:
+    """An upload placed on this worker, and the broker user its chunks come from."""
+
+    upload_id: str
+    sender: str
+
+
 @message
 @dataclass(frozen=True)
 class RecordVersions(Message):
     """Manager -> worker, on its chunks queue: keep these version records beside the data
     (written and synced before the worker takes the next message: before any chunk of a
-    new upload, whose placement published them first)."""
+    new upload, whose placement published them first), and take the chunks of the uploads
+    in ``expect`` from their sender only (worker.expected)."""
 
     TYPE = "worker.record"
     records: tuple[VersionRecord, ...]
+    expect: tuple[Expect, ...] = ()
 
     def validate(self) -> None:
         for r in self.records:
             check_sha256(r.sha256, "records")
             check_file_name(r.name)
+        for e in self.expect:
+            check_upload_id(e.upload_id, "expect")
+            if not e.sender:
+                raise DecodeError("worker.record: an expected upload without its sender")
 
 
 @message

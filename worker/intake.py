@@ -38,6 +38,7 @@ from warren.config import Settings
 from warren.errors import BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
+from worker.expected import Expected
 from worker.store import ChunkStore, CorruptUpload
 
 log = logging.getLogger("warren.worker")
@@ -92,6 +93,8 @@ class Intake:
         # What the pool hands back, run on this thread by drain(); kept across reconnects.
         self._handback: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._conn: Transport | None = None  # the ingest connection now
+        # The uploads the manager placed here, and whom their chunks may come from.
+        self.expected = Expected(store.root / "expected.log", settings.upload_expiry)
 
     def attach(self, conn: Transport) -> None:
         """A new ingest connection: outcomes the pool handed back meanwhile are taken in."""
@@ -123,8 +126,9 @@ class Intake:
             d.ack()
         elif d.type == m.RecordVersions.TYPE:
             from_manager(d, conn, self.settings)
-            records = m.RecordVersions.decode(d.body).records
-            self.store.append_records([dataclasses.asdict(r) for r in records])
+            cmd = m.RecordVersions.decode(d.body)
+            self.store.append_records([dataclasses.asdict(r) for r in cmd.records])
+            self.expected.add((e.upload_id, e.sender) for e in cmd.expect)
             d.ack()
         elif d.type == m.ForgetVersions.TYPE:
             from_manager(d, conn, self.settings)
@@ -143,6 +147,22 @@ class Intake:
         freed = self.store.abandon(cmd.upload_id)
         log.info("upload %s: abandoned; %d bytes removed from %s", cmd.upload_id, freed, self.name)
 
+    def _check_sender(self, conn: Transport, d: Delivery, upload_id: str) -> None:
+        """Only the chunks of an upload the manager placed here, from the sender it named
+        (the broker validated ``user_id``); anything else is dead-lettered. Where every
+        service shares one login, a worker's sender cannot be told from this one."""
+        sender = self.expected.sender(upload_id)
+        if sender is None:
+            raise DecodeError(
+                f"{d.type} for upload {upload_id}, which the manager did not place on "
+                f"{self.name}, from broker user {d.user_id!r}: ignored"
+            )
+        if d.user_id not in (sender, conn.user):
+            raise DecodeError(
+                f"{d.type} for upload {upload_id} placed for {sender!r} came from broker "
+                f"user {d.user_id!r}: ignored"
+            )
+
     # -- chunks ----------------------------------------------------------------------------
 
     def _on_chunk(self, conn: Transport, d: Delivery) -> None:
@@ -154,6 +174,7 @@ class Intake:
             # before the primary heard): nobody will finish it, so nothing is written.
             d.ack()
             return
+        self._check_sender(conn, d, h.upload_id)
         waiting = self._finishing.get(h.upload_id)
         if waiting is not None:
             # A redelivery while the replica is being finished: settle it with the outcome.
@@ -228,6 +249,8 @@ class Intake:
     def _finished(self, upload_id: str, error: Failed | None) -> None:
         """FINISHING ends for every job waiting on this upload. A job whose connection
         has gone since will be delivered again: the replica is done by then, or not."""
+        if error is None:
+            self.expected.finished(upload_id)
         for job in self._finishing.pop(upload_id, []):
             if job.conn.is_open:
                 self._announce_chunk(job, error)
@@ -275,6 +298,8 @@ class Intake:
         p = m.PackHeaders.from_headers(d.headers, len(d.body))
         if p.chain[p.hop] != self.name:
             raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
+        for f in p.files:
+            self._check_sender(conn, d, f.upload_id)
         metrics.BYTES_IN.inc(len(d.body))
         job = PackJob(conn, d, p)
         # Forwarded as it came; stored decoded, each file its own bytes.
@@ -326,6 +351,8 @@ class Intake:
                 len(d.body),
                 p.hop,
             )
+        for f in p.files:
+            self.expected.finished(f.upload_id)
         job.step = Step.ANNOUNCING
         stored = m.PackStored(worker=self.name, hop=p.hop, files=p.files)
         announce(job.conn, d, stored, lambda: settled(job, d.ack))

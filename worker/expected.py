@@ -1,0 +1,88 @@
+"""Who may send a worker the chunks of an upload: the one the manager placed it for.
+
+Before the manager answers a client, it tells every worker of the chain, on that worker's
+chunks queue (so before any chunk), which upload ids to expect and from whom: the primary
+from the client's broker user, each backup from the worker before it. Before a repair it
+tells the copy's target to expect the copy from the source. A chunk or pack of any other
+upload, or from any other sender, is dead-lettered (``warren.worker.intake``). The sender is
+the AMQP ``user_id``, which RabbitMQ checks against the connection's login.
+
+The expectations are kept in memory and appended to ``expected.log``, so a restarted worker
+still takes the chunks queued for it. An entry lives as long as its upload may (the
+manager abandons uploads older than ``WARREN_UPLOAD_EXPIRY``), or a few minutes after the
+replica is finished here (a redelivered last chunk is still taken); the log is compacted
+to what is still live when the worker starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+# A finished upload's entry stays this long, for redeliveries of its last messages.
+AFTER_FINISH = 600.0
+# Expired entries are dropped every this many new ones.
+PRUNE_EVERY = 4096
+
+
+class Expected:
+    def __init__(self, path: Path, keep: float) -> None:
+        self.path = path
+        self.keep = keep  # seconds an unfinished upload's entry lives
+        self._senders: dict[str, tuple[str, float]] = {}  # upload id -> (sender, until)
+        self._added = 0
+        self._load()
+
+    def _load(self) -> None:
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.path.read_text().splitlines():
+                parts = line.split(" ")
+                if len(parts) != 3:
+                    continue  # a line cut short by a crash
+                upload_id, sender, placed = parts
+                with contextlib.suppress(ValueError):
+                    until = float(placed) + self.keep
+                    if until > now:
+                        self._senders[upload_id] = (sender, until)
+        # Compacted: only what is still live (a crash meanwhile leaves the old log).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(
+            "".join(f"{u} {s} {until - self.keep}\n" for u, (s, until) in self._senders.items())
+        )
+        os.replace(tmp, self.path)
+
+    def add(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Expect these uploads from these senders (broker user names)."""
+        now = time.time()
+        lines = []
+        for upload_id, sender in entries:
+            if " " in upload_id or " " in sender or "\n" in sender:
+                continue  # not a name the broker gives or an id the manager makes
+            self._senders[upload_id] = (sender, now + self.keep)
+            lines.append(f"{upload_id} {sender} {now}\n")
+        if not lines:
+            return
+        # Not synced: a process crash keeps it; after a crash of the machine, an upload
+        # whose entry was lost is refused and fails, and the client may run it again.
+        with open(self.path, "a") as log:
+            log.write("".join(lines))
+        self._added += len(lines)
+        if self._added >= PRUNE_EVERY:
+            self._added = 0
+            self._senders = {u: e for u, e in self._senders.items() if e[1] > now}
+
+    def sender(self, upload_id: str) -> str | None:
+        """Who may send this upload's chunks, if the manager placed it here."""
+        entry = self._senders.get(upload_id)
+        return entry[0] if entry else None
+
+    def finished(self, upload_id: str) -> None:
+        """The replica is done here: keep the entry a little longer, for redeliveries."""
+        entry = self._senders.get(upload_id)
+        if entry is not None:
+            self._senders[upload_id] = (entry[0], min(entry[1], time.time() + AFTER_FINISH))
