@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -297,14 +299,35 @@ class App:
         return errors.EXIT_OK
 
     def list(self, session: Session) -> int:
-        files = session.files(self.args.prefix)
+        """The manager sends the listing in pages: one page is a table (or one JSON
+        array); a big backup's pages are printed as they come, a line (or an element of the
+        JSON array) per file, so the first names show at once."""
+        pages = session.pages(self.args.prefix)
+        first = next(pages)
+        files = list(first)
+        if len(files) <= TABLE_MAX and (more := next(pages, None)) is not None:
+            files += more  # a second page: a big listing after all
         if self.args.json:
-            print(json.dumps([file_json(f) for f in files], ensure_ascii=False, indent=2))
+            print("[" if files else "[]", end="")
+            count = 0
+            for page in itertools.chain([files], pages):
+                for f in page:
+                    element = json.dumps(file_json(f), ensure_ascii=False, indent=2)
+                    print(
+                        "," if count else "", "\n", textwrap.indent(element, "  "), sep="", end=""
+                    )
+                    count += 1
+            print("\n]" if count else "")
             return errors.EXIT_OK
         if len(files) > TABLE_MAX:  # a big backup: lines at once, not a table laid out whole
+            count = 0
+            for page in itertools.chain([files], pages):
+                count += len(page)
+                if not self.args.quiet:
+                    sys.stdout.writelines(files_lines(page))
+                    sys.stdout.flush()
             if not self.args.quiet:
-                sys.stdout.writelines(files_lines(files))
-                print(f"{len(files)} files")
+                print(f"{count} files")
             return errors.EXIT_OK
         self.out.print(files_table(files))
         return errors.EXIT_OK

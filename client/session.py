@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -151,8 +151,18 @@ class Session:
 
     def files(self, prefix: str = "") -> list[m.FileEntry]:
         """The latest version of each of this user's files (under ``prefix``)."""
-        req = m.ListRequest(client=self.client_name, prefix=prefix)
-        return list(self.request(req, m.ListReply).files)
+        return [f for page in self.pages(prefix) for f in page]
+
+    def pages(self, prefix: str = "") -> Iterator[list[m.FileEntry]]:
+        """``files``, a page at a time as the manager sends them (in name order)."""
+        after = ""
+        while True:
+            req = m.ListRequest(client=self.client_name, prefix=prefix, after=after)
+            reply = self.request(req, m.ListReply)
+            yield list(reply.files)
+            if not reply.more or not reply.files:
+                return
+            after = reply.files[-1].name
 
     def versions(self, name: str) -> list[m.FileEntry]:
         """Every kept version of ``name``, oldest first (NotFound for an unknown name)."""

@@ -297,16 +297,22 @@ class Catalog(Holdings):
         name: str | None = None,
         owner: str | None = None,
         prefix: str = "",
+        after: str = "",
+        limit: int = -1,
     ) -> list[FileEntry]:
         """The latest version of every file (of ``owner``, or everyone's; under
-        ``prefix``; or only the one called ``name``), with the live workers holding it."""
+        ``prefix``; or only the one called ``name``), with the live workers holding it;
+        a page: only names after ``after``, at most ``limit`` of them (-1: all)."""
         where, args = _where(owner, name, prefix)
+        if after:
+            where += " AND name > ?"
+            args += (after,)
         rows = self.db.execute(
             f"SELECT {_ENTRY_COLUMNS}, c.n FROM versions v JOIN ("
             f"SELECT owner AS o, name AS nm, MAX(version) AS top, COUNT(*) AS n FROM versions "
-            f"WHERE {where} GROUP BY owner, name) c "
+            f"WHERE {where} GROUP BY owner, name ORDER BY name, owner LIMIT ?) c "
             "ON v.owner=c.o AND v.name=c.nm AND v.version=c.top ORDER BY v.name, v.owner",
-            args,
+            (*args, limit),
         ).fetchall()
         return self._entries(rows, now)
 

@@ -37,6 +37,9 @@ from warren.transport import Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
+# A listing goes back in pages of this many files, so a big one starts printing at once.
+LIST_PAGE = 1000
+
 # A client waiting for copies of deduplicated content is forgotten after this long (it has
 # given up by then; the copies go on as repairs).
 AWAIT_COPIES = 3600.0
@@ -121,7 +124,10 @@ class Requests:
     def _answer(self, msg: m.Message, owner: str) -> m.Message:
         now = time.time()
         if isinstance(msg, m.ListRequest):
-            return m.ListReply(files=tuple(self.catalog.files(owner=owner, prefix=msg.prefix)))
+            page = self.catalog.files(
+                owner=owner, prefix=msg.prefix, after=msg.after, limit=LIST_PAGE + 1
+            )
+            return m.ListReply(files=tuple(page[:LIST_PAGE]), more=len(page) > LIST_PAGE)
         if isinstance(msg, m.VersionsRequest):
             found = self.catalog.versions(owner, msg.name)
             if not found:

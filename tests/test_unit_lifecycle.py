@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from client.args import build_parser
+from client.cli import App
 from client.outcomes import Progress, UploadResult
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, wait_for
@@ -353,3 +356,24 @@ def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
             assert s.files() == []
     finally:
         c.stop_all()
+
+
+def test_a_big_listing_comes_in_pages_and_prints_whole(
+    stub: StubCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"docs/{i:05}.txt" for i in range(2_100)]
+    items = []
+    for i, name in enumerate(names):
+        items.append((write(tmp_path / f"{i}", f"file {i}".encode()), name))
+    args = build_parser().parse_args(["list", "docs/"])
+    with stub.session() as s:
+        outcomes = upload_all(s, items, 1)
+        assert all(isinstance(r, UploadResult) for r in outcomes.values())
+        pages = [len(p) for p in s.pages("docs/")]
+        App(args).list(s)
+        lines = capsys.readouterr().out.splitlines()
+        App(build_parser().parse_args(["list", "--json"])).list(s)
+        listed = json.loads(capsys.readouterr().out)
+    assert pages == [1000, 1000, 100]
+    assert [line.split("\t")[0] for line in lines[:-1]] == names and lines[-1] == "2100 files"
+    assert [f["name"] for f in listed] == names

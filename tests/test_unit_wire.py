@@ -54,7 +54,10 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         m.DownloadRequest(name="x", exclude=("w3",), client="c1", version=2),
         wire('{"name":"x","exclude":["w3"],"client":"c1","version":2}'),
     ),
-    (m.ListRequest(client="c1", prefix="photos/"), wire('{"client":"c1","prefix":"photos/"}')),
+    (
+        m.ListRequest(client="c1", prefix="photos/", after="photos/a.jpg"),
+        wire('{"client":"c1","prefix":"photos/","after":"photos/a.jpg"}'),
+    ),
     (m.VersionsRequest(name="x"), wire('{"name":"x"}')),
     (m.DeleteRequest(name="x", version=3), wire('{"name":"x","version":3}')),
     (
@@ -89,10 +92,13 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"code":"not_found","message":"no file named \'x\'."}'),
     ),
     (
-        m.ListReply(files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5, 3, 3, 420, 1.0),)),
+        m.ListReply(
+            files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5, 3, 3, 420, 1.0),), more=True
+        ),
         wire(
             '{"files":[{"name":"x","size":1,"sha256":"<SHA>","replicas":["w1","w2"],'
-            '"wanted":2,"created":1.5,"version":3,"versions":3,"mode":420,"mtime":1.0}]}'
+            '"wanted":2,"created":1.5,"version":3,"versions":3,"mode":420,"mtime":1.0}],'
+            '"more":true}'
         ),
     ),
     (
@@ -240,7 +246,7 @@ def test_golden_bytes_decode_from_pretty_json_in_any_key_order(msg: m.Message, b
 def test_defaults_a_client_may_leave_out() -> None:
     # What docs/protocol.md lets a sender omit, and what the receiver reads then.
     assert m.decode("download.request", b'{"name":"x"}') == m.DownloadRequest("x", (), "", 0)
-    assert m.decode("list.request", b"{}") == m.ListRequest("", "")
+    assert m.decode("list.request", b"{}") == m.ListRequest("", "", "")
     old = m.decode(
         "upload.request", f'{{"name":"x","size":1,"sha256":"{SHA}","replicas":2}}'.encode()
     )

@@ -233,6 +233,7 @@ class ListRequest(Message):
     TYPE = "list.request"
     client: str = ""
     prefix: str = ""  # only names that start with it
+    after: str = ""  # only names after it: the next page starts after the last name seen
 
 
 @message
@@ -357,10 +358,12 @@ class FileEntry:
 @message
 @dataclass(frozen=True)
 class ListReply(Message):
-    """The latest version of each of the sender's files (under the request's prefix)."""
+    """The latest version of each of the sender's files (under the request's prefix), a
+    page at a time, in name order: ``more`` says another page follows the last name."""
 
     TYPE = "list.reply"
     files: tuple[FileEntry, ...]
+    more: bool = False
 
 
 @dataclass(frozen=True)
