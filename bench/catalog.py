@@ -166,6 +166,15 @@ def main() -> int:
         listed = s.files("dir7/")
         print(f"  list dir7/ ({len(listed):,} files): {time.monotonic() - started:.2f} s")
         started = time.monotonic()
+        pages = s.pages()
+        first = next(pages)
+        at_first = time.monotonic() - started
+        count = len(first) + sum(len(p) for p in pages)
+        print(
+            f"  list of all {count:,} files: first page of {len(first):,} in {at_first:.2f} s, "
+            f"all in {time.monotonic() - started:.1f} s"
+        )
+        started = time.monotonic()
         req = m.UploadRequest(name="new.bin", size=10, sha256=sha(-1), replicas=2)
         s.request(req, m.UploadAccepted)
         print(f"  a placement: {time.monotonic() - started:.3f} s")

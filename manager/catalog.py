@@ -310,7 +310,7 @@ class Catalog(Holdings):
         rows = self.db.execute(
             f"SELECT {_ENTRY_COLUMNS}, c.n FROM versions v JOIN ("
             f"SELECT owner AS o, name AS nm, MAX(version) AS top, COUNT(*) AS n FROM versions "
-            f"WHERE {where} GROUP BY owner, name ORDER BY name, owner LIMIT ?) c "
+            f"WHERE {where} GROUP BY owner, name ORDER BY owner, name LIMIT ?) c "
             "ON v.owner=c.o AND v.name=c.nm AND v.version=c.top ORDER BY v.name, v.owner",
             (*args, limit),
         ).fetchall()
