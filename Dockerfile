@@ -27,12 +27,13 @@ RUN pip install --no-cache-dir . \
 
 # A non-root user. uid 1000 is the usual first user of a Linux host, so files the client
 # downloads into a bind-mounted folder belong to that user; pass `--user "$(id -u):$(id -g)"`
-# to `docker compose run` otherwise. /data is where a service keeps its state: a named
-# volume mounted there starts with this folder's owner, so the service can write to it.
+# to `docker compose run` otherwise. /data is where a service keeps its state, /etc/warren
+# where docker compose's `provision` writes the users' secrets and configs: a named volume
+# mounted there starts with this folder's owner, so the service can write to it.
 RUN groupadd --gid 1000 warren \
     && useradd --uid 1000 --gid warren --create-home --shell /bin/sh warren \
-    && mkdir /data \
-    && chown warren:warren /data
+    && mkdir /data /etc/warren \
+    && chown warren:warren /data /etc/warren
 USER warren
 
 # Every service reads its state folder from here unless --data-dir says otherwise.

@@ -253,6 +253,17 @@ def apply(management_url: str, users: Sequence[User], vhost: str = VHOST) -> Non
         admin.call("DELETE", "users/guest")
 
 
+def erlang_cookie(path: Path) -> str:
+    """The Erlang cookie kept in ``path``, or a new one: 40 random capital letters."""
+    with contextlib.suppress(FileNotFoundError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    cookie = "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(40))
+    write_private(path, cookie + "\n")
+    return cookie
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m devtools.provision",
@@ -262,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder to write into")
     ap.add_argument("--hosts", required=True, help="the broker nodes' host names, comma-separated")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument(
+        "--erlang-cookie",
+        action="store_true",
+        help="also secrets/erlang.cookie, the cluster nodes' shared secret (made once)",
+    )
     args = ap.parse_args(argv)
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     # Anyone may read the definitions (only salted hashes): the broker runs as a user of its
@@ -276,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         users = plan.write()
+        if args.erlang_cookie:
+            erlang_cookie(plan.secrets_dir / "erlang.cookie")
     except (OSError, WarrenError) as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 1

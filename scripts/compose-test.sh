@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # make compose-test: run the README's Docker commands for real, on both compose files.
 #
-#   docker-compose.yml          up -d --build; client1 upload README.md; client2 list; client2
-#                               download (bytes compared); a download into a folder the client
-#                               may not write is one sentence; a worker that holds the file is
-#                               stopped and its copy re-replicated; down -v
-#   docker-compose.cluster.yml  up; a file confirmed; rabbitmq1 killed while a 256 MiB upload
-#                               is in flight; every confirmed file listed and restored byte for
-#                               byte; the node started again rejoins; down -v
+#   docker-compose.yml          up -d --build; no guest, every service connected as its own
+#                               user, the administrator's password from the secrets volume;
+#                               client1 upload README.md, list, download (bytes compared);
+#                               client2 (a user of its own) does not see it; a download into a
+#                               folder the client may not write is one sentence; a worker that
+#                               holds the file is stopped and its copy re-replicated; down -v
+#   docker-compose.cluster.yml  up; the users as above; a file confirmed; rabbitmq1 killed
+#                               while a 256 MiB upload is in flight; every confirmed file
+#                               listed and restored byte for byte; the node started again
+#                               rejoins; down -v
 #
 # What it needs, it sets up: docker.io, docker-compose and debootstrap with apt-get when
 # missing; a dockerd when none answers (stopped again at the end); the base images, as
@@ -265,9 +268,10 @@ alive = {w["name"] for w in json.load(open(sys.argv[1]))["workers"] if w["alive"
 sys.exit(0 if {"w1", "w2", "w3", "w4"} <= alive else 1)
 ' "$LOG/out"
 }
-# A field of `list --json` for one file: the replicas (comma-separated), or sha256, or size.
+# A field of `list --json` for one of client1's files: the replicas (comma-separated), or
+# sha256, or size.
 listed() {
-    must client2 list --json
+    must client1 list --json
     python3 -c '
 import json, sys
 files = {f["name"]: f for f in json.load(open(sys.argv[1]))}
@@ -295,6 +299,50 @@ within() {
 }
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+# The management API on 127.0.0.1:15672 as USER:PASSWORD: GET PATH, the JSON on stdout.
+api() {
+    python3 -c '
+import base64, sys, urllib.error, urllib.request
+login, path = sys.argv[1], sys.argv[2]
+req = urllib.request.Request("http://127.0.0.1:15672/api/" + path)
+req.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+try:
+    print(urllib.request.urlopen(req, timeout=10).read().decode())
+except urllib.error.HTTPError as exc:
+    print(f"HTTP {exc.code}")
+    sys.exit(1)
+' "$1" "$2"
+}
+# Every service connected to the broker as its own user.
+connected() {
+    api "admin:$1" connections >"$LOG/connections.json" || return 1
+    python3 -c '
+import json, sys
+users = {c["user"] for c in json.load(open(sys.argv[1]))}
+sys.exit(0 if users == {"manager", "w1", "w2", "w3", "w4"} else 1)
+' "$LOG/connections.json"
+}
+# No guest; the administrator's password (README: `exec manager cat ...`) logs in; every
+# service is connected as its own user.
+users_provisioned() {
+    local password out
+    password=$(dc exec -T manager cat /etc/warren/secrets/admin.password) ||
+        fail "exec manager cat /etc/warren/secrets/admin.password failed"
+    out=$(api guest:guest whoami) && fail "guest logged in to the management API: $out"
+    [[ $out == "HTTP 401" ]] || fail "guest: $out, not 401"
+    api "admin:$password" users >"$LOG/users.json" ||
+        fail "admin cannot log in: $(cat "$LOG/users.json")"
+    python3 -c '
+import json, sys
+users = {u["name"] for u in json.load(open(sys.argv[1]))}
+want = {"admin", "manager", "w1", "w2", "w3", "w4", "client1", "client2"}
+sys.exit(0 if users == want else f"the broker has the users {sorted(users)}")
+' "$LOG/users.json" || fail "the broker's users are not those provisioned"
+    within 60 "the manager and w1..w4 connected, each as its own user" connected "$password"
+    passed "no guest (401); admin logs in with the password in the secrets volume; the" \
+        "manager and w1..w4 are connected, each as its own user"
+}
+
 [[ -d $(dirname "$SCRATCH") ]] || MADE_ARTIFACTS=1
 rm -rf "$SCRATCH"
 mkdir -p "$SCRATCH"
@@ -308,22 +356,30 @@ up "$SINGLE_PROJECT"
     --filter label=com.docker.compose.service=rabbitmq) ]] ||
     fail "the broker is not in project $SINGLE_PROJECT: .env's COMPOSE_PROJECT_NAME was not read"
 passed "the project is named by .env"
+users_provisioned
 
 must client1 upload README.md
 grep -q "stored README.md" "$LOG/out" || fail "upload README.md said: $(cat "$LOG/out")"
 passed "client1 upload README.md"
-must client2 list
-grep -q "README.md" "$LOG/out" || fail "client2 list does not show README.md: $(cat "$LOG/out")"
+must client1 list
+grep -q "README.md" "$LOG/out" || fail "client1 list does not show README.md: $(cat "$LOG/out")"
 [[ $(listed README.md sha256) == $(sha256 README.md) ]] || fail "list --json: wrong sha256"
-passed "client2 list"
-restores client2 README.md README.md
-passed "client2 download README.md, the same bytes"
+passed "client1 list"
+must client2 list --json # (its first run: compose v1 prints the image's build before the JSON)
+[[ $(tail -n 1 "$LOG/out") == "[]" ]] || fail "client2 sees others' files: $(tail -n 5 "$LOG/out")"
+rc=0
+client client2 download README.md -o "$SCRATCH/not-mine" || rc=$?
+((rc == 3)) || fail "client2 download of client1's README.md exited $rc: $(cat "$LOG/err")"
+passed "client2, a user of its own, neither lists nor downloads client1's README.md" \
+    "($(grep '^error:' "$LOG/err"))"
+restores client1 README.md README.md
+passed "client1 download README.md, the same bytes"
 
 # As the image's own user (uid 1000), into a folder it may not write: one sentence, exit 2.
 mkdir -p "$SCRATCH/read-only"
 chmod 0555 "$SCRATCH/read-only"
 rc=0
-dc run --rm -T client2 download README.md -o "$SCRATCH/read-only/x" >"$LOG/out" 2>"$LOG/err" ||
+dc run --rm -T client1 download README.md -o "$SCRATCH/read-only/x" >"$LOG/out" 2>"$LOG/err" ||
     rc=$?
 if ((rc != 2)) || grep -q Traceback "$LOG/err" || ! grep -q "^error: cannot write" "$LOG/err"; then
     fail "a download into a read-only folder exited $rc: $(cat "$LOG/err")"
@@ -368,6 +424,7 @@ sys.exit(0 if len(json.load(open(sys.argv[1]))["running_nodes"]) == int(sys.argv
 }
 nodes_running 3 || fail "the three nodes did not form one cluster"
 passed "rabbitmq1..3 form one cluster"
+users_provisioned
 
 must client1 upload README.md
 passed "README.md confirmed before the fault"
@@ -398,15 +455,15 @@ else
 fi
 
 [[ $(listed README.md sha256) == $(sha256 README.md) ]] || fail "README.md lost with rabbitmq1"
-restores client2 README.md README.md
+restores client1 README.md README.md
 passed "README.md, confirmed before the fault, still listed and restored byte for byte"
 if ((rc == 0)); then
-    restores client2 big.bin "$big"
+    restores client1 big.bin "$big"
     passed "big.bin, confirmed during the fault, restored byte for byte"
 else
     retried() { client client1 upload "$big"; }
     within 180 "uploading big.bin again on two nodes" retried
-    restores client2 big.bin "$big"
+    restores client1 big.bin "$big"
     passed "big.bin uploaded again on two nodes and restored byte for byte"
 fi
 

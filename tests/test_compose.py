@@ -4,9 +4,11 @@ docker-compose.yml (one broker), docker-compose.cluster.yml (three clustered bro
 Dockerfile and broker/ only meet real code at `docker compose up`, which this suite never runs
 (`make compose-test` does, with Docker). These checks catch what would break there: a command
 a module does not accept, a mounted file that is missing, an env var nothing reads, a package
-the image lacks, a broker password hash that does not match its password, a cluster node its
-peers cannot find or authenticate, a key docker-compose v1 rejects, two layouts in one
-project, and the two compose files or the two broker configs drifting apart.
+the image lacks, a service whose login the broker would refuse (the `provision` service's own
+command is run here into a temporary folder standing for its volume, and each service's config
+file is read from there), a cluster node its peers cannot find or authenticate, a key
+docker-compose v1 rejects, two layouts in one project, and the two compose files or the two
+broker configs drifting apart.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
-from warren.config import Settings
+from devtools import provision
+from warren.config import CONFIG_ENV, Settings
+from warren.topology import permissions
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -44,6 +48,9 @@ CLIENTS = ("client1", "client2")
 WARREN_SERVICES = ("manager", *WORKERS, *CLIENTS)
 SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
 SETTINGS_ENV = {"WARREN_" + name.upper() for name in SETTINGS_FIELDS}
+WARREN_ENV = SETTINGS_ENV | {CONFIG_ENV}  # WARREN_CONFIG names the config file
+PROVISION = "provision"  # the one-shot service that writes the users' secrets
+SECRETS = "secrets"  # the volume it writes them into
 # The top-level keys docker-compose v1 accepts (besides x- extensions); v2 also takes `name:`,
 # which v1 rejects, so the project names come from .env and -p.
 COMPOSE_V1_TOP_LEVEL = {"version", "services", "volumes", "networks", "secrets", "configs"}
@@ -318,12 +325,12 @@ def node_name(layout: Layout, broker: str) -> str:
     return environment(svc).get("RABBITMQ_NODENAME", default)
 
 
-def erlang_cookie(layout: Layout, broker: str) -> str:
+def erlang_cookie(layout: Layout, broker: str, provisioned: ProvisionedBy) -> str:
     """The cookie a node runs with, read from where its service takes it.
 
-    Either a bind-mounted file that the command installs as $HOME/.erlang.cookie, owned by
-    rabbitmq and readable by it only, before handing over to the image's entrypoint; or the
-    (deprecated) RABBITMQ_ERLANG_COOKIE variable.
+    Either a file that provision writes into the secrets volume and the command installs as
+    $HOME/.erlang.cookie, owned by rabbitmq and readable by it only, before handing over to
+    the image's entrypoint; or the (deprecated) RABBITMQ_ERLANG_COOKIE variable.
     """
     svc = service(layout, broker)
     from_env = environment(svc).get("RABBITMQ_ERLANG_COOKIE")
@@ -346,13 +353,65 @@ def erlang_cookie(layout: Layout, broker: str) -> str:
     )
     assert options.get("-m") in ("0400", "400"), f"{broker}: the cookie must be 0400: {install}"
     source = install[-2]
-    by_target = {m.target: m for m in mounts(svc)}
-    assert source in by_target, f"{broker}: {source} is not mounted"
-    mount = by_target[source]
-    assert mount.is_bind and mount.read_only, f"{broker}: mount {mount.source} read-only"
-    path = ROOT / mount.source
-    assert path.is_file(), f"{broker}: {mount.source} does not exist"
+    target = secrets_mount(layout, broker).target
+    assert source.startswith(target + "/"), f"{broker}: {source} is not in the volume {SECRETS}"
+    path = provisioned(layout).path(source)
+    assert path.is_file(), f"{broker}: provision does not write {source}"
     return path.read_text()
+
+
+def secrets_mount(layout: Layout, name: str) -> Mount:
+    found = [m for m in mounts(service(layout, name)) if m.source == SECRETS]
+    assert len(found) == 1, f"{layout.file}: {name} does not mount the volume {SECRETS}"
+    return found[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """What the provision service wrote: ``target`` in the containers is ``folder`` here."""
+
+    target: str
+    folder: Path
+
+    def path(self, in_container: str) -> Path:
+        assert in_container.startswith(self.target + "/"), f"{in_container} is not in {SECRETS}"
+        return self.folder / in_container[len(self.target) + 1 :]
+
+
+ProvisionedBy = Callable[[Layout], Provisioned]
+
+
+@pytest.fixture(scope="module")
+def provisioned(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedBy:
+    """Run each layout's provision command, with its volume's folder here instead."""
+    made: dict[str, Provisioned] = {}
+
+    def get(layout: Layout) -> Provisioned:
+        if layout.file not in made:
+            module, args = module_and_args(layout, PROVISION)
+            assert module == "devtools.provision", f"{layout.file}: provision runs {module}"
+            target = secrets_mount(layout, PROVISION).target
+            assert flag_values(args).get("--out") == target, "write into the secrets volume"
+            folder = tmp_path_factory.mktemp("etc-warren")
+            here = [str(folder) if a == target else a for a in args]
+            assert provision.main(here) == 0
+            made[layout.file] = Provisioned(target, folder)
+        return made[layout.file]
+
+    return get
+
+
+def settings_of(
+    layout: Layout,
+    name: str,
+    provisioned: ProvisionedBy,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """The service's settings, its config file read from what provision wrote."""
+    env = environment(service(layout, name))
+    if CONFIG_ENV in env:
+        env[CONFIG_ENV] = str(provisioned(layout).path(env[CONFIG_ENV]))
+    return Settings.load(overrides, environ=env)
 
 
 # -- compose: services and commands --------------------------------------------------------
@@ -360,7 +419,7 @@ def erlang_cookie(layout: Layout, broker: str) -> str:
 
 @each_layout()
 def test_compose_has_the_brokers_the_manager_four_workers_and_two_clients(layout: Layout) -> None:
-    assert set(services(layout)) == {*layout.brokers, *WARREN_SERVICES}
+    assert set(services(layout)) == {*layout.brokers, *WARREN_SERVICES, PROVISION}
     running_worker = {
         name for name in WARREN_SERVICES if module_and_args(layout, name)[0] == "worker"
     }
@@ -376,8 +435,21 @@ def test_command_runs_a_repo_module_with_flags_it_accepts(layout: Layout, name: 
         assert flag in options, f"{name}: python -m {module} has no option {flag}"
 
 
+def test_provision_runs_a_repo_module_with_flags_it_accepts() -> None:
+    for layout in LAYOUTS:
+        module, args = module_and_args(layout, PROVISION)
+        options = help_options(module)
+        for flag in flag_values(args):
+            assert flag in options, f"{layout.file}: python -m {module} has no option {flag}"
+        svc = service(layout, PROVISION)
+        assert svc.get("restart") == "no", f"{layout.file}: provision runs once per `up`"
+        assert not secrets_mount(layout, PROVISION).read_only
+
+
 @each_service(lambda layout: ("manager", *WORKERS))
-def test_service_settings_load_from_its_flags_and_environment(layout: Layout, name: str) -> None:
+def test_service_settings_load_from_its_flags_and_environment(
+    layout: Layout, name: str, provisioned: ProvisionedBy
+) -> None:
     _, args = module_and_args(layout, name)
     overrides = {}
     for flag, value in flag_values(args).items():
@@ -385,7 +457,7 @@ def test_service_settings_load_from_its_flags_and_environment(layout: Layout, na
         if field in SETTINGS_FIELDS:
             overrides[field] = value
     svc = service(layout, name)
-    settings = Settings.load(overrides, environ=environment(svc))
+    settings = settings_of(layout, name, provisioned, overrides)
     assert settings.data_dir is not None, f"{name}: give --data-dir so state lands on a volume"
     data_volumes = {m.target for m in mounts(svc) if not m.is_bind}
     assert str(settings.data_dir) in data_volumes, f"{name}: {settings.data_dir} is no volume"
@@ -399,6 +471,7 @@ def test_every_service_keeps_its_data_on_a_volume_of_its_own(layout: Layout) -> 
     volumes = {}
     for name in (*layout.brokers, "manager", *WORKERS):
         named = [m.source for m in mounts(service(layout, name)) if not m.is_bind]
+        named = [v for v in named if v != SECRETS]
         assert len(named) == 1, f"{name}: expected one named volume, got {named}"
         volumes[name] = named[0]
     assert len(set(volumes.values())) == len(volumes), f"volumes are shared: {volumes}"
@@ -408,7 +481,21 @@ def test_every_service_keeps_its_data_on_a_volume_of_its_own(layout: Layout) -> 
 
 
 @each_layout()
-def test_clients_run_on_demand_under_distinct_names(layout: Layout) -> None:
+def test_every_process_mounts_the_secrets_read_only_where_provision_writes_them(
+    layout: Layout,
+) -> None:
+    target = secrets_mount(layout, PROVISION).target
+    for name in (*layout.brokers, *WARREN_SERVICES):
+        m = secrets_mount(layout, name)
+        assert m.target == target, f"{name}: mount {SECRETS} at {target}"
+        assert m.read_only, f"{name}: only provision may write the secrets"
+    assert SECRETS in (compose(layout).get("volumes") or {})
+
+
+@each_layout()
+def test_clients_run_on_demand_under_distinct_names(
+    layout: Layout, provisioned: ProvisionedBy
+) -> None:
     names = set()
     for name in CLIENTS:
         svc = service(layout, name)
@@ -418,7 +505,7 @@ def test_clients_run_on_demand_under_distinct_names(layout: Layout) -> None:
         client_name = environment(svc).get("WARREN_CLIENT_NAME", "")
         assert client_name, f"{name}: set WARREN_CLIENT_NAME"
         names.add(client_name)
-        assert Settings.load(environ=environment(svc)).client_name == client_name
+        assert settings_of(layout, name, provisioned).client_name == client_name
     assert len(names) == len(CLIENTS)
 
 
@@ -474,13 +561,15 @@ def test_readme_cluster_commands_name_the_cluster_project() -> None:
 @each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES]))
 def test_only_settings_fields_are_set_as_warren_env_vars(layout: Layout, name: str) -> None:
     env = environment(service(layout, name))
-    unknown = {k for k in env if k.startswith("WARREN_")} - SETTINGS_ENV
+    unknown = {k for k in env if k.startswith("WARREN_")} - WARREN_ENV
     assert not unknown, f"{name}: {sorted(unknown)} are not fields of warren.config.Settings"
 
 
 @each_service(lambda layout: WARREN_SERVICES)
-def test_services_reach_every_broker_of_their_compose_file(layout: Layout, name: str) -> None:
-    settings = Settings.load(environ=environment(service(layout, name)))
+def test_services_reach_every_broker_of_their_compose_file(
+    layout: Layout, name: str, provisioned: ProvisionedBy
+) -> None:
+    settings = settings_of(layout, name, provisioned)
     urls = settings.amqp_urls
     hosts = [urlsplit(url).hostname for url in urls]
     assert sorted(h or "" for h in hosts) == sorted(layout.brokers), (
@@ -503,11 +592,7 @@ def test_bind_mounted_host_paths_exist(layout: Layout, name: str) -> None:
 @each_service(lambda layout: layout.brokers)
 def test_rabbitmq_mounts_its_config_read_only(layout: Layout, name: str) -> None:
     by_target = {m.target: m for m in mounts(service(layout, name))}
-    sources = {
-        "rabbitmq.conf": layout.broker_conf,
-        "definitions.json": "definitions.json",
-        "enabled_plugins": "enabled_plugins",
-    }
+    sources = {"rabbitmq.conf": layout.broker_conf, "enabled_plugins": "enabled_plugins"}
     for file, source in sources.items():
         m = by_target.get(f"/etc/rabbitmq/{file}")
         assert m is not None, f"{name}: /etc/rabbitmq/{file} is not mounted"
@@ -524,7 +609,7 @@ def test_rabbitmq_publishes_its_ports_on_localhost_and_has_a_healthcheck(
     svc = service(layout, name)
     assert {5672, 15672} <= container_ports(svc)
     for port in published(svc):
-        assert port.host_ip == "127.0.0.1", f"{name}: guest/guest must not face the network"
+        assert port.host_ip == "127.0.0.1", f"{name}: publish on 127.0.0.1 only"
         assert port.host_port is not None, f"{name}: give {port.container_port} a fixed port"
     check = svc.get("healthcheck") or {}
     assert not check.get("disable"), f"{name}: the healthcheck is disabled"
@@ -568,6 +653,14 @@ def test_services_wait_for_every_healthy_broker(layout: Layout, name: str) -> No
         assert "manager" in depends, f"{name}: start the manager first"
 
 
+@each_service(lambda layout: layout.brokers)
+def test_brokers_wait_for_the_users_to_be_provisioned(layout: Layout, name: str) -> None:
+    depends = service(layout, name).get("depends_on") or {}
+    condition = (depends.get(PROVISION) or {}).get("condition")
+    # docker-compose v1 (1.29) knows this condition too.
+    assert condition == "service_completed_successfully", f"{name}: wait for {PROVISION}"
+
+
 @each_layout()
 def test_brokers_do_not_wait_for_each_other(layout: Layout) -> None:
     # A restarted node waits for the peer that stopped last: if it had to wait for a peer to
@@ -598,8 +691,8 @@ def test_cluster_conf_is_rabbitmq_conf_plus_peer_discovery_of_the_three_nodes() 
     assert sorted(listed.values()) == expected, f"{CLUSTER.broker_conf} lists {listed}"
 
 
-def test_cluster_nodes_share_one_valid_erlang_cookie() -> None:
-    cookies = {name: erlang_cookie(CLUSTER, name) for name in CLUSTER.brokers}
+def test_cluster_nodes_share_one_valid_erlang_cookie(provisioned: ProvisionedBy) -> None:
+    cookies = {name: erlang_cookie(CLUSTER, name, provisioned) for name in CLUSTER.brokers}
     assert len(set(cookies.values())) == 1, f"the nodes would refuse each other: {cookies}"
     # Erlang reads the first line: printable ASCII, at most 255 characters.
     lines = next(iter(cookies.values())).splitlines()
@@ -669,24 +762,73 @@ def test_dockerignore_keeps_local_state_out_and_sources_in() -> None:
 # -- broker/ --------------------------------------------------------------------------------
 
 
-def test_definitions_give_guest_full_rights_on_the_default_vhost() -> None:
-    defs = definitions()
+ROLES = {
+    "manager": "manager",
+    **dict.fromkeys(WORKERS, "worker"),
+    **dict.fromkeys(CLIENTS, "client"),
+}
+
+
+def provisioned_definitions(layout: Layout, provisioned: ProvisionedBy) -> dict[str, Any]:
+    """The definitions file the brokers load, as provision wrote it."""
+    for broker in layout.brokers:
+        assert broker_conf(layout.broker_conf)["load_definitions"].startswith(
+            secrets_mount(layout, broker).target + "/"
+        ), f"{broker}: load the definitions from the volume {SECRETS}"
+    path = provisioned(layout).path(broker_conf(layout.broker_conf)["load_definitions"])
+    assert path.stat().st_mode & 0o004, "the broker runs as a user of its own: let it read them"
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@each_service(lambda layout: WARREN_SERVICES)
+def test_each_service_logs_in_as_its_own_user_with_exactly_its_roles_rights(
+    layout: Layout, name: str, provisioned: ProvisionedBy
+) -> None:
+    defs = provisioned_definitions(layout, provisioned)
     users = {u["name"]: u for u in defs["users"]}
-    guest = users["guest"]
-    tags = guest["tags"]
-    assert "administrator" in (tags if isinstance(tags, list) else tags.split(","))
-    assert guest["hashing_algorithm"] == "rabbit_password_hashing_sha256"
-    assert "password" not in guest, "definitions take password_hash, never a password"
-    assert "/" in {v["name"] for v in defs["vhosts"]}
-    perms = [p for p in defs["permissions"] if p["user"] == "guest" and p["vhost"] == "/"]
-    assert len(perms) == 1
-    assert (perms[0]["configure"], perms[0]["write"], perms[0]["read"]) == (".*", ".*", ".*")
+    assert "guest" not in users, "no guest: RabbitMQ creates none when definitions are loaded"
+    settings = settings_of(layout, name, provisioned)
+    logins = {(urlsplit(u).username, urlsplit(u).password) for u in settings.amqp_urls}
+    assert len(logins) == 1, f"{name}: one login on every node"
+    user, password = (unquote(x or "") for x in logins.pop())
+    assert user == name, f"{name} logs in as {user!r}, not as its own user"
+    entry = users[user]
+    assert entry["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert rabbit_sha256_matches(entry["password_hash"], password), f"{name}: wrong password"
+    want = permissions(ROLES[name], user)
+    (perm,) = [p for p in defs["permissions"] if p["user"] == user and p["vhost"] == "/"]
+    assert (perm["configure"], perm["write"], perm["read"]) == (
+        want.configure,
+        want.write,
+        want.read,
+    )
+    topics = {
+        t["exchange"]: (t["write"], t["read"])
+        for t in defs["topic_permissions"]
+        if t["user"] == user and t["vhost"] == "/"
+    }
+    assert topics == want.topics
+    # Workers take commands only from the manager's user.
+    assert settings.manager_user == "manager"
 
 
-def test_guest_password_hash_matches_guest() -> None:
-    password_hash = {u["name"]: u for u in definitions()["users"]}["guest"]["password_hash"]
-    assert rabbit_sha256_matches(password_hash, "guest")
-    assert not rabbit_sha256_matches(password_hash, "guest2")
+@each_layout()
+def test_the_management_ui_has_an_administrator_whose_password_the_header_shows(
+    layout: Layout, provisioned: ProvisionedBy
+) -> None:
+    header = [line for line in header_commands(layout) if "admin.password" in line]
+    assert header, f"{layout.file}: say how to read the administrator's password"
+    in_container = re.search(r"cat (\S+)", header[0])
+    assert in_container, header[0]
+    password = provisioned(layout).path(in_container.group(1)).read_text().strip()
+    defs = provisioned_definitions(layout, provisioned)
+    admin = {u["name"]: u for u in defs["users"]}["admin"]
+    assert admin["tags"] == ["administrator"]
+    assert rabbit_sha256_matches(admin["password_hash"], password)
+    secrets_dir = provisioned(layout).folder / "secrets"
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700, "the secrets are uid 1000's alone"
 
 
 @pytest.mark.parametrize("file", [layout.broker_conf for layout in LAYOUTS])
@@ -694,8 +836,9 @@ def test_rabbitmq_conf_matches_the_compose_service(file: str) -> None:
     conf = broker_conf(file)
     assert conf["listeners.tcp.default"].rsplit(":", 1)[-1] == "5672"
     assert conf["management.tcp.port"] == "15672"
-    assert conf["load_definitions"] == "/etc/rabbitmq/definitions.json"
-    assert conf["loopback_users"] == "none", "guest must be able to log in from other containers"
+    assert conf["load_definitions"] == "/etc/warren/definitions.json"
+    # guest (left from an older volume) may log in only from inside the broker's container
+    assert "loopback_users" not in conf
     assert 0 < float(conf["vm_memory_high_watermark.relative"]) < 1
     assert conf["disk_free_limit.absolute"]
     assert int(conf["consumer_timeout"]) >= 3_600_000, "long uploads outlive a short timeout"
