@@ -134,6 +134,43 @@ def test_identical_content_is_not_sent_again(cluster: Cluster, tmp_path: Path) -
     assert listed["second.bin"]["replicas"] == listed["first.bin"]["replicas"]
 
 
+def test_content_held_too_few_times_goes_worker_to_worker_and_small_files_are_not_resent(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a file stored on one worker only, and a folder of small files stored once
+    data = random_file(tmp_path, "one.bin", 4 * MIB)
+    cluster.client("upload", str(data), "--replicas", "1").ok()
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(40):
+        (small / f"{i}.txt").write_bytes(os.urandom(2_000))
+    cluster.client("upload", str(small)).ok()
+    replicas_before, packs_before = chunk_lines(cluster), pack_lines(cluster)
+
+    # When the same content is uploaded under other names, the big one with 3 replicas
+    big = cluster.client("upload", str(data), "--name", "three.bin", "--replicas", "3", "--json")
+    again = cluster.client("upload", str(small), "--json").ok()  # new versions, same bytes
+    few = [json.loads(line) for line in again.out.splitlines()]
+
+    # Then the client sends nothing: two more copies go from worker to worker, and the
+    # upload ends once all three are on disk; no small file travels again
+    assert big.code == 0, big.err
+    result = json.loads(big.out)
+    assert result["bytes_sent"] == 0 and result["deduplicated"]
+    assert len(result["replicas"]) == 3
+    assert len(cluster.holders_on_disk(sha(data))) == 3
+    assert len(few) == 40 and all(f["deduplicated"] and f["bytes_sent"] == 0 for f in few)
+    assert chunk_lines(cluster) == replicas_before + 2  # the two copies, one hop each
+    assert pack_lines(cluster) == packs_before
+    cluster.client("download", "three.bin", "-o", str(tmp_path / "back")).ok()
+    assert sha(tmp_path / "back") == sha(data)
+
+
+def pack_lines(c: Cluster) -> int:
+    """Packs the workers have stored so far, by their logs."""
+    return sum(p.read_text().count("files stored on") for p in (c.base / "logs").glob("w*.log"))
+
+
 def chunk_lines(c: Cluster) -> int:
     """Replicas the workers have stored so far, by their logs."""
     return sum(p.read_text().count("replica stored on") for p in (c.base / "logs").glob("w*.log"))
