@@ -58,7 +58,10 @@ class Repairs:
                 break
             if short.sha256 in self.in_flight or not short.live_holders:
                 continue  # under way, or nothing left to copy from
-            others = [c for c in candidates if c.name not in short.live_holders]
+            # Not to a worker still deleting an old copy of it: the delete, on another
+            # queue, could come after the copy and take it away.
+            taken = set(short.live_holders) | set(short.avoid)
+            others = [c for c in candidates if c.name not in taken]
             try:
                 (target,) = choose_chain(others, short.size, 1)
             except Refused:

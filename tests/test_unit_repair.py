@@ -50,3 +50,13 @@ def test_a_replica_from_elsewhere_does_not_end_the_copy() -> None:
     other = "w3" if copy.target == "w2" else "w2"
     assert r.stored(A, other) is None
     assert A in r.in_flight
+
+
+def test_no_copy_goes_to_a_worker_still_deleting_an_old_copy_of_it() -> None:
+    # w3 was told to delete this content (garbage) and has not confirmed: a copy landing
+    # there could be deleted after it lands, so only w4 may get it
+    r = Repairs(limit=4)
+    short = Shortfall(A, 1, 2, ("w1",), avoid=("w3",))
+    [copy] = r.plan([short], workers("w1", "w2", "w3", "w4", dead=("w2",)), 0)
+    assert copy.target == "w4"
+    assert Repairs(limit=4).plan([short], workers("w1", "w3"), 0) == []
