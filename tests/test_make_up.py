@@ -2,7 +2,8 @@
 
 ``python -m devtools.localcluster up`` (what ``make up`` runs) on fresh free ports: guest
 cannot log in, every service is connected as its own user, the client config it prints
-works, client2 does not see client1's file, and ``down`` stops it all.
+works, client2 does not see client1's file, and ``down`` stops it all; brought up again with
+``--tls`` (``make up TLS=1``), the same users reach it over amqps:// with the local CA.
 """
 
 from __future__ import annotations
@@ -82,3 +83,24 @@ def test_make_up_runs_every_process_as_its_own_user(tmp_path: Path) -> None:
     stopped = LocalNode.load(tmp_path / ".warren" / "rabbitmq")
     assert stopped is not None and not stopped.running()
     assert not list((tmp_path / ".warren" / "pids").iterdir())
+    passwords = {f.name: f.read_text() for f in secrets.glob("*.password")}
+
+    # When it comes up again with TLS (make up TLS=1)
+    tls = ("--tls", "--free-ports")
+    up = run(tmp_path, "-m", "devtools.localcluster", "up", "--workers", "2", *tls)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "amqps on port" in up.stdout
+        # Then the users and passwords are those of the first run, every config uses amqps://
+        # with the local CA, and client1's file is still there, listed over TLS
+        assert {f.name: f.read_text() for f in secrets.glob("*.password")} == passwords
+        for name in ("manager", "w1", "w2", "client1", "client2"):
+            text = (secrets / f"{name}.toml").read_text()
+            assert 'amqp_url = "amqps://' in text
+            assert f'tls_ca_file = "{tmp_path / ".warren" / "tls" / "ca.pem"}"' in text
+        res = run(tmp_path, "-m", "client", "list", "--json", config=client1)
+        assert res.returncode == 0, res.stderr
+        assert "diary.txt" in res.stdout
+    finally:
+        down = run(tmp_path, "-m", "devtools.localcluster", "down")
+    assert down.returncode == 0, down.stderr
