@@ -11,7 +11,7 @@ The expectations are kept in memory and appended to ``expected.log``, so a resta
 still takes the chunks queued for it. An entry lives as long as its upload may (the
 manager abandons uploads older than ``WARREN_UPLOAD_EXPIRY``), or a few minutes after the
 replica is finished here (a redelivered last chunk is still taken); the log is compacted
-to what is still live when the worker starts.
+to what is still live when the worker starts and every few thousand uploads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 # A finished upload's entry stays this long, for redeliveries of its last messages.
 AFTER_FINISH = 600.0
-# Expired entries are dropped every this many new ones.
+# Expired entries are dropped (and the log compacted) every this many new ones.
 PRUNE_EVERY = 4096
 
 
@@ -40,19 +40,22 @@ class Expected:
         now = time.time()
         with contextlib.suppress(FileNotFoundError):
             for line in self.path.read_text().splitlines():
-                parts = line.split(" ")
-                if len(parts) != 3:
+                parts = line.split(" ", 2)
+                if len(parts) != 3 or not parts[2]:
                     continue  # a line cut short by a crash
-                upload_id, sender, placed = parts
+                upload_id, placed, sender = parts
                 with contextlib.suppress(ValueError):
                     until = float(placed) + self.keep
                     if until > now:
                         self._senders[upload_id] = (sender, until)
-        # Compacted: only what is still live (a crash meanwhile leaves the old log).
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._compact()
+
+    def _compact(self) -> None:
+        """The log rewritten with what is still live (a crash meanwhile leaves the old)."""
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(
-            "".join(f"{u} {s} {until - self.keep}\n" for u, (s, until) in self._senders.items())
+            "".join(f"{u} {until - self.keep} {s}\n" for u, (s, until) in self._senders.items())
         )
         os.replace(tmp, self.path)
 
@@ -61,10 +64,10 @@ class Expected:
         now = time.time()
         lines = []
         for upload_id, sender in entries:
-            if " " in upload_id or " " in sender or "\n" in sender:
-                continue  # not a name the broker gives or an id the manager makes
+            if " " in upload_id or "\n" in upload_id or "\n" in sender:
+                continue  # not an id the manager makes or a name the broker gives
             self._senders[upload_id] = (sender, now + self.keep)
-            lines.append(f"{upload_id} {sender} {now}\n")
+            lines.append(f"{upload_id} {now} {sender}\n")
         if not lines:
             return
         # Not synced: a process crash keeps it; after a crash of the machine, an upload
@@ -72,14 +75,15 @@ class Expected:
         with open(self.path, "a") as log:
             log.write("".join(lines))
         self._added += len(lines)
-        if self._added >= PRUNE_EVERY:
+        if self._added >= PRUNE_EVERY:  # expired entries leave memory and the log
             self._added = 0
             self._senders = {u: e for u, e in self._senders.items() if e[1] > now}
+            self._compact()
 
     def sender(self, upload_id: str) -> str | None:
         """Who may send this upload's chunks, if the manager placed it here."""
         entry = self._senders.get(upload_id)
-        return entry[0] if entry else None
+        return entry[0] if entry and entry[1] > time.time() else None
 
     def finished(self, upload_id: str) -> None:
         """The replica is done here: keep the entry a little longer, for redeliveries."""
