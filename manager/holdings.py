@@ -35,6 +35,9 @@ class Holdings:
     dead_after: float
     _db: sqlite3.Connection | None
     _usage: dict[str, tuple[int, int]] | None
+    # The workers table as last read: placing a pack asks who is alive for every file in
+    # it, and only a heartbeat changes the table (worker_seen forgets this).
+    _worker_rows: list[tuple[str, float, int, int, int]] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -46,6 +49,7 @@ class Holdings:
     def worker_seen(self, name: str, free: int, used: int, files: int, now: float) -> bool:
         """Record a heartbeat; True when the worker was dead or unknown until now."""
         row = self.db.execute("SELECT last_seen FROM workers WHERE name=?", (name,)).fetchone()
+        self._worker_rows = None
         self.db.execute(
             "INSERT INTO workers VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
             "last_seen=excluded.last_seen, free_bytes=excluded.free_bytes, "
@@ -56,9 +60,11 @@ class Holdings:
 
     def workers(self, now: float | None = None) -> list[WorkerEntry]:
         now = time.time() if now is None else now
-        rows = self.db.execute(
-            "SELECT name, last_seen, free_bytes, used_bytes, files FROM workers ORDER BY name"
-        ).fetchall()
+        rows = self._worker_rows
+        if rows is None:
+            rows = self._worker_rows = self.db.execute(
+                "SELECT name, last_seen, free_bytes, used_bytes, files FROM workers ORDER BY name"
+            ).fetchall()
         return [
             WorkerEntry(
                 name=r[0],

@@ -65,6 +65,7 @@ class ChunkStore:
         self.damaged = 0  # copies found damaged and quarantined (counted at open)
         self._used = 0
         self._files = 0
+        self._folders: set[str] = set()  # folders of blobs/ known to exist
 
     def open(self) -> None:
         """Create the folders and count what is stored (a scan, once, at start)."""
@@ -216,33 +217,50 @@ class ChunkStore:
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha256:
                 raise CorruptUpload.mismatch(sha256, actual)
-        todo: dict[str, tuple[Path, memoryview]] = {}
+        # One random part for the pack's temporary names (each also has its file's hash).
+        tag = uuid.uuid4().hex[:8]
+        todo: dict[str, tuple[str, str, memoryview]] = {}  # sha256 -> (target, tmp, bytes)
         for sha256, data in blobs:
-            if sha256 not in todo and not self.blob_path(sha256).exists():
-                todo[sha256] = (self.incoming / f"{sha256}.{uuid.uuid4().hex[:8]}.blob", data)
+            if sha256 in todo:
+                continue
+            target = str(self.blob_path(sha256))
+            if not os.path.exists(target):
+                todo[sha256] = (target, os.path.join(self.incoming, f"{sha256}.{tag}.blob"), data)
         if not todo:
             return
         try:
-            for tmp, data in todo.values():
+            for _, tmp, data in todo.values():
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
                     _write_all(fd, data, 0)
                 finally:
                     os.close(fd)
-            _sync_files([tmp for tmp, _ in todo.values()])
+            _sync_files([Path(tmp) for _, tmp, _ in todo.values()])
         except OSError:
-            for tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
-                tmp.unlink(missing_ok=True)
+            for _, tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             raise
-        for sha256, (tmp, data) in todo.items():
-            target = self.blob_path(sha256)
-            target.parent.mkdir(exist_ok=True)
+        folders = sorted({os.path.dirname(target) for target, _, _ in todo.values()})
+        for folder in folders:
+            self._folder(folder)
+        for target, tmp, data in todo.values():
             with self._lock:
-                if not target.exists():
+                if not os.path.exists(target):
                     self._used += len(data)
                     self._files += 1
-                os.replace(tmp, target)
-        _sync_files(sorted({self.blob_path(sha).parent for sha in todo}))
+                try:
+                    os.replace(tmp, target)
+                except FileNotFoundError:  # its folder went since it was made here
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.replace(tmp, target)
+        _sync_files([Path(f) for f in folders])
+
+    def _folder(self, path: str) -> None:
+        """Make a folder of ``blobs/`` once (a pack's files fall into many of the 256)."""
+        if path not in self._folders:
+            os.makedirs(path, exist_ok=True)
+            self._folders.add(path)
 
     def quarantine(self, sha256: str) -> None:
         """A damaged copy leaves the store (never served, never reported as held again)
