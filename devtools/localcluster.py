@@ -230,9 +230,10 @@ def up(layout: Layout, workers: int, tls: bool = False, free_ports: bool = False
     where = f"{'amqps' if tls else 'amqp'} on port{'s' if len(nodes) > 1 else ''} "
     ports = tls_ports or [n.amqp_port for n in nodes]
     secrets = layout.secrets
+    crew = f"{workers} worker{'s' if workers > 1 else ''}"
     print(f"""
 warren is up: RabbitMQ ({where}{", ".join(str(p) for p in ports)}), the manager and \
-{workers} workers, each with a broker user of its own{"; TLS with a local CA" if tls else ""}.
+{crew}, each with a broker user of its own{"; TLS with a local CA" if tls else ""}.
   management UI  {nodes[0].management_url}  (user {admin.name}, password: cat \
 {secrets / (admin.name + ".password")})
   logs           {layout.root / "logs"}/
@@ -254,13 +255,20 @@ def wait_for_workers(config: Path, workers: int, layout: Layout, timeout: float 
     settings = dataclasses.replace(settings, client_name="make-up")
     deadline = time.monotonic() + timeout
     alive = 0
+    said = ""  # what the client said last, if it failed
     while time.monotonic() < deadline:
-        with contextlib.suppress(WarrenError), Session(settings) as s:
-            alive = sum(w.alive for w in s.status().workers)
+        try:
+            with Session(settings) as s:
+                alive = sum(w.alive for w in s.status().workers)
+            said = ""
             if alive >= workers:
                 return
+        except WarrenError as exc:
+            said = f" (client1's status: {exc})"
         time.sleep(0.5)
-    raise WarrenError(f"only {alive} of {workers} workers came up; see {layout.root / 'logs'}/")
+    raise WarrenError(
+        f"only {alive} of {workers} workers came up{said}; see {layout.root / 'logs'}/"
+    )
 
 
 def down(layout: Layout) -> int:
@@ -293,6 +301,9 @@ def status(layout: Layout) -> int:
     for name in sorted(os.listdir(pids)) if pids.is_dir() else []:
         svc = name.removesuffix(".pid")
         print(f"{svc}: {'running' if layout.pid_of(svc) else 'stopped'}")
+    client1 = layout.secrets / f"{provision.CLIENTS[0]}.toml"
+    if client1.is_file():
+        print(f"clients: export WARREN_CONFIG={client1.resolve()}  (users in {layout.secrets}/)")
     return 0
 
 
