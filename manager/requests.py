@@ -227,10 +227,11 @@ class Requests:
         if replicas < 1:
             return None
         holders = self.catalog.live_holders(file.sha256)
-        if not holders:
-            return None
+        if not holders or len(self.catalog.live_workers()) < replicas:
+            return None  # sent as any upload (or refused: too few workers for the copies)
         chain = tuple(holders[:replicas])
-        up = self._record_held(file, replicas, chain, client, owner)
+        up, record = self._record_held(file, replicas, chain, client, owner)
+        self._send_records(self._live_conn(), chain, [record])
         copies = replicas - len(chain)
         if copies:
             self._awaiting.setdefault(file.sha256, []).append(
@@ -247,14 +248,13 @@ class Requests:
 
     def _record_held(
         self, file: m.PackFile, replicas: int, chain: tuple[str, ...], client: str, owner: str
-    ) -> Upload:
-        """A new version of content ``chain`` already holds, recorded with its records
-        sent to the holders."""
+    ) -> tuple[Upload, m.VersionRecord]:
+        """A new version of content ``chain`` already holds, in the catalog; its record
+        is for the caller to send to the holders."""
         up = _upload_of(file, replicas, chain, client, owner)
         now = time.time()
         version = self.catalog.record_existing(up, now)
         self._dirty = True
-        self._send_records(self._live_conn(), chain, [_record(up, version, now)])
         log.info(
             "upload %s: %r (%d bytes) from %s already stored on %s: version %d, nothing sent",
             up.upload_id,
@@ -264,21 +264,25 @@ class Requests:
             ", ".join(chain),
             version,
         )
-        return up
+        return up, _record(up, version, now)
 
     def _place_pack(self, req: m.PackRequest, reply_to: str, owner: str) -> m.Message:
         """Small files together: those whose content enough live workers hold are recorded
         at once (``stored``), the others placed on one chain and sent in one message."""
         ids: dict[int, str] = {}
         stored = []
+        records: dict[str, list[m.VersionRecord]] = {}  # by holder: one message each
         for i, f in enumerate(req.files):
             holders = self.catalog.live_holders(f.sha256) if req.replicas >= 1 else []
             if len(holders) >= req.replicas:
-                up = self._record_held(
-                    f, req.replicas, tuple(holders[: req.replicas]), req.client, owner
-                )
+                held_on = tuple(holders[: req.replicas])
+                up, record = self._record_held(f, req.replicas, held_on, req.client, owner)
                 ids[i] = up.upload_id
                 stored.append(m.StoredFile(up.upload_id, up.chain))
+                for worker in held_on:
+                    records.setdefault(worker, []).append(record)
+        for worker, held in records.items():
+            self._send_records(self._live_conn(), [worker], held)
         rest = [i for i in range(len(req.files)) if i not in ids]
         chain = stored[0].chain if stored else ()
         if rest:

@@ -22,7 +22,7 @@ from client.outcomes import Progress, UploadResult
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, wait_for
 from warren import messages as m
-from warren.errors import NotFound, WarrenError
+from warren.errors import NotFound, Refused, WarrenError
 from warren.testing import Message
 from warren.topology import MANAGER_REQUESTS, client_topology
 
@@ -157,6 +157,17 @@ def test_content_held_too_few_times_is_copied_worker_to_worker_not_sent(
     assert len(again.confirmed) == 3 and set(first.chain) <= set(again.confirmed)
     assert on_disk(stub, data) == set(again.confirmed)
     assert set(entry.replicas) == set(again.confirmed)
+
+
+def test_held_content_asked_on_more_workers_than_are_alive_is_refused_in_one_sentence(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = os.urandom(100_000)
+    with stub.session() as s:
+        s.upload(write(tmp_path / "one", data), "one", 1)
+        with pytest.raises(Refused, match="5 replicas but only 4 workers"):
+            s.upload(write(tmp_path / "two", data), "two", 5)
+        assert [f.name for f in s.files()] == ["one"]
 
 
 def test_delete_gives_the_space_back_but_keeps_content_another_name_uses(
