@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,10 +17,12 @@ from rich.console import Console
 from client.session import Session
 from warren.broker import Connection
 from warren.config import Settings, redact
-from warren.errors import BrokerUnavailable
+from warren.errors import BrokerRefused, BrokerUnavailable
 from warren.transport import Connect, Delivery, Transport
 
 MAKE_UP = "is warren running? try `make up`"
+# Where `make up` keeps the first client's login (devtools/provision.py).
+MADE_UP_CLIENT = Path(".warren") / "secrets" / "client1.toml"
 
 
 def refused_everywhere(urls: list[str], timeout: float = 1.0) -> bool:
@@ -66,6 +69,17 @@ def waiting_text(settings: Settings) -> str:
     return f"waiting for RabbitMQ at {urls}{hint}, for up to {settings.connect_timeout:g} s ..."
 
 
+def login_hint(settings: Settings) -> str:
+    """What to check when RabbitMQ refuses the login: `make up` made one per client."""
+    user = urlsplit(settings.amqp_urls[0]).username or "guest"
+    if user == "guest" and MADE_UP_CLIENT.is_file():
+        return (
+            "`make up` runs without guest and keeps your login in a config file: "
+            f"export WARREN_CONFIG=$PWD/{MADE_UP_CLIENT}"
+        )
+    return f"check the user {user!r} and its password in WARREN_AMQP_URL (or WARREN_CONFIG)."
+
+
 def open_session(settings: Settings, err: Console, verbose: bool = False) -> Session:
     """A session, connected. On a terminal a spinner says at once what it waits for, and
     that nothing listens there (try `make up`) once an attempt is refused; giving up is one
@@ -85,6 +99,9 @@ def open_session(settings: Settings, err: Console, verbose: bool = False) -> Ses
         if refused_everywhere(settings.amqp_urls):
             raise BrokerUnavailable(f"{str(exc).rstrip('.')}: {MAKE_UP}.") from None
         raise
+    except BrokerRefused as exc:
+        session.close()
+        raise BrokerRefused(f"{str(exc).rstrip('.')}; {login_hint(settings)}") from None
     except BaseException:
         session.close()
         raise

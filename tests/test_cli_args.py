@@ -272,3 +272,20 @@ def test_a_clean_up_that_hangs_after_sigterm_still_ends_the_command() -> None:
     )
     assert res.returncode == 130
     assert res.stderr.decode().strip() == "interrupted by SIGTERM"
+
+
+def test_a_refused_login_says_what_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.connecting import login_hint
+    from warren.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    guest = Settings(amqp_url="amqp://guest:guest@localhost:5672/%2F")
+    alice = Settings(amqp_url="amqp://alice:wrong@localhost:5672/%2F")
+    assert "'guest'" in login_hint(guest) and "'alice'" in login_hint(alice)
+    # After make up, whose broker has no guest: where the client's login is
+    (tmp_path / ".warren" / "secrets").mkdir(parents=True)
+    (tmp_path / ".warren" / "secrets" / "client1.toml").write_text("")
+    assert "export WARREN_CONFIG=$PWD/.warren/secrets/client1.toml" in login_hint(guest)
+    assert "'alice'" in login_hint(alice)

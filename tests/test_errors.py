@@ -118,6 +118,7 @@ def test_wrong_password_is_refused_not_retried(cluster: Cluster) -> None:
     # Then it gives up on the first refusal, long before that
     assert_clean_failure(res, errors.EXIT_REFUSED, "refused")
     assert time.monotonic() - started < 60, "the client retried refused credentials"
+    assert "check the user 'guest' and its password in WARREN_AMQP_URL" in res.err
 
 
 def test_bad_setting_is_a_usage_error(cluster: Cluster) -> None:
