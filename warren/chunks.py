@@ -59,14 +59,21 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
-def read_chunks(path: Path, plan: ChunkPlan) -> Iterator[tuple[int, int, bytes]]:
+def read_chunks(
+    path: Path, plan: ChunkPlan, let_go: bool = False
+) -> Iterator[tuple[int, int, bytes]]:
     """Yield (seq, offset, bytes) for every chunk of the file; one chunk in memory at a time.
 
-    The file is read once, front to back: every CACHE_WINDOW bytes the pages already read
-    are dropped from the page cache, as Writeback does for writes. A restore of a large blob
-    then reuses the same few pages instead of taking fresh ones for every chunk, which costs
-    more CPU than the read on a virtual machine (a 512 MiB restore read from disk: the
-    worker's CPU 1.6-2.1 s -> 0.8-1.0 s), and a backup leaves the cache to the user's files.
+    The file is read once, front to back. With ``let_go``, every CACHE_WINDOW bytes the
+    pages already read are dropped from the page cache, as Writeback does for writes: a
+    worker restoring a large blob then reuses the same few pages instead of taking fresh
+    ones for every chunk, which costs more CPU than the read on a virtual machine (a
+    512 MiB restore read from disk: the worker's CPU 1.6-2.1 s -> 0.8-1.0 s).
+
+    A client reading a user's file leaves the page cache alone: the file may be in use,
+    and it was just read whole by the SHA-256 pass, so dropping it only made the next
+    read of it go to the disk (the next upload of the file: its SHA-256 pass took twice
+    as long, and 1 CPU-second more per GB).
     """
     with open(path, "rb", buffering=0) as f:
         dropped = 0  # bytes before this offset have been let go
@@ -77,7 +84,7 @@ def read_chunks(path: Path, plan: ChunkPlan) -> Iterator[tuple[int, int, bytes]]
                 raise OSError(f"{path} changed size while it was being read")
             yield seq, offset, data
             end = offset + len(data)
-            if end - dropped >= CACHE_WINDOW and hasattr(os, "posix_fadvise"):
+            if let_go and end - dropped >= CACHE_WINDOW and hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(f.fileno(), dropped, end - dropped, os.POSIX_FADV_DONTNEED)
                 dropped = end
 

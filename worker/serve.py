@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from warren import compression, metrics
@@ -104,21 +104,27 @@ class Server:
     def _stream(self, sha256: str, size: int, send: Send) -> str:
         """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.
 
-        Each chunk is read, hashed and compressed (when that is worth it) on a thread of its
-        own, a few chunks ahead of ``send``, which publishes them: both go at once.
+        Each chunk is read and hashed, in order, then compressed (when that is worth it), on
+        threads of their own, a few chunks ahead of ``send``, which publishes them: all go
+        at once.
         Raises FileNotFoundError when the blob is not here, OSError when its size is wrong,
         and _Stopping when the worker is asked to stop half way (the command is requeued).
         """
         digest = hashlib.sha256()
         path = self.store.blob_path(sha256)
 
+        def hashed(chunks: Iterator[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
+            """Hashed as they are read, in order (compressing them may finish out of it)."""
+            for chunk in chunks:
+                digest.update(chunk[2])
+                yield chunk
+
         def prepare(chunk: tuple[int, int, bytes]) -> tuple[int, int, int, bytes, str]:
             seq, offset, data = chunk
-            digest.update(data)
             body, encoding = compression.encode(data)
             return seq, offset, len(data), body, encoding
 
-        chunks = read_chunks(path, ChunkPlan(size, self.settings.chunk_size))
+        chunks = hashed(read_chunks(path, ChunkPlan(size, self.settings.chunk_size), let_go=True))
         with contextlib.closing(compression.pipelined(chunks, prepare)) as ready:
             for seq, offset, length, body, encoding in ready:
                 if self.stop.is_set():
