@@ -27,6 +27,10 @@ from warren.errors import DecodeError
 from warren.messages import RAW, ZSTD
 
 LEVEL = 1
+# A restore crosses the broker once, and not to its disk: there the broker's CPU per byte
+# matters less than the worker's compressing and the client's decompressing, which a fast
+# level cuts by a third and a half (log-like text: 2.5x smaller instead of 4.1x).
+RESTORE_LEVEL = -5
 # Chunks shorter than this are sent as they are: a frame's header is not worth it.
 MIN_SIZE = 256
 # The sample tried first on a chunk longer than twice its size.
@@ -42,10 +46,13 @@ MAX_CHUNK = 64 * 1024 * 1024
 _local = threading.local()  # a compression context is not to be shared between threads
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    c: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    made: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if made is None:
+        made = _local.compressors = {}
+    c = made.get(level)
     if c is None:
-        c = _local.compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
+        c = made[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return c
 
 
@@ -60,13 +67,13 @@ def shrinks(size: int, packed: int) -> bool:
     return packed <= size - max(1, int(size * MIN_SAVING))
 
 
-def encode(data: bytes) -> tuple[bytes, str]:
-    """``(body, encoding)``: the bytes compressed with zstd when that is worth it, else the
-    bytes themselves with ``RAW``. Releases the GIL while it compresses."""
+def encode(data: bytes, level: int = LEVEL) -> tuple[bytes, str]:
+    """``(body, encoding)``: the bytes compressed with zstd (at ``level``) when that is
+    worth it, else the bytes themselves with ``RAW``. Releases the GIL while it compresses."""
     size = len(data)
     if size < MIN_SIZE:
         return data, RAW
-    c = _compressor()
+    c = _compressor(level)
     if size >= 2 * PROBE and not shrinks(PROBE, len(c.compress(memoryview(data)[:PROBE]))):
         return data, RAW
     packed = c.compress(data)

@@ -101,7 +101,7 @@ class Server:
         done = m.BlobDeleted(worker=self.name, sha256=req.sha256, size=freed)
         conn.publish_and_wait(MANAGER_EVENTS, done.encode(), type=done.TYPE)
 
-    def _stream(self, sha256: str, size: int, send: Send) -> str:
+    def _stream(self, sha256: str, size: int, send: Send, level: int) -> str:
         """Read a stored blob chunk by chunk into ``send``; return the SHA-256 of what was read.
 
         Each chunk is read and hashed, in order, then compressed (when that is worth it), on
@@ -109,6 +109,7 @@ class Server:
         at once.
         Raises FileNotFoundError when the blob is not here, OSError when its size is wrong,
         and _Stopping when the worker is asked to stop half way (the command is requeued).
+        ``level``: zstd's (a restore's is faster than an upload's: see compression).
         """
         digest = hashlib.sha256()
         path = self.store.blob_path(sha256)
@@ -121,7 +122,7 @@ class Server:
 
         def prepare(chunk: tuple[int, int, bytes]) -> tuple[int, int, int, bytes, str]:
             seq, offset, data = chunk
-            body, encoding = compression.encode(data)
+            body, encoding = compression.encode(data, level)
             return seq, offset, len(data), body, encoding
 
         chunks = hashed(read_chunks(path, ChunkPlan(size, self.settings.chunk_size), let_go=True))
@@ -156,7 +157,7 @@ class Server:
             metrics.BYTES_OUT.labels("restore").inc(len(body))
 
         try:
-            actual = self._stream(req.sha256, req.size, chunk)
+            actual = self._stream(req.sha256, req.size, chunk, compression.RESTORE_LEVEL)
             if actual != req.sha256:
                 raise OSError("SHA-256 mismatch")
             end = m.RestoreEnd(worker=self.name, sha256=req.sha256, size=req.size)
@@ -209,7 +210,7 @@ class Server:
             metrics.BYTES_OUT.labels("repair").inc(len(body))
 
         try:
-            if self._stream(req.sha256, req.size, chunk) != req.sha256:
+            if self._stream(req.sha256, req.size, chunk, compression.LEVEL) != req.sha256:
                 log.error(
                     "repair %s: my copy of %s is damaged; %s will refuse it",
                     req.upload_id,
