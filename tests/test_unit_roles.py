@@ -7,6 +7,7 @@ workers alive or dead in ``status``, and where a bad message ended up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -19,7 +20,7 @@ import pytest
 from client.session import Progress
 from tests.stubcluster import StubCluster, wait_for
 from warren import messages as m
-from warren.errors import NotFound, Unavailable
+from warren.errors import NotFound, Unavailable, UsageError
 from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
 from worker.store import ChunkStore
@@ -285,3 +286,29 @@ def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(
     stub.broker._route = original  # type: ignore[method-assign]
     assert "could not forward" in str(failure.value)
     assert failure.value.exit_code == 4
+
+
+def test_a_restore_whose_disk_fills_up_ends_in_one_sentence_and_leaves_nothing(
+    stub: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300_000)  # five chunks of 64 KiB
+    (tmp_path / "f").write_bytes(data)
+    out = tmp_path / "restored"
+    out.mkdir()
+    with stub.session() as s:
+        s.upload(tmp_path / "f", "f", 2)
+        writes = 0
+        real_pwrite = os.pwrite
+
+        def pwrite(fd: int, data: bytes, offset: int) -> int:
+            nonlocal writes
+            writes += 1
+            if writes > 2:  # the disk is full from the third chunk on
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)  # the client writes a restore with it
+        with pytest.raises(UsageError, match="No space left on device") as failed:
+            s.download("f", out / "f")
+    assert "\n" not in str(failed.value)
+    assert list(out.iterdir()) == []  # neither the file nor its temporary part
