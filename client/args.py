@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import shtab
 
 from warren import errors
 from warren.config import CONFIG_ENV
@@ -36,11 +33,35 @@ Only you may be able to read it (chmod 600): it may hold a password.
 """
 
 
+# shtab's marker for "complete a file name" (shtab.FILE): shtab itself is imported only
+# when a completion script is asked for, not on every command's start.
+FILE_COMPLETION = {
+    "bash": "_shtab_compgen_files",
+    "zsh": "_files",
+    "tcsh": "f",
+    "fish": "(__fish_complete_path (commandline -ct))",
+    "powershell": "_shtab_powershell_compgen_files",
+}
+
+
 def version() -> str:
+    from importlib import metadata  # 20 ms to import: only for --version
+
     try:
         return metadata.version("warren")
     except metadata.PackageNotFoundError:  # run from a source tree never installed
         return "unknown"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        print(f"warren {version()}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def default_prog() -> str:
@@ -87,7 +108,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(parser, suppress=False)
-    parser.add_argument("--version", action="version", version=f"warren {version()}")
+    parser.add_argument("--version", action=VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -108,7 +129,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "warren upload ~/photos notes.txt --replicas 2   # stores photos/..., notes.txt",
     )
     paths = up.add_argument("paths", nargs="+", metavar="PATH", type=Path)
-    paths.complete = shtab.FILE  # type: ignore[attr-defined]
+    paths.complete = FILE_COMPLETION  # type: ignore[attr-defined]
     up.add_argument(
         "--replicas", type=int, default=2, metavar="N", help="copies to keep (default 2)"
     )
@@ -130,7 +151,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     output = down.add_argument(
         "-o", "--output", type=Path, help="where to write it (default: ./NAME, or . for a tree)"
     )
-    output.complete = shtab.FILE  # type: ignore[attr-defined]
+    output.complete = FILE_COMPLETION  # type: ignore[attr-defined]
     down.add_argument(
         "--version", type=int, default=0, metavar="N", help="a version (default: the latest)"
     )
@@ -215,7 +236,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def completion_script(shell: str) -> str:
     """bash or zsh completion, generated from the same argparse definitions (shtab)."""
-    return shtab.complete(build_parser("warren"), shell=shell)
+    import shtab
+
+    return str(shtab.complete(build_parser("warren"), shell=shell))
 
 
 # -- reaching the broker ---------------------------------------------------------------------
