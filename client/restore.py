@@ -127,12 +127,14 @@ class Restorer:
                     os.utime(dest, (acc.mtime, acc.mtime))
             return DownloadResult(name, acc.size, acc.sha256, acc.worker, dest, acc.version)
         finally:
-            state.close()
-            self.session.unroute(cid)
-            if fd >= 0:
-                os.close(fd)
+            # The partial file goes first: whatever is slow below (a signal ends the command
+            # within a bounded time), nothing is left behind.
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+            stopped = state.close()
+            self.session.unroute(cid)
+            if fd >= 0 and stopped:  # never close a descriptor the writer may still use
+                os.close(fd)
 
     def _wait(self, state: _Restore) -> None:
         """Wait while chunks keep coming; give up after transfer_timeout without one."""
@@ -228,16 +230,22 @@ class _Restore:
 
     def finish(self) -> None:
         """Wait until every chunk taken in is written; raise what went wrong writing."""
-        self.close()
+        self.close(abandon=False, timeout=None)
         self._report()
         if self.error is not None:
             raise self.error
 
-    def close(self) -> None:
-        """Stop the writing thread once it has done what it was given (idempotent)."""
+    def close(self, abandon: bool = True, timeout: float | None = 10.0) -> bool:
+        """Stop the writing thread (idempotent): at once, leaving what is queued unwritten
+        (``abandon``), or once it has written everything. False if it is still at work
+        after ``timeout`` seconds (a disk that stalls)."""
         if self._thread.is_alive():
-            self._todo.put(None)
-            self._thread.join()
+            if abandon:
+                self.failed = self.failed or "abandoned"
+            with contextlib.suppress(queue.Full):
+                self._todo.put(None, timeout=timeout)
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def sha256(self, path: Path) -> str:
         """The hash as received, or re-read from disk if chunks came out of order."""
