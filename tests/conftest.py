@@ -53,13 +53,19 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 
 
 @pytest.fixture(scope="session")
-def rabbit() -> Iterator[LocalNode]:
+def rabbitmq_server() -> str:
+    """The ``rabbitmq-server`` binary: a test that needs one fails without it in CI and
+    is skipped with the reason elsewhere."""
     try:
-        find_binary(SERVER_CANDIDATES)
+        return find_binary(SERVER_CANDIDATES)
     except UsageError as exc:
         if os.environ.get("CI"):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def rabbit(rabbitmq_server: str) -> Iterator[LocalNode]:
     base = Path(tempfile.mkdtemp(prefix="warren-rabbit-"))
     node = LocalNode.with_free_ports(base, name="wt")
     try:
