@@ -303,9 +303,8 @@ class App:
         array); a big backup's pages are printed as they come, a line (or an element of the
         JSON array) per file, so the first names show at once."""
         pages = session.pages(self.args.prefix)
-        first = next(pages)
-        files = list(first)
-        if len(files) <= TABLE_MAX and (more := next(pages, None)) is not None:
+        files = next(pages)
+        if (more := next(pages, None)) is not None:
             files += more  # a second page: a big listing after all
         if self.args.json:
             print("[" if files else "[]", end="")

@@ -52,6 +52,7 @@ class Awaiting:
 
     upload_id: str
     name: str
+    size: int
     reply_to: str
     wanted: int
     since: float = dataclasses.field(default_factory=time.monotonic)
@@ -235,7 +236,7 @@ class Requests:
         copies = replicas - len(chain)
         if copies:
             self._awaiting.setdefault(file.sha256, []).append(
-                Awaiting(up.upload_id, up.name, reply_to, replicas)
+                Awaiting(up.upload_id, up.name, up.size, reply_to, replicas)
             )
             self._suspect({file.sha256})  # the next tick plans the copies
         return m.UploadAccepted(
@@ -352,7 +353,7 @@ class Requests:
             if w.since < stale:
                 continue
             hop = holders.index(worker) if worker in holders else len(holders)
-            stored = m.ReplicaStored(w.upload_id, worker, sha256, 0, hop)
+            stored = m.ReplicaStored(w.upload_id, worker, sha256, w.size, hop)
             to_client(conn, w.reply_to, stored, w.upload_id)
             if len(holders) >= w.wanted:
                 log.info("upload %s: %r now on %s", w.upload_id, w.name, ", ".join(holders))
