@@ -140,3 +140,16 @@ def enable_path_completion() -> bool:
     else:
         readline.parse_and_bind("tab: complete")
     return True
+
+
+def number_typed(typed: str, key: str, cursor: int, count: int) -> tuple[str, int, int | None]:
+    """A digit typed in a menu of ``count`` entries: (digits so far, cursor, pick or None).
+
+    The pick is made as soon as no longer number could follow: "3" picks at once among
+    12 entries, "1" waits for a second digit or Enter.
+    """
+    for digits in (typed + key, key):
+        n = int(digits)
+        if digits[0] != "0" and 1 <= n <= count:
+            return digits, n - 1, (n - 1 if n * 10 > count else None)
+    return typed, cursor, None

@@ -21,22 +21,21 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from client.keys import (
     CSI,
     Keyboard,
     enable_path_completion,
+    number_typed,
     wrong_key,
 )
 from client.localfiles import expand
+from client.menu_view import Entry, menu_view
 from client.outcomes import UploadResult
 from client.render import (
     BatchProgress,
@@ -62,59 +61,6 @@ log = logging.getLogger("warren.client")
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMOS = (("notes.txt", "text"), ("picture.png", "image"), ("chime.wav", "sound"))
 REPLICAS = 2  # the same default as `upload`
-
-
-@dataclass(frozen=True)
-class Entry:
-    label: str
-    detail: str = ""
-
-
-def menu_view(
-    title: str,
-    entries: Sequence[Entry],
-    cursor: int,
-    typed: str,
-    rows: int,
-    note: str = "",
-    header: str = "",
-) -> RenderableType:
-    """The menu as drawn: a window of ``rows`` entries around the cursor, and a hint."""
-    first = 0
-    if len(entries) > rows:
-        first = min(max(0, cursor - rows // 2), len(entries) - rows)
-    shown = range(first, min(len(entries), first + rows))
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(width=1)
-    grid.add_column(justify="right")
-    grid.add_column()
-    grid.add_column(style="dim")
-    for i in shown:
-        here = i == cursor
-        grid.add_row(
-            "[bold cyan]❯[/]" if here else "",
-            Text(str(i + 1), style="bold cyan" if here else "cyan"),
-            Text(entries[i].label, style="bold" if here else ""),
-            Text(f"  {entries[i].detail}"),
-        )
-    more = []
-    if first > 0:
-        more.append(f"{first} more above")
-    if shown.stop < len(entries):
-        more.append(f"{len(entries) - shown.stop} more below")
-    hint = f"↑↓ move · enter choose · 1–{len(entries)} pick · q {escape(entries[-1].label)}"
-    if typed:
-        hint = f"number: [bold]{typed}[/]_ · enter choose"
-    parts: list[RenderableType] = []
-    if header:
-        parts.append(Text.from_markup(header))
-    parts += [Text(title, style="bold"), grid]
-    if more:
-        parts.append(Text("  (" + ", ".join(more) + ")", style="dim"))
-    if note:
-        parts.append(Text(note, style="yellow"))
-    parts.append(Text.from_markup(hint, style="dim"))
-    return Group(*parts)
 
 
 class Menu:
@@ -479,19 +425,6 @@ class Menu:
         st = self.session.status()
         self.out.print(workers_table(st))
         self.out.print(status_summary(st))
-
-
-def number_typed(typed: str, key: str, cursor: int, count: int) -> tuple[str, int, int | None]:
-    """A digit typed in a menu of ``count`` entries: (digits so far, cursor, pick or None).
-
-    The pick is made as soon as no longer number could follow: "3" picks at once among
-    12 entries, "1" waits for a second digit or Enter.
-    """
-    for digits in (typed + key, key):
-        n = int(digits)
-        if digits[0] != "0" and 1 <= n <= count:
-            return digits, n - 1, (n - 1 if n * 10 > count else None)
-    return typed, cursor, None
 
 
 # Opens a connected session: (settings, console for what it waits for, verbose).

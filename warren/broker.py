@@ -47,17 +47,16 @@ from warren.errors import (
     BrokerRefused,
     BrokerUnavailable,
     Locked,
-    Unavailable,
     Undeliverable,
-    UsageError,
     WarrenError,
 )
+from warren.tls import CertificateError, certificate_failure, tls_context
 from warren.topology import (
     ExchangeSpec,
     QueueSpec,
     Topology,
-    is_service_queue,
     queue_arguments,
+    reply_queue,
     route,
 )
 from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
@@ -79,50 +78,6 @@ SENT_AT = "sent_at_ms"
 _FATAL_CODES = {403, 406, 530, 540}
 ACCESS_REFUSED = 403
 NOT_FOUND = 404
-
-
-class CertificateError(Unavailable):
-    """The broker's TLS certificate did not verify (unknown CA, wrong host name, expired).
-
-    Exit 4 like any unreachable broker, but never retried: waiting will not fix it."""
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext:
-    """Peer verification on, host name checked: against ``WARREN_TLS_CA_FILE`` (a PEM
-    bundle), or the system's CAs when it is unset; with a client certificate if given."""
-    try:
-        context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
-        if settings.tls_cert_file:
-            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
-    except FileNotFoundError as exc:
-        raise UsageError(f"cannot read the TLS file {exc.filename}: no such file.") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(
-            "cannot use the TLS files WARREN_TLS_CA_FILE, WARREN_TLS_CERT_FILE and "
-            f"WARREN_TLS_KEY_FILE name ({exc})."
-        ) from None
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate check that failed somewhere inside pika's connection error."""
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e
-        if isinstance(e, BaseException):
-            todo.extend([e.__cause__, e.__context__, *e.args])
-            todo.extend(getattr(e, "exceptions", None) or ())
-        elif isinstance(e, (list, tuple)):
-            todo.extend(e)
-    return None
 
 
 @contextlib.contextmanager
@@ -151,7 +106,7 @@ def translate_errors() -> Iterator[None]:
             raise BrokerRefused(f"RabbitMQ refused: {exc.reply_text}") from None
         raise BrokerUnavailable(f"RabbitMQ closed the connection: {exc.reply_text}") from None
     except (pex.AMQPError, OSError) as exc:
-        bad_cert = _certificate_failure(exc)
+        bad_cert = certificate_failure(exc)
         if bad_cert is not None:
             raise CertificateError(
                 "RabbitMQ's TLS certificate did not verify "
@@ -541,16 +496,6 @@ class Connection:
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
         alarm_log.warning("%s: RabbitMQ unblocked publishes", self.name)
-
-
-def reply_queue(reply_to: str | None) -> str | None:
-    """A delivery's ``reply_to``, unless it names a service's queue: answers and
-    confirmations go to clients only, so nobody can make a service publish (as itself) into
-    another service's queue, nor trip over a permission it rightly lacks."""
-    if reply_to and is_service_queue(reply_to):
-        log.warning("ignoring reply_to %s: it names a service's queue", reply_to)
-        return None
-    return reply_to
 
 
 # -- pika's private attributes: every use in one place ----------------------------------------

@@ -15,10 +15,13 @@ an operator.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("warren.topology")
 
 DEAD_LETTER_EXCHANGE = "warren.dlx"
 DEAD_LETTER_QUEUE = "warren.dead-letters"
@@ -266,3 +269,13 @@ MANAGER_LOCK = "warren.manager.lock"
 
 def manager_lock_topology() -> Topology:
     return Topology(queues=(QueueSpec(MANAGER_LOCK, durable=False, exclusive=True),))
+
+
+def reply_queue(reply_to: str | None) -> str | None:
+    """A delivery's ``reply_to``, unless it names a service's queue: answers and
+    confirmations go to clients only, so nobody can make a service publish (as itself) into
+    another service's queue, nor trip over a permission it rightly lacks."""
+    if reply_to and is_service_queue(reply_to):
+        log.warning("ignoring reply_to %s: it names a service's queue", reply_to)
+        return None
+    return reply_to
