@@ -7,6 +7,10 @@ the baseline, not part of warren.
   ``chunk`` bytes unconfirmed on a durable queue; a consumer at prefetch 32 acks each,
   in another process. MB/s from the first publish to the last ack. With ``source``, the
   chunks are that file's bytes, in order (the same bytes warren is given).
+* ``one_hop(..., hops=2)``: the same through a chain, as a 2-replica upload's bytes go: a
+  relay process takes each message from the first queue at prefetch 32, publishes it
+  (persistent, confirmed) to the second, and acks it when the broker has confirmed that.
+  What the mission's chain costs in pika alone, with no disk write, hash or compression.
 * ``round_trips``: a blocking requester sends a message of ``payload`` bytes and waits
   for a small reply from a blocking responder, one at a time. Round trips per second.
 """
@@ -19,10 +23,20 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pika
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A raw run: MB/s, and the CPU seconds its pika processes spent (the broker's are
+    measured by the caller, who knows its process)."""
+
+    mbs: float
+    cpu: float
 
 
 def one_hop(
@@ -31,34 +45,56 @@ def one_hop(
     chunk: int = 1024 * 1024,
     window: int = 16,
     source: Path | None = None,
-) -> float:
-    """MB/s of one hop. Producer and consumer are separate processes, as warren's are: in
-    one process they would share one interpreter lock and measure less than pika can do.
-    ``source``: a file whose chunks are sent (read as they go), else the same bytes each time.
+    hops: int = 1,
+) -> Hop:
+    """MB/s of one hop (or a chain of ``hops``). Producer, relays and consumer are separate
+    processes, as warren's are: in one process they would share one interpreter lock and
+    measure less than pika can do. ``source``: a file whose chunks are sent (read as they
+    go), else the same bytes each time.
     """
-    queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    queues = [f"bench.raw.{tag}.{n}" for n in range(hops)]
     count = total_bytes // chunk
     params = pika.URLParameters(url)
     setup = pika.BlockingConnection(params)
-    setup.channel().queue_declare(queue, durable=True)
+    for queue in queues:
+        setup.channel().queue_declare(queue, durable=True)
     setup.close()
 
     ctx = multiprocessing.get_context("fork")
     times: multiprocessing.queues.Queue[tuple[str, float]] = ctx.Queue()
-    ready = ctx.Event()
-    consumer = ctx.Process(target=_consume, args=(url, queue, count, ready, times))
-    consumer.start()
-    ready.wait()
-    producer = ctx.Process(target=_produce, args=(url, queue, count, chunk, window, times, source))
+    procs = []
+    for n in range(hops):  # the consumer first, then the relays back to the first queue
+        ready = ctx.Event()
+        if n == 0:
+            proc = ctx.Process(target=_consume, args=(url, queues[-1], count, ready, times))
+        else:
+            hop = (queues[-n - 1], queues[-n], count, ready, times)
+            proc = ctx.Process(target=_relay, args=(url, *hop))
+        proc.start()
+        ready.wait()
+        procs.append(proc)
+    producer = ctx.Process(
+        target=_produce, args=(url, queues[0], count, chunk, window, times, source)
+    )
     producer.start()
-    producer.join()
-    consumer.join()
-    stamps = dict(times.get() for _ in range(2))
+    procs.append(producer)
+    stamps: dict[str, float] = {}
+    cpu = 0.0
+    for _ in range(len(procs) + 2):  # each process's CPU, the first publish, the last ack
+        label, value = times.get()
+        if label == "cpu":
+            cpu += value
+        else:
+            stamps[label] = value
+    for proc in procs:
+        proc.join()
 
     cleanup = pika.BlockingConnection(params)
-    cleanup.channel().queue_delete(queue)
+    for queue in queues:
+        cleanup.channel().queue_delete(queue)
     cleanup.close()
-    return count * chunk / (stamps["last ack"] - stamps["first publish"]) / 1e6
+    return Hop(count * chunk / (stamps["last ack"] - stamps["first publish"]) / 1e6, cpu)
 
 
 def _consume(
@@ -85,6 +121,52 @@ def _consume(
     ready.set()
     ch.start_consuming()
     conn.close()
+    times.put(("cpu", time.process_time()))
+
+
+def _relay(
+    url: str,
+    source: str,
+    target: str,
+    count: int,
+    ready: Any,
+    times: multiprocessing.queues.Queue[tuple[str, float]],
+) -> None:
+    """Take each message from ``source`` and publish it to ``target``; ack it once the
+    broker has confirmed the copy. On this one channel the n-th delivery is the n-th
+    publish, so a confirm's tag (and its ``multiple``) is the ack's."""
+    props = pika.BasicProperties(delivery_mode=2)
+    acked = 0
+
+    def on_open(conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=on_channel)
+
+    def on_channel(ch: pika.channel.Channel) -> None:
+        def on_confirm(frame: pika.frame.Method) -> None:
+            nonlocal acked
+            tag, multiple = frame.method.delivery_tag, frame.method.multiple
+            ch.basic_ack(tag, multiple=multiple)
+            acked = tag if multiple else acked + 1
+            if acked >= count:
+                ch.connection.close()
+
+        def on_message(
+            _c: object, _m: pika.spec.Basic.Deliver, _p: pika.BasicProperties, body: bytes
+        ) -> None:
+            ch.basic_publish("", target, body, props)
+
+        def consume(_f: object) -> None:
+            ch.basic_consume(source, on_message)
+            ready.set()
+
+        ch.basic_qos(
+            prefetch_count=32, callback=lambda _f: ch.confirm_delivery(on_confirm, callback=consume)
+        )
+
+    relay = pika.SelectConnection(pika.URLParameters(url), on_open_callback=on_open)
+    relay.add_on_close_callback(lambda _c, _r: relay.ioloop.stop())
+    relay.ioloop.start()
+    times.put(("cpu", time.process_time()))
 
 
 def _produce(
@@ -137,6 +219,7 @@ def _produce(
 
     producer.add_on_close_callback(on_close)
     producer.ioloop.start()
+    times.put(("cpu", time.process_time()))
 
 
 def round_trips(url: str, seconds: float = 3.0, payload: int = 4) -> float:
