@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import zstandard
+
 from client.session import Session
 from devtools.localnode import LocalNode
 from warren.config import Settings
@@ -195,14 +197,23 @@ class Cluster:
         raise AssertionError(f"workers {workers} not alive (alive: {alive})\n{self.logs()}")
 
     def blob(self, worker: str, sha256: str) -> Path:
-        return self.data_dir(worker) / "blobs" / sha256[:2] / sha256
+        """The worker's blob of this content: its own bytes, or (content that came
+        compressed) its frames, ``<sha256>.zst``."""
+        path = self.data_dir(worker) / "blobs" / sha256[:2] / sha256
+        framed = path.with_name(sha256 + ".zst")
+        return framed if framed.is_file() and not path.is_file() else path
+
+    def stored(self, worker: str, sha256: str) -> bytes:
+        """The content a worker's blob holds, decoded if it is kept as frames (what
+        ``zstd -dc`` gives an operator)."""
+        return stored_content(self.blob(worker, sha256))
 
     def holders_on_disk(self, sha256: str) -> set[str]:
         data = self.base / "data"
         return {
             d.name
             for d in data.iterdir()
-            if not d.name.startswith("manager") and (d / "blobs" / sha256[:2] / sha256).is_file()
+            if not d.name.startswith("manager") and self.blob(d.name, sha256).is_file()
         }
 
     def verify_stored(
@@ -273,3 +284,11 @@ def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2")) -> int:
 def most_on_one(c: Cluster, workers: tuple[str, ...] = ("w1", "w2", "w3", "w4")) -> int:
     """The most chunks any one worker has journaled (an upload's primary is ahead)."""
     return max(chunks_on_disk(c, (w,)) for w in workers)
+
+
+def stored_content(path: Path) -> bytes:
+    """A blob file's content: its bytes, or its frames decoded as ``zstd -dc`` does."""
+    if path.suffix != ".zst":
+        return path.read_bytes()
+    with open(path, "rb") as f:
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()

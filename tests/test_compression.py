@@ -1,6 +1,7 @@
-"""Compression on the wire, end to end: compressible, incompressible and mixed files, a
-chunk that grows when compressed, packs, restores and repair copies. Whatever travels, the
-blobs on the workers' disks are the files' own bytes (``sha256sum`` checks them).
+"""Compression on the wire and on disk, end to end: compressible, incompressible and mixed
+files, a chunk that grows when compressed, packs, restores and repair copies. A file that
+came compressed is kept as its frames (``zstd -dc`` gives its bytes back) and restored
+from them as they are; one that did not is kept as its own bytes (``sha256sum`` checks it).
 
 The protocol's cases run on the in-memory broker; the last tests run the real processes on
 a private RabbitMQ node.
@@ -17,7 +18,7 @@ import pytest
 import zstandard
 
 from client.session import Progress
-from tests.cluster import Cluster
+from tests.cluster import Cluster, stored_content
 from tests.stubcluster import StubCluster, wait_for
 from warren import messages as m
 from warren.testing import Message
@@ -55,8 +56,18 @@ def sha(data: bytes) -> str:
 
 
 def blob(c: StubCluster, worker: str, data: bytes) -> bytes | None:
-    path = c.workers[worker].store.blob_path(sha(data))
-    return path.read_bytes() if path.exists() else None
+    """What the worker's blob of ``data`` holds, decoded as ``zstd -dc`` would."""
+    path = c.workers[worker].store.find(sha(data))
+    return stored_content(path) if path is not None else None
+
+
+def kept_as(c: StubCluster, worker: str, data: bytes) -> str:
+    path = c.workers[worker].store.find(sha(data))
+    assert path is not None
+    if path.suffix == ".zst":
+        return "frames"
+    assert path.read_bytes() == data  # sha256sum checks it
+    return "bytes"
 
 
 def chunks_sent(c: StubCluster, upload_sha: str) -> list[Message]:
@@ -87,11 +98,15 @@ def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -
     return list(result.chain)
 
 
-def test_text_travels_compressed_is_forwarded_as_it_came_and_stored_as_itself(
+def test_text_travels_compressed_is_kept_as_it_came_and_restored_from_its_frames(
     stub: StubCluster, tmp_path: Path
 ) -> None:
     data = log_text(5 * CHUNK + 1234)
     chain = upload_and_restore(stub, tmp_path, data, "access.log")
+    for worker in chain:
+        assert kept_as(stub, worker, data) == "frames"
+        path = stub.workers[worker].store.find(sha(data))
+        assert path is not None and path.stat().st_size < len(data) / 3
 
     sent = chunks_sent(stub, sha(data))
     to_primary = [p for p in sent if p.queue == worker_chunks(chain[0])]
@@ -110,14 +125,16 @@ def test_text_travels_compressed_is_forwarded_as_it_came_and_stored_as_itself(
     seq1 = by_seq[1]
     assert zstandard.ZstdDecompressor().decompress(seq1.body) == data[CHUNK : 2 * CHUNK]
 
+    # The restore sends the client's own frames back: the worker compressed nothing.
     back = restore_chunks(stub)
     assert back and all((p.headers or {}).get("encoding") == "zstd" for p in back)
-    assert sum(len(p.body) for p in back) < len(data) / 3
+    assert sorted(p.body for p in back) == sorted(p.body for p in to_primary)
 
 
 def test_random_bytes_travel_raw_with_no_encoding_header(stub: StubCluster, tmp_path: Path) -> None:
     data = os.urandom(3 * CHUNK + 17)
-    upload_and_restore(stub, tmp_path, data, "random.bin")
+    chain = upload_and_restore(stub, tmp_path, data, "random.bin")
+    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
     sent = chunks_sent(stub, sha(data))
     assert len(sent) == 8
     assert all("encoding" not in (p.headers or {}) for p in sent)
@@ -131,22 +148,38 @@ def test_a_chunk_that_grows_when_compressed_travels_raw(stub: StubCluster, tmp_p
     # Every chunk is random: compressed whole (64 KiB is under two probes) it would grow.
     data = os.urandom(2 * CHUNK)
     assert len(zstandard.ZstdCompressor(level=1).compress(data[:CHUNK])) > CHUNK
-    upload_and_restore(stub, tmp_path, data, "grows.bin")
+    chain = upload_and_restore(stub, tmp_path, data, "grows.bin")
+    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
     assert all("encoding" not in (p.headers or {}) for p in chunks_sent(stub, sha(data)))
 
 
 def test_a_mixed_file_sends_each_chunk_its_own_way(stub: StubCluster, tmp_path: Path) -> None:
     parts = [log_text(CHUNK, 1), os.urandom(CHUNK), log_text(CHUNK, 2), os.urandom(CHUNK // 2)]
     data = b"".join(parts)
-    upload_and_restore(stub, tmp_path, data, "mixed.tar")
+    chain = upload_and_restore(stub, tmp_path, data, "mixed.tar")
+    # Its first chunk came compressed, and the whole saves enough: kept as frames, the
+    # random chunks in raw blocks (their own bytes, a few bytes of header added).
+    assert [kept_as(stub, w, data) for w in chain] == ["frames", "frames"]
     hop0 = {
         (p.headers or {})["seq"]: (p.headers or {}).get("encoding", "")
         for p in chunks_sent(stub, sha(data))
         if (p.headers or {})["hop"] == 0
     }
     assert hop0 == {0: "zstd", 1: "", 2: "zstd", 3: ""}
-    encodings = [(p.headers or {}).get("encoding", "") for p in restore_chunks(stub)]
-    assert encodings == ["zstd", "", "zstd", ""]
+    back = sorted(restore_chunks(stub), key=lambda p: (p.headers or {})["seq"])
+    assert [(p.headers or {}).get("encoding") for p in back] == ["zstd"] * 4
+    # A raw block's frame: 13 bytes of frame header and 3 a block (one: 64 KiB chunks).
+    grown = [len(p.body) - len(part) for p, part in zip(back, parts, strict=True)]
+    assert grown[1::2] == [16, 16]
+
+
+def test_a_file_whose_first_chunk_alone_compresses_is_kept_as_its_bytes(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = log_text(CHUNK) + os.urandom(40 * CHUNK)  # frames would save under 1/32
+    chain = upload_and_restore(stub, tmp_path, data, "mostly-random.bin")
+    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
+    assert not list(stub.workers[chain[0]].store.incoming.glob("*.zpart"))
 
 
 def test_a_pack_of_text_files_is_one_compressed_frame_stored_file_by_file(
@@ -177,9 +210,7 @@ def test_a_pack_of_text_files_is_one_compressed_frame_stored_file_by_file(
     assert (tmp_path / "t7").read_bytes() == texts[7]
 
 
-def test_a_repair_copy_travels_compressed_and_is_stored_as_itself(
-    stub: StubCluster, tmp_path: Path
-) -> None:
+def test_a_repair_copy_sends_the_frames_as_they_are_kept(stub: StubCluster, tmp_path: Path) -> None:
     data = log_text(3 * CHUNK)
     chain = upload_and_restore(stub, tmp_path, data, "repaired.log")
     stub.kill(chain[0])
@@ -191,6 +222,10 @@ def test_a_repair_copy_travels_compressed_and_is_stored_as_itself(
     sent = chunks_sent(stub, sha(data))
     copies = [p for p in sent if p.correlation_id != sent[0].correlation_id]  # another id
     assert copies and all((p.headers or {}).get("encoding") == "zstd" for p in copies)
+    originals = {p.body for p in sent if p.correlation_id == sent[0].correlation_id}
+    assert {p.body for p in copies} <= originals
+    new = next(w for w in stub.workers if w not in chain and blob(stub, w, data) == data)
+    assert kept_as(stub, new, data) == "frames"
 
 
 def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> None:
@@ -211,7 +246,7 @@ def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> No
     wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 3, what="three dead letters")
     raw.close()
     assert not list(stub.workers["w1"].store.incoming.glob(f"{uid}*"))
-    assert not stub.workers["w1"].store.blob_path(file_sha).exists()
+    assert stub.workers["w1"].store.find(file_sha) is None
 
 
 # -- on a real broker ---------------------------------------------------------------------------
@@ -234,8 +269,10 @@ def test_compressed_incompressible_and_mixed_files_round_trip_on_rabbitmq(
     for name, data in files.items():
         holders = cluster.holders_on_disk(sha(data))
         assert len(holders) >= 2, name
-        for worker in holders:  # sha256sum of each blob: the file's own bytes
-            assert sha(cluster.blob(worker, sha(data)).read_bytes()) == sha(data), name
+        kinds = {cluster.blob(w, sha(data)).suffix for w in holders}
+        assert kinds == ({".zst"} if name in ("c access.log", "c mixed.tar") else {""}), name
+        for worker in holders:  # sha256sum of each blob, or of zstd -dc of it
+            assert sha(cluster.stored(worker, sha(data))) == sha(data), name
         out = tmp_path / f"{name}.back"
         cluster.client("download", name, "-o", str(out)).ok()
         assert out.read_bytes() == data, name

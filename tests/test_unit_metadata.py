@@ -140,7 +140,8 @@ def test_never_two_active_managers(tmp_path: Path) -> None:
 
 
 def flip_a_byte(c: StubCluster, worker: str, sha256: str) -> None:
-    path = c.workers[worker].store.blob_path(sha256)
+    path = c.workers[worker].store.find(sha256)
+    assert path is not None
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -151,16 +152,22 @@ def good_copies(c: StubCluster, sha256: str) -> set[str]:
     return {n for n, w in c.workers.items() if w.store.check(sha256) is None}
 
 
-def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept_as", ["bytes", "frames"])
+def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(
+    tmp_path: Path, kept_as: str
+) -> None:
     c = StubCluster(tmp_path, dataclasses.replace(FAST, scrub_interval=0.6))
     try:
         c.start(4)
-        data = os.urandom(300_000)
+        # Random bytes are kept as themselves, text as its frames (worker/frames.py).
+        data = os.urandom(300_000) if kept_as == "bytes" else b"GET / 200\n" * 30_000
         (tmp_path / "f").write_bytes(data)
         with c.session() as s:
             result = s.upload(tmp_path / "f", "f", 2)
             sha = result.sha256
             rotted, kept = result.chain
+            blob = c.workers[rotted].store.find(sha)
+            assert blob is not None and (blob.suffix == ".zst") == (kept_as == "frames")
             flip_a_byte(c, rotted, sha)
 
             wait_for(lambda: c.workers[rotted].store.damaged == 1, what="scrub to find it")

@@ -242,15 +242,28 @@ def test_a_lost_worker_s_files_get_their_replicas_back(stub: StubCluster, tmp_pa
     assert stored(stub, new, data) == data
 
 
-def test_restore_fails_over_when_a_copy_is_damaged(stub: StubCluster, tmp_path: Path) -> None:
-    data = random_file(tmp_path / "f.bin", 2 * 64 * 1024)
+@pytest.mark.parametrize("kept_as", ["bytes", "frames"])
+def test_restore_fails_over_when_a_copy_is_damaged(
+    stub: StubCluster, tmp_path: Path, kept_as: str
+) -> None:
+    if kept_as == "bytes":
+        data = random_file(tmp_path / "f.bin", 2 * 64 * 1024)
+    else:  # text: kept as its frames, which a restore sends as they are
+        data = b"GET /index.html 200\n" * 20_000
+        (tmp_path / "f.bin").write_bytes(data)
     with stub.session() as s:
         result = s.upload(tmp_path / "f.bin", "f.bin", 2)
     for worker in result.chain:  # damage the copy that would be served first
-        path = stub.workers[worker].store.blob_path(hashlib.sha256(data).hexdigest())
-        path.write_bytes(b"rot" + data[3:])
+        path = stub.workers[worker].store.find(hashlib.sha256(data).hexdigest())
+        assert path is not None and (path.suffix == ".zst") == (kept_as == "frames")
+        rotted = bytearray(path.read_bytes())
+        rotted[-3:] = b"rot"
+        path.write_bytes(bytes(rotted))
         break
     assert restore(stub, "f.bin", tmp_path / "out") == data
+    # The worker found the damage as it read (never passing it off as good) and said so.
+    said = [p.body for p in stub.broker.published if p.type == m.RestoreFailed.TYPE]
+    assert len(said) == 1 and b"damaged" in said[0]
 
 
 def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(

@@ -187,11 +187,15 @@ class Intake:
             # announce again (idempotent for the manager and client) and settle.
             self._forward(ChunkJob(conn, d, h, complete=True))
             return
-        # Compressed bytes are forwarded as they came, and written here decoded: the blob
-        # is the file's own bytes. A bad frame is a DecodeError: dead-lettered, not written.
+        # Compressed bytes are forwarded as they came, and kept here as they came when the
+        # upload's first chunk was compressed, else decoded (worker/store.py). Each is decoded
+        # to be checked and hashed: a bad frame is a DecodeError, dead-lettered, not written.
         data = compression.decode(d.body, h.encoding, h.total_size - h.offset)
         h.validate(len(data))
-        count = self.store.write_chunk(h.upload_id, h.seq, h.offset, data, h.chunk_count)
+        wire = (d.body, h.encoding)
+        count = self.store.write_chunk(
+            h.upload_id, h.seq, h.offset, data, h.chunk_count, wire, h.total_size
+        )
         metrics.BYTES_IN.inc(len(d.body))
         self._forward(ChunkJob(conn, d, h, complete=count == h.chunk_count))
 

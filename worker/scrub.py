@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from warren import messages as m
@@ -29,10 +30,10 @@ SLICE = 8 * 1024 * 1024  # bytes hashed per step: the connection is serviced in 
 
 @dataclass
 class _Blob:
-    """The blob being re-hashed: how far, and the hash so far."""
+    """The blob being re-hashed: its bytes still to come, and the hash so far."""
 
     sha256: str
-    offset: int = 0
+    pieces: Iterator[bytes] | None
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
@@ -93,23 +94,31 @@ class Scrubber:
         return 0.0
 
     def _hash_slice(self, conn: Transport) -> int:
+        """Hash the next piece of the blob under way: SLICE bytes of one kept as its own
+        bytes, a chunk of one kept as frames (each frame checked and decoded)."""
         if self._current is None:
-            self._current = _Blob(self._todo.pop())
+            sha256 = self._todo.pop()
+            path = self.store.find(sha256)
+            pieces = self.store.content(path, SLICE) if path is not None else None
+            self._current = _Blob(sha256, pieces)
         blob = self._current
-        path = self.store.blob_path(blob.sha256)
         try:
-            with open(path, "rb") as f:
-                f.seek(blob.offset)
-                data = f.read(SLICE)
+            data = next(blob.pieces) if blob.pieces is not None else None
+        except StopIteration:
+            data = None
         except FileNotFoundError:  # deleted or quarantined meanwhile
             self._current = None
             return 0
-        blob.digest.update(data)
-        blob.offset += len(data)
-        if len(data) < SLICE:
+        except OSError as exc:  # frames.Damaged among them
             self._current = None
-            if blob.digest.hexdigest() != blob.sha256:
+            self.damaged(conn, blob.sha256, f"found by scrub: {exc}")
+            return 0
+        if data is None:
+            self._current = None
+            if blob.pieces is not None and blob.digest.hexdigest() != blob.sha256:
                 self.damaged(conn, blob.sha256, "SHA-256 mismatch found by scrub")
+            return 0
+        blob.digest.update(data)
         return len(data)
 
     def damaged(self, conn: Transport, sha256: str, reason: str) -> None:

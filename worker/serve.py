@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from warren import compression, metrics
@@ -23,6 +24,7 @@ from warren.config import Settings
 from warren.errors import DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
+from worker import frames
 from worker.intake import from_manager
 from worker.store import ChunkStore
 
@@ -111,8 +113,12 @@ class Server:
         and _Stopping when the worker is asked to stop half way (the command is requeued).
         ``level``: zstd's (a restore's is faster than an upload's: see compression).
         """
+        path = self.store.find(sha256)
+        if path is None:
+            raise FileNotFoundError(sha256)
+        if path.suffix == frames.SUFFIX:
+            return self._stream_frames(path, sha256, size, send)
         digest = hashlib.sha256()
-        path = self.store.blob_path(sha256)
 
         def hashed(chunks: Iterator[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
             """Hashed as they are read, in order (compressing them may finish out of it)."""
@@ -132,6 +138,24 @@ class Server:
                     raise _Stopping
                 send(seq, offset, length, body, encoding)
         return digest.hexdigest()
+
+    def _stream_frames(self, path: Path, sha256: str, size: int, send: Send) -> str:
+        """``_stream`` for a blob kept as frames: each sent as it is, checked against its
+        digest on the way (frames.Damaged is an OSError: the copy is reported damaged)."""
+        with open(path, "rb", buffering=0) as f:
+            if frames.read_file_header(f.fileno())[0] != size:
+                raise frames.Damaged(f"its header does not say {size} bytes")
+            offset = 0
+            for n, (c, body) in enumerate(frames.chunks(f.fileno())):
+                if self.stop.is_set():
+                    raise _Stopping
+                if c.seq != n:
+                    raise frames.Damaged(f"chunk {c.seq} where {n} belongs")
+                send(c.seq, offset, c.length, body, m.ZSTD)
+                offset += c.length
+        if offset != size:
+            raise frames.Damaged(f"{offset} bytes of {size}")
+        return sha256  # every frame matched the digest it was stored with
 
     def _serve(self, conn: Transport, req: m.ServeRequest) -> None:
         """Stream one blob to a client's reply queue, checking its hash on the way."""
@@ -184,7 +208,12 @@ class Server:
     def _copy(self, conn: Transport, req: m.CopyRequest) -> None:
         """Repair: send a blob to another worker as a one-hop upload it will verify."""
         conn.declare(worker_topology(req.target))
-        count = ChunkPlan(req.size, self.settings.chunk_size).count
+        path = self.store.find(req.sha256)
+        try:
+            count = self.store.chunk_count(path, req.size, self.settings.chunk_size) if path else 1
+        except OSError as exc:
+            log.error("repair %s: cannot read %s: %s", req.upload_id, req.sha256[:12], exc)
+            return
         refused: list[int] = []
 
         def chunk(seq: int, offset: int, length: int, body: bytes, encoding: str) -> None:

@@ -3,9 +3,13 @@
 Layout under the worker's data dir::
 
     blobs/ab/<sha256>          finished replicas, named by content hash (never by file name)
+    blobs/ab/<sha256>.zst      the same for content that came compressed: its zstd frames as
+                               they came (worker/frames.py), so a restore compresses nothing
     incoming/<id>.part         an upload being received, written chunk by chunk at its offset
     incoming/<id>.seqs         the chunks already written (one number per line): a journal that
                                lets a restarted worker resume instead of starting over
+    incoming/<id>.zpart        an upload whose first chunk came compressed: its frames in the
+                               order they came, each a record of its own (no journal needed)
     incoming/<id>.done         the upload finished (its sha256): a redelivered chunk is a no-op
                                (both only for files of more than one chunk)
     incoming/<sha256>.<r>.blob a file of a pack being written (small files come whole in
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from warren.chunks import Writeback, sha256_file
-from warren.messages import HEX32, HEX64, BlobEntry
+from warren.messages import HEX32, HEX64, ZSTD, BlobEntry
+from worker import frames
 
 log = logging.getLogger("warren.worker.store")
 
@@ -61,6 +66,7 @@ class ChunkStore:
         self.incoming = root / "incoming"
         self._received: dict[str, set[int]] = {}
         self._digests: dict[str, _Running] = {}  # uploads whose bytes came in order so far
+        self._zpart_end: dict[str, int] = {}  # uploads kept as frames: where the next goes
         self._lock = threading.Lock()  # guards the usage counters (finalize runs off-thread)
         self.damaged = 0  # copies found damaged and quarantined (counted at open)
         self._used = 0
@@ -93,6 +99,14 @@ class ChunkStore:
             raise ValueError(f"bad sha256 {sha256!r}")
         return self.blobs / sha256[:2] / sha256
 
+    def find(self, sha256: str) -> Path | None:
+        """The stored blob of this content, as its own bytes or as frames; None if none."""
+        path = self.blob_path(sha256)
+        if path.exists():
+            return path
+        framed = path.with_name(sha256 + frames.SUFFIX)
+        return framed if framed.exists() else None
+
     def done_sha256(self, upload_id: str) -> str | None:
         """The hash of a finished upload, or None if it is not finished here."""
         try:
@@ -101,14 +115,26 @@ class ChunkStore:
             return None
 
     def write_chunk(
-        self, upload_id: str, seq: int, offset: int, data: bytes, chunk_count: int
+        self,
+        upload_id: str,
+        seq: int,
+        offset: int,
+        data: bytes,
+        chunk_count: int,
+        wire: tuple[bytes, str] | None = None,
+        total_size: int = 0,
     ) -> int:
         """Write one chunk at its offset and journal it; return how many chunks are in.
 
-        A file of one chunk needs no journal (nor, later, a done marker): a redelivery of
-        its only chunk simply stores it again, identically. Small files skip two file
-        creations per replica that way, and creating files is most of what they cost.
+        ``wire``: the chunk as it came (its body and encoding). An upload of several chunks
+        whose first came compressed is kept as its frames (``.zpart``), the others as their
+        bytes. A file of one chunk needs no journal (nor, later, a done marker): a
+        redelivery of its only chunk simply stores it again, identically. Small files skip
+        two file creations per replica that way, and creating files is most of what they cost.
         """
+        if self._framed(upload_id, chunk_count, wire):
+            assert wire is not None
+            return self._write_frame(upload_id, seq, offset, data, wire, chunk_count, total_size)
         received = self._received_set(upload_id)
         if seq not in received:
             running = self._hash_in_order(upload_id, offset, data, fresh=not received)
@@ -123,6 +149,54 @@ class ChunkStore:
                 with open(self._path(upload_id, ".seqs"), "a") as journal:
                     journal.write(f"{seq}\n")
             received.add(seq)
+        return len(received)
+
+    def _framed(self, upload_id: str, chunk_count: int, wire: tuple[bytes, str] | None) -> bool:
+        """Whether this upload is kept as frames: decided by its first chunk, then by the
+        file it began (a restarted worker goes on as it began)."""
+        if upload_id in self._zpart_end:
+            return True
+        if chunk_count <= 1 or upload_id in self._received:
+            return False
+        if self._path(upload_id, ".part").exists():
+            return False
+        if self._path(upload_id, ".zpart").exists():
+            return True
+        return wire is not None and wire[1] == ZSTD
+
+    def _write_frame(
+        self,
+        upload_id: str,
+        seq: int,
+        offset: int,
+        data: bytes,
+        wire: tuple[bytes, str],
+        chunk_count: int,
+        total_size: int,
+    ) -> int:
+        """Append one chunk's frame to the upload's ``.zpart``, unless it is there already."""
+        path = self._path(upload_id, ".zpart")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            end = self._zpart_end.get(upload_id)
+            if end is None:  # first touch in this process: what came before a restart
+                received, end = frames.end_of(fd)
+                if end == 0:
+                    end = frames.append(fd, 0, [frames.file_header(total_size, chunk_count)])
+                else:
+                    os.ftruncate(fd, end)  # a record cut short by a crash goes
+                self._received[upload_id] = received
+            received = self._received[upload_id]
+            if seq not in received:
+                running = self._hash_in_order(upload_id, offset, data, fresh=not received)
+                end = frames.append(fd, end, frames.chunk_record(seq, len(data), *wire))
+                if running is not None:
+                    running.writeback.written_up_to(fd, end)
+                    running.chunks += 1
+                received.add(seq)
+            self._zpart_end[upload_id] = end
+        finally:
+            os.close(fd)
         return len(received)
 
     def _hash_in_order(
@@ -166,6 +240,7 @@ class ChunkStore:
         here, on the thread that receives chunks (the journal on disk stays the truth), and
         its running hash handed to ``finish``."""
         self._received.pop(upload_id, None)
+        self._zpart_end.pop(upload_id, None)
         return self._digests.pop(upload_id, None)
 
     def finish(self, upload_id: str, sha256: str, size: int, running: _Running | None) -> Path:
@@ -175,6 +250,8 @@ class ChunkStore:
         else the file is read back. Touches only the disk and the locked usage counters, so
         it runs on a pool thread: that read of a large file takes a while.
         """
+        if self._path(upload_id, ".zpart").exists():
+            return self._finish_frames(upload_id, sha256, size, running)
         part = self._path(upload_id, ".part")
         fd = os.open(part, os.O_RDWR)  # every upload wrote its first chunk, even an empty one
         try:
@@ -189,21 +266,121 @@ class ChunkStore:
         if actual != sha256:
             self._discard_files(upload_id)
             raise CorruptUpload.mismatch(sha256, actual)
-        target = self.blob_path(sha256)
+        several = self._path(upload_id, ".seqs").exists()
+        return self._keep(upload_id, part, self.blob_path(sha256), sha256, several)
+
+    def _keep(self, upload_id: str, part: Path, target: Path, sha256: str, several: bool) -> Path:
+        """Move a verified, synced replica into the store (unless this content is stored
+        already, in either form) and mark the upload done."""
         target.parent.mkdir(exist_ok=True)
-        existed = target.exists()
-        os.replace(part, target)
-        _fsync(target.parent)
-        journal = self._path(upload_id, ".seqs")
-        if journal.exists():  # more than one chunk: remember it is done, for redeliveries
+        existing = self.find(sha256)
+        if existing is not None and existing != target:
+            part.unlink()
+        else:
+            size = os.stat(part).st_size
+            os.replace(part, target)
+            _fsync(target.parent)
+            if existing is None:
+                with self._lock:
+                    self._used += size
+                    self._files += 1
+        if several:  # more than one chunk: remember it is done, for redeliveries
             self._path(upload_id, ".done").write_text(sha256)
-            journal.unlink()
+            self._path(upload_id, ".seqs").unlink(missing_ok=True)
             _fsync(self.incoming)
-        if not existed:
-            with self._lock:
-                self._used += size
-                self._files += 1
-        return target
+        return existing or target
+
+    def _finish_frames(
+        self, upload_id: str, sha256: str, size: int, running: _Running | None
+    ) -> Path:
+        """``finish`` for an upload kept as frames. When its chunks came in order (the
+        usual case) they are in order in the file and were hashed as they came; else the
+        file is read, put in order and hashed. Content that turned out not to compress
+        (only its first chunk did) is stored as its own bytes instead."""
+        zpart = self._path(upload_id, ".zpart")
+        try:
+            if running is not None and running.next_offset == size:
+                actual = running.digest.hexdigest()
+                fd = os.open(zpart, os.O_RDONLY)
+                try:
+                    if frames.read_file_header(fd) != (size, running.chunks):
+                        raise frames.Damaged("its chunks do not add up to the file")
+                finally:
+                    os.close(fd)
+            else:
+                actual = self._reorder(upload_id, size)
+        except frames.Damaged as exc:
+            actual = f"unreadable ({exc})"
+        if actual != sha256:
+            self._discard_files(upload_id)
+            raise CorruptUpload.mismatch(sha256, actual)
+        fd = os.open(zpart, os.O_RDWR)
+        try:
+            if not _compressed_enough(size, os.fstat(fd).st_size):
+                return self._unframe(upload_id, fd, sha256)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        framed = self.blob_path(sha256).with_name(sha256 + frames.SUFFIX)
+        return self._keep(upload_id, zpart, framed, sha256, several=True)
+
+    def _reorder(self, upload_id: str, size: int) -> str:
+        """The SHA-256 of an upload's frames, read back in chunk order; the file is
+        rewritten in that order (without repeats) when it is not in it."""
+        fd = os.open(self._path(upload_id, ".zpart"), os.O_RDONLY)
+        try:
+            return self._reorder_from(upload_id, fd, size)
+        finally:
+            os.close(fd)
+
+    def _reorder_from(self, upload_id: str, fd: int, size: int) -> str:
+        said, count = frames.read_file_header(fd)
+        index: dict[int, frames.Chunk] = {}
+        order = []
+        for c, _ in frames.chunks(fd, strict=False):
+            index.setdefault(c.seq, c)
+            order.append(c.seq)
+        if sorted(index) != list(range(count)):
+            raise frames.Damaged(f"{len(index)} of {count} chunks")
+        if said != size or sum(c.length for c in index.values()) != size:
+            raise frames.Damaged("its chunks do not add up to the file")
+        digest = hashlib.sha256()
+        if order == list(range(count)):
+            for c, body in frames.chunks(fd):
+                digest.update(frames.decode(c, body))
+            return digest.hexdigest()
+        tmp = self._path(upload_id, ".zsort")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            end = frames.append(out, 0, [frames.file_header(size, count)])
+            for seq in range(count):
+                c = index[seq]
+                body = os.pread(fd, c.frame_length, c.at)
+                digest.update(frames.decode(c, body))
+                end = frames.append(out, end, frames.chunk_record(seq, c.length, body, ZSTD))
+        finally:
+            os.close(out)
+        os.replace(tmp, self._path(upload_id, ".zpart"))
+        return digest.hexdigest()
+
+    def _unframe(self, upload_id: str, fd: int, sha256: str) -> Path:
+        """Store an upload's frames as the file's own bytes (they hardly compress)."""
+        part = self._path(upload_id, ".part")
+        out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            offset = 0
+            for c, body in frames.chunks(fd):
+                data = frames.decode(c, body)
+                _write_all(out, memoryview(data), offset)
+                offset += len(data)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        self._path(upload_id, ".zpart").unlink()
+        if sha256_file(part) != sha256:  # cannot be, but the check is cheap against a loss
+            self._discard_files(upload_id)
+            raise CorruptUpload(f"{sha256[:12]}… changed while it was unpacked")
+        return self._keep(upload_id, part, self.blob_path(sha256), sha256, several=True)
 
     def put_blobs(self, blobs: list[tuple[str, memoryview]]) -> None:
         """Store small files whole (a pack): each verified, synced and renamed into place.
@@ -224,7 +401,7 @@ class ChunkStore:
             if sha256 in todo:
                 continue
             target = str(self.blob_path(sha256))
-            if not os.path.exists(target):
+            if self.find(sha256) is None:
                 todo[sha256] = (target, os.path.join(self.incoming, f"{sha256}.{tag}.blob"), data)
         if not todo:
             return
@@ -265,8 +442,10 @@ class ChunkStore:
     def quarantine(self, sha256: str) -> None:
         """A damaged copy leaves the store (never served, never reported as held again)
         for ``quarantine/``, where an operator can look at it."""
-        path = self.blob_path(sha256)
-        target = self.root / "quarantine" / f"{sha256}.{int(time.time())}"
+        path = self.find(sha256)
+        if path is None:
+            return
+        target = self.root / "quarantine" / f"{path.name}.{int(time.time())}"
         target.parent.mkdir(exist_ok=True)
         try:
             size = path.stat().st_size
@@ -280,14 +459,22 @@ class ChunkStore:
 
     def check(self, sha256: str, size: int | None = None) -> str | None:
         """Re-read a stored blob now: None if it is good, else why not."""
-        path = self.blob_path(sha256)
+        path = self.find(sha256)
+        if path is None:
+            return "this worker has no copy"
+        digest = hashlib.sha256()
+        actual_size = 0
         try:
-            actual_size = path.stat().st_size
-            actual = sha256_file(path)
+            for data in self.content(path):
+                digest.update(data)
+                actual_size += len(data)
         except FileNotFoundError:
             return "this worker has no copy"
+        except frames.Damaged as exc:
+            return str(exc)
         except OSError as exc:
             return f"cannot read it: {exc.strerror or exc}"
+        actual = digest.hexdigest()
         if size is not None and actual_size != size:
             return f"size {actual_size}, expected {size}"
         if actual != sha256:
@@ -296,7 +483,9 @@ class ChunkStore:
 
     def delete_blob(self, sha256: str) -> int:
         """Remove a stored blob (garbage collection); return the bytes given back."""
-        path = self.blob_path(sha256)
+        path = self.find(sha256)
+        if path is None:
+            return 0
         try:
             size = path.stat().st_size
             path.unlink()
@@ -317,7 +506,7 @@ class ChunkStore:
         """An upload nobody will finish: its partial data and markers go; the bytes freed."""
         freed = 0
         self.take_running(upload_id)
-        for suffix in (".part", ".seqs", ".done"):
+        for suffix in (".part", ".seqs", ".done", ".zpart"):
             path = self._path(upload_id, suffix)
             with contextlib.suppress(FileNotFoundError):
                 freed += path.stat().st_size
@@ -329,6 +518,15 @@ class ChunkStore:
         ask: the journal is only appended to), and whether the replica is finished."""
         if self.done_sha256(upload_id) is not None:
             return (), True
+        try:
+            fd = os.open(self._path(upload_id, ".zpart"), os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                return tuple(sorted(frames.end_of(fd)[0])), False
+            finally:
+                os.close(fd)
         try:
             lines = self._path(upload_id, ".seqs").read_text().split("\n")
         except FileNotFoundError:
@@ -348,7 +546,7 @@ class ChunkStore:
         return removed
 
     def _discard_files(self, upload_id: str) -> None:
-        for suffix in (".part", ".seqs"):
+        for suffix in (".part", ".seqs", ".zpart", ".zsort"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
 
     # -- the version records kept beside the data -------------------------------------------
@@ -391,17 +589,49 @@ class ChunkStore:
             if k not in forgotten
             and isinstance(r.get("sha256"), str)
             and HEX64.match(r["sha256"])
-            and self.blob_path(r["sha256"]).exists()
+            and self.find(r["sha256"]) is not None
         ]
         return held, list(forgotten.values())
 
     # -- what is stored --------------------------------------------------------------------
 
     def inventory(self) -> Iterator[BlobEntry]:
+        """Every blob held and the size of its file (a compressed one's header says; one
+        whose header does not read is reported as 0 bytes, for scrub to find damaged)."""
         for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
             for blob in sorted(sub.iterdir()):
                 if HEX64.match(blob.name):
                     yield BlobEntry(sha256=blob.name, size=blob.stat().st_size)
+                elif blob.name.endswith(frames.SUFFIX) and HEX64.match(blob.stem):
+                    yield BlobEntry(sha256=blob.stem, size=_framed_size(blob))
+
+    def content(self, path: Path, piece: int = 8 * 1024 * 1024) -> Iterator[bytes]:
+        """A stored blob's bytes, in order, a piece at a time (a compressed one's a chunk
+        at a time, each frame checked and decoded: ``frames.Damaged`` if one is not good)."""
+        with open(path, "rb", buffering=0) as f:
+            if path.suffix != frames.SUFFIX:
+                while data := f.read(piece):
+                    yield data
+                return
+            size, count = frames.read_file_header(f.fileno())
+            seen = 0
+            for n, (c, body) in enumerate(frames.chunks(f.fileno())):
+                if c.seq != n:
+                    raise frames.Damaged(f"chunk {c.seq} where {n} belongs")
+                seen += 1
+                yield frames.decode(c, body)
+            if seen != count:
+                raise frames.Damaged(f"{seen} of its {count} chunks")
+
+    def chunk_count(self, path: Path, size: int, chunk_size: int) -> int:
+        """How many chunks a repair copy of this blob is sent in."""
+        if path.suffix == frames.SUFFIX:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return frames.read_file_header(fd)[1]
+            finally:
+                os.close(fd)
+        return max(1, -(-size // chunk_size))
 
     def usage(self) -> Usage:
         free = shutil.disk_usage(self.root).free
@@ -415,7 +645,26 @@ class _Running:
     def __init__(self) -> None:
         self.digest = hashlib.sha256()
         self.next_offset = 0
+        self.chunks = 0  # of an upload kept as frames: written in order, one record each
         self.writeback = Writeback()
+
+
+def _compressed_enough(size: int, kept: int) -> bool:
+    """Frames worth keeping: they save at least 1/32 of the file (compression.MIN_SAVING)."""
+    return kept <= size - max(1, size // 32)
+
+
+def _framed_size(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return frames.read_file_header(fd)[0]
+    except (frames.Damaged, OSError):
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
