@@ -26,6 +26,7 @@ import zstandard
 from client.session import Session
 from devtools.localnode import LocalNode
 from warren.config import Settings
+from worker import frames
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,9 +48,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, or of the content a blob kept as frames holds."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        reader: Any = f
+        if path.suffix == ".zst":  # what zstd -dc makes of it
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+        while block := reader.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 
@@ -272,12 +277,20 @@ class Cluster:
 
 
 def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2")) -> int:
-    """How many chunks the workers have journaled for uploads in progress."""
+    """How many chunks the workers have journaled for uploads in progress (in ``.seqs``,
+    or as records of an upload kept as frames)."""
     total = 0
     for w in workers:
         for p in c.data_dir(w).glob("incoming/*.seqs"):
             with contextlib.suppress(FileNotFoundError):  # finished meanwhile
                 total += len(p.read_text().split())
+        for p in c.data_dir(w).glob("incoming/*.zpart"):
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    total += len(frames.end_of(fd)[0])
+                finally:
+                    os.close(fd)
     return total
 
 

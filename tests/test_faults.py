@@ -9,6 +9,8 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from devtools.localnode import LocalNode
 from tests.cluster import Cluster, MakeCluster, chunks_on_disk, file_sha256, stored_names, wait_for
 from warren import errors
@@ -27,11 +29,30 @@ def random_file(folder: Path, name: str, size: int) -> Path:
     return path
 
 
+def text_file(folder: Path, name: str, size: int) -> Path:
+    """Log-like text: each MiB its own lines, each compressing about 4 times."""
+    path = folder / name
+    with open(path, "wb") as f:
+        for n in range(0, size, 1 << 20):
+            lines = b"".join(
+                b"10.0.%d.%d GET /api/items/%d HTTP/1.1 200 %d\n" % (n % 251, i % 97, i, n + i)
+                for i in range(20_000)
+            )
+            f.write(lines[: min(1 << 20, size - n)])
+    return path
+
+
 def upload_in_flight(
-    c: Cluster, folder: Path, name: str, mib: int, workers: tuple[str, ...] = ("w1", "w2")
+    c: Cluster,
+    folder: Path,
+    name: str,
+    mib: int,
+    workers: tuple[str, ...] = ("w1", "w2"),
+    text: bool = False,
 ) -> tuple[Path, subprocess.Popen[bytes]]:
-    """Start uploading a new random file and return once its chunks are landing on disk."""
-    src = random_file(folder, name, mib * 1024 * 1024)
+    """Start uploading a new random (or log-like text) file and return once its chunks are
+    landing on disk."""
+    src = (text_file if text else random_file)(folder, name, mib * 1024 * 1024)
     client = c.client_process("upload", str(src))
     wait_for(lambda: chunks_on_disk(c, workers) >= 5, what="chunks on disk")
     return src, client
@@ -105,11 +126,15 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
     wait_for(lambda: c.status()["under_replicated"] == 0, timeout=60, what="repairs")
 
 
-def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_path: Path) -> None:
-    # Given an upload of a large file in flight on a cluster of exactly two workers
+@pytest.mark.parametrize("content", ["random", "text"])
+def test_worker_killed_mid_upload_then_restarted(
+    make_cluster: MakeCluster, tmp_path: Path, content: str
+) -> None:
+    # Given an upload of a large file in flight on a cluster of exactly two workers (text:
+    # kept as its frames, whose records are the journal the restarted worker resumes from)
     c = make_cluster()
     c.start_all(2)
-    src, client = upload_in_flight(c, tmp_path, "big.bin", 160)
+    src, client = upload_in_flight(c, tmp_path, "big.bin", 160, text=content == "text")
     primary = c.chain("big.bin")[0]
 
     # When the primary is killed with chunks flowing, and restarted
@@ -123,9 +148,14 @@ def test_worker_killed_mid_upload_then_restarted(make_cluster: MakeCluster, tmp_
     # And the file is on both disks, the restarted primary's copy too, byte for byte
     holders = c.verify_stored([src])
     assert sorted(holders["big.bin"]) == ["w1", "w2"]
-    assert filecmp.cmp(c.blob(primary, sha256_file(src)), src, shallow=False)
+    sha = sha256_file(src)
+    if content == "random":
+        assert filecmp.cmp(c.blob(primary, sha), src, shallow=False)
+    else:
+        assert {c.blob(w, sha).suffix for w in ("w1", "w2")} == {".zst"}
+        assert file_sha256(c.blob(primary, sha)) == sha
     for w in ("w1", "w2"):
-        assert not list(c.data_dir(w).glob("incoming/*.part"))  # nothing half-written kept
+        assert not list(c.data_dir(w).glob("incoming/*part"))  # nothing half-written kept
 
 
 def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
