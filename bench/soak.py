@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import random
 import shutil
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.session import Session  # noqa: E402
 from devtools.localnode import LocalNode  # noqa: E402
-from tests.cluster import Cluster, wait_for  # noqa: E402
+from tests.cluster import Cluster, file_sha256, wait_for  # noqa: E402
 from warren.config import Settings  # noqa: E402
 from warren.errors import WarrenError  # noqa: E402
 
@@ -68,12 +67,17 @@ class Tally:
         return len(self.wrong) + len(self.lost) + len(self.short) + len(self.broken)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+def log_text(rng: random.Random, size: int) -> bytes:
+    """Log-like lines: compressible, so large files are kept as their frames."""
+    out = bytearray()
+    while len(out) < size:
+        out += b"10.0.%d.%d GET /api/items/%d HTTP/1.1 200 %d\n" % (
+            rng.randrange(256),
+            rng.randrange(256),
+            rng.randrange(100_000),
+            rng.randrange(5000),
+        )
+    return bytes(out[:size])
 
 
 def restored_sha(t: Tally, path: Path) -> str:
@@ -90,7 +94,7 @@ def restored_sha(t: Tally, path: Path) -> str:
             data = bytearray(b"\x00")
         path.write_bytes(bytes(data))
         print(f"soak: --corrupt-one: flipped a byte of the restore in {path.name!r}", flush=True)
-    return sha256_of(path)
+    return file_sha256(path)
 
 
 def guarded(t: Tally, name: str, target: Callable[[], None]) -> threading.Thread:
@@ -120,7 +124,7 @@ def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tall
         paths = []
         for j, size in enumerate(sizes):
             path = folder / f"client{n} file {i}.{j}.bin"
-            path.write_bytes(os.urandom(size))
+            path.write_bytes(os.urandom(size) if rng.random() < 0.5 else log_text(rng, size))
             paths.append(path)
         res = c.client(
             "upload", *map(str, paths), "--replicas", str(REPLICAS), WARREN_CLIENT_NAME=f"soak{n}"
@@ -135,7 +139,7 @@ def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tall
                 t.broken.append(f"client{n} upload printed a traceback:\n{res.err}")
             for path in paths:
                 if path.name in stored:
-                    t.confirmed[path.name] = sha256_of(path)
+                    t.confirmed[path.name] = file_sha256(path)
                     t.sizes[path.name] = path.stat().st_size
                 else:
                     t.failed_uploads += 1
@@ -234,7 +238,7 @@ def verify_all(c: Cluster, workers: list[str], folder: Path, t: Tally) -> int:
     for sha in set(t.confirmed.values()):
         for w in workers:
             blob = c.blob(w, sha)
-            if blob.is_file() and sha256_of(blob) == sha:
+            if blob.is_file() and file_sha256(blob) == sha:
                 good[sha] = good.get(sha, 0) + 1
     for name, sha in sorted(t.confirmed.items()):
         if good.get(sha, 0) < REPLICAS:

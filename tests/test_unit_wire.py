@@ -490,6 +490,7 @@ def test_docs_describe_the_encoding_header() -> None:
         "the header `encoding`",
         "`zstd`",
         "forwards the bytes exactly as they came",
-        "Blobs on disk are the file's own bytes",
+        "is kept as its frames, as they came",
+        "any other file as its own bytes",
     ):
         assert needed in text, needed
