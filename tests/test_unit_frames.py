@@ -140,3 +140,16 @@ def test_content_stored_both_ways_is_kept_once(tmp_path: Path) -> None:
     assert store.finalize(UID, sha, len(data)) == store.blob_path(sha)
     assert [b.sha256 for b in store.inventory()] == [sha]
     assert store.delete_blob(sha) == len(data) and store.find(sha) is None
+
+
+def test_a_header_claiming_a_huge_frame_is_damage_not_an_allocation(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    data = text(2 * CHUNK)
+    write(store, data, [0, 1])
+    sha = hashlib.sha256(data).hexdigest()
+    path = store.finalize(UID, sha, len(data))
+    raw = bytearray(path.read_bytes())
+    at = 32 + 16  # the file header, then the first chunk header up to its frame length
+    raw[at : at + 4] = (2**32 - 1).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    assert "claims a frame of 4294967295 bytes" in (store.check(sha, len(data)) or "")

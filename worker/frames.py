@@ -43,8 +43,10 @@ _FORMAT = 1
 _FILE = struct.Struct("<II11sBQI")
 # chunk header: magic, frame size, seq, chunk length, frame length, digest of the frame
 _CHUNK = struct.Struct("<IIIII12s")
-FILE_HEADER_SIZE = _FILE.size
 _BLOCK = 128 * 1024  # zstd's largest block
+# The longest frame there can be: the largest chunk in raw blocks (a header says how much to
+# read: a damaged one must not make a worker allocate gigabytes).
+MAX_FRAME = compression.MAX_CHUNK + 3 * (compression.MAX_CHUNK // _BLOCK + 1) + 13
 
 
 class Damaged(OSError):
@@ -137,6 +139,8 @@ def chunks(fd: int, strict: bool = True) -> Iterator[tuple[Chunk, bytes]]:
             magic, size, seq, length, frame_length, digest = _CHUNK.unpack(raw)
             if (magic, size) != (_SKIPPABLE, _CHUNK.size - 8):
                 raise Damaged(f"no chunk header at byte {at}")
+            if frame_length > MAX_FRAME:
+                raise Damaged(f"chunk {seq} claims a frame of {frame_length} bytes")
             body = os.pread(fd, frame_length, at + _CHUNK.size)
             if hashlib.sha256(body).digest()[:12] != digest:
                 raise Damaged(f"chunk {seq} does not match its digest")
