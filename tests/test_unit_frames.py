@@ -125,7 +125,7 @@ def test_a_damaged_frame_is_found_by_check_and_by_every_reader(tmp_path: Path) -
     path.write_bytes(bytes(raw))
     assert "does not match its digest" in (store.check(sha, len(data)) or "")
     with pytest.raises(frames.Damaged):
-        b"".join(store.content(path))
+        b"".join(frames.content(path))
     store.quarantine(sha)
     assert store.find(sha) is None and store.damaged == 1
     assert list((tmp_path / "quarantine").iterdir())[0].name.startswith(sha + ".zst.")

@@ -30,10 +30,12 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from warren import compression
 from warren.errors import DecodeError
 from warren.messages import RAW, ZSTD
+from worker.disk import write_all
 
 SUFFIX = ".zst"
 _SKIPPABLE = 0x184D2A5E  # one of zstd's sixteen skippable-frame magic numbers
@@ -117,10 +119,8 @@ def append(fd: int, at: int, parts: list[bytes | memoryview]) -> int:
     """Write ``parts`` at ``at``; return where the next record goes."""
     total = sum(len(p) for p in parts)
     written = os.pwritev(fd, parts, at)
-    if written != total:  # a short write (rare): the rest, piece by piece
-        joined = b"".join(parts)
-        while written < total:
-            written += os.pwrite(fd, joined[written:], at + written)
+    if written != total:  # a short write (rare): the rest
+        write_all(fd, memoryview(b"".join(parts))[written:], at + written)
     return at + total
 
 
@@ -173,3 +173,105 @@ def decode(c: Chunk, body: bytes) -> bytes:
         return compression.decode(body, ZSTD, c.length, exact=True)
     except DecodeError as exc:
         raise Damaged(f"chunk {c.seq} does not decode ({exc})") from None
+
+
+def compressed_enough(size: int, kept: int) -> bool:
+    """Frames worth keeping: they save at least 1/32 of the file (compression.MIN_SAVING)."""
+    return kept <= size - max(1, size // 32)
+
+
+def file_size(path: Path) -> int:
+    """The size of the file a compressed blob holds, by its header (0 if it does not read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return read_file_header(fd)[0]
+    except OSError:  # Damaged among them
+        return 0
+    finally:
+        os.close(fd)
+
+
+def in_order(path: Path, size: int) -> str:
+    """The SHA-256 of an upload's frames (``.zpart``), read back in chunk order; the file
+    is rewritten in that order, without repeats, when it is not in it (chunks that came
+    out of order after a restart). Damaged unless every chunk is there once and they add
+    up to ``size``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        said, count = read_file_header(fd)
+        index: dict[int, Chunk] = {}
+        order = []
+        for c, _ in chunks(fd, strict=False):
+            index.setdefault(c.seq, c)
+            order.append(c.seq)
+        if sorted(index) != list(range(count)):
+            raise Damaged(f"{len(index)} of {count} chunks")
+        if said != size or sum(c.length for c in index.values()) != size:
+            raise Damaged("its chunks do not add up to the file")
+        digest = hashlib.sha256()
+        if order == list(range(count)):
+            for c, body in chunks(fd):
+                digest.update(decode(c, body))
+            return digest.hexdigest()
+        tmp = path.with_suffix(".zsort")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            end = append(out, 0, [file_header(size, count)])
+            for seq in range(count):
+                c = index[seq]
+                body = os.pread(fd, c.frame_length, c.at)
+                digest.update(decode(c, body))
+                end = append(out, end, chunk_record(seq, c.length, body, ZSTD))
+        finally:
+            os.close(out)
+        os.replace(tmp, path)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def unframe(fd: int, out: Path) -> None:
+    """Write the file a blob's frames hold to ``out``, synced (frames that hardly compress
+    are stored as the file's own bytes instead)."""
+    target = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        offset = 0
+        for c, body in chunks(fd):
+            data = decode(c, body)
+            write_all(target, memoryview(data), offset)
+            offset += len(data)
+        os.fsync(target)
+    finally:
+        os.close(target)
+
+
+def content(path: Path, piece: int = 8 * 1024 * 1024) -> Iterator[bytes]:
+    """A stored blob's bytes, in order, a piece at a time: a blob kept as bytes ``piece``
+    bytes at a time, one kept as frames a chunk at a time, each checked and decoded
+    (``Damaged`` if one is not good, or not where it belongs)."""
+    with open(path, "rb", buffering=0) as f:
+        if path.suffix != SUFFIX:
+            while data := f.read(piece):
+                yield data
+            return
+        _, count = read_file_header(f.fileno())
+        seen = 0
+        for n, (c, body) in enumerate(chunks(f.fileno())):
+            if c.seq != n:
+                raise Damaged(f"chunk {c.seq} where {n} belongs")
+            seen += 1
+            yield decode(c, body)
+        if seen != count:
+            raise Damaged(f"{seen} of its {count} chunks")
+
+
+def chunk_count(path: Path) -> int:
+    """How many chunks a compressed blob holds (a repair copy sends as many)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_file_header(fd)[1]
+    finally:
+        os.close(fd)

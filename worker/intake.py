@@ -39,6 +39,7 @@ from warren.errors import BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker.expected import Expected
+from worker.records import append_records
 from worker.store import ChunkStore, CorruptUpload
 
 log = logging.getLogger("warren.worker")
@@ -127,13 +128,14 @@ class Intake:
         elif d.type == m.RecordVersions.TYPE:
             from_manager(d, conn, self.settings)
             cmd = m.RecordVersions.decode(d.body)
-            self.store.append_records([dataclasses.asdict(r) for r in cmd.records])
+            append_records(self.store.root, [dataclasses.asdict(r) for r in cmd.records])
             self.expected.add((e.upload_id, e.sender) for e in cmd.expect)
             d.ack()
         elif d.type == m.ForgetVersions.TYPE:
             from_manager(d, conn, self.settings)
             keys = m.ForgetVersions.decode(d.body).keys
-            self.store.append_records([{**dataclasses.asdict(k), "forget": True} for k in keys])
+            forgets = [{**dataclasses.asdict(k), "forget": True} for k in keys]
+            append_records(self.store.root, forgets)
             d.ack()
         else:
             raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")

@@ -21,6 +21,7 @@ from warren import messages as m
 from warren.config import Settings
 from warren.topology import MANAGER_EVENTS, manager_topology
 from warren.transport import Transport
+from worker import frames
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker.scrub")
@@ -99,7 +100,7 @@ class Scrubber:
         if self._current is None:
             sha256 = self._todo.pop()
             path = self.store.find(sha256)
-            pieces = self.store.content(path, SLICE) if path is not None else None
+            pieces = frames.content(path, SLICE) if path is not None else None
             self._current = _Blob(sha256, pieces)
         blob = self._current
         try:

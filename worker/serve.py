@@ -26,6 +26,7 @@ from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
 from worker.intake import from_manager
+from worker.records import read_records
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
@@ -209,8 +210,10 @@ class Server:
         """Repair: send a blob to another worker as a one-hop upload it will verify."""
         conn.declare(worker_topology(req.target))
         path = self.store.find(req.sha256)
+        count = ChunkPlan(req.size, self.settings.chunk_size).count
         try:
-            count = self.store.chunk_count(path, req.size, self.settings.chunk_size) if path else 1
+            if path is not None and path.suffix == frames.SUFFIX:
+                count = frames.chunk_count(path)  # a frame a chunk, as they came
         except OSError as exc:
             log.error("repair %s: cannot read %s: %s", req.upload_id, req.sha256[:12], exc)
             return
@@ -276,7 +279,7 @@ class _ClientGone(Exception):
 
 def inventory_of(worker: str, store: ChunkStore) -> m.Inventory:
     """What this worker holds, with the version records kept beside it."""
-    held, forgotten = store.records()
+    held, forgotten = read_records(store.root, lambda sha256: store.find(sha256) is not None)
     return m.Inventory(
         worker=worker,
         blobs=tuple(store.inventory()),

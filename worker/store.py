@@ -23,23 +23,21 @@ so a partial file is never listed or served.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
-import json
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 from warren.chunks import Writeback, sha256_file
 from warren.messages import HEX32, HEX64, ZSTD, BlobEntry
 from worker import frames
+from worker.disk import fsync_path, sync_files, write_all
 
 log = logging.getLogger("warren.worker.store")
 
@@ -140,7 +138,7 @@ class ChunkStore:
             running = self._hash_in_order(upload_id, offset, data, fresh=not received)
             fd = os.open(self._path(upload_id, ".part"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                _write_all(fd, memoryview(data), offset)
+                write_all(fd, memoryview(data), offset)
                 if running is not None:
                     running.writeback.written_up_to(fd, running.next_offset)
             finally:
@@ -279,7 +277,7 @@ class ChunkStore:
         else:
             size = os.stat(part).st_size
             os.replace(part, target)
-            _fsync(target.parent)
+            fsync_path(target.parent)
             if existing is None:
                 with self._lock:
                     self._used += size
@@ -287,7 +285,7 @@ class ChunkStore:
         if several:  # more than one chunk: remember it is done, for redeliveries
             self._path(upload_id, ".done").write_text(sha256)
             self._path(upload_id, ".seqs").unlink(missing_ok=True)
-            _fsync(self.incoming)
+            fsync_path(self.incoming)
         return existing or target
 
     def _finish_frames(
@@ -308,7 +306,7 @@ class ChunkStore:
                 finally:
                     os.close(fd)
             else:
-                actual = self._reorder(upload_id, size)
+                actual = frames.in_order(zpart, size)
         except frames.Damaged as exc:
             actual = f"unreadable ({exc})"
         if actual != sha256:
@@ -316,71 +314,16 @@ class ChunkStore:
             raise CorruptUpload.mismatch(sha256, actual)
         fd = os.open(zpart, os.O_RDWR)
         try:
-            if not _compressed_enough(size, os.fstat(fd).st_size):
-                return self._unframe(upload_id, fd, sha256)
+            if not frames.compressed_enough(size, os.fstat(fd).st_size):
+                part = self._path(upload_id, ".part")
+                frames.unframe(fd, part)
+                zpart.unlink()
+                return self._keep(upload_id, part, self.blob_path(sha256), sha256, several=True)
             os.fsync(fd)
         finally:
             os.close(fd)
         framed = self.blob_path(sha256).with_name(sha256 + frames.SUFFIX)
         return self._keep(upload_id, zpart, framed, sha256, several=True)
-
-    def _reorder(self, upload_id: str, size: int) -> str:
-        """The SHA-256 of an upload's frames, read back in chunk order; the file is
-        rewritten in that order (without repeats) when it is not in it."""
-        fd = os.open(self._path(upload_id, ".zpart"), os.O_RDONLY)
-        try:
-            return self._reorder_from(upload_id, fd, size)
-        finally:
-            os.close(fd)
-
-    def _reorder_from(self, upload_id: str, fd: int, size: int) -> str:
-        said, count = frames.read_file_header(fd)
-        index: dict[int, frames.Chunk] = {}
-        order = []
-        for c, _ in frames.chunks(fd, strict=False):
-            index.setdefault(c.seq, c)
-            order.append(c.seq)
-        if sorted(index) != list(range(count)):
-            raise frames.Damaged(f"{len(index)} of {count} chunks")
-        if said != size or sum(c.length for c in index.values()) != size:
-            raise frames.Damaged("its chunks do not add up to the file")
-        digest = hashlib.sha256()
-        if order == list(range(count)):
-            for c, body in frames.chunks(fd):
-                digest.update(frames.decode(c, body))
-            return digest.hexdigest()
-        tmp = self._path(upload_id, ".zsort")
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            end = frames.append(out, 0, [frames.file_header(size, count)])
-            for seq in range(count):
-                c = index[seq]
-                body = os.pread(fd, c.frame_length, c.at)
-                digest.update(frames.decode(c, body))
-                end = frames.append(out, end, frames.chunk_record(seq, c.length, body, ZSTD))
-        finally:
-            os.close(out)
-        os.replace(tmp, self._path(upload_id, ".zpart"))
-        return digest.hexdigest()
-
-    def _unframe(self, upload_id: str, fd: int, sha256: str) -> Path:
-        """Store an upload's frames as the file's own bytes (they hardly compress)."""
-        part = self._path(upload_id, ".part")
-        out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            offset = 0
-            for c, body in frames.chunks(fd):
-                data = frames.decode(c, body)
-                _write_all(out, memoryview(data), offset)
-                offset += len(data)
-            os.fsync(out)
-        finally:
-            os.close(out)
-        self._path(upload_id, ".zpart").unlink()
-        if sha256_file(part) != sha256:  # cannot be, but the check is cheap against a loss
-            self._discard_files(upload_id)
-            raise CorruptUpload(f"{sha256[:12]}… changed while it was unpacked")
-        return self._keep(upload_id, part, self.blob_path(sha256), sha256, several=True)
 
     def put_blobs(self, blobs: list[tuple[str, memoryview]]) -> None:
         """Store small files whole (a pack): each verified, synced and renamed into place.
@@ -409,10 +352,10 @@ class ChunkStore:
             for _, tmp, data in todo.values():
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    _write_all(fd, data, 0)
+                    write_all(fd, data, 0)
                 finally:
                     os.close(fd)
-            _sync_files([Path(tmp) for _, tmp, _ in todo.values()])
+            sync_files([Path(tmp) for _, tmp, _ in todo.values()])
         except OSError:
             for _, tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
                 with contextlib.suppress(FileNotFoundError):
@@ -431,7 +374,7 @@ class ChunkStore:
                 except FileNotFoundError:  # its folder went since it was made here
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     os.replace(tmp, target)
-        _sync_files([Path(f) for f in folders])
+        sync_files([Path(f) for f in folders])
 
     def _folder(self, path: str) -> None:
         """Make a folder of ``blobs/`` once (a pack's files fall into many of the 256)."""
@@ -465,7 +408,7 @@ class ChunkStore:
         digest = hashlib.sha256()
         actual_size = 0
         try:
-            for data in self.content(path):
+            for data in frames.content(path):
                 digest.update(data)
                 actual_size += len(data)
         except FileNotFoundError:
@@ -491,7 +434,7 @@ class ChunkStore:
             path.unlink()
         except FileNotFoundError:
             return 0
-        _fsync(path.parent)
+        fsync_path(path.parent)
         with self._lock:
             self._used -= size
             self._files -= 1
@@ -549,50 +492,6 @@ class ChunkStore:
         for suffix in (".part", ".seqs", ".zpart", ".zsort"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
 
-    # -- the version records kept beside the data -------------------------------------------
-
-    def append_records(self, lines: list[dict[str, Any]]) -> None:
-        """Append to ``records.log`` (one JSON object a line) and sync it: the names of
-        what this worker holds survive the loss of the manager's catalog."""
-        if not lines:
-            return
-        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
-        fd = os.open(self.root / "records.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            _write_all(fd, memoryview(text.encode()), os.fstat(fd).st_size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(version records of the blobs held here, deleted versions), from the log. A line
-        cut short by a crash is skipped."""
-        adds: dict[tuple[str, str, int], dict[str, Any]] = {}
-        forgotten: dict[tuple[str, str, int], dict[str, Any]] = {}
-        try:
-            text = (self.root / "records.log").read_text()
-        except FileNotFoundError:
-            return [], []
-        for line in text.split("\n"):
-            try:
-                entry = json.loads(line)
-                key = (entry["owner"], entry["name"], int(entry["version"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-            if entry.get("forget"):
-                forgotten[key] = {"owner": key[0], "name": key[1], "version": key[2]}
-            else:
-                adds[key] = entry
-        held = [
-            r
-            for k, r in adds.items()
-            if k not in forgotten
-            and isinstance(r.get("sha256"), str)
-            and HEX64.match(r["sha256"])
-            and self.find(r["sha256"]) is not None
-        ]
-        return held, list(forgotten.values())
-
     # -- what is stored --------------------------------------------------------------------
 
     def inventory(self) -> Iterator[BlobEntry]:
@@ -603,35 +502,7 @@ class ChunkStore:
                 if HEX64.match(blob.name):
                     yield BlobEntry(sha256=blob.name, size=blob.stat().st_size)
                 elif blob.name.endswith(frames.SUFFIX) and HEX64.match(blob.stem):
-                    yield BlobEntry(sha256=blob.stem, size=_framed_size(blob))
-
-    def content(self, path: Path, piece: int = 8 * 1024 * 1024) -> Iterator[bytes]:
-        """A stored blob's bytes, in order, a piece at a time (a compressed one's a chunk
-        at a time, each frame checked and decoded: ``frames.Damaged`` if one is not good)."""
-        with open(path, "rb", buffering=0) as f:
-            if path.suffix != frames.SUFFIX:
-                while data := f.read(piece):
-                    yield data
-                return
-            size, count = frames.read_file_header(f.fileno())
-            seen = 0
-            for n, (c, body) in enumerate(frames.chunks(f.fileno())):
-                if c.seq != n:
-                    raise frames.Damaged(f"chunk {c.seq} where {n} belongs")
-                seen += 1
-                yield frames.decode(c, body)
-            if seen != count:
-                raise frames.Damaged(f"{seen} of its {count} chunks")
-
-    def chunk_count(self, path: Path, size: int, chunk_size: int) -> int:
-        """How many chunks a repair copy of this blob is sent in."""
-        if path.suffix == frames.SUFFIX:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                return frames.read_file_header(fd)[1]
-            finally:
-                os.close(fd)
-        return max(1, -(-size // chunk_size))
+                    yield BlobEntry(sha256=blob.stem, size=frames.file_size(blob))
 
     def usage(self) -> Usage:
         free = shutil.disk_usage(self.root).free
@@ -647,63 +518,3 @@ class _Running:
         self.next_offset = 0
         self.chunks = 0  # of an upload kept as frames: written in order, one record each
         self.writeback = Writeback()
-
-
-def _compressed_enough(size: int, kept: int) -> bool:
-    """Frames worth keeping: they save at least 1/32 of the file (compression.MIN_SAVING)."""
-    return kept <= size - max(1, size // 32)
-
-
-def _framed_size(path: Path) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return 0
-    try:
-        return frames.read_file_header(fd)[0]
-    except (frames.Damaged, OSError):
-        return 0
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset`` (one pwrite may write fewer)."""
-    written = 0
-    while written < len(data):
-        written += os.pwrite(fd, data[written:], offset + written)
-
-
-def _syncfs() -> Callable[[int], int] | None:
-    """Linux's syncfs(2): flush a whole file system in one call (None where there is none)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return cast(Callable[[int], int], libc.syncfs)
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _syncfs()
-
-
-def _sync_files(paths: list[Path]) -> None:
-    """Make files (or directories) durable: one syncfs for all, else an fsync each."""
-    if not paths:
-        return
-    if _SYNCFS is not None:
-        fd = os.open(paths[0], os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    for path in paths:
-        _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
