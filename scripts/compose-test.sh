@@ -266,7 +266,7 @@ workers_alive() {
 import json, sys
 alive = {w["name"] for w in json.load(open(sys.argv[1]))["workers"] if w["alive"]}
 sys.exit(0 if {"w1", "w2", "w3", "w4"} <= alive else 1)
-' "$LOG/out"
+' "$LOG/out" 2>/dev/null  # not JSON yet (the manager is still starting): not yet
 }
 # A field of `list --json` for one of client1's files: the replicas (comma-separated), or
 # sha256, or size.
@@ -444,7 +444,7 @@ in_flight() {
     kill -0 "$UPLOAD_PID" 2>/dev/null || fail "the upload ended before the fault: make it larger"
     client client2 status --json || return 1
     python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["uploads_in_flight"] < 1)' \
-        "$LOG/out"
+        "$LOG/out" 2>/dev/null  # not JSON yet: not yet
 }
 within 120 "the upload started" in_flight
 dc kill rabbitmq1 >"$LOG/kill.log" 2>&1 || fail "kill rabbitmq1 failed"
