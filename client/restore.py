@@ -156,10 +156,11 @@ class Restorer:
 class _Restore:
     """A restore in progress: chunks are written at their offsets as they arrive.
 
-    The connection's thread only takes each chunk in; a thread of its own decodes, writes
-    and hashes them, in the order they came, up to ``AHEAD`` chunks behind: those three
-    were most of the client's work on the thread that also receives, and a restore went no
-    faster than that thread (log-like text, 256 MiB: 75% of its samples)."""
+    The connection's thread only takes each chunk in; a thread of its own decodes and writes
+    them, in the order they came, up to ``AHEAD`` chunks behind, and hands them to a third
+    that hashes them: all three release the interpreter lock, and together they were the
+    thread that bounded a restore (log-like text kept as frames, 512 MiB: the writing
+    thread busy 80% of the time, a third of that hashing)."""
 
     AHEAD = 4
 
@@ -171,7 +172,7 @@ class _Restore:
         self.failed = ""
         self.progress = Progress()
         self._reported = 0  # of ``received``, told to ``progress`` (on the caller's thread)
-        self._digest = hashlib.sha256()
+        self._hasher = _Hasher(self.AHEAD)
         self._next_offset = 0
         self._in_order = True
         self._writeback = Writeback()
@@ -215,7 +216,7 @@ class _Restore:
         with writing(self.dest):
             os.pwrite(self.fd, data, chunk.offset)
         if chunk.offset == self._next_offset:
-            self._digest.update(data)
+            self._hasher.add(data)
             self._next_offset += len(data)
             self._writeback.written_up_to(self.fd, self._next_offset)
         else:
@@ -236,20 +237,54 @@ class _Restore:
             raise self.error
 
     def close(self, abandon: bool = True, timeout: float | None = 10.0) -> bool:
-        """Stop the writing thread (idempotent): at once, leaving what is queued unwritten
-        (``abandon``), or once it has written everything. False if it is still at work
-        after ``timeout`` seconds (a disk that stalls)."""
+        """Stop the writing thread, then the hashing one (idempotent): at once, leaving what
+        is queued unwritten (``abandon``), or once everything is written and hashed. False if
+        the writing thread is still at work after ``timeout`` seconds (a disk that stalls)."""
         if self._thread.is_alive():
             if abandon:
                 self.failed = self.failed or "abandoned"
             with contextlib.suppress(queue.Full):
                 self._todo.put(None, timeout=timeout)
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        stopped = not self._thread.is_alive()
+        if stopped:  # nothing more can be handed to the hashing thread
+            self._hasher.close(timeout)
+        return stopped
 
     def sha256(self, path: Path) -> str:
         """The hash as received, or re-read from disk if chunks came out of order."""
-        return self._digest.hexdigest() if self._in_order else sha256_file(path)
+        return self._hasher.hexdigest() if self._in_order else sha256_file(path)
+
+
+class _Hasher:
+    """The SHA-256 of the bytes handed over, in order, on a thread of its own (hashlib
+    releases the interpreter lock, so it runs beside the decoding and writing of the next
+    chunk). At most ``ahead`` chunks wait for it."""
+
+    def __init__(self, ahead: int) -> None:
+        self._digest = hashlib.sha256()
+        self._todo: queue.Queue[bytes | None] = queue.Queue(ahead)
+        self._thread = threading.Thread(target=self._run, name="warren-restore-hash", daemon=True)
+        self._thread.start()
+
+    def add(self, data: bytes) -> None:
+        self._todo.put(data)
+
+    def _run(self) -> None:
+        while (data := self._todo.get()) is not None:
+            self._digest.update(data)
+
+    def close(self, timeout: float | None) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._todo.put(None, timeout=timeout)
+            self._thread.join(timeout)
+
+    def hexdigest(self) -> str:
+        """Once closed: the hash of everything added."""
+        if self._thread.is_alive():
+            raise RuntimeError("the hashing thread is still at work")
+        return self._digest.hexdigest()
 
 
 class _ReplicaProblem(Exception):
