@@ -176,8 +176,8 @@ def decode(c: Chunk, body: bytes) -> bytes:
 
 
 def compressed_enough(size: int, kept: int) -> bool:
-    """Frames worth keeping: they save at least 1/32 of the file (compression.MIN_SAVING)."""
-    return kept <= size - max(1, size // 32)
+    """Frames worth keeping: they save what a compressed chunk must (compression.MIN_SAVING)."""
+    return compression.shrinks(size, kept)
 
 
 def file_size(path: Path) -> int:
