@@ -63,6 +63,7 @@ def test_text_is_kept_as_frames_that_zstd_reads_back(tmp_path: Path) -> None:
     assert store.find(sha) == path and store.check(sha, len(data)) is None
     assert [(b.sha256, b.size) for b in store.inventory()] == [(sha, len(data))]
     assert store.usage().used_bytes == path.stat().st_size  # the disk's bytes
+    assert opened(tmp_path).usage().used_bytes == path.stat().st_size  # after a restart too
     assert store.done_sha256(UID) == sha
     assert not list(store.incoming.glob("*.zpart"))
 

@@ -79,7 +79,8 @@ class ChunkStore:
             leftover.unlink(missing_ok=True)
         used = files = 0
         for entry in self.inventory():
-            used += entry.size
+            path = self.find(entry.sha256)
+            used += path.stat().st_size if path is not None else 0  # the disk's bytes
             files += 1
         self._used, self._files = used, files
         quarantined = self.root / "quarantine"
