@@ -239,11 +239,12 @@ def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> No
 
     chunk(b"not zstd at all")
     chunk(zstandard.ZstdCompressor().compress(bytes(CHUNK + 1)))  # more than the file
+    chunk(zstandard.ZstdCompressor().compress(bytes(100)) + b"kept unseen")  # after the frame
     files = (m.PackEntry(uid, file_sha, 10),)
     pack = m.PackHeaders(files, ("w1",), 0, encoding="zstd")
     body = zstandard.ZstdCompressor().compress(bytes(11))  # not the sizes' sum
     raw.publish(worker_chunks("w1"), body, type=m.PACK_TYPE, headers=pack.to_headers())
-    wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 3, what="three dead letters")
+    wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 4, what="four dead letters")
     raw.close()
     assert not list(stub.workers["w1"].store.incoming.glob(f"{uid}*"))
     assert stub.workers["w1"].store.find(file_sha) is None

@@ -97,6 +97,8 @@ def decode(body: bytes, encoding: str, limit: int, exact: bool = False) -> bytes
             raise DecodeError("a zstd frame without its content size")
         if claimed > limit:
             raise DecodeError(f"a zstd frame of {claimed} bytes, more than the {limit} expected")
+        if _frame_end(body) != len(body):
+            raise DecodeError("bytes after the zstd frame")
         try:
             out = _decompressor().decompress(body, max_output_size=max(claimed, 1))
         except zstandard.ZstdError as exc:
@@ -108,6 +110,26 @@ def decode(body: bytes, encoding: str, limit: int, exact: bool = False) -> bytes
     if len(out) > limit or (exact and len(out) != limit):
         raise DecodeError(f"{len(out)} bytes, expected {'' if exact else 'at most '}{limit}")
     return out
+
+
+def _frame_end(body: bytes) -> int:
+    """Where the zstd frame at the start of ``body`` ends, by walking its block headers:
+    zstd would ignore whatever follows one frame, and a worker keeps a frame as it came, so
+    a body must be exactly one frame (nothing hidden after it)."""
+    try:
+        at = zstandard.frame_header_size(body)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"not a zstd frame ({exc})") from None
+    checksum = 4 if body[4] & 0x04 else 0  # the frame header descriptor's checksum flag
+    while at + 3 <= len(body):
+        header = int.from_bytes(body[at : at + 3], "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        at += 3 + (1 if kind == 1 else size)  # an RLE block holds one byte
+        if last and at + checksum <= len(body):
+            return at + checksum
+        if last:
+            break
+    raise DecodeError("a zstd frame cut short")
 
 
 T = TypeVar("T")
