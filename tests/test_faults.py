@@ -299,35 +299,14 @@ def test_broker_alarm_blocks_publishers_who_say_so_and_time_out(
     c.client("upload", str(src)).ok()
 
 
-# A worker that cannot forward to the next in the chain (its queue refuses, as a quorum queue
-# does while it elects a new leader) fails the replica, and the client reports any failed
-# replica as an integrity failure: exit 5 for what is unavailability (4). Nothing confirmed is
-# lost; a test that meets it runs its loss checks, then reports it as an expected failure.
-FORWARD_BUG = "could not forward to"
-
-
-def finish(
-    client: subprocess.Popen[bytes],
-    files: list[Path],
-    timeout: float = 180,
-    known: list[str] | None = None,
-) -> list[Path]:
+def finish(client: subprocess.Popen[bytes], files: list[Path], timeout: float = 180) -> list[Path]:
     """Wait for an upload command that met a fault. It must have finished, or failed with one
-    clear sentence (exit 4); return the files it confirmed, either way. With ``known``, a
-    failure of FORWARD_BUG's kind is noted there instead of failing the test."""
+    clear sentence (exit 4); return the files it confirmed, either way."""
     out, err = client.communicate(timeout=timeout)
     assert "Traceback" not in err.decode(), err.decode()
     stored = stored_names(out.decode())
-    lines = err.decode().splitlines()
     if client.returncode == 0:
         assert stored == {p.name for p in files}, out.decode()
-    elif (
-        known is not None
-        and client.returncode == errors.EXIT_INTEGRITY
-        and lines
-        and all(FORWARD_BUG in ln for ln in lines)
-    ):
-        known.append(lines[0])
     else:
         assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
         assert err.decode().startswith("error: "), err.decode()

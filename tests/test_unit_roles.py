@@ -23,6 +23,7 @@ from warren import messages as m
 from warren.errors import NotFound, Unavailable, UsageError
 from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
+from worker import intake
 from worker.store import ChunkStore
 
 
@@ -279,26 +280,61 @@ def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(
         s.download("nothing-here", tmp_path / "x")  # the manager still answers
 
 
-def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(
-    stub: StubCluster, tmp_path: Path
-) -> None:
-    """As while a quorum queue elects its leader: the backup's queue refuses the forward
-    twice. The client says the cluster is unavailable (exit 4), not that bytes were bad."""
-
-    random_file(tmp_path / "x.bin", 3 * 64 * 1024)
+def refuse_forwards(stub: StubCluster, until: float) -> list[float]:
+    """As while a quorum queue elects its leader: the backups' queues refuse every forward
+    (RabbitMQ returns it) until the monotonic time ``until``. Returns the refusals' times."""
+    refused: list[float] = []
     original = stub.broker._route
 
     def route(msg: Message) -> bool:
-        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 1:
-            return False  # RabbitMQ returns it: the forward is refused
+        forward = msg.type in (m.CHUNK_TYPE, m.PACK_TYPE) and (msg.headers or {}).get("hop") == 1
+        if forward and time.monotonic() < until:
+            refused.append(time.monotonic())
+            return False
         return original(msg)
 
     stub.broker._route = route  # type: ignore[method-assign]
+    return refused
+
+
+def test_a_forward_refused_for_a_few_seconds_is_tried_again_and_the_upload_succeeds(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    # Given the backups' queues refuse forwards for 1.5 s, as during a leader election
+    data = random_file(tmp_path / "x.bin", 3 * 64 * 1024)
+    items = [(tmp_path / f"s{i}", f"small/s{i}") for i in range(10)]
+    smalls = [random_file(path, 500 + i) for i, (path, _) in enumerate(items)]
+    refused = refuse_forwards(stub, time.monotonic() + 1.5)
+    # When a file and ten small files (a pack) are uploaded with 2 replicas
+    outcomes: dict[str, object] = {}
+    with stub.session() as s:
+        result = s.upload(tmp_path / "x.bin", "x.bin", 2)
+        s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
+    # Then both succeed: every replica is on its disk, after refusals over half a second
+    assert set(result.confirmed) == set(result.chain)
+    assert all(stored(stub, w, data) == data for w in result.chain)
+    assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
+    with stub.session() as s:
+        listed = {f.name: f for f in s.files()}
+    for (_, name), small in zip(items, smalls, strict=True):
+        assert len(listed[name].replicas) == 2
+        assert all(stored(stub, w, small) == small for w in listed[name].replicas)
+    assert refused and refused[-1] - refused[0] > 0.5, refused
+
+
+def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(
+    stub: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup's queue refuses the forward for good (past every pause). The client says
+    the cluster is unavailable (exit 4), not that bytes were bad."""
+    monkeypatch.setattr(intake, "FORWARD_PAUSES", (0.05, 0.1))
+    random_file(tmp_path / "x.bin", 3 * 64 * 1024)
+    refused = refuse_forwards(stub, float("inf"))
     with stub.session() as s, pytest.raises(Unavailable) as failure:
         s.upload(tmp_path / "x.bin", "x.bin", 2)
-    stub.broker._route = original  # type: ignore[method-assign]
     assert "could not forward" in str(failure.value)
     assert failure.value.exit_code == 4
+    assert len(refused) >= 3  # the first try and one after each pause
 
 
 def test_a_restore_whose_disk_fills_up_ends_in_one_sentence_and_leaves_nothing(

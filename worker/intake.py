@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from warren import compression, metrics
 from warren import messages as m
@@ -68,6 +68,7 @@ class ChunkJob:
     h: m.ChunkHeaders
     complete: bool  # every chunk of the upload is here: this one finishes it
     step: Step = Step.FORWARDING
+    refused: int = 0  # how many times the next worker's queue refused it
 
 
 @dataclass
@@ -79,6 +80,16 @@ class PackJob:
     stored: bool = False  # the files are on disk here (or failed: see error)
     forwarded: bool = False  # the next worker's queue has the pack (or there is none)
     error: Failed | None = None
+    refused: int = 0  # how many times the next worker's queue refused it
+
+
+# A forward the next worker's queue refused is tried again after each of these pauses, then
+# fails as "unavailable". A quorum queue refuses publishes while it elects a new leader,
+# for a few seconds after a broker node dies; a retry then lands where a requeue, tried at
+# once, would be refused again.
+FORWARD_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+J = TypeVar("J", ChunkJob, PackJob)
 
 
 class Intake:
@@ -209,8 +220,10 @@ class Intake:
     def _forwarded(self, job: ChunkJob, ok: bool) -> None:
         """FORWARDING ends: on to finishing, or ack a chunk that did not complete the file."""
         if not ok:
-            job.step = Step.SETTLED
-            self._not_forwarded(job.conn, job.d, f"upload {job.h.upload_id}: chunk", job.h)
+            what = f"upload {job.h.upload_id}: chunk {job.h.seq}"
+            if not self._forward_again(job, what, self._forward):
+                job.step = Step.SETTLED
+                self._not_forwarded(job.conn, job.d, what, job.h)
         elif not job.complete:
             job.d.ack()
             job.step = Step.SETTLED
@@ -219,13 +232,22 @@ class Intake:
         else:
             self._finish(job)
 
+    def _forward_again(self, job: J, what: str, forward: Callable[[J], None]) -> bool:
+        """A refused forward: try it again after the next pause, if one is left (the
+        delivery stays unacked meanwhile; if the connection dies, it comes again)."""
+        if job.refused == len(FORWARD_PAUSES):
+            return False
+        pause = FORWARD_PAUSES[job.refused]
+        job.refused += 1
+        nxt = job.h.next_worker if isinstance(job, ChunkJob) else job.p.next_worker
+        log.warning("%s: %s's queue refused it; trying again in %.2g s", what, nxt, pause)
+        job.conn.call_later(pause, lambda: forward(job) if job.conn.is_open else None)
+        return True
+
     def _not_forwarded(
         self, conn: Transport, d: Delivery, what: str, h: m.ChunkHeaders | m.PackHeaders
     ) -> None:
-        """Refused once, a message is requeued to try again; refused again, it fails here."""
-        if not d.redelivered:
-            d.reject(requeue=True)
-            return
+        """Refused after every pause: the replica fails here, as unavailable."""
         log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
         reason = Failed("unavailable", f"could not forward to {h.next_worker}")
         if isinstance(h, m.ChunkHeaders):
@@ -314,8 +336,11 @@ class Intake:
         store = functools.partial(self.store.put_blobs, blobs)
         future = self.pool.submit(self._on_pool, store, len(blobs))
         future.add_done_callback(lambda f: self._from_pool(lambda: self._pack_stored(job, f)))
-        headers = dataclasses.replace(p, hop=p.hop + 1).to_headers()
-        relay(conn, d, p.next_worker, headers, lambda ok: self._pack_forwarded(job, ok))
+        self._forward_pack(job)
+
+    def _forward_pack(self, job: PackJob) -> None:
+        headers = dataclasses.replace(job.p, hop=job.p.hop + 1).to_headers()
+        relay(job.conn, job.d, job.p.next_worker, headers, lambda ok: self._pack_forwarded(job, ok))
 
     def _pack_stored(self, job: PackJob, f: Future[Failed | None]) -> None:
         job.stored, job.error = True, f.result()
@@ -323,8 +348,10 @@ class Intake:
 
     def _pack_forwarded(self, job: PackJob, ok: bool) -> None:
         if not ok:
-            job.step = Step.SETTLED
-            self._not_forwarded(job.conn, job.d, f"pack {job.d.correlation_id}", job.p)
+            what = f"pack {job.d.correlation_id}"
+            if not self._forward_again(job, what, self._forward_pack):
+                job.step = Step.SETTLED
+                self._not_forwarded(job.conn, job.d, what, job.p)
             return
         job.forwarded = True
         self._pack_step(job)
