@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from warren import messages as m
@@ -39,6 +42,9 @@ SAMPLES: list[m.Message] = [
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda x: x.TYPE)
 def test_every_message_round_trips(msg: m.Message) -> None:
     assert m.decode(msg.TYPE, msg.encode()) == msg
+    # Compact JSON of its fields, UTF-8 as it is (encode skips dataclasses.asdict, for speed)
+    fields = dataclasses.asdict(msg)  # type: ignore[call-overload]
+    assert msg.encode() == json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @pytest.mark.parametrize(
