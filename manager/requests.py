@@ -24,6 +24,7 @@ from warren.errors import (
     DecodeError,
     NoReplica,
     NotFound,
+    Refused,
     Unavailable,
     WarrenError,
     to_wire,
@@ -71,6 +72,7 @@ class Requests:
     _conn: Transport | None
     _reported: set[str]
     _alive: set[str]
+    _started: float  # when this term (connection) began, monotonic
     _suspects: set[str] | None
     _short: set[str]
     _awaiting: dict[str, list[Awaiting]]  # by sha256
@@ -323,7 +325,19 @@ class Requests:
             numbers.append(last[f.name])
         avoid = set().union(*(self.catalog.deleting(f.sha256) for f in files))
         candidates = [c for c in self.catalog.candidates() if c.name not in avoid]
-        chain = tuple(choose_chain(candidates, total, replicas))
+        try:
+            chain = tuple(choose_chain(candidates, total, replicas))
+        except Refused as exc:
+            silent = [c for c in candidates if not c.alive]
+            just_connected = time.monotonic() - self._started < self.settings.dead_after
+            if just_connected and silent and 1 <= replicas <= len(candidates):
+                # After the broker restarted, say: the workers may be reconnecting too,
+                # silent only until their next heartbeat. Not a refusal yet.
+                raise Unavailable(
+                    f"{exc} The manager has just connected and may not have heard from "
+                    "every worker yet: try again in a moment."
+                ) from None
+            raise
         ups = [
             _upload_of(f, replicas, chain, client, owner, reply_to, version)
             for f, version in zip(files, numbers, strict=True)

@@ -20,7 +20,7 @@ import pytest
 from client.session import Progress
 from tests.stubcluster import StubCluster, wait_for
 from warren import messages as m
-from warren.errors import NotFound, Unavailable, UsageError
+from warren.errors import NotFound, Refused, Unavailable, UsageError
 from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
 from worker import intake
@@ -361,3 +361,32 @@ def test_a_restore_whose_disk_fills_up_ends_in_one_sentence_and_leaves_nothing(
             s.download("f", out / "f")
     assert "\n" not in str(failed.value)
     assert list(out.iterdir()) == []  # neither the file nor its temporary part
+
+
+def test_a_manager_that_just_connected_says_try_again_not_refused_while_workers_are_silent(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    # Given a manager and its workers all gone for longer than dead_after (as while the
+    # broker restarts), and a manager back first, before any worker
+    random_file(tmp_path / "x.bin", 1000)
+    for key in ["manager", *stub.workers]:
+        stub.kill(key)
+    time.sleep(stub.settings.dead_after + 0.2)
+    stub.start_manager()
+    # When an upload asks for 2 replicas at once
+    with stub.session() as s, pytest.raises(Unavailable) as early:
+        s.upload(tmp_path / "x.bin", "x.bin", 2)
+    # Then the cluster is unavailable for a moment (exit 4), not refusing (exit 6)
+    assert early.value.exit_code == 4
+    assert "only 0 workers are alive" in str(early.value) and "try again" in str(early.value)
+    # And once the manager has waited dead_after and no worker came, it is a refusal
+    time.sleep(stub.settings.dead_after)
+    with stub.session() as s, pytest.raises(Refused) as late:
+        s.upload(tmp_path / "x.bin", "x.bin", 2)
+    assert late.value.exit_code == 6
+    # And once the workers are back, the upload succeeds
+    for name in list(stub.workers):
+        stub.start_worker(name)
+    with stub.session() as s:
+        wait_for(lambda: sum(w.alive for w in s.status().workers) == 4, what="4 live workers")
+        assert len(s.upload(tmp_path / "x.bin", "x.bin", 2).confirmed) == 2
