@@ -41,3 +41,8 @@ def test_confirm_mode_takes_a_callback_per_confirm() -> None:
     assert isinstance(inspect.getattr_static(Connection, "params", None), property) or (
         "self.params" in inspect.getsource(Connection.__init__)
     )
+
+
+def test_the_transport_keeps_its_socket_where_a_bounded_close_shuts_it() -> None:
+    source = inspect.getsource(io_services_utils._AsyncTransportBase.__init__)
+    assert "self._sock = sock" in source

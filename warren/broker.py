@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -70,6 +71,8 @@ alarm_log = logging.getLogger("warren.alarm")
 # transports only, never on pika's class: other pika users in the process are untouched.
 RECV_BYTES = 256 * 1024
 CONSUME_BYTES = 4 * 1024 * 1024
+# Seconds a connection waits for RabbitMQ to answer its close before it shuts the socket.
+CLOSE_SECONDS = 3.0
 
 # The header every publish carries: when it was sent (ms since the epoch), for queue lag.
 SENT_AT = "sent_at_ms"
@@ -211,14 +214,25 @@ class Connection:
         self._wakeup_scheduled = False
 
     def close(self) -> None:
-        """Wait briefly for outstanding confirms, then close; unacked deliveries go back."""
+        """Wait briefly for outstanding confirms, then close; unacked deliveries go back.
+
+        Bounded: if RabbitMQ has not answered the close within CLOSE_SECONDS (a stream left
+        inconsistent by a Ctrl-C inside pika's I/O, say, or a peer gone silent), the socket
+        is shut, which ends the close at once; the broker then drops the connection."""
         if self._conn is None:
             return
+        conn = self._conn
         try:
-            if self._conn.is_open:
+            if conn.is_open:
                 with contextlib.suppress(WarrenError):
                     self.wait_for_confirms(timeout=5.0)
-                self._conn.close()
+                abort = threading.Timer(CLOSE_SECONDS, _pika_shut_socket, (conn,))
+                abort.daemon = True
+                abort.start()
+                try:
+                    conn.close()
+                finally:
+                    abort.cancel()
         except Exception:  # noqa: BLE001 - closing a broken connection must not raise
             log.debug("%s: error while closing", self.name, exc_info=True)
         finally:
@@ -524,6 +538,16 @@ def _pika_enable_confirms(
 def _pika_flush(channel: Any, ready: Callable[[], bool]) -> None:
     """Run the connection's I/O until ``ready()``: how the blocking channel waits itself."""
     channel._flush_output(ready)
+
+
+def _pika_shut_socket(conn: Any) -> None:
+    """From another thread: shut the connection's socket, so that a close waiting for an
+    answer that will not come sees the connection lost and returns."""
+    transport = conn._impl._transport
+    sock = getattr(transport, "_sock", None) if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _pika_connected_to(conn: Any) -> tuple[str, int, str]:
