@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -23,6 +24,15 @@ import pytest
 from devtools.localnode import SERVER_CANDIDATES, LocalNode, find_binary
 from tests.cluster import Cluster, MakeCluster
 from warren.errors import UsageError
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a script (`make test &`) inherits SIGINT
+    # ignored, and so would every client it starts; a client keeps an ignored signal
+    # ignored (as under nohup), so the Ctrl-C tests would hang. They test Ctrl-C: give
+    # this process, and so its children, SIGINT back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

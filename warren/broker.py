@@ -410,6 +410,8 @@ class Connection:
             if method.multiple
             else [method.delivery_tag]
         )
+        if not ok:
+            log.info("%s: RabbitMQ refused (nack) publish %d", self.name, method.delivery_tag)
         for tag in tags:
             callback = self._pending.pop(tag, None)
             good = ok and tag not in self._returned
@@ -422,8 +424,8 @@ class Connection:
             self._conn.add_callback_threadsafe(self._run_done)
 
     def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
-        log.debug(
-            "%s: message returned by RabbitMQ: %s (%s)",
+        log.info(
+            "%s: RabbitMQ returned a message for %s (%s)",
             self.name,
             method.routing_key,
             method.reply_text,

@@ -85,6 +85,7 @@ def _fields_of(value: Any) -> dict[str, Any]:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_fields_of)
 
+
 _HINTS: dict[type[Any], dict[str, Any]] = {}
 
 
