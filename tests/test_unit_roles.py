@@ -322,6 +322,35 @@ def test_a_forward_refused_for_a_few_seconds_is_tried_again_and_the_upload_succe
     assert refused and refused[-1] - refused[0] > 0.5, refused
 
 
+def test_a_forward_refused_past_every_pause_is_tried_again_on_a_new_connection(
+    stub: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the backups' queues refuse every forward from the connections open now (as a
+    # channel stuck after a quorum queue's leader moved), and short pauses
+    monkeypatch.setattr(intake, "FORWARD_PAUSES", (0.05, 0.1))
+    data = random_file(tmp_path / "x.bin", 3 * 64 * 1024)
+    first = {id(c) for c in stub.broker.connections}
+    refused: list[str] = []
+    original = stub.broker._route
+
+    def route(msg: Message) -> bool:
+        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 1:
+            senders = [c for c in stub.broker.connections if c.name == msg.sender]
+            if any(id(c) in first for c in senders):
+                refused.append(msg.sender)
+                return False
+        return original(msg)
+
+    stub.broker._route = route  # type: ignore[method-assign]
+    # When a file is uploaded with 2 replicas
+    with stub.session() as s:
+        result = s.upload(tmp_path / "x.bin", "x.bin", 2)
+    # Then the primary, refused past every pause, reconnected, and both replicas are on disk
+    assert refused
+    assert set(result.confirmed) == set(result.chain)
+    assert all(stored(stub, w, data) == data for w in result.chain)
+
+
 def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(
     stub: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

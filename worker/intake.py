@@ -234,12 +234,23 @@ class Intake:
 
     def _forward_again(self, job: J, what: str, forward: Callable[[J], None]) -> bool:
         """A refused forward: try it again after the next pause, if one is left (the
-        delivery stays unacked meanwhile; if the connection dies, it comes again)."""
+        delivery stays unacked meanwhile; if the connection dies, it comes again).
+
+        Refused after every pause, a first delivery drops this connection instead: on a
+        three-node cluster (RabbitMQ 3.10.8), a worker's forwards were refused for over
+        40 s after the queue's new leader was elected, as if its channel were stuck. Every
+        unacked delivery then comes again on a new connection (a new channel), and one
+        refused there after every pause fails."""
+        nxt = job.h.next_worker if isinstance(job, ChunkJob) else job.p.next_worker
         if job.refused == len(FORWARD_PAUSES):
-            return False
+            if job.d.redelivered:
+                return False
+            raise BrokerUnavailable(
+                f"{what}: {nxt}'s queue refused it for {sum(FORWARD_PAUSES):.0f} s; "
+                "trying on a new connection"
+            )
         pause = FORWARD_PAUSES[job.refused]
         job.refused += 1
-        nxt = job.h.next_worker if isinstance(job, ChunkJob) else job.p.next_worker
         log.warning("%s: %s's queue refused it; trying again in %.2g s", what, nxt, pause)
         job.conn.call_later(pause, lambda: forward(job) if job.conn.is_open else None)
         return True
