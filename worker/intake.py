@@ -84,9 +84,9 @@ class PackJob:
 
 
 # A forward the next worker's queue refused is tried again after each of these pauses, then
-# fails as "unavailable". A quorum queue refuses publishes while it elects a new leader,
-# for a few seconds after a broker node dies; a retry then lands where a requeue, tried at
-# once, would be refused again.
+# once on a new connection (``Intake._forward_again``), then fails as "unavailable". A
+# quorum queue refuses publishes while it elects a new leader, for a few seconds after a
+# broker node dies; a retry then lands where a requeue, tried at once, would be refused again.
 FORWARD_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 J = TypeVar("J", ChunkJob, PackJob)
