@@ -17,9 +17,11 @@ Not part of `make test`: it runs for minutes and its load is random.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -47,6 +49,8 @@ class Tally:
     confirmed: dict[str, str] = field(default_factory=dict)  # name -> sha256
     sizes: dict[str, int] = field(default_factory=dict)  # name -> bytes
     failed_uploads: int = 0
+    # Why uploads failed: each error sentence (numbers and ids blanked), and how many files.
+    why_failed: collections.Counter[str] = field(default_factory=collections.Counter)
     restores: int = 0
     failed_restores: int = 0
     kills: int = 0
@@ -143,6 +147,9 @@ def client_loop(c: Cluster, n: int, folder: Path, stop: threading.Event, t: Tall
                     t.sizes[path.name] = path.stat().st_size
                 else:
                     t.failed_uploads += 1
+            for line in res.err.splitlines():
+                if line.startswith("error: "):
+                    t.why_failed[re.sub(r"'[^']*'|[0-9a-f]{32}|\d+", "…", line)] += 1
         if res.code == 0 and len(stored) != len(paths):
             with t.lock:
                 t.broken.append(
@@ -302,6 +309,8 @@ def main() -> int:
         print(f"soak: {args.minutes:g} min, {args.clients} clients, {args.workers} workers")
         print(f"  files confirmed   {len(t.confirmed)} ({total / 1e6:.1f} MB)")
         print(f"  uploads failed    {t.failed_uploads} (clear error, not confirmed)")
+        for why, times in t.why_failed.most_common():
+            print(f"    {times:4} x {why}")
         print(f"  restores          {t.restores} during chaos, {t.failed_restores} failed")
         print(f"  worker kills      {t.kills} (kill -9), restarts {t.restarts}")
         print(f"  broker restarts   {t.broker_restarts}")

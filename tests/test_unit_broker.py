@@ -1,4 +1,5 @@
-"""pika's private attributes that ``warren.broker`` relies on, checked on the installed pika.
+"""pika's private attributes that ``warren.broker`` relies on, checked on the installed pika,
+and how pika's exceptions become warren's.
 
 Each ``_pika_*`` function in ``warren/broker.py`` uses one of these. A pika release that
 renames or drops one must fail here, loudly, rather than slow warren down or break its
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import inspect
 
+import pika.exceptions as pex
+import pytest
 from pika.adapters import base_connection, blocking_connection
 from pika.adapters.utils import io_services_utils
 from pika.channel import Channel
 from pika.connection import Connection
+
+from warren.broker import translate_errors
+from warren.errors import BrokerRefused, BrokerUnavailable
 
 
 def test_socket_reads_are_sized_through_the_transport_instance() -> None:
@@ -46,3 +52,32 @@ def test_confirm_mode_takes_a_callback_per_confirm() -> None:
 def test_the_transport_keeps_its_socket_where_a_bounded_close_shuts_it() -> None:
     source = inspect.getsource(io_services_utils._AsyncTransportBase.__init__)
     assert "self._sock = sock" in source
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (pex.ProbableAuthenticationError, BrokerUnavailable),
+        (pex.ProbableAccessDeniedError, BrokerUnavailable),
+    ],
+)
+def test_a_login_cut_short_by_a_dropped_socket_is_worth_a_retry(
+    error: type[Exception], expected: type[Exception]
+) -> None:
+    # As pika raises it when RabbitMQ stops in the middle of the handshake
+    lost = pex.StreamLostError("Stream connection lost: ConnectionResetError(104, 'reset')")
+    with pytest.raises(expected), translate_errors():
+        raise error(repr(lost))
+
+
+@pytest.mark.parametrize(
+    ("error", "sentence"),
+    [
+        (pex.ProbableAuthenticationError, "refused the credentials"),
+        (pex.ProbableAccessDeniedError, "denied access to the virtual host"),
+    ],
+)
+def test_a_login_the_broker_closed_is_a_refusal(error: type[Exception], sentence: str) -> None:
+    closed = pex.ConnectionClosedByBroker(403, "ACCESS_REFUSED - Login was refused")
+    with pytest.raises(BrokerRefused, match=sentence), translate_errors():
+        raise error(repr(closed))

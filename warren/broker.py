@@ -94,10 +94,18 @@ def translate_errors() -> Iterator[None]:
         raise BrokerBlocked(
             "RabbitMQ blocked publishing for too long (a memory or disk alarm)."
         ) from None
-    except (pex.ProbableAuthenticationError, pex.AuthenticationError) as exc:
+    except (pex.ProbableAuthenticationError, pex.ProbableAccessDeniedError) as exc:
+        # pika's guess from when the connection ended: the broker closing it (a refusal)
+        # or the socket dropping, as when RabbitMQ stops mid-handshake (worth a retry).
+        if str(exc).startswith("StreamLostError"):
+            raise BrokerUnavailable(
+                "lost the connection to RabbitMQ while logging in (StreamLostError)"
+            ) from None
+        if isinstance(exc, pex.ProbableAccessDeniedError):
+            raise BrokerRefused(f"RabbitMQ denied access to the virtual host: {exc}") from None
         raise BrokerRefused(f"RabbitMQ refused the credentials: {exc}") from None
-    except pex.ProbableAccessDeniedError as exc:
-        raise BrokerRefused(f"RabbitMQ denied access to the virtual host: {exc}") from None
+    except pex.AuthenticationError as exc:
+        raise BrokerRefused(f"RabbitMQ refused the credentials: {exc}") from None
     except pex.ChannelClosedByBroker as exc:
         if exc.reply_code == 405:
             raise Locked(f"RabbitMQ says it is locked: {exc.reply_text}") from None
