@@ -329,8 +329,7 @@ class Requests:
             chain = tuple(choose_chain(candidates, total, replicas))
         except Refused as exc:
             silent = [c for c in candidates if not c.alive]
-            just_connected = time.monotonic() - self._started < self.settings.dead_after
-            if just_connected and silent and 1 <= replicas <= len(candidates):
+            if self._just_connected() and silent and 1 <= replicas <= len(candidates):
                 # After the broker restarted, say: the workers may be reconnecting too,
                 # silent only until their next heartbeat. Not a refusal yet.
                 raise Unavailable(
@@ -446,6 +445,11 @@ class Requests:
         for worker in workers:
             conn.declare(worker_topology(worker))
             conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
+
+    def _just_connected(self) -> bool:
+        """Within dead_after seconds of this term's start: a worker silent since may only
+        not have sent its next heartbeat yet."""
+        return time.monotonic() - self._started < self.settings.dead_after
 
     def _catching_up(self) -> bool:
         """Until every live worker has reported, the catalog may lack versions only the

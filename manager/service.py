@@ -127,7 +127,7 @@ class Manager(Requests):
             metrics.FILES.set(self._counts[0])
         # Not in the first dead_after seconds after start: until every live worker has
         # sent a heartbeat, files would look under-replicated when they are not.
-        if now - self._started < self.settings.dead_after:
+        if self._just_connected():
             return self._again(conn)
         if now - self._last_pass > FULL_PASS:
             self._last_pass = now

@@ -84,7 +84,7 @@ class PackJob:
 
 
 # A forward the next worker's queue refused is tried again after each of these pauses, then
-# once on a new connection (``Intake._forward_again``), then fails as "unavailable". A
+# once on a new connection (``Intake._refused``), then fails as "unavailable". A
 # quorum queue refuses publishes while it elects a new leader, for a few seconds after a
 # broker node dies; a retry then lands where a requeue, tried at once, would be refused again.
 FORWARD_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -220,10 +220,7 @@ class Intake:
     def _forwarded(self, job: ChunkJob, ok: bool) -> None:
         """FORWARDING ends: on to finishing, or ack a chunk that did not complete the file."""
         if not ok:
-            what = f"upload {job.h.upload_id}: chunk {job.h.seq}"
-            if not self._forward_again(job, what, self._forward):
-                job.step = Step.SETTLED
-                self._not_forwarded(job.conn, job.d, what, job.h)
+            self._refused(job, f"upload {job.h.upload_id}: chunk {job.h.seq}", job.h, self._forward)
         elif not job.complete:
             job.d.ack()
             job.step = Step.SETTLED
@@ -232,39 +229,37 @@ class Intake:
         else:
             self._finish(job)
 
-    def _forward_again(self, job: J, what: str, forward: Callable[[J], None]) -> bool:
-        """A refused forward: try it again after the next pause, if one is left (the
-        delivery stays unacked meanwhile; if the connection dies, it comes again).
+    def _refused(
+        self, job: J, what: str, h: m.ChunkHeaders | m.PackHeaders, forward: Callable[[J], None]
+    ) -> None:
+        """The next worker's queue refused a forward: ``forward`` it again after the next
+        pause (the delivery stays unacked meanwhile; if the connection dies, it comes
+        again). Refused after every pause, the replica fails here as unavailable.
 
-        Refused after every pause, a first delivery drops this connection instead: on a
-        three-node cluster (RabbitMQ 3.10.8), a worker's forwards were refused for over
-        40 s after the queue's new leader was elected, as if its channel were stuck. Every
-        unacked delivery then comes again on a new connection (a new channel), and one
-        refused there after every pause fails."""
-        nxt = job.h.next_worker if isinstance(job, ChunkJob) else job.p.next_worker
-        if job.refused == len(FORWARD_PAUSES):
-            if job.d.redelivered:
-                return False
+        Except a first delivery, which drops this connection instead: on a three-node
+        cluster (RabbitMQ 3.10.8), a worker's forwards were refused for over 40 s after the
+        queue's new leader was elected, as if its channel were stuck. Every unacked delivery
+        then comes again on a new connection (a new channel)."""
+        if job.refused < len(FORWARD_PAUSES):
+            pause = FORWARD_PAUSES[job.refused]
+            job.refused += 1
+            log.warning(
+                "%s: %s's queue refused it; trying again in %.2g s", what, h.next_worker, pause
+            )
+            job.conn.call_later(pause, lambda: forward(job) if job.conn.is_open else None)
+            return
+        if not job.d.redelivered:
             raise BrokerUnavailable(
-                f"{what}: {nxt}'s queue refused it for {sum(FORWARD_PAUSES):.0f} s; "
+                f"{what}: {h.next_worker}'s queue refused it for {sum(FORWARD_PAUSES):.0f} s; "
                 "trying on a new connection"
             )
-        pause = FORWARD_PAUSES[job.refused]
-        job.refused += 1
-        log.warning("%s: %s's queue refused it; trying again in %.2g s", what, nxt, pause)
-        job.conn.call_later(pause, lambda: forward(job) if job.conn.is_open else None)
-        return True
-
-    def _not_forwarded(
-        self, conn: Transport, d: Delivery, what: str, h: m.ChunkHeaders | m.PackHeaders
-    ) -> None:
-        """Refused after every pause: the replica fails here, as unavailable."""
+        job.step = Step.SETTLED
         log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
         reason = Failed("unavailable", f"could not forward to {h.next_worker}")
         if isinstance(h, m.ChunkHeaders):
-            self._announce_failed(conn, d, [h.upload_id], reason)
+            self._announce_failed(job.conn, job.d, [h.upload_id], reason)
         else:
-            self._announce_failed(conn, d, [f.upload_id for f in h.files], reason)
+            self._announce_failed(job.conn, job.d, [f.upload_id for f in h.files], reason)
 
     def _finish(self, job: ChunkJob) -> None:
         """All chunks are in: finish the replica on the pool (hashing a large file takes a
@@ -359,10 +354,7 @@ class Intake:
 
     def _pack_forwarded(self, job: PackJob, ok: bool) -> None:
         if not ok:
-            what = f"pack {job.d.correlation_id}"
-            if not self._forward_again(job, what, self._forward_pack):
-                job.step = Step.SETTLED
-                self._not_forwarded(job.conn, job.d, what, job.p)
+            self._refused(job, f"pack {job.d.correlation_id}", job.p, self._forward_pack)
             return
         job.forwarded = True
         self._pack_step(job)
