@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,10 +180,16 @@ def chunk_lines(c: Cluster) -> int:
 def test_an_upload_killed_at_60_percent_sends_only_the_rest_when_run_again(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    # Given a 64 MiB upload whose client is killed once its primary has written 60% of it
-    src = random_file(tmp_path, "big.bin", 64 * MIB)
+    # Given a 128 MiB upload whose client is killed once its primary has written 60% of it
+    # (watched every 10 ms: the last 40% takes well under a second, and once the upload is
+    # done nothing is left in flight to count)
+    src = random_file(tmp_path, "big.bin", 128 * MIB)
     client = cluster.client_process("upload", str(src))
-    wait_for(lambda: most_on_one(cluster) >= 38, what="60% on the primary's disk")
+    deadline = time.monotonic() + 60
+    while most_on_one(cluster) < 77:
+        assert client.poll() is None, "the upload ended before 60% of it was seen on a disk"
+        assert time.monotonic() < deadline, "60% never reached the primary's disk in 60 s"
+        time.sleep(0.01)
     client.kill()
     client.wait(timeout=30)
 
@@ -191,7 +198,7 @@ def test_an_upload_killed_at_60_percent_sends_only_the_rest_when_run_again(
 
     # Then it sends only what the primary did not have, and the file restores byte for byte
     [line] = [json.loads(x) for x in res.out.splitlines()]
-    assert line["bytes_sent"] <= 0.45 * 64 * MIB, line
+    assert line["bytes_sent"] <= 0.45 * 128 * MIB, line
     cluster.client("download", "big.bin", "-o", str(tmp_path / "back")).ok()
     assert sha(tmp_path / "back") == sha(src)
 
