@@ -15,8 +15,9 @@ from pathlib import Path
 
 from manager.catalog import Catalog, Upload
 from manager.holdings import Shortfall
+from manager.placing import Awaiting, to_client
 from manager.repair import Repairs
-from manager.requests import Awaiting, Requests, to_client
+from manager.requests import Requests
 from warren import messages as m
 from warren import metrics
 from warren.config import Settings
