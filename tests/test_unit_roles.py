@@ -22,7 +22,7 @@ from tests.stubcluster import StubCluster, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Refused, Unavailable, UsageError
 from warren.testing import Message
-from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS, worker_chunks
+from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, MANAGER_REQUESTS, worker_chunks
 from worker import intake
 from worker.store import ChunkStore
 
@@ -419,3 +419,23 @@ def test_a_manager_that_just_connected_says_try_again_not_refused_while_workers_
     with stub.session() as s:
         wait_for(lambda: sum(w.alive for w in s.status().workers) == 4, what="4 live workers")
         assert len(s.upload(tmp_path / "x.bin", "x.bin", 2).confirmed) == 2
+
+
+def test_heartbeats_queued_while_the_manager_was_down_do_not_bring_dead_workers_back(
+    stub: StubCluster,
+) -> None:
+    # Given a manager down while its workers go on beating (their heartbeats queue up),
+    # then the workers gone too, for longer than dead_after
+    stub.kill("manager")
+    time.sleep(0.5)
+    queued = stub.broker.queues[MANAGER_EVENTS].messages
+    assert len(queued) >= 4, "no heartbeat waited for the manager"
+    for name in list(stub.workers):
+        stub.kill(name)
+    time.sleep(stub.settings.dead_after + 0.2)
+    # When the manager comes back and reads what waited for it
+    stub.start_manager()
+    time.sleep(0.5)
+    # Then no worker is alive: heartbeats older than dead_after said nothing of now
+    with stub.session() as s:
+        assert [w.name for w in s.status().workers if w.alive] == []

@@ -37,8 +37,6 @@ EXCHANGES = (MANAGER_EXCHANGE, WORKERS_EXCHANGE, CLIENTS_EXCHANGE)
 CLIENT_QUEUE_PREFIX = "warren.client."
 _WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control)")
 
-HEARTBEAT_TTL_MS = 30_000  # a heartbeat older than this says nothing useful
-
 
 @dataclass(frozen=True)
 class ExchangeSpec:

@@ -30,7 +30,6 @@ from warren.config import Settings
 from warren.errors import BrokerRefused
 from warren.service import run_connection
 from warren.topology import (
-    HEARTBEAT_TTL_MS,
     MANAGER_EVENTS,
     manager_topology,
     worker_chunks,
@@ -131,12 +130,15 @@ class Worker:
             scrubbed_at=self.scrubber.finished_at,
             damaged=self.store.damaged,
         )
+        # A heartbeat that waited in the queue longer than dead_after (the manager was down)
+        # says nothing of now: RabbitMQ drops it, so a worker that died meanwhile is not
+        # taken for alive by a manager coming back.
         conn.publish(
             MANAGER_EVENTS,
             beat.encode(),
             type=m.Heartbeat.TYPE,
             persistent=False,
-            expiration_ms=HEARTBEAT_TTL_MS,
+            expiration_ms=max(1, int(self.settings.dead_after * 1000)),
         )
         conn.call_later(self.settings.heartbeat_interval, lambda: self._heartbeat(conn))
 
