@@ -47,6 +47,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def while_running(
+    client: subprocess.Popen[bytes], predicate: Callable[[], object], what: str, timeout: float = 60
+) -> None:
+    """Wait for what holds only while ``client`` works (chunks of its upload in flight),
+    looking every 10 ms: an upload can be over within a second, and then it never holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert client.poll() is None, f"the client ended before {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.01)
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, or of the content a blob kept as frames holds."""
     h = hashlib.sha256()

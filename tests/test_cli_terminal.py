@@ -35,12 +35,14 @@ def test_a_refused_broker_is_said_at_once_in_a_terminal(tmp_path: Path) -> None:
     # Given nothing listening where the broker should be, and a client that would try for 4 s
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
     env = dict(os.environ, PYTHONPATH=str(ROOT), WARREN_AMQP_URL=url, WARREN_CONNECT_TIMEOUT="4")
-    started = time.monotonic()
     child = spawn(["list"], env, tmp_path)
-    # Then within a moment it says what it waits for, and that nothing listens there
-    child.expect("waiting for RabbitMQ at amqp://guest@127.0.0.1:", timeout=5)
+    # Then it says what it waits for, and within a moment (long before it gives up, 4 s
+    # after it began) that nothing listens there; Python's start-up is not timed, since a
+    # busy machine can take seconds over it
+    child.expect("waiting for RabbitMQ at amqp://guest@127.0.0.1:", timeout=30)
+    waiting = time.monotonic()
     child.expect(re.escape("connection refused: is warren running? try `make up`"), timeout=5)
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - waiting < 3
     # And when it gives up: one sentence with the same hint, exit 4
     child.expect(pexpect.EOF, timeout=60)
     child.close()

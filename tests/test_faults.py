@@ -6,13 +6,20 @@ import filecmp
 import os
 import signal
 import subprocess
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from devtools.localnode import LocalNode
-from tests.cluster import Cluster, MakeCluster, chunks_on_disk, file_sha256, stored_names, wait_for
+from tests.cluster import (
+    Cluster,
+    MakeCluster,
+    chunks_on_disk,
+    file_sha256,
+    stored_names,
+    wait_for,
+    while_running,
+)
 from warren import errors
 from warren.chunks import sha256_file
 from warren.topology import worker_chunks
@@ -54,7 +61,7 @@ def upload_in_flight(
     landing on disk."""
     src = (text_file if text else random_file)(folder, name, mib * 1024 * 1024)
     client = c.client_process("upload", str(src))
-    wait_for(lambda: chunks_on_disk(c, workers) >= 5, what="chunks on disk")
+    while_running(client, lambda: chunks_on_disk(c, workers) >= 5, "chunks on disk")
     return src, client
 
 
@@ -75,6 +82,7 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
 
     # When one holder dies
     victim = first[0]
+    before = {name: set(f["replicas"]) for name, f in c.files().items()}  # all live now
     c.kill(victim)
 
     # Then the manager marks it dead and copies its files until none is short of replicas
@@ -83,7 +91,6 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
         victim_alive = any(w["alive"] for w in st["workers"] if w["name"] == victim)
         return not victim_alive and st["under_replicated"] == 0
 
-    before = {p.name: set(live_replicas(c, p.name)) for p in paths}  # may still list the victim
     wait_for(repaired, timeout=60, what="re-replication")
     # ... by copying the bytes: each file the victim held has a new holder, never one of its
     # holders before, whose blob on disk hashes right
@@ -171,11 +178,19 @@ def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
     wait_for(lambda: "pack of " in placed.read_text(), what="a pack placed")
     line = next(ln for ln in placed.read_text().splitlines() if "pack of " in ln)
     primary = line.rsplit(", placed on ", 1)[1].split(" -> ")[0]
-    vhost = urllib.parse.quote(c.vhost, safe="")
 
-    def in_hand() -> bool:  # RabbitMQ's figures lag by up to 5 s; the disk is slower still
-        queue = c.node.api("GET", f"queues/{vhost}/{worker_chunks(primary)}")
-        return int(queue.get("messages_unacknowledged", 0)) > 0
+    def in_hand() -> bool:  # asked of the node itself: the management API's figures lag 5 s
+        out = c.node.ctl(
+            "list_queues",
+            "-p",
+            c.vhost,
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_unacknowledged",
+        )
+        rows = dict(line.split() for line in out.splitlines() if line.strip())
+        return int(rows.get(worker_chunks(primary), "0")) > 0
 
     wait_for(in_hand, timeout=60, what=f"packs unacknowledged on {primary}")
 

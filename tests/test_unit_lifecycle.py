@@ -348,7 +348,7 @@ def test_an_interrupted_upload_run_again_sends_only_what_is_missing(
 
 
 def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
-    c = StubCluster(tmp_path, dataclasses.replace(GC, upload_expiry=1.0))
+    c = StubCluster(tmp_path, dataclasses.replace(GC, upload_expiry=3.0))
     try:
         c.start(4)
         src = write(tmp_path / "big", os.urandom(10 * 64 * 1024))
