@@ -8,12 +8,21 @@ from pathlib import Path
 
 from warren import messages as m
 from warren.errors import DecodeError
-from warren.transport import Delivery
+from warren.transport import Confirm, Delivery
 
 # The answer a request gets when RabbitMQ had no queue to put it in.
 NO_MANAGER = m.ErrorReply(
     "unavailable", "the manager has never run on this broker (it has no request queue)."
 )
+# ... and when its queue could not take it (a quorum queue electing a leader).
+NOT_NOW = m.ErrorReply(
+    "unavailable", "RabbitMQ could not take the request just now; try again in a moment."
+)
+
+
+def not_taken(why: Confirm) -> m.ErrorReply:
+    """The answer to a request RabbitMQ did not take: returned or nacked."""
+    return NO_MANAGER if why is Confirm.RETURNED else NOT_NOW
 
 
 class Progress:

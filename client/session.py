@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from client.outcomes import NO_MANAGER, CopyCheck, decode_answer
+from client.outcomes import CopyCheck, decode_answer, not_taken
 from client.outcomes import DownloadResult as DownloadResult
 from client.outcomes import Progress as Progress
 from client.outcomes import UploadResult as UploadResult
@@ -28,7 +28,7 @@ from warren.broker import Connection
 from warren.config import Settings
 from warren.errors import Unavailable, WarrenError, from_wire
 from warren.topology import MANAGER_REQUESTS, client_reply_queue, client_topology
-from warren.transport import Connect, Delivery
+from warren.transport import Confirm, Connect, Delivery
 
 R = TypeVar("R", bound=m.Message)
 
@@ -93,11 +93,10 @@ class Session:
         while (left := deadline - time.monotonic()) > 0:
             self.conn.process(min(left, 0.25))
 
-    def send_request(self, msg: m.Message, cid: str, refused: Callable[[], None]) -> None:
-        """Publish a request to the manager; ``refused()`` if RabbitMQ has nowhere to put it.
-
-        Clients never declare the manager's or workers' queues (the services do, with the
-        deployment's queue type), so a missing queue means the manager never ran here.
+    def send_request(self, msg: m.Message, cid: str, refused: Callable[[Confirm], None]) -> None:
+        """Publish a request to the manager; ``refused(why)`` if RabbitMQ did not take it:
+        returned (no queue: clients never declare the manager's queues, the services do,
+        so the manager never ran here) or nacked (its queue could not take it just now).
         """
         self.conn.publish(
             MANAGER_REQUESTS,
@@ -107,7 +106,7 @@ class Session:
             correlation_id=cid,
             persistent=False,
             expiration_ms=int(self.settings.request_timeout * 1000),
-            on_confirm=lambda ok: None if ok else refused(),
+            on_confirm=lambda ok: None if ok else refused(ok),
         )
 
     # -- requests to the manager -----------------------------------------------------------
@@ -138,7 +137,7 @@ class Session:
 
         self.routes[cid] = route
         try:
-            self.send_request(msg, cid, lambda: answers.append(NO_MANAGER))
+            self.send_request(msg, cid, lambda why: answers.append(not_taken(why)))
             self.wait(lambda: bool(answers), self.settings.request_timeout, self.silent())
         finally:
             if on_other is None:

@@ -34,13 +34,14 @@ from client.localfiles import (
     read_small,
     small_size,
 )
-from client.outcomes import NO_MANAGER, Progress, UploadResult
+from client.outcomes import Progress, UploadResult, not_taken
 from client.units import Pack, Step, Unit, Upload
 from warren import compression
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
 from warren.errors import Unavailable, WarrenError, from_wire
 from warren.topology import worker_chunks
+from warren.transport import Confirm
 
 if TYPE_CHECKING:
     from client.session import Session
@@ -229,8 +230,9 @@ class Batch:
         unit.deadline = time.monotonic() + self.settings.request_timeout
         self.session.route(unit.route, unit.on_placement)
 
-        def refused() -> None:
-            unit.error = from_wire(NO_MANAGER.code, NO_MANAGER.message)
+        def refused(why: Confirm) -> None:
+            answer = not_taken(why)
+            unit.error = from_wire(answer.code, answer.message)
 
         self.session.send_request(req, unit.route, refused)
 
@@ -265,7 +267,7 @@ class Batch:
         for member in to_send:
             member.sent = member.size
 
-        def confirmed(ok: bool) -> None:
+        def confirmed(ok: Confirm) -> None:
             if not ok:
                 pack.error = Unavailable("RabbitMQ did not accept a pack of files.")
                 return
@@ -290,8 +292,8 @@ class Batch:
         plan = ChunkPlan(up.size, acc.chunk_size)
         conn = self.session.conn
 
-        def confirmed(n: int) -> Callable[[bool], None]:
-            def on_confirm(ok: bool) -> None:
+        def confirmed(n: int) -> Callable[[Confirm], None]:
+            def on_confirm(ok: Confirm) -> None:
                 if ok:
                     up.progress.transferred(n)
                 elif up.error is None:

@@ -281,19 +281,18 @@ def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(
 
 
 def refuse_forwards(stub: StubCluster, until: float) -> list[float]:
-    """As while a quorum queue elects its leader: the backups' queues refuse every forward
-    (RabbitMQ returns it) until the monotonic time ``until``. Returns the refusals' times."""
+    """As while a quorum queue elects its leader: the backups' queues refuse (nack) every
+    forward until the monotonic time ``until``. Returns the refusals' times."""
     refused: list[float] = []
-    original = stub.broker._route
 
-    def route(msg: Message) -> bool:
+    def refuse(msg: Message) -> bool:
         forward = msg.type in (m.CHUNK_TYPE, m.PACK_TYPE) and (msg.headers or {}).get("hop") == 1
         if forward and time.monotonic() < until:
             refused.append(time.monotonic())
-            return False
-        return original(msg)
+            return True
+        return False
 
-    stub.broker._route = route  # type: ignore[method-assign]
+    stub.broker.refuse = refuse
     return refused
 
 
@@ -331,17 +330,16 @@ def test_a_forward_refused_past_every_pause_is_tried_again_on_a_new_connection(
     data = random_file(tmp_path / "x.bin", 3 * 64 * 1024)
     first = {id(c) for c in stub.broker.connections}
     refused: list[str] = []
-    original = stub.broker._route
 
-    def route(msg: Message) -> bool:
+    def refuse(msg: Message) -> bool:
         if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 1:
             senders = [c for c in stub.broker.connections if c.name == msg.sender]
             if any(id(c) in first for c in senders):
                 refused.append(msg.sender)
-                return False
-        return original(msg)
+                return True
+        return False
 
-    stub.broker._route = route  # type: ignore[method-assign]
+    stub.broker.refuse = refuse
     # When a file is uploaded with 2 replicas
     with stub.session() as s:
         result = s.upload(tmp_path / "x.bin", "x.bin", 2)
@@ -439,3 +437,27 @@ def test_heartbeats_queued_while_the_manager_was_down_do_not_bring_dead_workers_
     # Then no worker is alive: heartbeats older than dead_after said nothing of now
     with stub.session() as s:
         assert [w.name for w in s.status().workers if w.alive] == []
+
+
+def test_a_request_its_queue_refuses_is_try_again_not_a_manager_that_never_ran(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    # Given the manager's request queue refusing (nacking) what is published to it, as a
+    # quorum queue does while it elects a leader
+    random_file(tmp_path / "x.bin", 1000)
+    stub.broker.refuse = lambda msg: msg.queue == MANAGER_REQUESTS
+    # When a client asks for a listing, and to upload
+    with stub.session() as s:
+        with pytest.raises(Unavailable) as listing:
+            s.files()
+        with pytest.raises(Unavailable) as upload:
+            s.upload(tmp_path / "x.bin", "x.bin", 2)
+    # Then both say try again (exit 4), not that the manager never ran here
+    for exc in (listing.value, upload.value):
+        assert exc.exit_code == 4
+        assert "could not take the request just now; try again" in str(exc)
+        assert "never run" not in str(exc)
+    # And once the queue takes requests again, the upload succeeds
+    stub.broker.refuse = None
+    with stub.session() as s:
+        assert len(s.upload(tmp_path / "x.bin", "x.bin", 2).confirmed) == 2

@@ -25,7 +25,7 @@ from warren.topology import (
     worker_control,
     worker_topology,
 )
-from warren.transport import Delivery
+from warren.transport import Confirm, Delivery
 
 
 def test_every_queue_has_one_exchange_and_key() -> None:
@@ -108,10 +108,10 @@ def test_the_stub_routes_through_exchanges_and_drops_a_service_reply_to() -> Non
     conn.consume(worker_chunks("w1"), take)
     conn.publish(worker_chunks("w1"), b"x", type="t", reply_to=MANAGER_EVENTS)
     conn.publish(worker_chunks("w1"), b"y", type="t", reply_to="warren.client.a.b")
-    results: list[bool] = []
+    results: list[Confirm] = []
     conn.publish(worker_chunks("w2"), b"z", type="t", on_confirm=results.append)
     while len(got) < 2 or not results:
         conn.process(0.1)
     assert [d.reply_to for d in got] == [None, "warren.client.a.b"]
-    assert results == [False]  # no queue bound with w2.chunks
+    assert results == [Confirm.RETURNED]  # no queue bound with w2.chunks
     conn.close()

@@ -60,7 +60,7 @@ from warren.topology import (
     reply_queue,
     route,
 )
-from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
+from warren.transport import Confirm, ConfirmCallback, Delivery, Handler, dispatch
 
 log = logging.getLogger("warren.broker")
 # Broker alarms get their own logger: the console client shows these even when quiet.
@@ -141,7 +141,7 @@ class Connection:
             collections.OrderedDict()
         )
         self._returned: set[int] = set()
-        self._done: collections.deque[tuple[ConfirmCallback, bool]] = collections.deque()
+        self._done: collections.deque[tuple[ConfirmCallback, Confirm]] = collections.deque()
         self._wakeup_scheduled = False
         self._declared: set[str] = set()
         self.url = ""
@@ -377,10 +377,10 @@ class Connection:
 
     def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
         """Publish and wait for this one confirm; raise Undeliverable if it fails."""
-        result: list[bool] = []
+        result: list[Confirm] = []
         self.publish(queue, body, type=type, on_confirm=result.append, **kw)
         self.wait_for_confirms()
-        if result != [True]:
+        if result != [Confirm.ACK]:
             raise Undeliverable(f"RabbitMQ did not accept a {type} message for {queue}.")
 
     def wait_for_confirms(self, timeout: float | None = None) -> None:
@@ -422,10 +422,12 @@ class Connection:
             log.info("%s: RabbitMQ refused (nack) publish %d", self.name, method.delivery_tag)
         for tag in tags:
             callback = self._pending.pop(tag, None)
-            good = ok and tag not in self._returned
+            outcome = (
+                Confirm.RETURNED if tag in self._returned else Confirm.ACK if ok else Confirm.NACK
+            )
             self._returned.discard(tag)
             if callback is not None:
-                self._done.append((callback, good))
+                self._done.append((callback, outcome))
         if self._done and not self._wakeup_scheduled and self._conn is not None:
             # Wake process_data_events so callbacks run promptly, outside pika's I/O loop.
             self._wakeup_scheduled = True

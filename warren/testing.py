@@ -5,14 +5,16 @@
 ``warren.broker.Connection`` does on RabbitMQ: one connection per thread, deliveries and
 confirm callbacks run only inside that thread's ``process`` (or an explicit wait),
 publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
-exact-key bindings), mandatory publishes that reach no queue confirmed as failures,
+exact-key bindings), mandatory publishes that reach no queue returned, those ``refuse``
+picks nacked,
 ``reply_to`` naming a service's queue dropped from deliveries, unacked deliveries requeued
 as redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
 with their connection, transient messages and queues lost on a broker restart.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
 killed process would), ``restart`` restarts the broker, ``intercept`` sees every publish
-and may drop, duplicate or reorder it. ``published`` is a firehose of what was sent, by
+and may drop, duplicate or reorder it, ``refuse`` nacks what it picks (a quorum queue
+with no leader for a moment). ``published`` is a firehose of what was sent, by
 whom.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, Locked, Undeliverable
 from warren.topology import Topology, is_service_queue, route
-from warren.transport import ConfirmCallback, Delivery, Handler, dispatch
+from warren.transport import Confirm, ConfirmCallback, Delivery, Handler, dispatch
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class StubBroker:
         self.connections: list[StubConnection] = []
         self.published: list[Message] = []
         self.intercept: Intercept | None = None
+        self.refuse: Callable[[Message], bool] | None = None
         self.up = True
         self._tags = itertools.count(1)
         self._turn = 0
@@ -151,19 +154,21 @@ class StubBroker:
             if q.owner is conn:
                 del self.queues[name]
 
-    def _route(self, msg: Message) -> bool:
+    def _route(self, msg: Message) -> Confirm:
         """Deliver through the queue's exchange, as RabbitMQ does: only a queue bound there
         with the message's routing key gets it (warren binds exact keys only)."""
         exchange, key = route(msg.queue)
         bound = [q for q, k in self.bindings.get(exchange, []) if k == key and q in self.queues]
         if msg.queue not in bound:
-            return False
+            return Confirm.RETURNED
+        if self.refuse is not None and self.refuse(msg):
+            return Confirm.NACK
         self.published.append(msg)
         arrived = self.intercept(msg) if self.intercept else [msg]
         for m in arrived:
             self.queues[m.queue].messages.append(m)
         self.changed.notify_all()
-        return True
+        return Confirm.ACK
 
     def _dead_letter(self, queue: str, msg: Message) -> None:
         q = self.queues.get(queue)
@@ -207,7 +212,7 @@ class StubConnection:
         self.closed = True
         self.unacked: dict[int, tuple[str, Message]] = {}
         self._consumers: dict[int, _Consumer] = {}  # delivery tag -> who got it
-        self._done: collections.deque[tuple[ConfirmCallback, bool]] = collections.deque()
+        self._done: collections.deque[tuple[ConfirmCallback, Confirm]] = collections.deque()
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -301,15 +306,15 @@ class StubConnection:
             self.user,
         )
         with self.broker.lock:
-            ok = self.broker._route(msg)
+            outcome = self.broker._route(msg)
         if on_confirm is not None:
-            self._done.append((on_confirm, ok))
+            self._done.append((on_confirm, outcome))
 
     def publish_and_wait(self, queue: str, body: bytes, *, type: str, **kw: Any) -> None:
-        result: list[bool] = []
+        result: list[Confirm] = []
         self.publish(queue, body, type=type, on_confirm=result.append, **kw)
         self.wait_for_confirms()
-        if result != [True]:
+        if result != [Confirm.ACK]:
             raise Undeliverable(f"the stub broker did not accept a {type} message for {queue}.")
 
     def wait_for_confirms(self, timeout: float | None = None) -> None:

@@ -23,6 +23,7 @@ The contract both implementations keep:
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable
@@ -36,7 +37,21 @@ from warren.topology import Topology
 
 log = logging.getLogger("warren.transport")
 
-ConfirmCallback = Callable[[bool], None]
+
+class Confirm(enum.Enum):
+    """What RabbitMQ did with a publish: took it, refused it (a nack: say, a quorum queue
+    with no leader for a moment), or returned it (no queue for it). Only ``ACK`` is true,
+    so ``if ok:`` reads as "taken"."""
+
+    ACK = "ack"
+    NACK = "nack"
+    RETURNED = "returned"
+
+    def __bool__(self) -> bool:
+        return self is Confirm.ACK
+
+
+ConfirmCallback = Callable[[Confirm], None]
 # Settles a delivery on its connection: (delivery tag, ack?, requeue?).
 Settle = Callable[[int, bool, bool], None]
 

@@ -37,7 +37,7 @@ from warren import messages as m
 from warren.config import Settings
 from warren.errors import BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
-from warren.transport import Delivery, Transport
+from warren.transport import Confirm, Delivery, Transport
 from worker.expected import Expected
 from worker.records import append_records
 from worker.store import ChunkStore, CorruptUpload
@@ -217,7 +217,7 @@ class Intake:
         headers = dataclasses.replace(h, hop=h.hop + 1).to_headers()
         relay(job.conn, job.d, h.next_worker, headers, lambda ok: self._forwarded(job, ok))
 
-    def _forwarded(self, job: ChunkJob, ok: bool) -> None:
+    def _forwarded(self, job: ChunkJob, ok: Confirm) -> None:
         """FORWARDING ends: on to finishing, or ack a chunk that did not complete the file."""
         if not ok:
             self._refused(job, f"upload {job.h.upload_id}: chunk {job.h.seq}", job.h, self._forward)
@@ -352,7 +352,7 @@ class Intake:
         job.stored, job.error = True, f.result()
         self._pack_step(job)
 
-    def _pack_forwarded(self, job: PackJob, ok: bool) -> None:
+    def _pack_forwarded(self, job: PackJob, ok: Confirm) -> None:
         if not ok:
             self._refused(job, f"pack {job.d.correlation_id}", job.p, self._forward_pack)
             return
@@ -433,12 +433,12 @@ def relay(
     d: Delivery,
     nxt: str | None,
     headers: dict[str, Any],
-    confirmed: Callable[[bool], None],
+    confirmed: Callable[[Confirm], None],
 ) -> None:
     """Republish a chunk or pack to the next worker of the chain; ``confirmed(ok)`` once
     the broker has it (at once, with True, at the chain's end)."""
     if nxt is None:
-        confirmed(True)
+        confirmed(Confirm.ACK)
         return
     conn.declare(worker_topology(nxt))
     metrics.BYTES_OUT.labels("forward").inc(len(d.body))
