@@ -5,10 +5,9 @@
 ``warren.broker.Connection`` does on RabbitMQ: one connection per thread, deliveries and
 confirm callbacks run only inside that thread's ``process`` (or an explicit wait),
 publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
-exact-key bindings), mandatory publishes that reach no queue returned, those ``refuse``
-picks nacked,
-``reply_to`` naming a service's queue dropped from deliveries, unacked deliveries requeued
-as redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
+exact-key bindings), mandatory publishes that reach no queue returned, ``reply_to``
+naming a service's queue dropped from deliveries, unacked deliveries requeued as
+redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
 with their connection, transient messages and queues lost on a broker restart.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
