@@ -54,7 +54,7 @@ SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
 # Uploads (files or packs) a command keeps in flight at once (placed or sent, not confirmed).
 UPLOADS_IN_FLIGHT = 32
 # A pack holds at most this many files, and at most settings.chunk_size bytes.
-PACK_FILES = 128
+PACK_FILES = 256
 # Packs in flight at once: each holds its files' bytes until it is sent.
 PACKS_IN_FLIGHT = 8
 # Files hashed ahead of their placement request, on the hashing thread.
