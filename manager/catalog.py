@@ -171,46 +171,70 @@ class Catalog(Holdings):
         self, worker: str, stored: list[tuple[str, str, int]], now: float
     ) -> list[Upload]:
         """Record verified replicas on ``worker``, given as (upload id, sha256, size), in
-        one transaction. Returns the uploads this completed."""
-        completed = []
+        one transaction. Returns the uploads this completed. (A pack's files come
+        together: each step is one statement for all of them, not one a file.)"""
+        completed: list[Upload] = []
         with self.db:
             self.db.execute("BEGIN")
-            for upload_id, sha256, size in stored:
-                up = self._record_replica(upload_id, worker, sha256, size, now)
-                if up is not None:
-                    completed.append(up)
+            for at in range(0, len(stored), _BATCH):
+                completed += self._record_replicas(worker, stored[at : at + _BATCH], now)
         return completed
 
-    def _record_replica(
-        self, upload_id: str, worker: str, sha256: str, size: int, now: float
-    ) -> Upload | None:
-        up = self.upload(upload_id)
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO replicas VALUES (?,?,?)", (sha256, worker, size)
-        )
-        if cur.rowcount == 1 and self._usage is not None:
-            nbytes, nfiles = self._usage.get(worker, (0, 0))
-            self._usage[worker] = (nbytes + size, nfiles + 1)
-        if up is None or up.sha256 != sha256:
-            self._mark_if_unused(sha256, now)  # a late copy of content nobody uses now
-            return None
-        self.db.execute("INSERT OR IGNORE INTO upload_replicas VALUES (?,?)", (upload_id, worker))
-        have = {
+    def _record_replicas(
+        self, worker: str, stored: list[tuple[str, str, int]], now: float
+    ) -> list[Upload]:
+        shas = {sha: size for _, sha, size in stored}
+        marks = ",".join("?" * len(shas))
+        held = {
             r[0]
             for r in self.db.execute(
-                "SELECT worker FROM upload_replicas WHERE upload_id=?", (upload_id,)
+                f"SELECT sha256 FROM replicas WHERE worker=? AND sha256 IN ({marks})",
+                (worker, *shas),
             )
         }
-        if up.state != PENDING or not set(up.chain) <= have:
-            return None
-        self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
-        # Created when placed: the time in the record its workers keep, so a catalog
-        # rebuilt from them says the same.
-        (placed,) = self.db.execute(
-            "SELECT created FROM uploads WHERE upload_id=?", (upload_id,)
-        ).fetchone()
-        self._add_version(up, placed)
-        return up
+        fresh = [(sha, worker, size) for sha, size in shas.items() if sha not in held]
+        self.db.executemany("INSERT INTO replicas VALUES (?,?,?)", fresh)
+        if fresh and self._usage is not None:
+            nbytes, nfiles = self._usage.get(worker, (0, 0))
+            self._usage[worker] = (nbytes + sum(f[2] for f in fresh), nfiles + len(fresh))
+        ids = list(dict.fromkeys(upload_id for upload_id, _, _ in stored))
+        marks = ",".join("?" * len(ids))
+        rows = {
+            r[0]: r
+            for r in self.db.execute(
+                f"SELECT {_UPLOAD_COLUMNS}, created FROM uploads WHERE upload_id IN ({marks})", ids
+            )
+        }
+        mine: dict[str, tuple[Any, ...]] = {}
+        for upload_id, sha256, _ in stored:
+            row = rows.get(upload_id)
+            if row is None or row[3] != sha256:
+                self._mark_if_unused(sha256, now)  # a late copy of content nobody uses now
+            else:
+                mine[upload_id] = row
+        if not mine:
+            return []
+        self.db.executemany(
+            "INSERT OR IGNORE INTO upload_replicas VALUES (?,?)", [(u, worker) for u in mine]
+        )
+        marks = ",".join("?" * len(mine))
+        have: dict[str, set[str]] = {}
+        for upload_id, holder in self.db.execute(
+            f"SELECT upload_id, worker FROM upload_replicas WHERE upload_id IN ({marks})",
+            list(mine),
+        ):
+            have.setdefault(upload_id, set()).add(holder)
+        completed = []
+        for upload_id, row in mine.items():
+            up = _upload(row)
+            if up.state != PENDING or not set(up.chain) <= have[upload_id]:
+                continue
+            self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
+            # Created when placed: the time in the record its workers keep, so a catalog
+            # rebuilt from them says the same.
+            self._add_version(up, row[-1])
+            completed.append(up)
+        return completed
 
     def next_version(self, owner: str, name: str) -> int:
         """The number the next upload of a name gets: past every version kept, deleted or
@@ -389,6 +413,8 @@ _UPLOAD_COLUMNS = (
     "version"
 )
 _UPLOAD_SLOTS = ",".join("?" * 13)
+# Rows a statement names at once (SQLite takes up to 32,766 parameters).
+_BATCH = 500
 _ENTRY_COLUMNS = "v.name, v.sha256, v.size, v.wanted, v.created, v.version, v.mode, v.mtime"
 
 

@@ -137,3 +137,55 @@ def test_a_pack_is_placed_and_recorded_in_one_go(tmp_path: Path) -> None:
     assert [u.name for u in done] == ["f1", "f2", "f3"]
     assert [f.name for f in c.files(now=1002)] == ["f1", "f2", "f3"]
     assert c.replicas_stored("w2", stored, now=1003) == []  # a redelivery completes nothing
+
+
+def test_a_batch_of_replicas_ends_as_the_same_replicas_one_at_a_time_would(
+    tmp_path: Path,
+) -> None:
+    # Given two catalogs with the same uploads: two files of the same content, one of them
+    # placed twice (a retry), and a copy of content no upload uses
+    def placed(where: Path) -> Catalog:
+        where.mkdir()
+        c = catalog(where)
+        c.candidates()  # the usage figures are cached from here on, and kept up to date
+        c.add_uploads(
+            [
+                Upload("1" * 32, "a", 5, SHA, 2, ("w1", "w2"), "c1", PENDING, version=1),
+                Upload("2" * 32, "b", 5, SHA, 2, ("w1", "w2"), "c1", PENDING, version=1),
+                Upload("3" * 32, "c", 7, "cd" * 32, 1, ("w1",), "c1", PENDING, version=1),
+            ],
+            now=1000,
+        )
+        return c
+
+    events = [
+        ("1" * 32, SHA, 5),
+        ("2" * 32, SHA, 5),
+        ("3" * 32, "cd" * 32, 7),
+        ("3" * 32, "cd" * 32, 7),  # a redelivered confirmation
+        ("9" * 32, "ef" * 32, 9),  # nobody's: on its way out
+        ("1" * 32, "00" * 32, 5),  # not the content placed under that upload
+    ]
+    one, batch = placed(tmp_path / "one"), placed(tmp_path / "batch")
+    # When w1 reports them one at a time to one catalog and all at once to the other,
+    # then w2 reports the first two
+    done_one = [
+        up for e in events if (up := one.replica_stored(e[0], "w1", e[1], e[2], 1001)) is not None
+    ]
+    done_batch = batch.replicas_stored("w1", events, 1001)
+    for c in (one, batch):
+        c.replicas_stored("w2", events[:2], 1002)
+
+    # Then both hold the same: completed uploads, files, holders, usage and garbage
+    assert [u.upload_id for u in done_one] == [u.upload_id for u in done_batch] == ["3" * 32]
+
+    def state(c: Catalog) -> object:
+        tables = ("replicas", "upload_replicas", "versions", "garbage", "uploads")
+        return [sorted(c.db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables] + [
+            c.candidates()
+        ]
+
+    assert state(one) == state(batch)
+    assert sorted(f.name for f in batch.files(now=1002)) == ["a", "b", "c"]
+    w1 = next(x for x in batch.candidates() if x.name == "w1")
+    assert w1.used_bytes == 5 + 7 + 9 + 5  # each content on it once, however many uploads
