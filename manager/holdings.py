@@ -50,12 +50,23 @@ class Holdings:
         """Record a heartbeat; True when the worker was dead or unknown until now."""
         row = self.db.execute("SELECT last_seen FROM workers WHERE name=?", (name,)).fetchone()
         self._worker_rows = None
-        self.db.execute(
-            "INSERT INTO workers VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-            "last_seen=excluded.last_seen, free_bytes=excluded.free_bytes, "
-            "used_bytes=excluded.used_bytes, files=excluded.files",
-            (name, now, free, used, files),
-        )
+        # A heartbeat is not worth a disk sync (one a second or more, on the manager's one
+        # thread, on a disk the uploads may be saturating): committed unsynced, it is made
+        # durable by the next synced commit, as the log is written in order. Lost to a power
+        # cut, it is learned again from the next heartbeat.
+        unsynced = not self.db.in_transaction
+        if unsynced:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.db.execute(
+                "INSERT INTO workers VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "last_seen=excluded.last_seen, free_bytes=excluded.free_bytes, "
+                "used_bytes=excluded.used_bytes, files=excluded.files",
+                (name, now, free, used, files),
+            )
+        finally:
+            if unsynced:
+                self.db.execute("PRAGMA synchronous=FULL")
         return row is None or now - row[0] > self.dead_after
 
     def workers(self, now: float | None = None) -> list[WorkerEntry]:

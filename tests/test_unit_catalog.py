@@ -189,3 +189,20 @@ def test_a_batch_of_replicas_ends_as_the_same_replicas_one_at_a_time_would(
     assert sorted(f.name for f in batch.files(now=1002)) == ["a", "b", "c"]
     w1 = next(x for x in batch.candidates() if x.name == "w1")
     assert w1.used_bytes == 5 + 7 + 9 + 5  # each content on it once, however many uploads
+
+
+def test_a_heartbeat_is_kept_without_a_sync_and_everything_after_it_is_synced(
+    tmp_path: Path,
+) -> None:
+    # Given a catalog, when a worker's heartbeat is recorded (unsynced: it is not worth a
+    # disk sync, and the next synced commit makes it durable)
+    c = catalog(tmp_path)
+    c.worker_seen("w4", free=100, used=0, files=0, now=1000)
+    # Then the catalog is back to syncing every commit, so an upload recorded next is durable
+    assert c.db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    c.add_upload(upload(), now=1000)
+    c.close()
+    again = Catalog(tmp_path / "catalog.sqlite3", dead_after=10)
+    again.open()
+    assert "w4" in {w.name for w in again.workers(now=1000)}
+    assert again.upload("1" * 32) is not None
