@@ -38,12 +38,14 @@ class MakeCluster(Protocol):
     def __call__(self, node: LocalNode | None = None, **env: str) -> Cluster: ...
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30, what: str = "it") -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30, what: str = "it", every: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -52,11 +54,14 @@ def while_running(
 ) -> None:
     """Wait for what holds only while ``client`` works (chunks of its upload in flight),
     looking every 10 ms: an upload can be over within a second, and then it never holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
+
+    def seen() -> bool:
+        if predicate():
+            return True
         assert client.poll() is None, f"the client ended before {what}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.01)
+        return False
+
+    wait_for(seen, timeout, what, every=0.01)
 
 
 def file_sha256(path: Path) -> str:
