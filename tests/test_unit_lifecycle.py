@@ -379,7 +379,8 @@ def test_a_big_listing_comes_in_pages_and_prints_whole(
     args = build_parser().parse_args(["list", "docs/"])
     with stub.session() as s:
         outcomes = upload_all(s, items, 1)
-        assert all(isinstance(r, UploadResult) for r in outcomes.values())
+        failed = {n: str(r) for n, r in outcomes.items() if not isinstance(r, UploadResult)}
+        assert not failed
         pages = [len(p) for p in s.pages("docs/")]
         App(args).list(s)
         lines = capsys.readouterr().out.splitlines()

@@ -115,3 +115,29 @@ def test_the_stub_routes_through_exchanges_and_drops_a_service_reply_to() -> Non
     assert [d.reply_to for d in got] == [None, "warren.client.a.b"]
     assert results == [Confirm.RETURNED]  # no queue bound with w2.chunks
     conn.close()
+
+
+def test_the_stub_takes_turns_between_the_queues_a_connection_consumes() -> None:
+    """As RabbitMQ interleaves a channel's consumers: a backlog of requests must not keep
+    the manager from its events (heartbeats) for as long as the backlog lasts."""
+    broker = StubBroker()
+    conn = broker.connect(Settings(), "t")
+    conn.open()
+    for w in ("w1", "w2", "w3"):  # queues between the two, as in a cluster
+        conn.declare(worker_topology(w))
+    conn.declare(manager_topology())
+    for i in range(6):
+        conn.publish(MANAGER_REQUESTS, b"r", type="request")
+        conn.publish(MANAGER_EVENTS, b"e", type="event")
+    got: list[str] = []
+
+    def take(d: Delivery) -> None:
+        got.append(d.type)
+        d.ack()
+
+    conn.consume(MANAGER_REQUESTS, take)
+    conn.consume(MANAGER_EVENTS, take)
+    while len(got) < 12:
+        conn.process(0.1)
+    assert all(a != b for a, b in zip(got, got[1:])), got
+    conn.close()

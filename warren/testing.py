@@ -91,7 +91,6 @@ class StubBroker:
         self.refuse: Callable[[Message], bool] | None = None
         self.up = True
         self._tags = itertools.count(1)
-        self._turn = 0
 
     def connect(self, settings: Settings, name: str) -> StubConnection:
         """The ``Connect`` factory the roles take: ``Worker(settings, stop, broker.connect)``."""
@@ -181,9 +180,12 @@ class StubBroker:
         """A message for one of ``conn``'s consumers with room under its prefetch."""
         now = time.monotonic()
         names = list(self.queues)
-        self._turn += 1  # start at another queue each time, so none starves the others
+        # Round robin over the queues, for each connection: start after the queue this
+        # connection was last given from, so a busy queue cannot starve another one it
+        # consumes (as RabbitMQ interleaves a channel's consumers).
+        start = names.index(conn.last_queue) + 1 if conn.last_queue in self.queues else 0
         for i in range(len(names)):
-            name = names[(self._turn + i) % len(names)]
+            name = names[(start + i) % len(names)]
             q = self.queues[name]
             while q.messages and (exp := q.messages[0].expires_at) is not None and exp < now:
                 q.messages.popleft()
@@ -195,6 +197,7 @@ class StubBroker:
             consumer = mine[q.next_consumer % len(mine)]
             q.next_consumer += 1
             consumer.unacked += 1
+            conn.last_queue = name
             return consumer, name, q.messages.popleft()
         return None
 
@@ -215,6 +218,7 @@ class StubConnection:
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
+        self.last_queue: str | None = None  # the queue of the last delivery, for round robin
 
     # -- lifecycle -------------------------------------------------------------------------
 
