@@ -126,10 +126,10 @@ def test_the_stub_takes_turns_between_the_queues_a_connection_consumes() -> None
     for w in ("w1", "w2", "w3"):  # queues between the two, as in a cluster
         conn.declare(worker_topology(w))
     conn.declare(manager_topology())
-    for i in range(6):
+    for _ in range(6):
         conn.publish(MANAGER_REQUESTS, b"r", type="request")
         conn.publish(MANAGER_EVENTS, b"e", type="event")
-    got: list[str] = []
+    got: list[str | None] = []
 
     def take(d: Delivery) -> None:
         got.append(d.type)
@@ -139,5 +139,5 @@ def test_the_stub_takes_turns_between_the_queues_a_connection_consumes() -> None
     conn.consume(MANAGER_EVENTS, take)
     while len(got) < 12:
         conn.process(0.1)
-    assert all(a != b for a, b in zip(got, got[1:])), got
+    assert all(a != b for a, b in zip(got, got[1:], strict=False)), got
     conn.close()
