@@ -38,12 +38,15 @@ cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m devtools.localcluster cluster-down; fi
 
 # Chromium is optional: only the management-UI test needs it (skipped without it, outside CI).
+# The in-memory tests mostly wait (timers, heartbeats), so they run four at a time; the
+# tests on a real RabbitMQ node run one at a time, as their timings assume.
 test: install
 	@sh scripts/ensure-chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not integration" -n 4
+	$(PY) -m pytest -q -m integration
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" -n 4
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
