@@ -218,3 +218,7 @@ def test_metrics_count_what_the_services_do(make_cluster: MakeCluster, tmp_path:
     assert scrape(primary)['warren_bytes_out_total{kind="forward"}'] == 3 * 1024 * 1024
     wait_for(lambda: scrape("manager").get("warren_files") == 1, what="manager's file gauge")
     assert scrape("manager")["warren_workers_alive"] == 2
+    # and every delivery's wait in its queue was recorded where it was consumed
+    lag = 'warren_queue_lag_seconds_count{queue="%s"}'
+    assert scrape("manager").get(lag % "warren.manager.events", 0) >= 2  # heartbeats
+    assert scrape(primary).get(lag % f"warren.worker.{primary}.chunks", 0) >= 1

@@ -41,7 +41,6 @@ import pika
 import pika.exceptions as pex
 import tenacity
 
-from warren import metrics
 from warren.config import Settings, redact
 from warren.errors import (
     BrokerBlocked,
@@ -458,11 +457,16 @@ class Connection:
         dead-lettered and logged; the service carries on. Broker errors propagate.
         """
 
+        lags = None
+        if self.settings.metrics_port:  # only a process that serves /metrics records them
+            from warren import metrics  # not at the top: the client needs none of it
+
+            lags = metrics.QUEUE_LAG.labels(queue)
+
         def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
             sent_at = (props.headers or {}).get(SENT_AT)
-            if isinstance(sent_at, int):
-                lag = time.time() - sent_at / 1000
-                metrics.QUEUE_LAG.labels(queue).observe(max(0.0, lag))
+            if lags is not None and isinstance(sent_at, int):
+                lags.observe(max(0.0, time.time() - sent_at / 1000))
             delivery = Delivery(
                 body=body,
                 delivery_tag=method.delivery_tag,

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from warren import metrics
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, DecodeError
 from warren.topology import Topology
@@ -160,7 +159,7 @@ def dispatch(who: str, delivery: Delivery, handler: Handler) -> None:
             delivery.queue,
             exc,
         )
-        metrics.REJECTED.labels(delivery.queue).inc()
+        _count_rejected(delivery.queue)
         delivery.reject(requeue=False)
     except Exception:
         log.exception(
@@ -169,5 +168,13 @@ def dispatch(who: str, delivery: Delivery, handler: Handler) -> None:
             delivery.type,
             delivery.queue,
         )
-        metrics.REJECTED.labels(delivery.queue).inc()
+        _count_rejected(delivery.queue)
         delivery.reject(requeue=False)
+
+
+def _count_rejected(queue: str) -> None:
+    # Imported here: the client never serves metrics, and prometheus_client is a sixth of
+    # its start-up.
+    from warren import metrics
+
+    metrics.REJECTED.labels(queue).inc()
