@@ -39,11 +39,12 @@ cluster-down:
 
 # Chromium is optional: only the management-UI test needs it (skipped without it, outside CI).
 # The in-memory tests mostly wait (timers, heartbeats), so they run four at a time; the
-# tests on a real RabbitMQ node run one at a time, as their timings assume.
+# tests on a real RabbitMQ node run one at a time, as their timings assume. Both parts run
+# even when the first fails, so one run shows every failure.
 test: install
 	@sh scripts/ensure-chromium.sh
-	$(PY) -m pytest -q -m "not integration" -n 4
-	$(PY) -m pytest -q -m integration
+	$(PY) -m pytest -q -m "not integration" -n 4; unit=$$?; \
+	$(PY) -m pytest -q -m integration && exit $$unit
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not integration" -n 4
