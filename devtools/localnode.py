@@ -229,7 +229,11 @@ class LocalNode:
             time.sleep(0.1)
         if _alive(beam):
             self.kill()
-        while port_open(self.amqp_port) and time.monotonic() < deadline:
+        # A node started again while the distribution port is still held fails with
+        # "dist_port_already_used": wait for it as well as for the AMQP port.
+        while (port_open(self.amqp_port) or port_open(self.dist_port)) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -310,10 +314,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still "exists"; treat it as gone.
+    # A zombie still "exists"; treat it as gone. But a process whose first thread has
+    # exited reads as a zombie too while its other threads run (the Erlang VM, shutting
+    # down): it is gone only when no thread is left but that one.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
+            if f.read().split(") ", 1)[1][:1] != "Z":
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (FileNotFoundError, IndexError):
         return False
 

@@ -6,6 +6,7 @@ import filecmp
 import os
 import signal
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -179,20 +180,12 @@ def test_worker_killed_holding_a_pack_of_small_files_then_restarted(
     line = next(ln for ln in placed.read_text().splitlines() if "pack of " in ln)
     primary = line.rsplit(", placed on ", 1)[1].split(" -> ")[0]
 
-    def in_hand() -> bool:  # asked of the node itself: the management API's figures lag 5 s
-        out = c.node.ctl(
-            "list_queues",
-            "-p",
-            c.vhost,
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_unacknowledged",
-        )
-        rows = dict(line.split() for line in out.splitlines() if line.strip())
-        return int(rows.get(worker_chunks(primary), "0")) > 0
+    def in_hand() -> bool:  # the suite's node updates these figures every 0.5 s
+        vhost = urllib.parse.quote(c.vhost, safe="")
+        queue = c.node.api("GET", f"queues/{vhost}/{worker_chunks(primary)}")
+        return int(queue.get("messages_unacknowledged", 0)) > 0
 
-    wait_for(in_hand, timeout=60, what=f"packs unacknowledged on {primary}")
+    wait_for(in_hand, timeout=60, what=f"packs unacknowledged on {primary}", every=0.1)
 
     # When the primary is killed with packs in hand, and restarted (a fast disk now)
     c.kill(primary)
