@@ -217,18 +217,22 @@ class LocalNode:
         pid = self._pid("beam.pid")
         return pid is not None and _alive(pid)
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop gracefully (SIGTERM, the way the node's own script handles it)."""
-        beam = self._pid("beam.pid")
-        if beam is None or not _alive(beam):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(beam, signal.SIGTERM)
+    def stop(self, timeout: float = 60.0, beam: int | None = None) -> None:
+        """Stop gracefully (SIGTERM, the way the node's own script handles it).
+
+        ``beam``: the VM's pid, when the caller has already signalled it. RabbitMQ removes
+        its pid file as it starts to shut down, so it must be read before the signal.
+        """
+        if beam is None:
+            beam = self._pid("beam.pid")
+            if beam is not None and _alive(beam):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(beam, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(beam) and time.monotonic() < deadline:
+        while beam is not None and _alive(beam) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(beam):
-            self.kill()
+        if beam is not None and _alive(beam):
+            self.kill(beam)
         # A node started again while the distribution port is still held fails with
         # "dist_port_already_used": wait for it as well as for the AMQP port.
         while (port_open(self.amqp_port) or port_open(self.dist_port)) and (
@@ -236,14 +240,13 @@ class LocalNode:
         ):
             time.sleep(0.1)
 
-    def kill(self) -> None:
-        """SIGKILL the node: a crash, for fault tests."""
-        for name in ("beam.pid", "server.pid"):
-            pid = self._pid(name)
+    def kill(self, beam: int | None = None) -> None:
+        """SIGKILL the node: a crash, for fault tests (``beam``: its pid, read earlier)."""
+        beam = beam or self._pid("beam.pid")
+        for pid in (beam, self._pid("server.pid")):
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        beam = self._pid("beam.pid")
         while beam is not None and _alive(beam):
             time.sleep(0.05)
 
@@ -314,14 +317,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie still "exists"; treat it as gone. But a process whose first thread has
-    # exited reads as a zombie too while its other threads run (the Erlang VM, shutting
-    # down): it is gone only when no thread is left but that one.
+    # A zombie child still "exists"; treat it as gone.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(") ", 1)[1][:1] != "Z":
-                return True
-        return len(os.listdir(f"/proc/{pid}/task")) > 1
+            return f.read().split(") ", 1)[1][:1] != "Z"
     except (FileNotFoundError, IndexError):
         return False
 
@@ -346,10 +345,10 @@ def cluster_url(nodes: list[LocalNode], vhost: str = "%2F") -> str:
 
 def stop_all(nodes: list[LocalNode]) -> None:
     """Stop several nodes at once (each takes seconds to shut down)."""
-    for n in nodes:
-        beam = n._pid("beam.pid")
+    beams = [n._pid("beam.pid") for n in nodes]  # before the signal: it removes the file
+    for beam in beams:
         if beam is not None and _alive(beam):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(beam, signal.SIGTERM)
-    for n in nodes:
-        n.stop()
+    for n, beam in zip(nodes, beams, strict=True):
+        n.stop(beam=beam)

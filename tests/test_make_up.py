@@ -17,7 +17,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from devtools.localnode import LocalNode
+from devtools.localnode import LocalNode, port_open
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,6 +75,9 @@ def test_make_up_runs_every_process_as_its_own_user(tmp_path: Path, rabbitmq_ser
     # And down stopped the node and every service
     stopped = LocalNode.load(tmp_path / ".warren" / "rabbitmq")
     assert stopped is not None and not stopped.running()
+    # (its Erlang VM gone too, not only shutting down: a node started on a port still held
+    # fails with "dist_port_already_used")
+    assert not port_open(stopped.amqp_port) and not port_open(stopped.dist_port)
     assert not list((tmp_path / ".warren" / "pids").iterdir())
     passwords = {f.name: f.read_text() for f in secrets.glob("*.password")}
 
