@@ -199,19 +199,20 @@ class Catalog(Holdings):
             self._usage[worker] = (nbytes + sum(f[2] for f in fresh), nfiles + len(fresh))
         ids = list(dict.fromkeys(upload_id for upload_id, _, _ in stored))
         marks = ",".join("?" * len(ids))
-        rows = {
-            r[0]: r
+        # Each upload with the time it was placed (see _add_version below).
+        uploads = {
+            r[0]: (_upload(r), r[-1])
             for r in self.db.execute(
                 f"SELECT {_UPLOAD_COLUMNS}, created FROM uploads WHERE upload_id IN ({marks})", ids
             )
         }
-        mine: dict[str, tuple[Any, ...]] = {}
+        mine: dict[str, tuple[Upload, float]] = {}
         for upload_id, sha256, _ in stored:
-            row = rows.get(upload_id)
-            if row is None or row[3] != sha256:
+            found = uploads.get(upload_id)
+            if found is None or found[0].sha256 != sha256:
                 self._mark_if_unused(sha256, now)  # a late copy of content nobody uses now
             else:
-                mine[upload_id] = row
+                mine[upload_id] = found
         if not mine:
             return []
         self.db.executemany(
@@ -225,14 +226,13 @@ class Catalog(Holdings):
         ):
             have.setdefault(upload_id, set()).add(holder)
         completed = []
-        for upload_id, row in mine.items():
-            up = _upload(row)
+        for upload_id, (up, placed) in mine.items():
             if up.state != PENDING or not set(up.chain) <= have[upload_id]:
                 continue
             self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
             # Created when placed: the time in the record its workers keep, so a catalog
             # rebuilt from them says the same.
-            self._add_version(up, row[-1])
+            self._add_version(up, placed)
             completed.append(up)
         return completed
 
