@@ -99,13 +99,18 @@ class StubCluster:
         self.start_manager()
         for i in range(1, workers + 1):
             self.start_worker(f"w{i}")
-        wait_for(lambda: MANAGER_REQUESTS in self.broker.queues, what="the manager's queue")
+        self.wait_for_manager()
         with self.session() as s:
             wait_for(
                 lambda: sum(w.alive for w in s.status().workers) == workers,
                 what=f"{workers} live workers",
             )
         return self
+
+    def wait_for_manager(self) -> None:
+        """Until the first manager has declared its exchanges and queues: a session opened
+        before then is told the manager has never run."""
+        wait_for(lambda: MANAGER_REQUESTS in self.broker.queues, what="the manager's queue")
 
     def kill(self, key: str) -> None:
         """As kill -9: its connections drop at once (unacked messages go back), then its

@@ -166,6 +166,7 @@ def test_a_crash_between_write_and_ack_is_finished_by_the_restarted_worker(
         c.start_manager()
         c.start_worker("w1", finalize_delay=1.0)
         c.start_worker("w2")
+        c.wait_for_manager()
         data = random_file(tmp_path / "c.bin", 3 * 64 * 1024)
         outcome: list[object] = []
 
