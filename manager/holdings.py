@@ -271,9 +271,19 @@ class Holdings:
         return int(files)
 
     def live_holders(self, sha256: str, now: float | None = None) -> list[str]:
-        """Live workers with a verified copy of this content, for deduplication."""
+        """Live workers with a verified copy of this content."""
         live = self.live_workers(now)
         return sorted(w for w in self._holders(sha256).get(sha256, []) if w in live)
+
+    def holders_for(self, owner: str, sha256: str) -> list[str]:
+        """Live holders of this content for deduplicating an upload by ``owner``: none
+        unless one of the owner's own versions uses it. Content is never shared across
+        owners on a hash alone: whoever knows another owner's SHA-256 and size must send
+        the bytes, or neither get them back nor learn that they are stored."""
+        mine = self.db.execute(
+            "SELECT 1 FROM versions WHERE sha256=? AND owner=? LIMIT 1", (sha256, owner)
+        ).fetchone()
+        return self.live_holders(sha256) if mine is not None else []
 
     def replica_lost(self, worker: str, sha256: str) -> None:
         """A copy found damaged (and quarantined): it no longer counts, so repair makes a

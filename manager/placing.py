@@ -98,13 +98,13 @@ class Placing:
     def _deduplicate(
         self, file: m.PackFile, replicas: int, client: str, owner: str, reply_to: str
     ) -> m.UploadAccepted | None:
-        """Content some live worker already holds is recorded as a new version at once:
-        nothing is sent. With fewer live copies than asked, the holders copy it to other
-        workers (a repair), and the client hears of each copy and of the record when the
-        last one is on disk."""
+        """Content the owner already stored, which some live worker holds, is recorded as
+        a new version at once: nothing is sent. With fewer live copies than asked, the
+        holders copy it to other workers (a repair), and the client hears of each copy and
+        of the record when the last one is on disk."""
         if replicas < 1:
             return None
-        holders = self.catalog.live_holders(file.sha256)
+        holders = self.catalog.holders_for(owner, file.sha256)
         if not holders or len(self.catalog.live_workers()) < replicas:
             return None  # sent as any upload (or refused: too few workers for the copies)
         chain = tuple(holders[:replicas])
@@ -151,7 +151,7 @@ class Placing:
         stored = []
         records: dict[str, list[m.VersionRecord]] = {}  # by holder: one message each
         for i, f in enumerate(req.files):
-            holders = self.catalog.live_holders(f.sha256) if req.replicas >= 1 else []
+            holders = self.catalog.holders_for(owner, f.sha256) if req.replicas >= 1 else []
             if len(holders) >= req.replicas:
                 held_on = tuple(holders[: req.replicas])
                 up, record = self._record_held(f, req.replicas, held_on, req.client, owner)
