@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.session import Session  # noqa: E402
 from manager.catalog import Catalog  # noqa: E402
+from manager.records import RecordSeal  # noqa: E402
 from manager.service import Manager  # noqa: E402
 from tests.stubcluster import FAST, wait_for  # noqa: E402
 from warren import messages as m  # noqa: E402
 from warren.errors import Unavailable  # noqa: E402
+from warren.sealing import Sealer, load_or_create_key  # noqa: E402
 from warren.testing import StubBroker  # noqa: E402
 from warren.topology import MANAGER_EVENTS, MANAGER_REQUESTS, worker_topology  # noqa: E402
 
@@ -83,7 +85,11 @@ def main() -> int:
     print(f"  fill: {fill(base / 'manager' / 'catalog.sqlite3', args.files):.1f} s")
 
     broker = StubBroker()
-    settings = dataclasses.replace(FAST, data_dir=base / "manager", dead_after=5.0)
+    key = base / "manager.key"  # the stand-in workers hand back records sealed with it
+    settings = dataclasses.replace(
+        FAST, data_dir=base / "manager", dead_after=5.0, manager_key_file=str(key)
+    )
+    seal = RecordSeal(Sealer(load_or_create_key(key)))
     stop = threading.Event()
     manager = Manager(settings, stop, broker.connect)
     thread = threading.Thread(target=manager.run, daemon=True)
@@ -115,7 +121,8 @@ def main() -> int:
         for i in range(args.files)
     ]
     started = time.monotonic()
-    inv = m.Inventory(worker="w1", blobs=blobs_of("w1", args.files), records=tuple(records))
+    sealed = seal.seal(records)
+    inv = m.Inventory(worker="w1", blobs=blobs_of("w1", args.files), records=sealed)
     fake.publish(MANAGER_EVENTS, inv.encode(), type=inv.TYPE)
     wait_for(lambda: broker.depth(MANAGER_EVENTS) == 0, timeout=3600, what="the records")
     print(
@@ -123,7 +130,7 @@ def main() -> int:
     )
     # What the stand-ins sent stays referenced by the in-memory broker's log: let it go, so
     # the idle figure is the manager's, not Python's collector walking the bench's objects.
-    del records, inv
+    del records, sealed, inv
     broker.published.clear()
     gc.collect()
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.errors import NotFound, Refused, WarrenError
+from warren.sealing import load_or_create_key
 from warren.topology import permissions
 
 ADMIN = "admin"
@@ -137,6 +138,11 @@ class Plan:
         private_dir(self.secrets_dir)
         return [User(name, role, self.password(name)) for name, role in self.roles()]
 
+    @property
+    def manager_key_file(self) -> Path:
+        """The manager's own key (warren.sealing), made once and kept like the passwords."""
+        return self.secrets_dir.absolute() / "manager.key"
+
     def config_file(self, name: str) -> Path:
         return self.secrets_dir / f"{name}.toml"
 
@@ -154,6 +160,10 @@ class Plan:
                 values["client_name"] = u.name
             else:
                 values.update(self.service_settings)
+            if u.role == "manager":
+                # Outside the manager's data dir: a manager rebuilding on an empty one (or a
+                # standby) must read the same key to open the workers' records.
+                values["manager_key_file"] = str(self.manager_key_file)
             # A worker takes commands only from the manager's user; the others ignore it.
             values["manager_user"] = MANAGER
             if tls:
@@ -164,6 +174,7 @@ class Plan:
     def write(self) -> list[User]:
         """Passwords (kept), definitions and every config file; the users."""
         users = self.users()
+        load_or_create_key(self.manager_key_file)
         self.definitions_file.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(definitions(users), indent=2) + "\n"
         write_private(self.definitions_file, text, self.definitions_mode)

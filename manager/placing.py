@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from manager.catalog import Catalog, Upload
 from manager.holdings import PENDING
 from manager.placement import choose_chain
+from manager.records import RecordSeal
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import Refused, Unavailable
@@ -53,6 +54,7 @@ class Placing:
     _conn: Transport | None
     _started: float  # when this term (connection) began, monotonic
     _awaiting: dict[str, list[Awaiting]]  # by sha256
+    _seal: RecordSeal | None
 
     def _suspect(self, shas: set[str]) -> None: ...
 
@@ -220,7 +222,7 @@ class Placing:
         self.catalog.add_uploads(ups, now)
         # Published before the answer, so they are in each worker's queue before any chunk:
         # the records, and whom to take the chunks from (the client, then each worker).
-        records = tuple(_record(up, up.version, now) for up in ups)
+        records = self.seal.seal([_record(up, up.version, now) for up in ups])
         conn = self._live_conn()
         for hop, worker in enumerate(chain):
             sender = owner if hop == 0 else chain[hop - 1]
@@ -249,6 +251,12 @@ class Placing:
             else:
                 self._awaiting.setdefault(sha256, []).append(w)
 
+    @property
+    def seal(self) -> RecordSeal:
+        """Seals what the workers keep beside their blobs (read when the manager runs)."""
+        assert self._seal is not None, "the manager's key is read when it runs"
+        return self._seal
+
     def _live_conn(self) -> Transport:
         assert self._conn is not None, "no connection: not active"
         return self._conn
@@ -259,7 +267,7 @@ class Placing:
         """Version records to keep beside the data, on each worker's chunks queue."""
         if not records:
             return
-        cmd = m.RecordVersions(records=tuple(records))
+        cmd = m.RecordVersions(records=self.seal.seal(records))
         for worker in workers:
             conn.declare(worker_topology(worker))
             conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)

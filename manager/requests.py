@@ -169,7 +169,7 @@ class Requests(Placing):
     def _forget(self, keys: list[m.VersionKey]) -> None:
         """Deleted versions, to every worker's log (a dead one's queue keeps it): a catalog
         rebuilt from the workers keeps them deleted."""
-        cmd = m.ForgetVersions(keys=tuple(keys))
+        cmd = m.ForgetVersions(keys=self.seal.seal_deletions(keys))
         conn = self._live_conn()
         for w in self.catalog.workers():
             conn.declare(worker_topology(w.name))

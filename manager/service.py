@@ -16,6 +16,7 @@ from pathlib import Path
 from manager.catalog import Catalog, Upload
 from manager.holdings import Shortfall
 from manager.placing import Awaiting, to_client
+from manager.records import RecordSeal
 from manager.repair import Repairs
 from manager.requests import Requests
 from warren import messages as m
@@ -25,6 +26,7 @@ from warren.errors import (
     DecodeError,
     Locked,
 )
+from warren.sealing import Sealer, load_or_create_key
 from warren.service import run_connection
 from warren.topology import (
     MANAGER_EVENTS,
@@ -66,8 +68,10 @@ class Manager(Requests):
         self._last_pass = time.monotonic()
         self._counts = (0, 0)  # files, under-replicated, as of the last full pass
         self._conn: Transport | None = None  # the connection of this term
+        self._seal: RecordSeal | None = None  # with the manager's key, read when it runs
 
     def run(self) -> None:
+        self._seal = RecordSeal(Sealer(load_or_create_key(self.key_file)))
         self.catalog.open()
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info("manager: catalog at %s, %d files", self.catalog.path, self.catalog.count_files())
@@ -76,6 +80,13 @@ class Manager(Requests):
         finally:
             self.catalog.close()
             log.info("manager: stopped")
+
+    @property
+    def key_file(self) -> Path:
+        """The file of the key that seals the workers' records (WARREN_MANAGER_KEY_FILE)."""
+        if self.settings.manager_key_file:
+            return Path(self.settings.manager_key_file)
+        return Path(self.settings.data_dir or ".") / "manager.key"
 
     def _setup(self, conn: Transport) -> None:
         try:
@@ -230,9 +241,17 @@ class Manager(Requests):
         elif isinstance(msg, m.Inventory):
             before = self.catalog.blobs_on(msg.worker)
             added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
-            more, fewer = self.catalog.merge_records(msg.records, msg.forgotten, now)
+            opened = self.seal.open(msg)
+            if opened.forged:
+                log.error(
+                    "worker %s: %d of its records do not open with this manager's key "
+                    "(forged, damaged or sealed with another key): ignored",
+                    msg.worker,
+                    opened.forged,
+                )
+            more, fewer = self.catalog.merge_records(opened.records, opened.forgotten, now)
             self._suspect(before - {b.sha256 for b in msg.blobs})
-            self._suspect({r.sha256 for r in msg.records})
+            self._suspect({r.sha256 for r in opened.records})
             self._dirty = True
             self._reported.add(msg.worker)
             log.info(

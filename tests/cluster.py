@@ -121,6 +121,8 @@ class Cluster:
             WARREN_CONNECT_TIMEOUT="10",
             WARREN_REQUEST_TIMEOUT="10",
             WARREN_TRANSFER_TIMEOUT="30",
+            # Every manager of this cluster (a standby, one on an empty data dir) shares one key.
+            WARREN_MANAGER_KEY_FILE=str(self.base / "manager.key"),
             PYTHONPATH=str(ROOT),
         )
         env.update(self.env_extra)

@@ -74,7 +74,11 @@ class StubCluster:
 
     def start_manager(self, key: str = "manager") -> Manager:
         stop = self._stops[key] = threading.Event()
-        s = dataclasses.replace(self.settings, data_dir=self.base / key)
+        # Every manager of the cluster (a standby, one rebuilding on an empty data dir)
+        # reads the same key, as WARREN_MANAGER_KEY_FILE has them do.
+        s = dataclasses.replace(
+            self.settings, data_dir=self.base / key, manager_key_file=str(self.base / "manager.key")
+        )
         if self.users:
             s = dataclasses.replace(s, amqp_url=user_url("manager"))
         manager = Manager(s, stop, self._connect(key))

@@ -3,8 +3,10 @@ workers' records, and a standby manager that takes over with nothing missing."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -17,7 +19,7 @@ from client.outcomes import Progress
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
-from warren.errors import NotFound
+from warren.errors import NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
@@ -103,11 +105,12 @@ def test_a_standby_manager_takes_over_with_nothing_missing(
         wait_for(lambda: _uploads(s, tmp_path), what="the standby to take uploads")
         assert [v.version for v in s.versions("docs/a.bin")] == [1, 2, 3, 4]
 
-    stub.start_manager()  # the old one comes back: it stands by
+    back = stub.start_manager()  # the old one comes back: it stands by
+    wait_for(lambda: back._standing_by, what="the old manager to stand by")
     with stub.session(amqp_url=ALICE) as s:
         s.delete("docs/a.bin", version=4)
         assert [v.version for v in s.versions("docs/a.bin")] == [1, 2, 3]
-    assert stub.managers["manager"]._standing_by
+    assert back._standing_by and back._conn is None  # it never took a request
 
 
 def test_never_two_active_managers(tmp_path: Path) -> None:
@@ -269,3 +272,78 @@ def test_chunks_from_anyone_but_the_sender_the_manager_named_are_refused(tmp_pat
         mallory.close()
     finally:
         c.stop_all()
+
+
+def test_a_worker_cannot_plant_alter_or_delete_what_a_rebuilt_catalog_shows(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    """Every worker rewrites what it keeps beside its blobs: it plants a version (in the
+    old plain form, and as base64 JSON passed off as sealed), makes up sealed records and
+    deletions, flips a byte of a real record, moves one onto other content and passes one
+    off as a deletion. A manager rebuilding on an empty data dir shows exactly what the
+    manager recorded: no planted name or version, nothing deleted. And no worker's records
+    name a file in the clear."""
+    with stub.session(amqp_url=ALICE) as s:
+        fill(s, tmp_path)
+        before = listing(s)
+    for name, worker in stub.workers.items():
+        log = worker.store.root / "records.log"
+        assert b"docs/a.bin" not in log.read_bytes(), f"{name} can read a file's name"
+        _tamper(log, [b.sha256 for b in worker.store.inventory()])
+
+    stub.kill("manager")
+    shutil.rmtree(tmp_path / "manager")
+    stub.start_manager()
+    (tmp_path / "probe").write_bytes(b"probe")
+    with stub.session(amqp_url=ALICE) as s:
+
+        def caught_up() -> bool:  # uploads are taken once every worker has reported
+            try:
+                s.upload(tmp_path / "probe", "probe", 2)
+            except (Unavailable, Refused):  # workers not heard from yet, or not reported
+                return False
+            return True
+
+        wait_for(caught_up, what="every worker's report")
+        rebuilt = listing(s)
+    del rebuilt["probe"]
+    assert rebuilt == before
+
+
+def _tamper(log: Path, held: list[str]) -> None:
+    """What a worker could write into its records.log, knowing the format but not the key."""
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    real = next(r for r in lines if "sealed" in r)
+    other = next(sha for sha in held if sha != real["sha256"])
+    raw = base64.b64decode(real["sealed"])
+    flipped = raw[:20] + bytes([raw[20] ^ 1]) + raw[21:]
+    planted = {
+        "owner": "alice",
+        "name": "docs/a.bin",
+        "version": 7,
+        "sha256": other,
+        "size": 5,
+        "created": 1.0,
+        "wanted": 2,
+        "mode": 0o4755,
+        "mtime": 0.0,
+        "upload_id": "0" * 32,
+    }
+    deletion = {"owner": "alice", "name": "docs/a.bin", "version": 1}
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    forged: list[dict[str, object]] = [
+        planted,
+        {**deletion, "forget": True},
+        {"sha256": other, "sealed": b64(json.dumps(planted).encode())},
+        {"sha256": other, "sealed": b64(bytes([1]) + os.urandom(80))},
+        {"sha256": real["sha256"], "sealed": b64(flipped)},
+        {"sha256": other, "sealed": real["sealed"]},
+        {"forget": b64(json.dumps(deletion).encode())},
+        {"forget": b64(bytes([1]) + os.urandom(60))},
+        {"forget": real["sealed"]},
+    ]
+    with open(log, "a") as f:
+        f.writelines(json.dumps(line) + "\n" for line in forged)

@@ -167,3 +167,16 @@ def test_the_compose_command_writes_readable_definitions_and_private_secrets(
     kept = (out / "secrets" / "w4.password").read_text()
     assert provision.main(["--out", str(out), "--hosts", hosts]) == 0
     assert (out / "secrets" / "w4.password").read_text() == kept
+
+
+def test_the_manager_gets_a_key_of_its_own_kept_across_runs(tmp_path: Path) -> None:
+    """Outside its data dir, so a manager rebuilding on an empty one (or a standby) opens
+    the workers' records; only the manager's config names it."""
+    p = plan(tmp_path)
+    p.write()
+    key = p.manager_key_file.read_bytes()
+    p.write()
+    assert p.manager_key_file.read_bytes() == key and mode(p.manager_key_file) == 0o600
+    for name in ("manager", "w1", "client1", "admin"):
+        s = Settings.load(environ={"WARREN_CONFIG": str(p.config_file(name))})
+        assert s.manager_key_file == (str(p.manager_key_file) if name == "manager" else "")

@@ -149,11 +149,12 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         m.Inventory(
             worker="w2",
             blobs=(m.BlobEntry(SHA, 4),),
-            forgotten=(m.VersionKey("bob", "b", 1),),
+            records=(m.SealedRecord(SHA, "AbC="),),
+            forgotten=("DeF=",),
         ),
         wire(
-            '{"worker":"w2","blobs":[{"sha256":"<SHA>","size":4}],"records":[],'
-            '"forgotten":[{"owner":"bob","name":"b","version":1}]}'
+            '{"worker":"w2","blobs":[{"sha256":"<SHA>","size":4}],'
+            '"records":[{"sha256":"<SHA>","sealed":"AbC="}],"forgotten":["DeF="]}'
         ),
     ),
     (
@@ -181,18 +182,17 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     (m.DiscardUpload(upload_id=UID), wire('{"upload_id":"<UID>"}')),
     (
         m.RecordVersions(
-            records=(m.VersionRecord("alice", "a", 2, SHA, 3, 1.5, 2, 420, 1.0, UID),),
+            records=(m.SealedRecord(SHA, "AbC="),),
             expect=(m.Expect(UID, "alice"),),
         ),
         wire(
-            '{"records":[{"owner":"alice","name":"a","version":2,"sha256":"<SHA>","size":3,'
-            '"created":1.5,"wanted":2,"mode":420,"mtime":1.0,"upload_id":"<UID>"}],'
+            '{"records":[{"sha256":"<SHA>","sealed":"AbC="}],'
             '"expect":[{"upload_id":"<UID>","sender":"alice"}]}'
         ),
     ),
     (
-        m.ForgetVersions(keys=(m.VersionKey("alice", "a", 1),)),
-        wire('{"keys":[{"owner":"alice","name":"a","version":1}]}'),
+        m.ForgetVersions(keys=("DeF=",)),
+        wire('{"keys":["DeF="]}'),
     ),
     (m.ReportRequest(), wire("{}")),
     (

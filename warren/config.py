@@ -71,6 +71,10 @@ class Settings:
     tls_cert_file: str = ""  # amqps://: a client certificate (PEM), if the broker asks for one
     tls_key_file: str = ""  # its private key, unless the certificate file holds it
     admin_url: str = ""  # management HTTP API with an administrator's login (manager users)
+    # The manager's own key, which seals the records workers keep beside their blobs; made
+    # there on the first start. Empty: manager.key in the manager's data dir. Standby
+    # managers, and one rebuilding on an empty data dir, must read the same file.
+    manager_key_file: str = ""
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from warren.codec import (
     Message,
-    check_file_name,
     check_sha256,
     check_size,
     check_upload_id,
@@ -145,18 +144,29 @@ class VersionRecord:
         return VersionKey(self.owner, self.name, self.version)
 
 
+@dataclass(frozen=True)
+class SealedRecord:
+    """A version record as a worker keeps it: sealed with the manager's key
+    (``manager/records.py``), beside the content it names (``sha256``, in the clear: the
+    worker holds that blob and keeps the record only while it does). The worker can
+    neither read it nor forge one: ``sealed`` is base64 text."""
+
+    sha256: str
+    sealed: str
+
+
 @message
 @dataclass(frozen=True)
 class Inventory(Message):
-    """Everything a worker holds: its blobs, the version records of those blobs, and the
-    versions it was told were deleted. Sent on every (re)connect and when the manager asks
-    (``worker.report``), so a manager can rebuild its catalog from the workers."""
+    """Everything a worker holds: its blobs, the sealed version records of those blobs,
+    and the sealed deletions it was told of. Sent on every (re)connect and when the manager
+    asks (``worker.report``), so a manager can rebuild its catalog from the workers."""
 
     TYPE = "worker.inventory"
     worker: str
     blobs: tuple[BlobEntry, ...]
-    records: tuple[VersionRecord, ...] = ()
-    forgotten: tuple[VersionKey, ...] = ()
+    records: tuple[SealedRecord, ...] = ()
+    forgotten: tuple[str, ...] = ()  # sealed VersionKeys, base64
 
     def validate(self) -> None:
         check_worker(self.worker, "worker")
@@ -177,19 +187,18 @@ class Expect:
 @message
 @dataclass(frozen=True)
 class RecordVersions(Message):
-    """Manager -> worker, on its chunks queue: keep these version records beside the data
-    (written and synced before the worker takes the next message: before any chunk of a
+    """Manager -> worker, on its chunks queue: keep these sealed version records beside the
+    data (written and synced before the worker takes the next message: before any chunk of a
     new upload, whose placement published them first), and take the chunks of the uploads
     in ``expect`` from their sender only (worker.expected)."""
 
     TYPE = "worker.record"
-    records: tuple[VersionRecord, ...]
+    records: tuple[SealedRecord, ...]
     expect: tuple[Expect, ...] = ()
 
     def validate(self) -> None:
         for r in self.records:
             check_sha256(r.sha256, "records")
-            check_file_name(r.name)
         for e in self.expect:
             check_upload_id(e.upload_id, "expect")
             if not e.sender:
@@ -199,10 +208,11 @@ class RecordVersions(Message):
 @message
 @dataclass(frozen=True)
 class ForgetVersions(Message):
-    """Manager -> every worker, on its chunks queue: these versions were deleted."""
+    """Manager -> every worker, on its chunks queue: these versions were deleted (each a
+    VersionKey sealed with the manager's key, base64: kept, never read, by the worker)."""
 
     TYPE = "worker.forget"
-    keys: tuple[VersionKey, ...]
+    keys: tuple[str, ...]
 
 
 @message

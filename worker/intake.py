@@ -145,8 +145,7 @@ class Intake:
         elif d.type == m.ForgetVersions.TYPE:
             from_manager(d, conn, self.settings)
             keys = m.ForgetVersions.decode(d.body).keys
-            forgets = [{**dataclasses.asdict(k), "forget": True} for k in keys]
-            append_records(self.store.root, forgets)
+            append_records(self.store.root, [{"forget": k} for k in keys])
             d.ack()
         else:
             raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")

@@ -1,6 +1,12 @@
-"""The version records a worker keeps beside its blobs (``records.log``): the names of what
-it holds, and the versions deleted since, so that a manager whose catalog is lost rebuilds
-it from the workers (docs/operations.md, "Metadata")."""
+"""The records a worker keeps beside its blobs (``records.log``): the version records of
+what it holds and the deletions since, so that a manager whose catalog is lost rebuilds it
+from the workers (docs/operations.md, "Metadata").
+
+Each is sealed with the manager's key (``manager/records.py``): this worker keeps them and
+hands them back, and can neither read nor forge them. A version record comes with the
+SHA-256 of the content it names, in the clear, so the worker returns only the records of
+blobs it still holds.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ LOG = "records.log"
 
 
 def append_records(root: Path, lines: list[dict[str, Any]]) -> None:
-    """Append to ``records.log`` (one JSON object a line) and sync it: the names of what
-    this worker holds survive the loss of the manager's catalog."""
+    """Append to ``records.log`` (one JSON object a line: ``{sha256, sealed}`` for a
+    version, ``{forget}`` for a deletion) and sync it: the names of what this worker holds
+    survive the loss of the manager's catalog."""
     if not lines:
         return
     text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
@@ -32,11 +39,12 @@ def append_records(root: Path, lines: list[dict[str, Any]]) -> None:
 
 def read_records(
     root: Path, held: Callable[[str], bool]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(version records of the blobs ``held`` here, deleted versions), from the log. A line
-    cut short by a crash is skipped."""
-    adds: dict[tuple[str, str, int], dict[str, Any]] = {}
-    forgotten: dict[tuple[str, str, int], dict[str, Any]] = {}
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """((sha256, sealed record) of the blobs ``held`` here, sealed deletions), from the log,
+    each once. A line cut short by a crash, or of a format this version does not write, is
+    skipped."""
+    adds: dict[tuple[str, str], None] = {}
+    forgotten: dict[str, None] = {}
     try:
         text = (root / LOG).read_text()
     except FileNotFoundError:
@@ -44,19 +52,13 @@ def read_records(
     for line in text.split("\n"):
         try:
             entry = json.loads(line)
-            key = (entry["owner"], entry["name"], int(entry["version"]))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             continue
-        if entry.get("forget"):
-            forgotten[key] = {"owner": key[0], "name": key[1], "version": key[2]}
-        else:
-            adds[key] = entry
-    kept = [
-        r
-        for k, r in adds.items()
-        if k not in forgotten
-        and isinstance(r.get("sha256"), str)
-        and HEX64.match(r["sha256"])
-        and held(r["sha256"])
-    ]
-    return kept, list(forgotten.values())
+        if not isinstance(entry, dict):
+            continue
+        sha256, sealed, forget = entry.get("sha256"), entry.get("sealed"), entry.get("forget")
+        if isinstance(forget, str):
+            forgotten[forget] = None
+        elif isinstance(sealed, str) and isinstance(sha256, str) and HEX64.match(sha256):
+            adds[(sha256, sealed)] = None
+    return [a for a in adds if held(a[0])], list(forgotten)

@@ -9,7 +9,6 @@ goes; a copy that turns out damaged is reported, never passed off as good.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import threading
@@ -283,10 +282,6 @@ def inventory_of(worker: str, store: ChunkStore) -> m.Inventory:
     return m.Inventory(
         worker=worker,
         blobs=tuple(store.inventory()),
-        records=tuple(m.VersionRecord(**r) for r in held if _record_fields(r)),
-        forgotten=tuple(m.VersionKey(**k) for k in forgotten),
+        records=tuple(m.SealedRecord(sha256, sealed) for sha256, sealed in held),
+        forgotten=tuple(forgotten),
     )
-
-
-def _record_fields(r: dict[str, object]) -> bool:
-    return set(r) == {f.name for f in dataclasses.fields(m.VersionRecord)}
