@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import signal
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -359,3 +361,44 @@ def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_p
             c.verify_stored(retry)
     finally:
         node.stop()
+
+
+def test_a_frozen_backup_fails_the_upload_within_the_transfer_timeout(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    # Given two workers, both frozen (SIGSTOP) until the manager has placed an upload on
+    # them; then the primary thaws, takes the chunks, forwards them to the backup's queue
+    # and confirms, and the backup stays frozen (workers count as alive all the while)
+    c = make_cluster(WARREN_DEAD_AFTER="120")
+    c.start_all(2)
+    src = random_file(tmp_path, "half.bin", 3 * 1024 * 1024)
+    for w in ("w1", "w2"):
+        c.procs[w].send_signal(signal.SIGSTOP)
+    try:
+        client = c.client_process(
+            "upload", str(src), "--replicas", "2", WARREN_TRANSFER_TIMEOUT="2"
+        )
+        chain: list[str] = []
+
+        def placed() -> bool:
+            with contextlib.suppress(AssertionError):
+                chain[:] = c.chain("half.bin")
+            return bool(chain)
+
+        wait_for(placed, timeout=30, what="the manager to place half.bin", every=0.05)
+        seen = time.monotonic()
+        primary, backup = chain
+        c.procs[primary].send_signal(signal.SIGCONT)
+
+        # When the client waits for the backup's confirmation
+        _, err = client.communicate(timeout=60)
+        took = time.monotonic() - seen
+    finally:
+        for w in ("w1", "w2"):
+            c.procs[w].send_signal(signal.SIGCONT)
+
+    # Then it gives up after its transfer timeout (2 s; the rest is margin for a busy
+    # machine): exit 4, the frozen backup named, nothing claimed stored
+    assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
+    assert f"error: {backup} did not confirm 'half.bin' in time." in err.decode()
+    assert took < 2 + 8, f"the client gave up {took:.1f} s after the placement"
