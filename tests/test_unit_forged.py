@@ -14,9 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,23 +105,10 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
         wait_for(both_have_two_chunks, what="two chunks of 'half' on both workers")
         before = records(c)
         halves = {w: partial(c, w, placed.upload_id) for w in placed.chain}
-        lines = [json.loads(line) for w in holders for line in before[w].splitlines()]
-        [owner] = {r["owner"] for r in lines if r["name"] == "kept"}
-
-        planted = m.VersionRecord(
-            owner="mallory",
-            name="planted",
-            version=1,
-            sha256=hashlib.sha256(kept).hexdigest(),
-            size=len(kept),
-            created=time.time(),
-            wanted=2,
-            mode=0o644,
-            mtime=time.time(),
-            upload_id=uuid.uuid4().hex,
-        )
+        # Records are sealed with the manager's key: Mallory can only make some up.
+        planted = m.SealedRecord(hashlib.sha256(kept).hexdigest(), "AQ" + "A" * 100)
         record = m.RecordVersions((planted,), (m.Expect(uuid.uuid4().hex, "mallory"),))
-        forget = m.ForgetVersions((m.VersionKey(owner, "kept", 1),))
+        forget = m.ForgetVersions(("AQ" + "B" * 80,))
         discard = m.DiscardUpload(placed.upload_id)
         forged: list[tuple[str, m.Message]] = [(w, record) for w in holders] + [
             (w, forget) for w in holders
