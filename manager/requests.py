@@ -15,7 +15,7 @@ import time
 from manager.placing import Placing, to_client
 from manager.repair import Repairs
 from warren import messages as m
-from warren.errors import DecodeError, NoReplica, NotFound, Unavailable, WarrenError, to_wire
+from warren.errors import Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
 from warren.topology import worker_chunks, worker_control, worker_topology
 from warren.transport import Delivery, Transport
 
@@ -47,7 +47,7 @@ class Requests(Placing):
         try:
             msg = m.decode(d.type, d.body)
             if self._catching_up() and isinstance(msg, _CHANGES) and not _dry_run(msg):
-                raise Unavailable(
+                raise Busy(  # nothing done: the client asks again until its timeout
                     "the manager is catching up with the workers' records; try again in a moment."
                 )
             if isinstance(msg, m.DownloadRequest):
