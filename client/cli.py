@@ -72,6 +72,20 @@ class App:
             return None
         return transfer_bars(self.out)
 
+    def busy_above(self, bars: Progress | None, session: Session) -> None:
+        """While bars are drawn, a wait for a busy cluster is a line above them, once: a
+        second live display (the spinner) on the same terminal would garble both."""
+        if bars is None:
+            return
+        said: set[str] = set()
+
+        def say(text: str | None) -> None:
+            if text is not None and text not in said:
+                said.add(text)
+                bars.console.print(f"  [yellow]{escape(text)}[/]", highlight=False)
+
+        session.waiting = say
+
     def emit(self, obj: Any) -> None:
         """One JSON value on stdout, on one line, at once (a script may read it live)."""
         print(json.dumps(obj, ensure_ascii=False), flush=True)
@@ -97,7 +111,8 @@ class App:
         }
         if cmd not in commands:
             raise UsageError(f"unknown command {cmd!r}")
-        session = open_session(settings, self.err, verbose=bool(self.args.verbose))
+        quiet = bool(self.args.quiet) or self.json
+        session = open_session(settings, self.err, bool(self.args.verbose), quiet)
         try:  # opened already: a `with` would open it a second time
             return commands[cmd](session)
         finally:
@@ -133,6 +148,7 @@ class App:
     def upload_one(self, session: Session, path: Path, name: str) -> int:
         """One file: its bar, then a line per replica as it confirms, then the summary."""
         bars = self.bars()
+        self.busy_above(bars, session)
         with bars or contextlib.nullcontext():
             hooks = RichProgress(self.out, name, bars, header=True)
             result = session.upload(path, name, self.args.replicas, hooks)
@@ -143,6 +159,7 @@ class App:
         """Many files, pipelined: one bar for all of them; each file's replica lines and
         summary are printed together when it finishes, so lines of files never interleave."""
         bars = self.bars()
+        self.busy_above(bars, session)
         total = sum(p.stat().st_size for p, _ in items if p.is_file())
         task = bars.add_task(f"{len(items)} files", total=total) if bars else None
         hooks: dict[str, BatchProgress] = {}

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
+from rich.status import Status
 
 from client.session import Session
 from warren.broker import Connection
@@ -80,10 +81,34 @@ def login_hint(settings: Settings) -> str:
     return f"check the user {user!r} and its password in WARREN_AMQP_URL (or WARREN_CONFIG)."
 
 
-def open_session(settings: Settings, err: Console, verbose: bool = False) -> Session:
+class BusyLine:
+    """``Session.waiting`` on a terminal: while a request is asked again after Busy answers
+    (the manager catching up, a queue electing its leader), the same spinner as while
+    connecting says what it waits for; it goes once the answer comes."""
+
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.status: Status | None = None
+
+    def __call__(self, text: str | None) -> None:
+        if text is None:
+            if self.status is not None:
+                self.status.stop()
+                self.status = None
+        elif self.status is None:
+            self.status = self.err.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
+
+
+def open_session(
+    settings: Settings, err: Console, verbose: bool = False, quiet: bool = False
+) -> Session:
     """A session, connected. On a terminal a spinner says at once what it waits for, and
     that nothing listens there (try `make up`) once an attempt is refused; giving up is one
-    sentence with the same hint, on a terminal or not."""
+    sentence with the same hint, on a terminal or not. Later waits for a busy cluster are
+    shown the same way, unless ``quiet`` (-q, --json)."""
     connect: Connect = traced(Connection) if verbose else Connection
     session = Session(settings, connect)
     urls = ", ".join(redact(u) for u in settings.amqp_urls)
@@ -107,6 +132,8 @@ def open_session(settings: Settings, err: Console, verbose: bool = False) -> Ses
         raise
     finally:
         broker_log.removeFilter(note)
+    if err.is_terminal and not quiet:
+        session.waiting = BusyLine(err)
     return session
 
 

@@ -15,8 +15,9 @@ NO_MANAGER = m.ErrorReply(
     "unavailable", "the manager has never run on this broker (it has no request queue)."
 )
 # ... and when its queue could not take it (a quorum queue electing a leader).
+# Busy: nothing was done with it, so the client asks again (``Session.request``).
 NOT_NOW = m.ErrorReply(
-    "unavailable", "RabbitMQ could not take the request just now; try again in a moment."
+    "busy", "RabbitMQ could not take the request just now; try again in a moment."
 )
 
 

@@ -26,11 +26,16 @@ from client.upload import Batch
 from warren import messages as m
 from warren.broker import Connection
 from warren.config import Settings
-from warren.errors import Unavailable, WarrenError, from_wire
+from warren.errors import Busy, Unavailable, WarrenError, from_wire
 from warren.topology import MANAGER_REQUESTS, client_reply_queue, client_topology
 from warren.transport import Confirm, Connect, Delivery
 
 R = TypeVar("R", bound=m.Message)
+
+# Pauses before asking again after a Busy answer, the last one repeated: short at first
+# (after a restart the manager catches up in about 2 s), never long enough to leave a
+# cluster that is ready again waiting for more than half a second.
+BUSY_PAUSES = (0.1, 0.2, 0.4, 0.5)
 
 
 class Session:
@@ -41,6 +46,9 @@ class Session:
         self.conn = connect(settings, f"warren client {self.client_name}")
         self.reply_queue = client_reply_queue(self.client_name)
         self.routes: dict[str, Callable[[Delivery], None]] = {}
+        # Told what the session waits for while it asks again after Busy answers, and None
+        # once it no longer waits: the CLI shows it on a terminal (``client.connecting``).
+        self.waiting: Callable[[str | None], None] = lambda _text: None
 
     def __enter__(self) -> Session:
         self.open()
@@ -136,17 +144,45 @@ class Session:
                 d.ack()
 
         self.routes[cid] = route
+        deadline = time.monotonic() + self.settings.request_timeout
+        tries = 0
         try:
-            self.send_request(msg, cid, lambda why: answers.append(not_taken(why)))
-            self.wait(lambda: bool(answers), self.settings.request_timeout, self.silent())
+            while True:
+                answers.clear()
+                self.send_request(msg, cid, lambda why: answers.append(not_taken(why)))
+                self.wait(lambda: bool(answers), max(deadline - time.monotonic(), 0), self.silent())
+                answer = answers[0]
+                if isinstance(answer, m.ErrorReply):
+                    exc = from_wire(answer.code, answer.message)
+                    if not isinstance(exc, Busy):
+                        raise exc
+                    pause = self.busy_pause(tries, deadline, exc)
+                    if pause is None:
+                        raise self.outlasted(exc)
+                    tries += 1
+                    self.idle(pause)  # nothing was done with it: ask again
+                    continue
+                assert isinstance(answer, expect)
+                return answer
         finally:
+            if tries:
+                self.waiting(None)
             if on_other is None:
                 self.routes.pop(cid, None)
-        answer = answers[0]
-        if isinstance(answer, m.ErrorReply):
-            raise from_wire(answer.code, answer.message)
-        assert isinstance(answer, expect)
-        return answer
+
+    def busy_pause(self, tries: int, deadline: float, exc: Busy) -> float | None:
+        """How long to wait before asking again after the ``tries``-th Busy answer, saying
+        so; None when the request timeout runs out first (what outlasts it is final)."""
+        left = deadline - time.monotonic()
+        if left < 0.1:
+            return None
+        timeout = self.settings.request_timeout
+        self.waiting(f"waiting for the cluster, for up to {timeout:g} s: {exc}")
+        return min(BUSY_PAUSES[min(tries, len(BUSY_PAUSES) - 1)], left - 0.05)
+
+    def outlasted(self, exc: Busy) -> Busy:
+        """The last Busy answer, once it has outlasted the request timeout."""
+        return Busy(f"after {self.settings.request_timeout:g} s of asking, {exc}")
 
     def files(self, prefix: str = "") -> list[m.FileEntry]:
         """The latest version of each of this user's files (under ``prefix``)."""

@@ -52,6 +52,9 @@ class Upload:
         self.failure_codes: set[str] = set()  # wire codes of the failures
         self.recorded = False  # the manager has it in the catalog
         self.have: m.UploadHave | None = None  # resuming: the chunks the primary has
+        # Asking again after Busy answers: how often so far, and when next (0: not waiting).
+        self.tries = 0
+        self.again_at = 0.0
 
     @property
     def failed(self) -> bool:
@@ -171,6 +174,8 @@ class Pack:
         self.route = ""
         self.accepted: m.PackAccepted | None = None
         self.error: WarrenError | None = None
+        self.tries = 0  # as an Upload's
+        self.again_at = 0.0
 
     @property
     def failed(self) -> bool:

@@ -39,7 +39,7 @@ from client.units import Pack, Step, Unit, Upload
 from warren import compression
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
-from warren.errors import Unavailable, WarrenError, from_wire
+from warren.errors import Busy, Unavailable, WarrenError, from_wire
 from warren.topology import worker_chunks
 from warren.transport import Confirm
 
@@ -109,6 +109,7 @@ class Batch:
                     conn.process(0.05)
         finally:
             hasher.stop()
+            self.session.waiting(None)
             for unit in flight:
                 self.session.unroute(unit.route)
 
@@ -133,13 +134,16 @@ class Batch:
     def _advance(self, unit: Unit) -> bool:
         """Move ``unit`` on by what has arrived; True when it sent its bytes just now."""
         step = unit.step
+        if step is Step.ASKING and unit.tries and unit.accepted is not None:
+            self.session.waiting(None)  # it waited out Busy answers, and is placed now
         if step is Step.HASHING and isinstance(unit, Upload) and unit.hashed.is_set():
             if unit.error is None:
                 self._ask(unit)
             else:
                 unit.step = Step.DONE  # a local problem: this file only
         elif step is Step.ASKING and unit.error is not None:
-            unit.step = Step.DONE
+            if not self._ask_again(unit):
+                unit.step = Step.DONE
         elif step is Step.ASKING and isinstance(unit, Upload) and unit.already_stored():
             if unit.copying():  # its holders copy it on; the manager says when they are done
                 self.session.unroute(unit.route)
@@ -177,6 +181,26 @@ class Batch:
             unit.step = Step.DONE
         return False
 
+    def _ask_again(self, unit: Unit) -> bool:
+        """After a Busy answer (nothing was done with the request), ask again after a
+        pause, within the request timeout: True while it does. When the timeout has run
+        out the answer is final, and said as such."""
+        if not isinstance(unit.error, Busy):
+            return False
+        now = time.monotonic()
+        if not unit.again_at:
+            pause = self.session.busy_pause(unit.tries, unit.deadline, unit.error)
+            if pause is None:
+                unit.error = self.session.outlasted(unit.error)
+                return False
+            unit.tries += 1
+            unit.again_at = now + pause
+        elif now >= unit.again_at:
+            unit.again_at = 0.0
+            unit.error = None
+            self._ask(unit, again=True)
+        return True
+
     def _judge(self, unit: Unit, now: float) -> None:
         """The deadline of ``unit``'s step, if it has passed and nothing it waited for has
         come meanwhile (that is taken in by the next ``_advance``)."""
@@ -205,8 +229,9 @@ class Batch:
         for name, outcome in unit.outcomes():
             self.done(name, outcome)
 
-    def _ask(self, unit: Unit) -> None:
-        """Ask the manager where the hashed file (or pack) goes; the answer arrives later."""
+    def _ask(self, unit: Unit, again: bool = False) -> None:
+        """Ask the manager where the hashed file (or pack) goes; the answer arrives later.
+        ``again``: after a Busy answer, under a new route, by the first ask's deadline."""
         req: m.Message
         if isinstance(unit, Pack):
             files = tuple(
@@ -226,8 +251,10 @@ class Batch:
                 mtime=unit.mtime,
             )
         unit.step = Step.ASKING
+        self.session.unroute(unit.route)
         unit.route = uuid.uuid4().hex
-        unit.deadline = time.monotonic() + self.settings.request_timeout
+        if not again:
+            unit.deadline = time.monotonic() + self.settings.request_timeout
         self.session.route(unit.route, unit.on_placement)
 
         def refused(why: Confirm) -> None:

@@ -15,7 +15,7 @@ import time
 from manager.placing import Placing, to_client
 from manager.repair import Repairs
 from warren import messages as m
-from warren.errors import DecodeError, NoReplica, NotFound, Unavailable, WarrenError, to_wire
+from warren.errors import Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
 from warren.topology import worker_chunks, worker_control, worker_topology
 from warren.transport import Delivery, Transport
 
@@ -47,7 +47,7 @@ class Requests(Placing):
         try:
             msg = m.decode(d.type, d.body)
             if self._catching_up() and isinstance(msg, _CHANGES) and not _dry_run(msg):
-                raise Unavailable(
+                raise Busy(  # nothing done: the client asks again until its timeout
                     "the manager is catching up with the workers' records; try again in a moment."
                 )
             if isinstance(msg, m.DownloadRequest):
@@ -114,14 +114,15 @@ class Requests(Placing):
             files_count, under = self._counts
             if self._dirty:  # versions came or went since the tick counted
                 files_count = self.catalog.count_files()
-            # One snapshot: liveness is as of now, so the count of short blobs must be too
-            # (a worker may have gone silent since the last tick looked).
-            silent = self._alive - self.catalog.live_workers()
-            if (silent or self._suspects) and self._suspects is not None:
-                among = self._short | self._suspects
-                for worker in silent:
+            # One snapshot of the catalog as of now, the one `list` reads: the blobs the next
+            # tick would check (short last time, suspects, repairs under way: a repair that
+            # landed since counts at once) and those of workers gone silent since it looked.
+            # Only in a new term, before the first full pass, is the last pass's count it.
+            if self._suspects is not None:
+                among = self._short | self._suspects | set(self.repairs.in_flight)
+                for worker in self._alive - self.catalog.live_workers():
                     among |= self.catalog.blobs_on(worker)
-                under = len(self.catalog.shortfalls(now, among))
+                under = len(self.catalog.shortfalls(now, among)) if among else 0
             scrub = self._scrub
             return m.StatusReply(
                 workers=tuple(

@@ -447,8 +447,8 @@ def test_a_request_its_queue_refuses_is_try_again_not_a_manager_that_never_ran(
     # quorum queue does while it elects a leader
     random_file(tmp_path / "x.bin", 1000)
     stub.broker.refuse = lambda msg: msg.queue == MANAGER_REQUESTS
-    # When a client asks for a listing, and to upload
-    with stub.session() as s:
+    # When a client asks for a listing, and to upload (asking again for up to 1 s)
+    with stub.session(request_timeout=1.0) as s:
         with pytest.raises(Unavailable) as listing:
             s.files()
         with pytest.raises(Unavailable) as upload:

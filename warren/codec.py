@@ -160,8 +160,14 @@ def check_chain(chain: tuple[str, ...], where: str) -> None:
 
 
 def check_file_name(value: str) -> None:
-    """File names may hold spaces and any Unicode; they only ever live in the catalog."""
-    if not value or "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    """File names may hold spaces and any Unicode; they only ever live in the catalog. A lone
+    surrogate (JSON lets a sender escape one) is not Unicode text: such a name could be
+    neither encoded again nor stored in the catalog, so it is invalid here, at the door."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise DecodeError("a file name must be valid Unicode (no lone surrogate)") from None
+    if not value or "\x00" in value or size > MAX_NAME_BYTES:
         raise DecodeError("a file name must be 1 to 4096 bytes with no NUL character")
 
 

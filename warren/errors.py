@@ -42,6 +42,13 @@ class Unavailable(WarrenError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class Busy(Unavailable):
+    """The cluster turned the request away for a moment, having done nothing with it: the
+    manager is catching up with its workers' records, or the request queue could not take
+    it (a quorum queue electing its leader). A client asks again until its request timeout
+    runs out; only what outlasts that is said (exit 4)."""
+
+
 class NoReplica(Unavailable):
     """No live worker holds a copy that the client has not already tried."""
 
@@ -93,6 +100,7 @@ WIRE_CODES: dict[str, type[WarrenError]] = {
     "not_found": NotFound,
     "refused": Refused,
     "unavailable": Unavailable,
+    "busy": Busy,
     "no_replica": NoReplica,
     "integrity": IntegrityError,
     "invalid": UsageError,
