@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from manager.placement import Candidate
+from manager.chains import Candidate
 from warren.messages import BlobEntry, VersionKey, VersionRecord, WorkerEntry
 
 # An upload's state in the catalog.

@@ -13,8 +13,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from manager.chains import Candidate, choose_chain
 from manager.holdings import Shortfall
-from manager.placement import Candidate, choose_chain
 from warren.errors import Refused
 
 log = logging.getLogger("warren.manager.repair")

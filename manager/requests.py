@@ -1,9 +1,10 @@
-"""The manager's answers to clients: restores, listings, versions, deletes, prunes, verify
-and status; uploads and packs are placed by ``Placing`` (``manager/placing.py``).
+"""The manager's answers to clients: each request type has one handler (``HANDLERS``);
+uploads and packs are placed by ``Placement`` (``manager/placement.py``).
 
-A part of ``Manager`` (it inherits ``Requests``), in a module of its own: everything here
-runs on the manager's one thread, like the rest of it, and changes the catalog in one
-transaction per request before the request is acked.
+Everything here runs on the manager's one thread and changes the catalog in one
+transaction per request before the request is acked. The answer goes to the request's
+``reply_to`` with its correlation id, first; commands to workers the request causes (a
+restore to stream, copies to verify, a resumed upload's primary to ask) follow it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from manager.placing import Placing, to_client
+from manager.catalog import Catalog
+from manager.health import Health
+from manager.outbox import Outbox
+from manager.placement import Placement
 from manager.repair import Repairs
+from manager.term import Term
 from warren import messages as m
 from warren.errors import Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
-from warren.topology import worker_chunks, worker_control, worker_topology
-from warren.transport import Delivery, Transport
+from warren.transport import Delivery
 
 log = logging.getLogger("warren.manager")
 
@@ -25,159 +32,163 @@ log = logging.getLogger("warren.manager")
 LIST_PAGE = 1000
 
 
-class Requests(Placing):
+@dataclass
+class Asked:
+    """One request: who asked (the broker-validated user), where the answer goes, and the
+    commands to workers to send once it has gone."""
+
+    owner: str
+    reply_to: str
+    cid: str
+    then: list[tuple[str, m.Message]] = field(default_factory=list)  # (worker, command)
+
+
+class Answers:
     """Client requests, answered on the request's ``reply_to`` with its correlation id."""
 
-    repairs: Repairs
-    _serving: dict[str, int]
-    _scrub: dict[str, tuple[float, int]]
-    _counts: tuple[int, int]
-    _reported: set[str]
-    _alive: set[str]
-    _suspects: set[str] | None
-    _short: set[str]
+    def __init__(
+        self,
+        catalog: Catalog,
+        outbox: Outbox,
+        term: Term,
+        health: Health,
+        placement: Placement,
+        repairs: Repairs,
+    ) -> None:
+        self.catalog = catalog
+        self.outbox = outbox
+        self.term = term
+        self.health = health
+        self.placement = placement
+        self.repairs = repairs
+        self._serving: dict[str, int] = {}  # restores sent to each worker, to spread them
+        # One handler a request type, each taking the request and who asked.
+        self._handlers: dict[type[m.Message], Callable[[Any, Asked], m.Message]] = {
+            m.UploadRequest: self._upload,
+            m.PackRequest: self._pack,
+            m.DownloadRequest: self._restore,
+            m.ListRequest: self._list,
+            m.VersionsRequest: self._versions,
+            m.DeleteRequest: self._delete,
+            m.PruneRequest: self._prune,
+            m.VerifyRequest: self._verify,
+            m.StatusRequest: self._status,
+        }
 
-    def _on_request(self, conn: Transport, d: Delivery) -> None:
+    def on_request(self, d: Delivery) -> None:
         if not d.reply_to:
             raise DecodeError(f"{d.type} request without reply_to")
-        serve_on: str | None = None
-        then: list[tuple[str, m.Message]] = []  # commands to workers, after the reply
+        # The owner is the sender's own broker user, as RabbitMQ validated it.
+        asked = Asked(owner=d.user_id or "", reply_to=d.reply_to, cid=d.correlation_id or "")
         reply: m.Message
-        owner = d.user_id or ""  # validated by RabbitMQ: the sender's own broker user
         try:
             msg = m.decode(d.type, d.body)
-            if self._catching_up() and isinstance(msg, _CHANGES) and not _dry_run(msg):
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                raise DecodeError(f"{msg.TYPE} is not a client request")
+            if isinstance(msg, _CHANGES) and not _dry_run(msg) and self._catching_up():
                 raise Busy(  # nothing done: the client asks again until its timeout
                     "the manager is catching up with the workers' records; try again in a moment."
                 )
-            if isinstance(msg, m.DownloadRequest):
-                reply, serve_on = self._restore(msg, owner)
-            elif isinstance(msg, m.UploadRequest):
-                reply = self._place(msg, d.reply_to, owner, d.correlation_id or "", then)
-            elif isinstance(msg, m.PackRequest):
-                reply = self._place_pack(msg, d.reply_to, owner)
-            elif isinstance(msg, m.VerifyRequest):
-                reply = self._verify(msg, owner, d.reply_to, d.correlation_id or "", then)
-            else:
-                reply = self._answer(msg, owner)
+            reply = handler(msg, asked)
         except DecodeError as exc:
             log.warning("invalid %s request: %s", d.type, exc)
             reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
+            asked.then.clear()
         except WarrenError as exc:
             reply = m.ErrorReply(code=to_wire(exc), message=str(exc))
+            asked.then.clear()
         # The reply goes first: it reaches the client's queue before any restore chunk.
-        to_client(conn, d.reply_to, reply, d.correlation_id)
-        if serve_on is not None and isinstance(reply, m.DownloadAccepted):
-            serve = m.ServeRequest(
-                sha256=reply.sha256,
-                size=reply.size,
-                reply_to=d.reply_to,
-                correlation_id=d.correlation_id or "",
-            )
-            conn.declare(worker_topology(serve_on))
-            conn.publish(worker_control(serve_on), serve.encode(), type=serve.TYPE)
-            log.info("restore %s: %r served by %s", d.correlation_id, reply.name, serve_on)
-        for worker, cmd in then:
-            conn.declare(worker_topology(worker))
-            conn.publish(worker_control(worker), cmd.encode(), type=cmd.TYPE)
+        self.outbox.to_client(d.reply_to, reply, d.correlation_id)
+        for worker, cmd in asked.then:
+            self.outbox.command(worker, cmd)
         d.ack()
 
-    def _answer(self, msg: m.Message, owner: str) -> m.Message:
-        now = time.time()
-        if isinstance(msg, m.ListRequest):
-            page = self.catalog.files(
-                owner=owner, prefix=msg.prefix, after=msg.after, limit=LIST_PAGE + 1
-            )
-            return m.ListReply(files=tuple(page[:LIST_PAGE]), more=len(page) > LIST_PAGE)
-        if isinstance(msg, m.VersionsRequest):
-            found = self.catalog.versions(owner, msg.name)
-            if not found:
-                raise NotFound(f"no file named {msg.name!r} is stored.")
-            return m.VersionsReply(versions=tuple(found))
-        if isinstance(msg, m.DeleteRequest):
-            gone = self.catalog.delete(owner, msg.name, msg.version, now)
-            if not gone:
-                which = f"version {msg.version} of " if msg.version else ""
-                raise NotFound(f"no {which}file named {msg.name!r} is stored.")
-            self._forget([m.VersionKey(owner, msg.name, v) for v in gone])
-            self._dirty = True
-            log.info("delete: %r versions %s of %s", msg.name, gone, owner or "a client")
-            return m.DeleteReply(name=msg.name, versions=tuple(gone))
-        if isinstance(msg, m.PruneRequest):
-            removed = self.catalog.prune(owner, msg.keep_last, msg.prefix, msg.dry_run, now)
-            if removed and not msg.dry_run:
-                log.info("prune: %d versions of %s", len(removed), owner or "a client")
-                self._forget([m.VersionKey(owner, v.name, v.version) for v in removed])
-                self._dirty = True
-            return m.PruneReply(removed=tuple(removed), dry_run=msg.dry_run)
-        if isinstance(msg, m.StatusRequest):
-            files_count, under = self._counts
-            if self._dirty:  # versions came or went since the tick counted
-                files_count = self.catalog.count_files()
-            # One snapshot of the catalog as of now, the one `list` reads: the blobs the next
-            # tick would check (short last time, suspects, repairs under way: a repair that
-            # landed since counts at once) and those of workers gone silent since it looked.
-            # Only in a new term, before the first full pass, is the last pass's count it.
-            if self._suspects is not None:
-                among = self._short | self._suspects | set(self.repairs.in_flight)
-                for worker in self._alive - self.catalog.live_workers():
-                    among |= self.catalog.blobs_on(worker)
-                under = len(self.catalog.shortfalls(now, among)) if among else 0
-            scrub = self._scrub
-            return m.StatusReply(
-                workers=tuple(
-                    dataclasses.replace(
-                        w,
-                        scrubbed_at=scrub.get(w.name, (0.0, 0))[0],
-                        damaged=scrub.get(w.name, (0.0, 0))[1],
-                    )
-                    for w in self.catalog.workers()
-                ),
-                under_replicated=under,
-                files=files_count,
-                uploads_in_flight=len(self.catalog.pending_uploads()),
-                repairs_in_flight=len(self.repairs.in_flight),
-            )
-        raise DecodeError(f"{msg.TYPE} is not a client request")
+    def _catching_up(self) -> bool:
+        return self.term.catching_up(self.catalog.live_workers())
 
-    def _verify(
-        self,
-        req: m.VerifyRequest,
-        owner: str,
-        reply_to: str,
-        cid: str,
-        then: list[tuple[str, m.Message]],
-    ) -> m.VerifyAccepted:
+    # -- the handlers ----------------------------------------------------------------------
+
+    def _upload(self, req: m.UploadRequest, a: Asked) -> m.Message:
+        return self.placement.place(req, a.reply_to, a.owner, a.cid, a.then)
+
+    def _pack(self, req: m.PackRequest, a: Asked) -> m.Message:
+        return self.placement.place_pack(req, a.reply_to, a.owner)
+
+    def _list(self, req: m.ListRequest, a: Asked) -> m.ListReply:
+        page = self.catalog.files(
+            owner=a.owner, prefix=req.prefix, after=req.after, limit=LIST_PAGE + 1
+        )
+        return m.ListReply(files=tuple(page[:LIST_PAGE]), more=len(page) > LIST_PAGE)
+
+    def _versions(self, req: m.VersionsRequest, a: Asked) -> m.VersionsReply:
+        found = self.catalog.versions(a.owner, req.name)
+        if not found:
+            raise NotFound(f"no file named {req.name!r} is stored.")
+        return m.VersionsReply(versions=tuple(found))
+
+    def _delete(self, req: m.DeleteRequest, a: Asked) -> m.DeleteReply:
+        gone = self.catalog.delete(a.owner, req.name, req.version, time.time())
+        if not gone:
+            which = f"version {req.version} of " if req.version else ""
+            raise NotFound(f"no {which}file named {req.name!r} is stored.")
+        self._forget(a.owner, [(req.name, v) for v in gone])
+        log.info("delete: %r versions %s of %s", req.name, gone, a.owner or "a client")
+        return m.DeleteReply(name=req.name, versions=tuple(gone))
+
+    def _prune(self, req: m.PruneRequest, a: Asked) -> m.PruneReply:
+        removed = self.catalog.prune(a.owner, req.keep_last, req.prefix, req.dry_run, time.time())
+        if removed and not req.dry_run:
+            log.info("prune: %d versions of %s", len(removed), a.owner or "a client")
+            self._forget(a.owner, [(v.name, v.version) for v in removed])
+        return m.PruneReply(removed=tuple(removed), dry_run=req.dry_run)
+
+    def _forget(self, owner: str, versions: list[tuple[str, int]]) -> None:
+        """Deleted versions go to every worker's records, so a rebuilt catalog keeps them
+        deleted; the file count changes."""
+        keys = [m.VersionKey(owner, name, version) for name, version in versions]
+        self.outbox.forget([w.name for w in self.catalog.workers()], keys)
+        self.health.changed()
+
+    def _status(self, _req: m.StatusRequest, _a: Asked) -> m.StatusReply:
+        scrub = self.health.scrub
+        return m.StatusReply(
+            workers=tuple(
+                dataclasses.replace(
+                    w,
+                    scrubbed_at=scrub.get(w.name, (0.0, 0))[0],
+                    damaged=scrub.get(w.name, (0.0, 0))[1],
+                )
+                for w in self.catalog.workers()
+            ),
+            under_replicated=self.health.under_replicated(time.time()),
+            files=self.health.count_files(),
+            uploads_in_flight=len(self.catalog.pending_uploads()),
+            repairs_in_flight=len(self.repairs.in_flight),
+        )
+
+    def _verify(self, req: m.VerifyRequest, a: Asked) -> m.VerifyAccepted:
         """Every live holder of the files named (or of all the owner's) re-hashes its copy
         now and answers the client; a damaged copy is quarantined and repaired."""
         if req.names:
             entries = []
             for name in req.names:
-                entry = self.catalog.version(owner, name)
+                entry = self.catalog.version(a.owner, name)
                 if entry is None:
                     raise NotFound(f"no file named {name!r} is stored.")
                 entries.append(entry)
         else:
-            entries = self.catalog.files(owner=owner)
+            entries = self.catalog.files(owner=a.owner)
         copies = []
         for e in entries:
             for worker in e.replicas:
                 copies.append(m.VerifyCopy(e.name, e.version, worker, e.sha256))
-                then.append((worker, m.VerifyBlob(e.sha256, e.size, reply_to, cid)))
+                a.then.append((worker, m.VerifyBlob(e.sha256, e.size, a.reply_to, a.cid)))
         missing = tuple(e.name for e in entries if not e.replicas)
         return m.VerifyAccepted(copies=tuple(copies), missing=missing)
 
-    def _forget(self, keys: list[m.VersionKey]) -> None:
-        """Deleted versions, to every worker's log (a dead one's queue keeps it): a catalog
-        rebuilt from the workers keeps them deleted."""
-        cmd = m.ForgetVersions(keys=self.seal.seal_deletions(keys))
-        conn = self._live_conn()
-        for w in self.catalog.workers():
-            conn.declare(worker_topology(w.name))
-            conn.publish(worker_chunks(w.name), cmd.encode(), type=cmd.TYPE)
-
-    def _restore(self, req: m.DownloadRequest, owner: str) -> tuple[m.DownloadAccepted, str]:
-        entry = self.catalog.version(owner, req.name, req.version)
+    def _restore(self, req: m.DownloadRequest, a: Asked) -> m.DownloadAccepted:
+        entry = self.catalog.version(a.owner, req.name, req.version)
         if entry is None:
             which = f"version {req.version} of " if req.version else ""
             raise NotFound(f"no {which}file named {req.name!r} is stored.")
@@ -186,7 +197,9 @@ class Requests(Placing):
             raise NoReplica(f"no live worker holds a copy of {req.name!r} right now.")
         worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
         self._serving[worker] = self._serving.get(worker, 0) + 1
-        accepted = m.DownloadAccepted(
+        a.then.append((worker, m.ServeRequest(entry.sha256, entry.size, a.reply_to, a.cid)))
+        log.info("restore %s: %r served by %s", a.cid, entry.name, worker)
+        return m.DownloadAccepted(
             name=entry.name,
             size=entry.size,
             sha256=entry.sha256,
@@ -195,12 +208,6 @@ class Requests(Placing):
             mode=entry.mode,
             mtime=entry.mtime,
         )
-        return accepted, worker
-
-    def _catching_up(self) -> bool:
-        """Until every live worker has reported, the catalog may lack versions only the
-        workers know: nothing that adds or deletes versions is taken on meanwhile."""
-        return not self.catalog.live_workers() <= self._reported
 
 
 # Requests that add or delete versions: refused while the catalog catches up.

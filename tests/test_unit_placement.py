@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manager.placement import GIB, Candidate, choose_chain
+from manager.chains import GIB, Candidate, choose_chain
 from warren.errors import Refused
 
 

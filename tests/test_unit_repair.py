@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from manager.chains import GIB, Candidate
 from manager.holdings import Shortfall
-from manager.placement import GIB, Candidate
 from manager.repair import Repairs
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
