@@ -158,13 +158,18 @@ class Manager(Requests):
         catalog, and their partial data removed from every worker of their chain (the
         command goes after their chunks, on the same queue)."""
         for up in self.catalog.expire_uploads(time.time() - self.settings.upload_expiry):
-            cmd = m.DiscardUpload(upload_id=up.upload_id)
-            for worker in up.chain:
-                conn.declare(worker_topology(worker))
-                conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
+            self._discard(conn, up)
             log.info(
                 "upload %s: %r abandoned; discarding it on %s", up.upload_id, up.name, up.chain
             )
+
+    def _discard(self, conn: Transport, up: Upload) -> None:
+        """Every worker of the chain removes what it holds of an upload that will never
+        finish, and drops its chunks still to come."""
+        cmd = m.DiscardUpload(upload_id=up.upload_id)
+        for worker in up.chain:
+            conn.declare(worker_topology(worker))
+            conn.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
 
     def _collect_garbage(self, conn: Transport) -> None:
         """Blobs no version has used for ``gc_delay`` seconds: each holder deletes its copy
@@ -272,8 +277,10 @@ class Manager(Requests):
                 self._tell_pack_recorded(conn, completed, d.correlation_id)
         elif isinstance(msg, m.ReplicaFailed):
             log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
-            self.catalog.upload_failed(msg.upload_id, now)
+            failed = self.catalog.upload_failed(msg.upload_id, now)
             self.repairs.failed(msg.upload_id)
+            if failed is not None:  # the other workers of its chain hold parts of it
+                self._discard(conn, failed)
         elif isinstance(msg, m.ReplicaDamaged):
             log.error(
                 "worker %s: its copy of %s is damaged (%s); making a good copy elsewhere",
