@@ -267,13 +267,16 @@ class Catalog(Holdings):
         self.db.execute("DELETE FROM garbage WHERE sha256=?", (up.sha256,))
         return version
 
-    def upload_failed(self, upload_id: str, now: float | None = None) -> None:
+    def upload_failed(self, upload_id: str, now: float | None = None) -> Upload | None:
+        """A pending upload failed: it stops reserving space. Returns it if it was pending
+        (None for a repair's id, or an upload already over)."""
         up = self.upload(upload_id)
-        self.db.execute(
+        changed = self.db.execute(
             "UPDATE uploads SET state=? WHERE upload_id=? AND state=?", (FAILED, upload_id, PENDING)
-        )
+        ).rowcount
         if up is not None:
             self._mark_if_unused(up.sha256, time.time() if now is None else now)
+        return up if changed else None
 
     def expire_uploads(self, older_than: float, now: float | None = None) -> list[Upload]:
         """Pending uploads nobody finished are failed, so they stop reserving space; the

@@ -139,13 +139,18 @@ class Manager:
         """Uploads unfinished after ``upload_expiry`` seconds are abandoned: failed in the
         catalog, and their partial data removed from every worker of their chain (the
         command goes after their chunks, on the same queue)."""
-        assert self.outbox is not None
         for up in self.catalog.expire_uploads(time.time() - self.settings.upload_expiry):
-            for worker in up.chain:
-                self.outbox.to_worker(worker, m.DiscardUpload(upload_id=up.upload_id))
+            self._discard(up)
             log.info(
                 "upload %s: %r abandoned; discarding it on %s", up.upload_id, up.name, up.chain
             )
+
+    def _discard(self, up: Upload) -> None:
+        """Every worker of the chain removes what it holds of an upload that will never
+        finish, and drops its chunks still to come (the command goes after them)."""
+        assert self.outbox is not None
+        for worker in up.chain:
+            self.outbox.to_worker(worker, m.DiscardUpload(upload_id=up.upload_id))
 
     def _collect_garbage(self) -> None:
         """Blobs no version has used for ``gc_delay`` seconds: each holder deletes its copy
@@ -264,8 +269,10 @@ class Manager:
 
     def _replica_failed(self, msg: m.ReplicaFailed, _d: Delivery) -> None:
         log.error("upload %s: replica failed on %s: %s", msg.upload_id, msg.worker, msg.reason)
-        self.catalog.upload_failed(msg.upload_id, time.time())
+        failed = self.catalog.upload_failed(msg.upload_id, time.time())
         self.repairs.failed(msg.upload_id)
+        if failed is not None:  # the other workers of its chain hold parts of it
+            self._discard(failed)
 
     def _replica_damaged(self, msg: m.ReplicaDamaged, _d: Delivery) -> None:
         log.error(

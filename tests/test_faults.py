@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import filecmp
 import os
+import shutil
 import signal
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -402,3 +405,85 @@ def test_a_frozen_backup_fails_the_upload_within_the_transfer_timeout(
     assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
     assert f"error: {backup} did not confirm 'half.bin' in time." in err.decode()
     assert took < 2 + 8, f"the client gave up {took:.1f} s after the placement"
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (this needs root, as in CI), unmounted at
+    the end. Elsewhere the test is skipped, saying why; in CI that counts as a failure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    try:
+        done = subprocess.run(mount, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        pytest.skip("no mount command here, to make a small disk")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (root is needed): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Take all but ``leave`` bytes of the disk ``disk`` is on, in one file."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                os.posix_fallocate(fd, 0, shutil.disk_usage(disk).free - leave)
+                return filler
+            except OSError as exc:  # the worker wrote meanwhile: take a little less
+                if exc.errno != errno.ENOSPC:
+                    raise
+                leave += 1 << 20
+    finally:
+        os.close(fd)
+
+
+def test_a_worker_whose_disk_fills_fails_the_upload_at_once_and_takes_the_next(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """w2's data dir is a 100 MiB tmpfs that fills (another program, say) as an upload of
+    24 MiB reaches it. The upload fails as unavailable (exit 4), naming w2's full disk, long
+    before the transfer timeout; w2 lives on and keeps nothing of it; once the space is
+    back, the same upload (which a reservation not released would have refused: 100 - 24
+    - 64 MiB of headroom leaves less than 24) is stored on w2 too."""
+    timeout = 8.0
+    c = make_cluster(WARREN_TRANSFER_TIMEOUT=str(timeout))
+    with small_disk(c.data_dir("w2"), "100m") as disk:
+        try:
+            c.start_all(2)
+            src = random_file(tmp_path, "big.bin", 24 * 1024 * 1024)
+            incoming = disk / "incoming"
+            start = time.monotonic()
+            client = c.client_process("upload", str(src), "--replicas", "2")
+            while_running(client, lambda: any(incoming.glob("*part")), "w2 writing chunks")
+            filler = fill(disk, leave=1 << 20)
+            out, err = client.communicate(timeout=60)
+            took = time.monotonic() - start
+            # The upload failed at once, as unavailable, naming w2 and its full disk
+            assert client.returncode == errors.EXIT_UNAVAILABLE, (out, err)
+            assert took < timeout, f"{took:.1f} s: the transfer timeout, not the worker"
+            assert "w2" in err.decode() and "No space left on device" in err.decode(), err
+            assert "Traceback" not in err.decode()
+            # w2 lives on and keeps nothing of it
+            assert c.procs["w2"].poll() is None
+            wait_for(lambda: not any(incoming.iterdir()), 5, "w2's incoming/ emptied")
+            # Once the space is back, the same upload goes to w2 too
+            filler.unlink()
+            wait_for(
+                lambda: (
+                    {w["name"]: w for w in c.status()["workers"]}["w2"]["free_bytes"]
+                    > 90 * 1024 * 1024
+                ),
+                10,
+                "w2 reporting its space back",
+            )
+            c.client("upload", str(src), "--replicas", "2").ok()
+            assert c.stored("w2", sha256_file(src)) == src.read_bytes()
+            assert c.procs["w2"].poll() is None
+        finally:
+            if "w2" in c.procs:
+                c.kill("w2")

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from worker.disk import write_all
+
 # A finished upload's entry stays this long, for redeliveries of its last messages.
 AFTER_FINISH = 600.0
 # Expired entries are dropped (and the log compacted) every this many new ones.
@@ -72,8 +74,17 @@ class Expected:
             return
         # Not synced: a process crash keeps it; after a crash of the machine, an upload
         # whose entry was lost is refused and fails, and the client may run it again.
-        with open(self.path, "a") as log:
-            log.write("".join(lines))
+        # An append the disk refuses is cut off again (a half line would join the next).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                write_all(fd, memoryview("".join(lines).encode()), end)
+            except OSError:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
         self._added += len(lines)
         if self._added >= PRUNE_EVERY:  # expired entries leave memory and the log
             self._added = 0

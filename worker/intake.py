@@ -16,6 +16,12 @@ takes long (finishing an upload, storing a pack's files) runs on a pool and hand
 value (the error, or None) through ``call_threadsafe``; the pool changes nothing shared.
 A job is acked only once its bytes are safe here and the next worker and the manager
 have what they need, so a crash at any step means a redelivery, never a loss.
+
+A full disk (any OSError writing a chunk, finishing a file, storing a pack or appending
+the records of the uploads placed here) fails the uploads concerned as "unavailable": their
+partial data here goes, their later chunks are dropped, and the client and the manager hear
+``replica.failed`` at once instead of waiting out a timeout. Records that place no upload (a
+deletion, a deduplicated version) are tried again after a pause until there is room.
 """
 
 from __future__ import annotations
@@ -89,6 +95,11 @@ class PackJob:
 # broker node dies; a retry then lands where a requeue, tried at once, would be refused again.
 FORWARD_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
+# Records that place no upload (``worker.forget``, or ``worker.record`` for deduplicated or
+# copied content) and that the disk would not take go back to the queue after this pause,
+# again and again until there is room: they are what rebuilds a lost catalog.
+RECORD_PAUSE = 5.0
+
 J = TypeVar("J", ChunkJob, PackJob)
 
 
@@ -98,8 +109,12 @@ class Intake:
         self.name = settings.name
         self.store = store
         self.pool = pool
-        # Uploads the manager abandoned since this worker started: their chunks are dropped.
+        # Uploads the manager abandoned, or that failed on this disk, since this worker
+        # started: their chunks are dropped.
         self._abandoned: set[str] = set()
+        # Uploads whose placement could not be recorded here (a full disk): the first chunk
+        # or pack of each tells the client (whose queue only it names) and is refused.
+        self._unrecorded: dict[str, Failed] = {}
         # Uploads being finished on the pool, and the jobs waiting for that outcome.
         self._finishing: dict[str, list[ChunkJob]] = {}
         # What the pool hands back, run on this thread by drain(); kept across reconnects.
@@ -139,16 +154,90 @@ class Intake:
         elif d.type == m.RecordVersions.TYPE:
             from_manager(d, conn, self.settings)
             cmd = m.RecordVersions.decode(d.body)
-            append_records(self.store.root, [dataclasses.asdict(r) for r in cmd.records])
-            self.expected.add((e.upload_id, e.sender) for e in cmd.expect)
+            try:
+                append_records(self.store.root, [dataclasses.asdict(r) for r in cmd.records])
+                self.expected.add((e.upload_id, e.sender) for e in cmd.expect)
+            except OSError as exc:
+                self._not_recorded(conn, d, [e.upload_id for e in cmd.expect], exc)
+                return
             d.ack()
         elif d.type == m.ForgetVersions.TYPE:
             from_manager(d, conn, self.settings)
             keys = m.ForgetVersions.decode(d.body).keys
-            append_records(self.store.root, [{"forget": k} for k in keys])
+            try:
+                append_records(self.store.root, [{"forget": k} for k in keys])
+            except OSError as exc:
+                self._not_recorded(conn, d, [], exc)
+                return
             d.ack()
         else:
             raise DecodeError(f"expected {m.CHUNK_TYPE} or {m.PACK_TYPE}, got {d.type!r}")
+
+    def _not_recorded(
+        self, conn: Transport, d: Delivery, upload_ids: list[str], exc: OSError
+    ) -> None:
+        """Records (or expectations) the disk would not take. The uploads they place here
+        fail, and nothing of them is written: the first chunk or pack of each tells its
+        sender and the manager (whose reservation then goes), and is refused. Not at once:
+        the manager would have the other workers of the chain drop the upload's chunks, and
+        this worker, never reached, could not tell the client, who would wait out its
+        timeout. The message itself is dead-lettered. Records that place nothing go back to
+        the queue after a pause, to be tried again until there is room."""
+        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        if not upload_ids:
+            log.warning(
+                "%s: cannot keep the records of %s (%s); trying again in %.2g s",
+                self.name,
+                d.type,
+                why.reason,
+                RECORD_PAUSE,
+            )
+            conn.call_later(RECORD_PAUSE, lambda: d.reject(requeue=True) if conn.is_open else None)
+            return
+        log.error(
+            "%s: cannot keep the records of %d uploads placed here (%s): they fail",
+            self.name,
+            len(upload_ids),
+            why.reason,
+        )
+        for upload_id in upload_ids:
+            self._unrecorded[upload_id] = why
+            self._abandoned.add(upload_id)
+        d.reject(requeue=False)
+
+    def _tell_unrecorded(self, conn: Transport, d: Delivery, upload_ids: list[str]) -> bool:
+        """A chunk or pack of an upload whose placement could not be recorded here: its
+        sender hears "failed" (the reason of the first such upload) and it is refused."""
+        reasons = [self._unrecorded.pop(u) for u in upload_ids if u in self._unrecorded]
+        if not reasons:
+            return False
+        self._abandoned.update(upload_ids)
+        self._announce_failed(conn, d, upload_ids, reasons[0])
+        return True
+
+    def _disk_failed(self, conn: Transport, d: Delivery, upload_id: str, exc: OSError) -> None:
+        """A chunk the disk would not take: the upload fails here, now, as unavailable.
+        What it wrote goes (so the space comes back) and its later chunks are dropped."""
+        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        self._abandoned.add(upload_id)
+        freed = self._remove_partial(upload_id)
+        log.error(
+            "upload %s: replica failed on %s: %s; %d bytes of it removed",
+            upload_id,
+            self.name,
+            why.reason,
+            freed,
+        )
+        self._announce_failed(conn, d, [upload_id], why)
+
+    def _remove_partial(self, upload_id: str) -> int:
+        """Remove what an upload that failed here wrote; the bytes freed (0 if that fails
+        too: the start-up sweep takes it then)."""
+        try:
+            return self.store.abandon(upload_id)
+        except OSError as exc:
+            log.error("upload %s: cannot remove its partial data: %s", upload_id, exc)
+            return 0
 
     def _discard(self, cmd: m.DiscardUpload) -> None:
         """The manager abandoned the upload: its partial data goes (a finish under way
@@ -181,6 +270,8 @@ class Intake:
         h = m.ChunkHeaders.from_headers(d.headers, len(d.body))
         if h.chain[h.hop] != self.name:
             raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
+        if self._tell_unrecorded(conn, d, [h.upload_id]):
+            return
         if h.upload_id in self._abandoned:
             # Late for an upload the manager abandoned (still queued here, or forwarded
             # before the primary heard): nobody will finish it, so nothing is written.
@@ -205,9 +296,13 @@ class Intake:
         data = compression.decode(d.body, h.encoding, h.total_size - h.offset)
         h.validate(len(data))
         wire = (d.body, h.encoding)
-        count = self.store.write_chunk(
-            h.upload_id, h.seq, h.offset, data, h.chunk_count, wire, h.total_size
-        )
+        try:
+            count = self.store.write_chunk(
+                h.upload_id, h.seq, h.offset, data, h.chunk_count, wire, h.total_size
+            )
+        except OSError as exc:  # a full disk, say
+            self._disk_failed(conn, d, h.upload_id, exc)
+            return
         metrics.BYTES_IN.inc(len(d.body))
         self._forward(ChunkJob(conn, d, h, complete=count == h.chunk_count))
 
@@ -284,6 +379,10 @@ class Intake:
         has gone since will be delivered again: the replica is done by then, or not."""
         if error is None:
             self.expected.finished(upload_id)
+        elif error.code == "unavailable":  # the disk: what it wrote goes, later chunks too
+            self._abandoned.add(upload_id)
+        if upload_id in self._abandoned:  # failed here, or abandoned by the manager meanwhile
+            self._remove_partial(upload_id)
         for job in self._finishing.pop(upload_id, []):
             if job.conn.is_open:
                 self._announce_chunk(job, error)
@@ -331,6 +430,8 @@ class Intake:
         p = m.PackHeaders.from_headers(d.headers, len(d.body))
         if p.chain[p.hop] != self.name:
             raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
+        if self._tell_unrecorded(conn, d, [f.upload_id for f in p.files]):
+            return
         for f in p.files:
             self._check_sender(conn, d, f.upload_id)
         metrics.BYTES_IN.inc(len(d.body))

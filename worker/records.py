@@ -25,14 +25,22 @@ LOG = "records.log"
 def append_records(root: Path, lines: list[dict[str, Any]]) -> None:
     """Append to ``records.log`` (one JSON object a line: ``{sha256, sealed}`` for a
     version, ``{forget}`` for a deletion) and sync it: the names of what this worker holds
-    survive the loss of the manager's catalog."""
+    survive the loss of the manager's catalog.
+
+    An append the disk refuses (full) is cut off again before the error goes up: a line
+    half written would join the next one and lose it too."""
     if not lines:
         return
     text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
     fd = os.open(root / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        write_all(fd, memoryview(text.encode()), os.fstat(fd).st_size)
-        os.fsync(fd)
+        end = os.fstat(fd).st_size
+        try:
+            write_all(fd, memoryview(text.encode()), end)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
     finally:
         os.close(fd)
 

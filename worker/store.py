@@ -278,11 +278,11 @@ class ChunkStore:
         else:
             size = os.stat(part).st_size
             os.replace(part, target)
-            fsync_path(target.parent)
-            if existing is None:
+            if existing is None:  # counted as soon as it is there, whatever fails next
                 with self._lock:
                     self._used += size
                     self._files += 1
+            fsync_path(target.parent)
         if several:  # more than one chunk: remember it is done, for redeliveries
             self._path(upload_id, ".done").write_text(sha256)
             self._path(upload_id, ".seqs").unlink(missing_ok=True)
@@ -357,25 +357,30 @@ class ChunkStore:
                 finally:
                     os.close(fd)
             sync_files([Path(tmp) for _, tmp, _ in todo.values()])
+            folders = sorted({os.path.dirname(target) for target, _, _ in todo.values()})
+            for folder in folders:
+                self._folder(folder)  # a new folder takes space too
+            for target, tmp, data in todo.values():
+                self._rename_blob(tmp, target, len(data))
+            sync_files([Path(f) for f in folders])
         except OSError:
             for _, tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             raise
-        folders = sorted({os.path.dirname(target) for target, _, _ in todo.values()})
-        for folder in folders:
-            self._folder(folder)
-        for target, tmp, data in todo.values():
-            with self._lock:
-                if not os.path.exists(target):
-                    self._used += len(data)
-                    self._files += 1
-                try:
-                    os.replace(tmp, target)
-                except FileNotFoundError:  # its folder went since it was made here
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    os.replace(tmp, target)
-        sync_files([Path(f) for f in folders])
+
+    def _rename_blob(self, tmp: str, target: str, size: int) -> None:
+        """Move a synced, verified file of a pack into place, counted once it is there."""
+        with self._lock:
+            fresh = not os.path.exists(target)
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # its folder went since it was made here
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(tmp, target)
+            if fresh:
+                self._used += size
+                self._files += 1
 
     def _folder(self, path: str) -> None:
         """Make a folder of ``blobs/`` once (a pack's files fall into many of the 256)."""
