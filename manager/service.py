@@ -26,6 +26,7 @@ from warren.errors import (
     DecodeError,
     Locked,
 )
+from warren.private import private_dir
 from warren.sealing import Sealer, load_or_create_key
 from warren.service import run_connection
 from warren.topology import (
@@ -71,6 +72,8 @@ class Manager(Requests):
         self._seal: RecordSeal | None = None  # with the manager's key, read when it runs
 
     def run(self) -> None:
+        if self.settings.data_dir is not None:  # the catalog names every user's files
+            private_dir(Path(self.settings.data_dir))
         self._seal = RecordSeal(Sealer(load_or_create_key(self.key_file)))
         self.catalog.open()
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
