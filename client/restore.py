@@ -392,6 +392,7 @@ def open_folder(dest: Path, under: Path | None) -> int:
     with writing(dest.parent):
         if under is None:
             return os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        under.mkdir(parents=True, exist_ok=True)  # -o DIR: the user's path, as given
         fd = os.open(under, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     path = under
     try:

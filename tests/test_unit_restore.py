@@ -155,8 +155,7 @@ def test_setuid_and_setgid_come_back_only_for_root_with_keep_setid(
 def test_a_bad_name_in_the_catalog_skips_that_file_and_the_others_are_restored(
     stub: StubCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "deep" / "out"
-    out.mkdir(parents=True)
+    out = tmp_path / "deep" / "out"  # made by the restore, with its parents
     with stub.session() as s:
         for name in ("t/ok", "t/../x", "t//abs", "t/nul", "t/z/ok2"):
             s.upload(write(tmp_path / "src", name.encode()), name, 1)
