@@ -155,7 +155,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     down.add_argument(
         "--version", type=int, default=0, metavar="N", help="a version (default: the latest)"
     )
-    down.add_argument("--force", action="store_true", help="overwrite existing files")
+    down.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files (a symbolic link there is replaced, not followed)",
+    )
+    down.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="give back setuid, setgid and sticky bits (only when run as root; otherwise "
+        "they are dropped, with a note)",
+    )
     down.add_argument(
         "--json", action="store_true", help="print a JSON object per file restored, and no bars"
     )

@@ -50,7 +50,7 @@ from client.render import (
     versions_table,
     workers_table,
 )
-from client.restore import tree_destination, writing
+from client.restore import tree_destination
 from client.session import Session
 from warren import errors
 from warren.config import CONFIG_ENV, Settings, default_config_path, shown
@@ -219,7 +219,12 @@ class App:
         hooks = RichProgress(self.out, name, bars)
         with bars or contextlib.nullcontext():
             result = session.download(
-                name, dest, hooks, overwrite=self.args.force, version=self.args.version
+                name,
+                dest,
+                hooks,
+                overwrite=self.args.force,
+                version=self.args.version,
+                keep_setid=self.args.keep_setid,
             )
         self.restored(result)
         return errors.EXIT_OK
@@ -228,6 +233,19 @@ class App:
         if self.json:
             self.emit(download_json(result))
         self.out.print(download_summary(result), highlight=False, soft_wrap=True)
+        if result.dropped:
+            bits = [
+                what
+                for bit, what in ((0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky"))
+                if result.dropped & bit
+            ]
+            why = "--keep-setid works only as root" if self.args.keep_setid else "see --keep-setid"
+            plural = "s" if len(bits) > 1 else ""
+            self.err.print(
+                f"note: {result.name} was stored with the {' and '.join(bits)} bit{plural}; "
+                f"{result.path} is restored without ({why}).",
+                markup=False,
+            )
 
     def download_tree(self, session: Session, prefix: str) -> int:
         """``download PREFIX/ -o DIR``: every file under the prefix (its latest version),
@@ -242,9 +260,13 @@ class App:
         for f in files:
             try:
                 dest = tree_destination(prefix, f.name, folder)
-                with writing(dest.parent):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                result = session.download(f.name, dest, overwrite=self.args.force)
+                result = session.download(
+                    f.name,
+                    dest,
+                    overwrite=self.args.force,
+                    under=folder,
+                    keep_setid=self.args.keep_setid,
+                )
             except WarrenError as exc:
                 self.err.print(f"error: {exc}", markup=False)
                 worst.append(exc)

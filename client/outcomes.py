@@ -58,6 +58,7 @@ class DownloadResult:
     worker: str
     path: Path
     version: int = 1
+    dropped: int = 0  # setuid, setgid or sticky bits it had and did not get back
 
 
 @dataclass

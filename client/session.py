@@ -281,10 +281,15 @@ class Session:
         progress: Progress | None = None,
         overwrite: bool = False,
         version: int = 0,
+        under: Path | None = None,
+        keep_setid: bool = False,
     ) -> DownloadResult:
         """Restore ``name`` (the latest version unless one is named) to ``dest``, verified;
-        another replica is tried on failure."""
-        return Restorer(self).download(name, dest, progress, overwrite, version)
+        another replica is tried on failure. ``under`` and ``keep_setid``: see
+        ``client.restore.Restorer.download``."""
+        return Restorer(self).download(
+            name, dest, progress, overwrite, version, under=under, keep_setid=keep_setid
+        )
 
     # -- threads -----------------------------------------------------------------------------
 

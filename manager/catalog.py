@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 from manager.holdings import COMPLETE, FAILED, PENDING, Holdings
 from warren.messages import FileEntry
+from warren.private import private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -83,7 +85,14 @@ class Catalog(Holdings):
         self._usage: dict[str, tuple[int, int]] | None = None  # see _replica_usage
 
     def open(self) -> None:
+        """Open (or create) the catalog: the file and its WAL and shared-memory files are
+        0600 (sqlite gives the latter two the mode of the first; older ones are tightened)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

@@ -32,6 +32,7 @@ from warren import messages as m
 from warren import metrics
 from warren.config import Settings
 from warren.errors import DecodeError, Locked
+from warren.private import private_dir
 from warren.sealing import Sealer, load_or_create_key
 from warren.service import run_connection
 from warren.topology import (
@@ -79,6 +80,8 @@ class Manager:
         return Path(self.settings.data_dir or ".") / "manager.key"
 
     def run(self) -> None:
+        if self.settings.data_dir is not None:  # the catalog names every user's files
+            private_dir(Path(self.settings.data_dir))
         seal = RecordSeal(Sealer(load_or_create_key(self.key_file)))
         self.outbox = outbox = Outbox(seal)
         self.placement = Placement(self.settings, self.catalog, outbox, self.term, self.health)

@@ -28,6 +28,7 @@ from warren import messages as m
 from warren import metrics
 from warren.config import Settings
 from warren.errors import BrokerRefused
+from warren.private import private_dir
 from warren.service import run_connection
 from warren.topology import (
     MANAGER_EVENTS,
@@ -65,6 +66,8 @@ class Worker:
 
     def run(self) -> None:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
+        if self.settings.data_dir is not None:  # every user's bytes
+            private_dir(Path(self.settings.data_dir))
         self.store.open()
         swept = self.store.sweep(time.time() - self.settings.upload_expiry)
         if swept:
