@@ -239,6 +239,31 @@ def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> Non
         signal.signal(signal.SIGHUP, saved)
 
 
+def test_a_suite_started_with_signals_ignored_gives_them_back_to_its_clients(
+    pytestconfig: pytest.Config,
+) -> None:
+    # Given the suite's process with SIGINT, SIGHUP and SIGTERM ignored (`nohup make test &`)
+    from tests.conftest import pytest_configure
+
+    sigs = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        # When the suite configures itself, then a client it starts has them all back
+        pytest_configure(pytestconfig)
+        script = (
+            "import signal\n"
+            "sigs = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)\n"
+            "print([signal.getsignal(s) is signal.SIG_IGN for s in sigs])\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert res.stdout.strip() == "[False, False, False]"
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_a_long_listing_is_lines_not_a_table() -> None:
     # A big backup's list prints a line per file at once; rich would lay out a table whole
     files = [
