@@ -86,6 +86,36 @@ def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Pat
     assert obj["sha256"] == file_sha256(f)
 
 
+def test_prune_dry_run_says_what_would_go_and_deletes_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given three versions of a file under a prefix no other test uses
+    f = tmp_path / "log.txt"
+    for i in range(3):
+        f.write_text(f"version {i + 1}")
+        cluster.client("upload", str(f), "--name", "prune-dry/log.txt").ok()
+
+    def versions() -> list[int]:
+        res = cluster.client("versions", "prune-dry/log.txt", "--json").ok()
+        return sorted(v["version"] for v in json.loads(res.out))
+
+    assert versions() == [1, 2, 3]
+    # When the command line prunes it to the newest one with --dry-run
+    res = cluster.client("prune", "--keep-last", "1", "prune-dry/", "--dry-run").ok()
+    # Then it names the two older versions, and all three are still there
+    lines = res.out.splitlines()
+    assert lines[-1] == "would delete 2 versions"
+    assert sorted(lines[:-1]) == [
+        "would delete prune-dry/log.txt version 1 (9 B)",
+        "would delete prune-dry/log.txt version 2 (9 B)",
+    ]
+    assert versions() == [1, 2, 3]
+    # And without --dry-run those two go
+    res = cluster.client("prune", "--keep-last", "1", "prune-dry/").ok()
+    assert res.out.splitlines()[-1] == "deleted 2 versions"
+    assert versions() == [3]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_during_a_download_leaves_no_partial_file(
     cluster: Cluster, tmp_path: Path, sig: signal.Signals
