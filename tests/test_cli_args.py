@@ -264,6 +264,24 @@ def test_a_suite_started_with_signals_ignored_gives_them_back_to_its_clients(
             signal.signal(sig, handler)
 
 
+def test_another_failure_is_one_sentence_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a manager that answers with an error code this client does not know (a newer
+    # manager's), which is a plain failure: neither not found, unavailable, nor refused
+    import client.__main__ as cm
+    from client.cli import App
+
+    def run(_self: object) -> int:
+        raise errors.from_wire("disk_on_fire", "the manager's disk is on fire.")
+
+    monkeypatch.setattr(App, "run", run)
+    # When a command gets it, then it is exit 1 and the manager's sentence
+    assert cm.main(["list"]) == errors.EXIT_FAILURE == 1
+    captured = capsys.readouterr()
+    assert captured.err == "error: the manager's disk is on fire.\n" and captured.out == ""
+
+
 def test_a_long_listing_is_lines_not_a_table() -> None:
     # A big backup's list prints a line per file at once; rich would lay out a table whole
     files = [
