@@ -217,10 +217,29 @@ def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
         "deduplicated": False,
         "recorded": True,
     }
-    deduplicated = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), deduplicated=True)
-    assert upload_json(deduplicated)["bytes_sent"] == 0
-    resumed = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), sent=4)
-    assert upload_json(resumed)["bytes_sent"] == 4
+    # Content the cluster already held: nothing sent, said so
+    held = {"w1": 0, "w2": 1}
+    deduplicated = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), held, deduplicated=True)
+    assert upload_json(deduplicated) == {
+        "name": "a.txt",
+        "size": 10,
+        "sha256": "ab" * 32,
+        "replicas": ["w1", "w2"],
+        "bytes_sent": 0,
+        "deduplicated": True,
+        "recorded": True,
+    }
+    # A resumed upload, stored but not yet in the catalog: only the bytes this command sent
+    resumed = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), held, recorded=False, sent=4)
+    assert upload_json(resumed) == {
+        "name": "a.txt",
+        "size": 10,
+        "sha256": "ab" * 32,
+        "replicas": ["w1", "w2"],
+        "bytes_sent": 4,
+        "deduplicated": False,
+        "recorded": False,
+    }
 
 
 def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> None:

@@ -71,9 +71,22 @@ def test_upload_json_prints_one_object_per_file_as_it_is_confirmed(
     assert copy["name"] == "copy.bin" and copy["bytes_sent"] == 0 and copy["deduplicated"]
 
 
-def test_status_shows_uploads_and_repairs_in_flight(cluster: Cluster) -> None:
+def test_status_shows_uploads_and_repairs_in_flight(cluster: Cluster, tmp_path: Path) -> None:
+    # Given the module's cluster at rest: four live workers, a file stored (and any earlier
+    # tests stored)
+    (tmp_path / "status.txt").write_text("counted")
+    cluster.client("upload", str(tmp_path / "status.txt")).ok()
+    files = cluster.status()["files"]
+    assert files >= 1
+    # When status is asked for as a table
     res = cluster.client("status").ok()
-    assert "uploads in flight" in res.out and "under way" in res.out
+    # Then each worker has its row, alive, and the line under the table counts the files
+    # and says nothing is in flight or under repair
+    rows = [line.split("│") for line in res.out.splitlines() if line.startswith("│")]
+    states = {r[1].strip(): r[2].strip() for r in rows}
+    assert states == {"w1": "alive", "w2": "alive", "w3": "alive", "w4": "alive"}, res.out
+    summary = f"{files} files, 0 under-replicated, 0 uploads in flight, 0 repairs under way"
+    assert res.out.splitlines()[-1] == summary, res.out
 
 
 def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Path) -> None:
