@@ -17,7 +17,7 @@ from client.outcomes import Progress
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
-from warren.errors import NotFound
+from warren.errors import NotFound, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
@@ -81,9 +81,12 @@ def test_a_manager_started_on_an_empty_data_dir_rebuilds_the_catalog(
 
 
 def _uploads(s: Session, tmp_path: Path) -> bool:
+    """True once the upload is taken; False while the manager says to try again (it is
+    catching up until every worker has reported). Any other failure fails the test."""
     try:
         s.upload(tmp_path / "src", "docs/a.bin", 2)
-    except Exception:  # noqa: BLE001 - "catching up" until every worker has reported
+    except Unavailable as exc:
+        assert str(exc).endswith("try again in a moment."), exc
         return False
     return True
 
