@@ -297,16 +297,22 @@ class LocalNode:
             self.api("DELETE", "vhosts/" + urllib.parse.quote(vhost, safe=""))
 
 
-def tls_config(port: int, ca_file: Path, cert_file: Path, key_file: Path) -> str:
+def tls_config(
+    port: int, ca_file: Path, cert_file: Path, key_file: Path, require_client_cert: bool = False
+) -> str:
     """``extra_config`` for a TLS listener on 127.0.0.1:``port`` (amqps://). The node may
-    run as the ``rabbitmq`` user: the files and their folders must be readable by it."""
+    run as the ``rabbitmq`` user: the files and their folders must be readable by it.
+
+    A client certificate signed by ``ca_file`` is checked when one is sent;
+    ``require_client_cert`` refuses a client that sends none (the tests' node does, so
+    the client certificate settings are proven; ``make up TLS=1`` does not)."""
     return (
         f"listeners.ssl.default = 127.0.0.1:{port}\n"
         f"ssl_options.cacertfile = {ca_file}\n"
         f"ssl_options.certfile = {cert_file}\n"
         f"ssl_options.keyfile = {key_file}\n"
         "ssl_options.verify = verify_peer\n"
-        "ssl_options.fail_if_no_peer_cert = false\n"
+        f"ssl_options.fail_if_no_peer_cert = {str(require_client_cert).lower()}\n"
     )
 
 

@@ -28,11 +28,15 @@ from warren.errors import UsageError
 
 def pytest_configure(config: pytest.Config) -> None:
     # A suite started in the background by a script (`make test &`) inherits SIGINT
-    # ignored, and so would every client it starts; a client keeps an ignored signal
-    # ignored (as under nohup), so the Ctrl-C tests would hang. They test Ctrl-C: give
-    # this process, and so its children, SIGINT back.
+    # ignored, one started under nohup SIGHUP ignored, and so would every client it
+    # starts; a client keeps an ignored signal ignored (as a user under nohup wants), so
+    # the tests that send those signals would fail. They test the signals: give this
+    # process, and so its children, SIGINT, SIGHUP and SIGTERM back.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -217,10 +217,29 @@ def test_upload_json_counts_nothing_sent_for_deduplicated_content() -> None:
         "deduplicated": False,
         "recorded": True,
     }
-    deduplicated = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), deduplicated=True)
-    assert upload_json(deduplicated)["bytes_sent"] == 0
-    resumed = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), sent=4)
-    assert upload_json(resumed)["bytes_sent"] == 4
+    # Content the cluster already held: nothing sent, said so
+    held = {"w1": 0, "w2": 1}
+    deduplicated = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), held, deduplicated=True)
+    assert upload_json(deduplicated) == {
+        "name": "a.txt",
+        "size": 10,
+        "sha256": "ab" * 32,
+        "replicas": ["w1", "w2"],
+        "bytes_sent": 0,
+        "deduplicated": True,
+        "recorded": True,
+    }
+    # A resumed upload, stored but not yet in the catalog: only the bytes this command sent
+    resumed = UploadResult("a.txt", 10, "ab" * 32, ("w1", "w2"), held, recorded=False, sent=4)
+    assert upload_json(resumed) == {
+        "name": "a.txt",
+        "size": 10,
+        "sha256": "ab" * 32,
+        "replicas": ["w1", "w2"],
+        "bytes_sent": 4,
+        "deduplicated": False,
+        "recorded": False,
+    }
 
 
 def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> None:
@@ -237,6 +256,49 @@ def test_sigterm_raises_like_ctrl_c_and_an_ignored_sighup_stays_ignored() -> Non
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, saved)
+
+
+def test_a_suite_started_with_signals_ignored_gives_them_back_to_its_clients(
+    pytestconfig: pytest.Config,
+) -> None:
+    # Given the suite's process with SIGINT, SIGHUP and SIGTERM ignored (`nohup make test &`)
+    from tests.conftest import pytest_configure
+
+    sigs = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        # When the suite configures itself, then a client it starts has them all back
+        pytest_configure(pytestconfig)
+        script = (
+            "import signal\n"
+            "sigs = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)\n"
+            "print([signal.getsignal(s) is signal.SIG_IGN for s in sigs])\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert res.stdout.strip() == "[False, False, False]"
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_another_failure_is_one_sentence_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a manager that answers with an error code this client does not know (a newer
+    # manager's), which is a plain failure: neither not found, unavailable, nor refused
+    import client.__main__ as cm
+    from client.cli import App
+
+    def run(_self: object) -> int:
+        raise errors.from_wire("disk_on_fire", "the manager's disk is on fire.")
+
+    monkeypatch.setattr(App, "run", run)
+    # When a command gets it, then it is exit 1 and the manager's sentence
+    assert cm.main(["list"]) == errors.EXIT_FAILURE == 1
+    captured = capsys.readouterr()
+    assert captured.err == "error: the manager's disk is on fire.\n" and captured.out == ""
 
 
 def test_a_long_listing_is_lines_not_a_table() -> None:

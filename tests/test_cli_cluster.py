@@ -71,9 +71,22 @@ def test_upload_json_prints_one_object_per_file_as_it_is_confirmed(
     assert copy["name"] == "copy.bin" and copy["bytes_sent"] == 0 and copy["deduplicated"]
 
 
-def test_status_shows_uploads_and_repairs_in_flight(cluster: Cluster) -> None:
+def test_status_shows_uploads_and_repairs_in_flight(cluster: Cluster, tmp_path: Path) -> None:
+    # Given the module's cluster at rest: four live workers, a file stored (and any earlier
+    # tests stored)
+    (tmp_path / "status.txt").write_text("counted")
+    cluster.client("upload", str(tmp_path / "status.txt")).ok()
+    files = cluster.status()["files"]
+    assert files >= 1
+    # When status is asked for as a table
     res = cluster.client("status").ok()
-    assert "uploads in flight" in res.out and "under way" in res.out
+    # Then each worker has its row, alive, and the line under the table counts the files
+    # and says nothing is in flight or under repair
+    rows = [line.split("│") for line in res.out.splitlines() if line.startswith("│")]
+    states = {r[1].strip(): r[2].strip() for r in rows}
+    assert states == {"w1": "alive", "w2": "alive", "w3": "alive", "w4": "alive"}, res.out
+    summary = f"{files} files, 0 under-replicated, 0 uploads in flight, 0 repairs under way"
+    assert res.out.splitlines()[-1] == summary, res.out
 
 
 def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Path) -> None:
@@ -84,6 +97,36 @@ def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Pat
     [obj] = [json.loads(line) for line in res.out.splitlines()]
     assert obj["name"] == "dl.txt" and obj["path"] == str(tmp_path / "back.txt")
     assert obj["sha256"] == file_sha256(f)
+
+
+def test_prune_dry_run_says_what_would_go_and_deletes_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given three versions of a file under a prefix no other test uses
+    f = tmp_path / "log.txt"
+    for i in range(3):
+        f.write_text(f"version {i + 1}")
+        cluster.client("upload", str(f), "--name", "prune-dry/log.txt").ok()
+
+    def versions() -> list[int]:
+        res = cluster.client("versions", "prune-dry/log.txt", "--json").ok()
+        return sorted(v["version"] for v in json.loads(res.out))
+
+    assert versions() == [1, 2, 3]
+    # When the command line prunes it to the newest one with --dry-run
+    res = cluster.client("prune", "--keep-last", "1", "prune-dry/", "--dry-run").ok()
+    # Then it names the two older versions, and all three are still there
+    lines = res.out.splitlines()
+    assert lines[-1] == "would delete 2 versions"
+    assert sorted(lines[:-1]) == [
+        "would delete prune-dry/log.txt version 1 (9 B)",
+        "would delete prune-dry/log.txt version 2 (9 B)",
+    ]
+    assert versions() == [1, 2, 3]
+    # And without --dry-run those two go
+    res = cluster.client("prune", "--keep-last", "1", "prune-dry/").ok()
+    assert res.out.splitlines()[-1] == "deleted 2 versions"
+    assert versions() == [3]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])

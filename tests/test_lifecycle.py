@@ -165,7 +165,10 @@ def test_content_held_too_few_times_goes_worker_to_worker_and_small_files_are_no
     result = json.loads(big.out)
     assert result["bytes_sent"] == 0 and result["deduplicated"]
     assert len(result["replicas"]) == 3
-    assert len(cluster.holders_on_disk(sha(data))) == 3
+    # (three copies on the workers named, each of bytes that hash to the content's name)
+    assert cluster.holders_on_disk(sha(data)) == set(result["replicas"])
+    for worker in result["replicas"]:
+        assert hashlib.sha256(cluster.stored(worker, sha(data))).hexdigest() == sha(data)
     assert len(few) == 40 and all(f["deduplicated"] and f["bytes_sent"] == 0 for f in few)
     assert chunk_lines(cluster) == replicas_before + 2  # the two copies, one hop each
     assert pack_lines(cluster) == packs_before

@@ -3,6 +3,8 @@
 Peer verification is on and the host name is checked: the right CA gives a round trip
 (upload and download through a manager and workers over amqps://, with a client
 certificate), a wrong CA or a certificate for another host is one sentence and exit 4.
+The node requires a client certificate: one with its key apart or in the same file is
+let in, none or one from another CA is one sentence and exit 4.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ def tls_node(rabbit: LocalNode) -> Iterator[TLSNode]:
     server.cert_chain_pems[0].write_to_path(str(certs / "server.pem"))
     client = ca.issue_cert("warren-client")
     client.private_key_and_cert_chain_pem.write_to_path(str(certs / "client.pem"))
+    client.cert_chain_pems[0].write_to_path(str(certs / "client-cert.pem"))  # key apart
+    client.private_key_pem.write_to_path(str(certs / "client.key"))
     trustme.CA().cert_pem.write_to_path(str(certs / "other-ca.pem"))
     for f in certs.iterdir():
         f.chmod(0o644)
@@ -51,7 +56,13 @@ def tls_node(rabbit: LocalNode) -> Iterator[TLSNode]:
     try:
         for attempt in range(2):  # a free port can be taken by another test run meanwhile
             port = free_port()
-            config = tls_config(port, certs / "ca.pem", certs / "server.pem", certs / "server.key")
+            config = tls_config(
+                port,
+                certs / "ca.pem",
+                certs / "server.pem",
+                certs / "server.key",
+                require_client_cert=True,
+            )
             node = LocalNode.with_free_ports(base / str(attempt), name="wtls", extra_config=config)
             try:
                 node.start()
@@ -74,7 +85,8 @@ def tls_cluster(tls_node: TLSNode, tmp_path: Path) -> Iterator[Cluster]:
     c.url = tls_node.url(quoted)
     c.env_extra.update(
         WARREN_TLS_CA_FILE=str(tls_node.certs / "ca.pem"),
-        WARREN_TLS_CERT_FILE=str(tls_node.certs / "client.pem"),
+        WARREN_TLS_CERT_FILE=str(tls_node.certs / "client-cert.pem"),
+        WARREN_TLS_KEY_FILE=str(tls_node.certs / "client.key"),
     )
     yield c
     c.stop_all()
@@ -124,3 +136,33 @@ def test_a_certificate_that_does_not_verify_is_one_sentence_and_exit_4(
     assert res.code == errors.EXIT_UNAVAILABLE, res
     assert "RabbitMQ's TLS certificate did not verify" in res.err and says in res.err, res.err
     assert len(res.err.strip().splitlines()) == 1 and "Traceback" not in res.err
+
+
+def test_the_broker_lets_in_a_client_certificate_and_refuses_none_or_a_stranger(
+    tls_node: TLSNode, tls_cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a node that requires a client certificate its CA signed, and a manager on it
+    c = tls_cluster
+    c.start("manager")
+    c.wait_alive([])
+    # When a client gives one, its key apart (the cluster's settings) or in the same file,
+    # then it is let in
+    c.client("list").ok()
+    c.client(
+        "list", WARREN_TLS_CERT_FILE=str(tls_node.certs / "client.pem"), WARREN_TLS_KEY_FILE=""
+    ).ok()
+    # When it gives none, or one another CA signed, then it is one sentence and exit 4, at once
+    stranger = trustme.CA().issue_cert("warren-client")
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "stranger.pem"))
+    for cert, alert in [
+        ("", "tlsv13 alert certificate required"),
+        (str(tmp_path / "stranger.pem"), "tlsv1 alert unknown ca"),
+    ]:
+        started = time.monotonic()
+        res = c.client("list", WARREN_TLS_CERT_FILE=cert, WARREN_TLS_KEY_FILE="")
+        assert res.code == errors.EXIT_UNAVAILABLE, res
+        assert res.err.strip() == (
+            f"error: RabbitMQ refused this client's TLS certificate ({alert}): set "
+            "WARREN_TLS_CERT_FILE (and WARREN_TLS_KEY_FILE) to one its CA signed."
+        ), res.err
+        assert time.monotonic() - started < 8, "retried as if the broker were down"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from devtools.localnode import free_port
+from warren import metrics
 from warren.config import DEFAULT_AMQP_URL, Settings, default_config_path, mask, redact, shown
 from warren.errors import UsageError
 
@@ -122,3 +126,17 @@ def test_passwords_are_masked_where_settings_are_shown() -> None:
     )
     assert shown("admin_password", "hunter2") == "****"
     assert shown("window", 16) == "16"
+
+
+def test_metrics_are_served_on_the_address_warren_metrics_addr_names() -> None:
+    # Given WARREN_METRICS_ADDR naming another loopback address than the default
+    port = free_port()
+    env = {"WARREN_METRICS_ADDR": "127.0.0.2", "WARREN_METRICS_PORT": str(port)}
+    settings = Settings.load(environ=env)
+    # When a service starts its metrics as the manager and workers do
+    metrics.serve(settings.metrics_port, settings.metrics_addr)
+    # Then /metrics answers there, and not on the default 127.0.0.1
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=10) as resp:
+        assert resp.status == 200 and b"warren_files" in resp.read()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()

@@ -432,12 +432,18 @@ def test_heartbeats_queued_while_the_manager_was_down_do_not_bring_dead_workers_
     for name in list(stub.workers):
         stub.kill(name)
     time.sleep(stub.settings.dead_after + 0.2)
-    # When the manager comes back and reads what waited for it
+    # When the manager comes back and reads what waited for it, and then a heartbeat of
+    # now from another worker (read after those: one queue, one consumer)
     stub.start_manager()
-    time.sleep(0.5)
-    # Then no worker is alive: heartbeats older than dead_after said nothing of now
+    beat = m.Heartbeat(worker="w9", free_bytes=10**12, used_bytes=0, files=0)
+    later = stub.broker.connect(stub.settings, "a worker beating now")
+    later.open()
+    later.publish(MANAGER_EVENTS, beat.encode(), type=beat.TYPE, persistent=False)
+    # Then only that one is alive: heartbeats older than dead_after said nothing of now
     with stub.session() as s:
-        assert [w.name for w in s.status().workers if w.alive] == []
+        wait_for(lambda: any(w.alive for w in s.status().workers), what="the later heartbeat")
+        assert [w.name for w in s.status().workers if w.alive] == ["w9"]
+    later.close()
 
 
 def test_a_request_its_queue_refuses_is_try_again_not_a_manager_that_never_ran(

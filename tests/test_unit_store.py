@@ -1,12 +1,23 @@
-"""The worker's chunk store on a real disk: idempotent writes, verified atomic finish."""
+"""The worker's chunk store on a real disk: idempotent writes, verified atomic finish; and
+what keeps that disk tidy and shared: the sweep of ``incoming/`` at start, scrub's pace."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from warren.config import Settings
+from warren.errors import BrokerRefused
+from warren.transport import Transport
+from worker import scrub
+from worker.service import Worker
 from worker.store import ChunkStore, CorruptUpload
 
 UID = "ab" * 16
@@ -125,3 +136,83 @@ def test_a_pack_cut_short_by_a_crash_leaves_nothing_at_restart(tmp_path: Path) -
     (store.incoming / f"{'ab' * 32}.1234abcd.blob").write_bytes(b"half")
     ChunkStore(tmp_path).open()
     assert not any(store.incoming.iterdir())
+
+
+class RefusingBroker:
+    """A transport whose broker refuses the login: the worker's run ends at its first
+    connection, after what it does before connecting and before any thread starts."""
+
+    tried = False
+
+    def open(self, **_kw: Any) -> None:
+        RefusingBroker.tried = True
+        raise BrokerRefused("RabbitMQ refused the credentials")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_starting_worker_removes_what_is_stale_in_incoming(tmp_path: Path) -> None:
+    # Given a worker's incoming/ holding the partial data of an upload untouched for longer
+    # than an upload may take, and that of one still under way
+    store = ChunkStore(tmp_path)
+    store.open()
+    stale, fresh = store.incoming / f"{'ab' * 16}.part", store.incoming / f"{'cd' * 16}.part"
+    stale.write_bytes(b"abandoned")
+    fresh.write_bytes(b"under way")
+    expiry = 3600.0
+    an_hour_and_a_minute_ago = time.time() - expiry - 60
+    os.utime(stale, (an_hour_and_a_minute_ago, an_hour_and_a_minute_ago))
+    # When the worker starts (here with a broker that refuses it, so no scrub pass runs)
+    settings = Settings(name="w1", data_dir=tmp_path, upload_expiry=expiry)
+    worker = Worker(settings, threading.Event(), lambda _s, _n: cast(Transport, RefusingBroker()))
+    with pytest.raises(BrokerRefused):
+        worker.run()
+    # Then the stale one is gone and the other kept
+    assert RefusingBroker.tried
+    assert sorted(p.name for p in store.incoming.iterdir()) == [fresh.name]
+
+
+class Clock:
+    """A transport that only records what the scrubber schedules, for the test to run."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.scheduled.append((delay, callback))
+
+
+def test_scrub_reads_no_faster_than_warren_scrub_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stored blob of 3 MiB, scrubbed a MiB at a time at 512 KiB a second
+    mib = 1024 * 1024
+    store = ChunkStore(tmp_path)
+    store.open()
+    data = os.urandom(3 * mib)
+    store.write_chunk(UID, 0, 0, data, 1)
+    store.finalize(UID, hashlib.sha256(data).hexdigest(), len(data))
+    monkeypatch.setattr(scrub, "SLICE", mib)
+    # (and in incoming/ the partial data of an upload untouched for two hours)
+    stale = store.incoming / f"{'cd' * 16}.part"
+    stale.write_bytes(b"abandoned")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    settings = Settings(name="w1", scrub_rate=512 * 1024, scrub_interval=3600, upload_expiry=3600)
+    scrubber = scrub.Scrubber(settings, store, threading.Event())
+    clock = Clock()
+    conn = cast(Transport, clock)
+    # When it runs one pass, each step when the one before scheduled it
+    scrubber._step(conn)
+    while scrubber.finished_at == 0:
+        clock.scheduled[-1][1]()
+    # Then after each MiB read it waits two seconds, 3 MiB in 6 s (then the pass ends and
+    # it waits for the next), and the copy is good
+    delays = [delay for delay, _ in clock.scheduled[:-1]]
+    assert delays == [2.0, 2.0, 2.0, 0.0] and sum(delays) == len(data) / settings.scrub_rate
+    assert store.damaged == 0
+    # And the pass swept what was stale in incoming/
+    assert not stale.exists()

@@ -50,7 +50,12 @@ from warren.errors import (
     Undeliverable,
     WarrenError,
 )
-from warren.tls import CertificateError, certificate_failure, tls_context
+from warren.tls import (
+    CertificateError,
+    certificate_failure,
+    client_certificate_refused,
+    tls_context,
+)
 from warren.topology import (
     ExchangeSpec,
     QueueSpec,
@@ -122,6 +127,11 @@ def translate_errors() -> Iterator[None]:
                 "RabbitMQ's TLS certificate did not verify "
                 f"({bad_cert.verify_message or bad_cert.reason}): check WARREN_TLS_CA_FILE "
                 "and the host name in WARREN_AMQP_URL."
+            ) from None
+        if refused := client_certificate_refused(exc):
+            raise CertificateError(
+                f"RabbitMQ refused this client's TLS certificate ({refused}): set "
+                "WARREN_TLS_CERT_FILE (and WARREN_TLS_KEY_FILE) to one its CA signed."
             ) from None
         raise BrokerUnavailable(f"lost the connection to RabbitMQ ({type(exc).__name__})") from None
 

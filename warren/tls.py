@@ -1,9 +1,12 @@
 """TLS towards RabbitMQ: the context every amqps:// connection uses, and the failed
-certificate check found in the error a connection attempt ends with."""
+certificate check, or the broker's refusal of the client's certificate, found in the error
+a connection attempt ends with."""
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 from warren.config import Settings
@@ -11,7 +14,8 @@ from warren.errors import Unavailable, UsageError
 
 
 class CertificateError(Unavailable):
-    """The broker's TLS certificate did not verify (unknown CA, wrong host name, expired).
+    """The broker's TLS certificate did not verify (unknown CA, wrong host name, expired),
+    or the broker refused the client's (none given, or not signed by a CA it trusts).
 
     Exit 4 like any unreachable broker, but never retried: waiting will not fix it."""
 
@@ -35,8 +39,26 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate check that failed somewhere inside pika's connection error."""
+# The alerts a broker sends when it refuses the client's certificate (none sent, or one
+# its CA did not sign). pika keeps only their text: the SSLError itself is gone by the time
+# its connection error is raised, as a string inside IncompatibleProtocolError.
+_CLIENT_CERT_ALERTS = re.compile(
+    r"((?:tlsv1[0-9]*|sslv3) alert (certificate required|unknown ca|bad certificate|"
+    r"certificate unknown|certificate expired|certificate revoked))",
+    re.IGNORECASE,
+)
+
+
+def client_certificate_refused(exc: BaseException) -> str | None:
+    """The alert by which the broker refused this client's certificate, if it did."""
+    for e in _chain(exc):
+        if isinstance(e, (BaseException, str)) and (m := _CLIENT_CERT_ALERTS.search(str(e))):
+            return m.group(1).lower()
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[Any]:
+    """The exception, its causes and contexts, and what their args and groups hold."""
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:
@@ -44,11 +66,17 @@ def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | No
         if id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e
+        yield e
         if isinstance(e, BaseException):
             todo.extend([e.__cause__, e.__context__, *e.args])
             todo.extend(getattr(e, "exceptions", None) or ())
         elif isinstance(e, (list, tuple)):
             todo.extend(e)
+
+
+def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed somewhere inside pika's connection error."""
+    for e in _chain(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e
     return None
