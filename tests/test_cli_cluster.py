@@ -3,6 +3,8 @@ file as it is confirmed, status in flight, and SIGTERM or SIGHUP during a downlo
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import json
 import os
 import signal
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, file_sha256
+from tests.cluster import Cluster, file_sha256, while_running
+from tests.test_faults import frozen
 from warren import errors
 
 
@@ -129,33 +132,111 @@ def test_prune_dry_run_says_what_would_go_and_deletes_nothing(
     assert versions() == [3]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_signal_during_a_download_leaves_no_partial_file(
-    cluster: Cluster, tmp_path: Path, sig: signal.Signals
-) -> None:
-    # Given a large stored file
-    big = tmp_path / f"big-{sig.name}.bin"
-    big.write_bytes(os.urandom(96 * 1024 * 1024))
+SIGNAL_MIB = 48
+
+
+@pytest.fixture(scope="module")
+def stored_big(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stored file of SIGNAL_MIB MiB, for the signal tests (uploaded once)."""
+    big = tmp_path_factory.mktemp("signals") / "signalled.bin"
+    big.write_bytes(os.urandom(SIGNAL_MIB * 1024 * 1024))
     cluster.client("upload", str(big), timeout=300).ok()
-    out = tmp_path / "restore"
-    out.mkdir()
-    # When its download is under way (the hidden .part file is growing) and the signal comes
-    proc = cluster.client_process("download", big.name, "-o", str(out / big.name))
-    deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 0 for p in out.glob(".*.part")):
-        assert proc.poll() is None, "the download ended before the signal could be sent"
-        assert time.monotonic() < deadline, "no partial file appeared"
-        time.sleep(0.01)
+    return big
+
+
+def part_size(folder: Path) -> int:
+    """How far the client's partial file ``.NAME.*.part`` has been written (0 if none)."""
+    sizes = [0]
+    for p in folder.glob(".*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            sizes.append(p.stat().st_size)
+    return max(sizes)
+
+
+def server_of(cluster: Cluster, name: str, seen: int) -> str | None:
+    """The worker the manager chose for the restore of ``name`` after the first ``seen``."""
+    log = cluster.log_path("manager").read_text().splitlines()
+    chosen = [ln.rsplit(" served by ", 1)[1].strip() for ln in log if f"{name!r} served by " in ln]
+    return chosen[seen] if len(chosen) > seen else None
+
+
+def ended_by(proc: subprocess.Popen[bytes], sig: signal.Signals) -> tuple[str, str, float]:
+    """Send ``sig`` and wait for the command to end: its stdout, stderr and how long it took
+    (killed and failed after 20 s: a hang)."""
+    sent = time.monotonic()
     proc.send_signal(sig)
     try:
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise
-    # Then it ends as Ctrl-C does: exit 130, one sentence, and nothing left behind
+        raise AssertionError(f"the client still ran 20 s after {sig.name}") from None
+    return out.decode(), err.decode(), time.monotonic() - sent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_a_download_leaves_no_partial_file(
+    cluster: Cluster, stored_big: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # Given a download whose first chunks have arrived (the hidden .part file has bytes)
+    out = tmp_path / "restore"
+    out.mkdir()
+    seen = 0
+    while server_of(cluster, stored_big.name, seen):
+        seen += 1
+    proc = cluster.client_process("download", stored_big.name, "-o", str(out / stored_big.name))
+    while_running(proc, lambda: part_size(out) > 0, "the first chunks to arrive")
+    server = server_of(cluster, stored_big.name, seen)
+    assert server, "no worker was chosen to serve the restore"
+    # ... held mid-way: the serving worker frozen, the client has written all that was sent
+    # and waits for the rest (a short freeze: a worker silent for 4 s counts as dead)
+    with frozen(cluster, (server,)):
+        written = -1
+        while written != part_size(out):
+            written = part_size(out)
+            time.sleep(0.3)
+        assert 0 < written < SIGNAL_MIB * 1024 * 1024, "the restore was not held mid-way"
+        assert proc.poll() is None
+        # When the signal comes
+        _, err, took = ended_by(proc, sig)
+    # Then it ends as Ctrl-C does, within seconds: exit 130, one sentence, nothing left behind
     assert proc.returncode == errors.EXIT_INTERRUPTED, err
-    assert err.decode().strip() == f"interrupted by {sig.name}"
+    assert err.strip() == f"interrupted by {sig.name}"
     assert list(out.iterdir()) == []
+    assert took < 5, f"the client took {took:.1f} s to end after {sig.name}"
+
+
+def test_a_signal_as_a_download_ends_gives_the_whole_file_or_none(
+    cluster: Cluster, stored_big: Path, tmp_path: Path
+) -> None:
+    # Given a download frozen (SIGSTOP) right as its last byte is written, before it ends
+    out = tmp_path / "restore"
+    out.mkdir()
+    dest = out / stored_big.name
+    size = stored_big.stat().st_size
+    proc = cluster.client_process("download", stored_big.name, "-o", str(dest))
+    while_running(
+        proc, lambda: part_size(out) == size or dest.exists(), "the last byte", timeout=120
+    )
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert proc.poll() is None, "the download ended before the signal could be sent"
+        # When SIGTERM comes then, and the client carries on
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    stdout, err, took = ended_by(proc, signal.SIGCONT)
+    # Then the command ends at once, one way or the other, never with a partial file: done
+    # (exit 0, the file whole) or interrupted (exit 130, one sentence, and any file there
+    # whole: one verified and moved into place before the signal stays, as it is complete)
+    assert took < 5, f"the client took {took:.1f} s to end after SIGTERM"
+    assert not list(out.glob(".*")), "a partial file was left behind"
+    if proc.returncode == 0:
+        assert filecmp.cmp(dest, stored_big, shallow=False)
+        assert f"restored {stored_big.name} " in stdout, stdout
+    else:
+        assert proc.returncode == errors.EXIT_INTERRUPTED, err
+        assert err.strip() == "interrupted by SIGTERM"
+        assert not dest.exists() or filecmp.cmp(dest, stored_big, shallow=False)
 
 
 def test_a_new_user_needs_no_export_with_the_url_in_the_config_file(

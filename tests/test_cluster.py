@@ -13,7 +13,14 @@ import pytest
 
 from devtools.localnode import LocalNode, cluster_url, start_cluster, stop_all
 from tests.cluster import Cluster, MakeCluster, wait_for
-from tests.test_faults import finish, random_file, upload_in_flight
+from tests.test_faults import (
+    confirmed_across,
+    finish,
+    frozen,
+    random_file,
+    still_in_flight,
+    upload_in_flight,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +57,24 @@ def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
     c.client("upload", str(before), timeout=60).ok()
 
     # When the node everyone is connected to (the first in the URL list) is killed
-    # while a large upload is in flight, and another upload starts right after
-    big, client = upload_in_flight(c, tmp_path, "big.bin", 120, ("w1", "w2", "w3"))
-    nodes[0].kill()
+    # while a large upload is in flight, held there (every worker frozen with its replicas
+    # half-written, so it cannot be confirmed before the node dies), and another upload
+    # starts right after
+    workers = ("w1", "w2", "w3")
+    big, client = upload_in_flight(c, tmp_path, "big.bin", 30, workers)
+    with frozen(c, workers):
+        still_in_flight(c, client, workers)
+        nodes[0].kill()
     during = [random_file(tmp_path, "during.bin", 2 * 1024 * 1024)]
     during += [random_file(tmp_path, f"during {i:02}", 500 + i) for i in range(10)]
     late = c.client_process("upload", *map(str, during), WARREN_CONNECT_TIMEOUT="60")
 
-    # Then each upload finished or failed with one clear sentence
+    # Then each upload finished or failed with one clear sentence; the held one ended only
+    # after the node had died, and the late one confirmed files on the surviving nodes
     confirmed = [
         before,
         *finish(client, [big], timeout=120),
-        *finish(late, during, timeout=120),
+        *confirmed_across(late, during, timeout=120),
     ]
     # And the services moved to the surviving nodes by themselves
     c.wait_alive(["w1", "w2", "w3"], timeout=60)

@@ -71,6 +71,38 @@ def upload_in_flight(
     return src, client
 
 
+@contextlib.contextmanager
+def frozen(c: Cluster, workers: tuple[str, ...]) -> Iterator[None]:
+    """The workers stopped (SIGSTOP) for the block and thawed (SIGCONT) at its end, come what
+    may: what they hold stays held, so a fault injected meanwhile certainly meets it."""
+    procs = [c.procs[w] for w in workers]
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+
+
+def still_in_flight(c: Cluster, client: subprocess.Popen[bytes], workers: tuple[str, ...]) -> None:
+    """With ``workers`` frozen: the upload cannot be confirmed until they thaw. The client
+    still waits, and a replica is still half-written on a frozen worker (a worker confirms a
+    replica only once it is whole, and the client waits for every replica)."""
+    assert client.poll() is None, "the upload ended before the fault"
+    assert chunks_on_disk(c, workers) > 0, "every replica was whole before the fault"
+
+
+def confirmed_across(
+    client: subprocess.Popen[bytes], files: list[Path], timeout: float
+) -> list[Path]:
+    """``finish`` for an upload started during a fault: what it confirmed, at least one file,
+    or the test proves nothing about work confirmed around the fault."""
+    confirmed = finish(client, files, timeout=timeout)
+    assert confirmed, "no upload was confirmed across the fault"
+    return confirmed
+
+
 def live_replicas(c: Cluster, name: str) -> list[str]:
     replicas: list[str] = c.files()[name]["replicas"]
     return replicas
@@ -335,19 +367,30 @@ def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_p
         c.start_all(2)
         before = random_file(tmp_path, "before.bin", 5 * 1024 * 1024)
         c.client("upload", str(before)).ok()
-        in_flight, client = upload_in_flight(c, tmp_path, "in flight.bin", 150)
+        # ... and an upload in flight, held there: both workers frozen with its replicas
+        # half-written, so it cannot be confirmed before the fault
+        in_flight, client = upload_in_flight(c, tmp_path, "in flight.bin", 30)
+        with frozen(c, ("w1", "w2")):
+            still_in_flight(c, client, ("w1", "w2"))
 
-        # When the broker stops in the middle of an upload, another upload (a large file
-        # and a pack of small ones) is started while it is down, and the broker starts
-        # again on the same data
-        node.stop()
+            # When the broker stops in the middle of that upload, another upload (a large
+            # file and a pack of small ones) is started while it is down, and the broker
+            # starts again on the same data
+            node.stop()
         during = [random_file(tmp_path, "during.bin", 3 * 1024 * 1024)]
         during += [random_file(tmp_path, f"during {i:02}", 700 + i) for i in range(20)]
         late = c.client_process("upload", *map(str, during), WARREN_CONNECT_TIMEOUT="120")
+        assert late.poll() is None, "the late upload ended before the broker came back"
         node.start()
 
-        # Then each upload either finished or failed with one clear sentence
-        confirmed = [before, *finish(client, [in_flight]), *finish(late, during)]
+        # Then each upload either finished or failed with one clear sentence; the held one
+        # ended only after the broker had stopped, and the late one confirmed files on the
+        # restarted broker
+        confirmed = [
+            before,
+            *finish(client, [in_flight]),
+            *confirmed_across(late, during, timeout=180),
+        ]
         # And every service reconnected by itself
         c.wait_alive(["w1", "w2"], timeout=60)
         assert all(p.poll() is None for p in c.procs.values())
