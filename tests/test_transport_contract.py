@@ -9,9 +9,14 @@ needs with ``warren.topology``; RabbitMQ is the truth, and the stub is fixed to 
 Covered: publisher confirms, returns (mandatory), nacks (a queue with ``x-max-length`` and
 ``x-overflow: reject-publish`` refusing), dead-lettering of rejects and of expired
 messages, redelivery after a dropped connection, prefetch, turn-taking between the queues
-one connection consumes, exclusive queues, ``user_id``, and where callbacks run. The
-stub's other fault hooks (``refuse``, ``intercept``, ``restart``) have no RabbitMQ twin to
-compare with and are exercised by the role tests.
+one connection consumes, exclusive queues, channel errors (a missing queue or exchange,
+a queue redeclared with other arguments), ``user_id``, and where callbacks run.
+
+One disagreement is left, marked xfail on the stub: RabbitMQ's turns between a
+connection's queues are a prefetch long, the stub's one delivery long
+(``test_turns_come_a_prefetch_at_a_time``). The stub's other fault hooks (``refuse``,
+``intercept``, ``restart``) have no RabbitMQ twin to compare with and are exercised by the
+role tests.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pytest
 from devtools.localnode import LocalNode
 from warren.broker import Connection, _pika_shut_socket
 from warren.config import Settings
-from warren.errors import BrokerUnavailable, Locked
+from warren.errors import BrokerRefused, BrokerUnavailable, Locked
 from warren.testing import StubBroker
 from warren.topology import (
     DEAD_LETTER_EXCHANGE,
@@ -406,6 +411,19 @@ def test_a_publish_through_an_exchange_that_is_not_there_fails_the_channel(
     assert got == []
 
 
+def test_redeclaring_a_queue_with_other_arguments_is_refused(broker: Broker) -> None:
+    """PRECONDITION_FAILED: a queue keeps the arguments it was made with, so a deployment
+    that changes them (say, a queue type) must delete the queue first."""
+    exchange, key = route(CHUNKS)
+    conn = broker.open("w")
+    conn.declare(worker_topology(W))
+    other = broker.open("w-again")
+    changed = QueueSpec(CHUNKS, arguments={"x-max-length": 5}, bind_to=exchange, routing_key=key)
+    with pytest.raises(BrokerRefused):
+        other.declare(manager_topology() + Topology(queues=(changed,)))
+    publish_confirmed(conn, CHUNKS, [b"still works"])  # the other connection's refusal only
+
+
 # -- identity, threads, timers ---------------------------------------------------------------
 
 
@@ -453,3 +471,26 @@ def test_process_returns_once_something_ran(broker: Broker) -> None:
     while not got:
         conn.process(5.0)
     assert time.monotonic() - started < 2.0
+
+
+def test_turns_come_a_prefetch_at_a_time(broker: Broker, request: pytest.FixtureRequest) -> None:
+    """RabbitMQ pushes a consumer up to its prefetch as soon as it consumes, so with a
+    backlog on both queues the one consumed first is delivered a whole prefetch before the
+    other gets a turn: turns are prefetch-sized, not one delivery each. The stub takes
+    turns delivery by delivery, fairer than RabbitMQ: a role test on it cannot see a queue
+    kept waiting behind a prefetch of another's (the manager's heartbeats behind 32
+    requests). Matching it needs the stub to push deliveries to a connection as RabbitMQ
+    does, not hand them out when its process asks: a larger change, left for now."""
+    if broker.kind == "stub":
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="the stub alternates delivery by delivery")
+        )
+    conn = broker.open("w", prefetch=8)
+    conn.declare(worker_topology(W))
+    publish_confirmed(conn, CHUNKS, [b"c"] * 12)
+    publish_confirmed(conn, CONTROL, [b"k"] * 12)
+    order: list[str] = []
+    conn.consume(CHUNKS, acking(order, label="c"))
+    conn.consume(CONTROL, acking(order, label="k"))
+    pump(conn, lambda: len(order) == 24)
+    assert "".join(order).startswith("c" * 8), "".join(order)

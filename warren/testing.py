@@ -11,7 +11,8 @@ redelivered (in their places) when their connection goes, rejects and expired me
 dead-lettered, ``x-max-length`` queues dropping their oldest or nacking (``x-overflow:
 reject-publish``), exclusive queues locked to and deleted with their connection, a consume
 of a missing or locked queue and a publish through a missing exchange failing the
-connection (RabbitMQ closes its channel), transient messages and queues lost on a broker
+connection (RabbitMQ closes its channel), a queue redeclared with other arguments
+refused, transient messages and queues lost on a broker
 restart. ``tests/test_transport_contract.py`` runs the same tests on both brokers.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
@@ -77,6 +78,8 @@ class _Queue:
     dead_letter_exchange: str | None
     max_length: int | None = None  # x-max-length: ready messages it holds at most
     overflow: str = "drop-head"  # x-overflow: what a full queue does with one more
+    # What it was declared with: a declaration that differs is refused, as on RabbitMQ.
+    declared: tuple[bool, bool, dict[str, Any]] = (True, False, {})
     messages: collections.deque[Message] = field(default_factory=collections.deque)
     consumers: list[_Consumer] = field(default_factory=list)
     next_consumer: int = 0
@@ -306,6 +309,11 @@ class StubConnection:
                         dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
                         max_length=spec.arguments.get("x-max-length"),
                         overflow=spec.arguments.get("x-overflow", "drop-head"),
+                        declared=(spec.durable, spec.auto_delete, dict(spec.arguments)),
+                    )
+                elif q.declared != (spec.durable, spec.auto_delete, spec.arguments):
+                    raise BrokerRefused(
+                        f"queue {spec.name} exists with other arguments (PRECONDITION_FAILED)"
                     )
                 if spec.bind_to:
                     if spec.bind_to not in self.broker.exchanges:
