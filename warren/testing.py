@@ -7,8 +7,13 @@ confirm callbacks run only inside that thread's ``process`` (or an explicit wait
 publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
 exact-key bindings), mandatory publishes that reach no queue returned, ``reply_to``
 naming a service's queue dropped from deliveries, unacked deliveries requeued as
-redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
-with their connection, transient messages and queues lost on a broker restart.
+redelivered (in their places) when their connection goes, rejects and expired messages
+dead-lettered, ``x-max-length`` queues dropping their oldest or nacking (``x-overflow:
+reject-publish``), exclusive queues locked to and deleted with their connection, a consume
+of a missing or locked queue and a publish through a missing exchange failing the
+connection (RabbitMQ closes its channel), a queue redeclared with other arguments
+refused, transient messages and queues lost on a broker
+restart. ``tests/test_transport_contract.py`` runs the same tests on both brokers.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
 killed process would), ``restart`` restarts the broker, ``intercept`` sees every publish
@@ -71,6 +76,10 @@ class _Queue:
     durable: bool
     owner: StubConnection | None  # exclusive queues belong to one connection
     dead_letter_exchange: str | None
+    max_length: int | None = None  # x-max-length: ready messages it holds at most
+    overflow: str = "drop-head"  # x-overflow: what a full queue does with one more
+    # What it was declared with: a declaration that differs is refused, as on RabbitMQ.
+    declared: tuple[bool, bool, dict[str, Any]] = (True, False, {})
     messages: collections.deque[Message] = field(default_factory=collections.deque)
     consumers: list[_Consumer] = field(default_factory=list)
     next_consumer: int = 0
@@ -101,12 +110,18 @@ class StubBroker:
     def depth(self, queue: str) -> int:
         with self.lock:
             q = self.queues.get(queue)
-            return len(q.messages) if q else 0
+            if q is None:
+                return 0
+            self._expire(q)
+            return len(q.messages)
 
     def messages(self, queue: str) -> list[Message]:
         with self.lock:
             q = self.queues.get(queue)
-            return list(q.messages) if q else []
+            if q is None:
+                return []
+            self._expire(q)
+            return list(q.messages)
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -142,7 +157,8 @@ class StubBroker:
         if conn in self.connections:
             self.connections.remove(conn)
         conn.closed = True
-        for queue, msg in conn.unacked.values():
+        # Back in their places, as RabbitMQ requeues: the first delivered ends up first.
+        for queue, msg in reversed(conn.unacked.values()):
             q = self.queues.get(queue)
             if q is not None:
                 q.messages.appendleft(replace(msg, redelivered=True))
@@ -152,33 +168,54 @@ class StubBroker:
             if q.owner is conn:
                 del self.queues[name]
 
-    def _route(self, msg: Message) -> Confirm:
+    def _route(self, msg: Message) -> Confirm | None:
         """Deliver through the queue's exchange, as RabbitMQ does: only a queue bound there
-        with the message's routing key gets it (warren binds exact keys only)."""
+        with the message's routing key gets it (warren binds exact keys only). None: there
+        is no such exchange, over which RabbitMQ closes the channel (NOT_FOUND)."""
         exchange, key = route(msg.queue)
+        if exchange not in self.exchanges:
+            return None
         bound = [q for q, k in self.bindings.get(exchange, []) if k == key and q in self.queues]
         if msg.queue not in bound:
             return Confirm.RETURNED
         if self.refuse is not None and self.refuse(msg):
             return Confirm.NACK
+        q = self.queues[msg.queue]
+        self._expire(q)
+        full = q.max_length is not None and len(q.messages) >= q.max_length
+        if full and q.overflow in ("reject-publish", "reject-publish-dlx"):
+            return Confirm.NACK
         self.published.append(msg)
         arrived = self.intercept(msg) if self.intercept else [msg]
         for m in arrived:
-            self.queues[m.queue].messages.append(m)
+            target = self.queues[m.queue]
+            target.messages.append(m)
+            while target.max_length is not None and len(target.messages) > target.max_length:
+                self._dead_letter(target.name, target.messages.popleft())  # drop-head
         self.changed.notify_all()
         return Confirm.ACK
 
     def _dead_letter(self, queue: str, msg: Message) -> None:
+        """To the queue's dead-letter exchange, if it has one; without its expiration, as
+        RabbitMQ strips it so that a dead letter does not expire again."""
         q = self.queues.get(queue)
         if q is None or q.dead_letter_exchange is None:
             return
         for target, _key in self.bindings.get(q.dead_letter_exchange, []):  # a fanout
             if target in self.queues:
-                self.queues[target].messages.append(replace(msg, queue=target, redelivered=False))
+                self.queues[target].messages.append(
+                    replace(msg, queue=target, redelivered=False, expires_at=None)
+                )
+
+    def _expire(self, q: _Queue) -> None:
+        """Dead-letter the expired messages at the head of ``q`` (RabbitMQ expires a
+        message once it reaches the head, and dead-letters it like a reject)."""
+        now = time.monotonic()
+        while q.messages and (exp := q.messages[0].expires_at) is not None and exp < now:
+            self._dead_letter(q.name, q.messages.popleft())
 
     def _next_delivery(self, conn: StubConnection) -> tuple[_Consumer, str, Message] | None:
         """A message for one of ``conn``'s consumers with room under its prefetch."""
-        now = time.monotonic()
         names = list(self.queues)
         # Round robin over the queues, for each connection: start after the queue this
         # connection was last given from, so a busy queue cannot starve another one it
@@ -187,8 +224,7 @@ class StubBroker:
         for i in range(len(names)):
             name = names[(start + i) % len(names)]
             q = self.queues[name]
-            while q.messages and (exp := q.messages[0].expires_at) is not None and exp < now:
-                q.messages.popleft()
+            self._expire(q)
             if not q.messages:
                 continue
             mine = [c for c in q.consumers if c.conn is conn and c.unacked < c.prefetch]
@@ -271,6 +307,13 @@ class StubConnection:
                         durable=spec.durable,
                         owner=self if spec.exclusive else None,
                         dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
+                        max_length=spec.arguments.get("x-max-length"),
+                        overflow=spec.arguments.get("x-overflow", "drop-head"),
+                        declared=(spec.durable, spec.auto_delete, dict(spec.arguments)),
+                    )
+                elif q.declared != (spec.durable, spec.auto_delete, spec.arguments):
+                    raise BrokerRefused(
+                        f"queue {spec.name} exists with other arguments (PRECONDITION_FAILED)"
                     )
                 if spec.bind_to:
                     if spec.bind_to not in self.broker.exchanges:
@@ -310,6 +353,10 @@ class StubConnection:
         )
         with self.broker.lock:
             outcome = self.broker._route(msg)
+            if outcome is None:
+                # RabbitMQ closes the channel, and the connection's next call fails.
+                self.broker._drop(self)
+                return
         if on_confirm is not None:
             self._done.append((on_confirm, outcome))
 
@@ -335,8 +382,14 @@ class StubConnection:
         self._check()
         with self.broker.lock:
             q = self.broker.queues.get(queue)
+            # RabbitMQ closes the channel over either (NOT_FOUND, RESOURCE_LOCKED): the one
+            # channel of a Transport, so the connection is as good as lost.
             if q is None:
-                raise BrokerRefused(f"no queue {queue!r} to consume from")
+                self.broker._drop(self)
+                raise BrokerUnavailable(f"no queue {queue!r} to consume from")
+            if q.owner is not None and q.owner is not self:
+                self.broker._drop(self)
+                raise Locked(f"queue {queue} is exclusive to another connection")
             tag = f"ctag-{next(self.broker._tags)}"
             q.consumers.append(_Consumer(self, handler, prefetch or self.settings.prefetch, tag))
             self.broker.changed.notify_all()
