@@ -170,28 +170,65 @@ class Catalog(Holdings):
         return [_upload(r) for r in rows]
 
     def replica_stored(
-        self, upload_id: str, worker: str, sha256: str, size: int, now: float
+        self,
+        upload_id: str,
+        worker: str,
+        sha256: str,
+        size: int,
+        now: float,
+        copies: frozenset[str] = frozenset(),
     ) -> Upload | None:
         """Record a verified replica. Returns the upload if this completed it."""
-        done = self.replicas_stored(worker, [(upload_id, sha256, size)], now)
+        done = self.replicas_stored(worker, [(upload_id, sha256, size)], now, copies)
         return done[0] if done else None
 
     def replicas_stored(
-        self, worker: str, stored: list[tuple[str, str, int]], now: float
+        self,
+        worker: str,
+        stored: list[tuple[str, str, int]],
+        now: float,
+        copies: frozenset[str] = frozenset(),
     ) -> list[Upload]:
         """Record verified replicas on ``worker``, given as (upload id, sha256, size), in
         one transaction. Returns the uploads this completed. (A pack's files come
-        together: each step is one statement for all of them, not one a file.)"""
+        together: each step is one statement for all of them, not one a file.)
+
+        A replica counts only where the manager put it: an upload of that content placed
+        with ``worker`` in its chain, or a repair copy to it (``copies``: the ids of the
+        copies under way to ``worker``). A worker that says it stored anything else is
+        credited with nothing: it can neither pass for a holder nor hide a shortfall."""
         completed: list[Upload] = []
         with self.db:
             self.db.execute("BEGIN")
             for at in range(0, len(stored), _BATCH):
-                completed += self._record_replicas(worker, stored[at : at + _BATCH], now)
+                part = stored[at : at + _BATCH]
+                completed += self._record_replicas(worker, part, now, copies)
         return completed
 
     def _record_replicas(
-        self, worker: str, stored: list[tuple[str, str, int]], now: float
+        self, worker: str, stored: list[tuple[str, str, int]], now: float, copies: frozenset[str]
     ) -> list[Upload]:
+        ids = list(dict.fromkeys(upload_id for upload_id, _, _ in stored))
+        marks = ",".join("?" * len(ids))
+        # Each upload with the time it was placed (see _add_version below).
+        uploads = {
+            r[0]: (_upload(r), r[-1])
+            for r in self.db.execute(
+                f"SELECT {_UPLOAD_COLUMNS}, created FROM uploads WHERE upload_id IN ({marks})", ids
+            )
+        }
+        stored = [
+            (upload_id, sha256, size)
+            for upload_id, sha256, size in stored
+            if upload_id in copies
+            or (
+                (found := uploads.get(upload_id)) is not None
+                and found[0].sha256 == sha256
+                and worker in found[0].chain
+            )
+        ]
+        if not stored:
+            return []
         shas = {sha: size for _, sha, size in stored}
         marks = ",".join("?" * len(shas))
         held = {
@@ -206,15 +243,6 @@ class Catalog(Holdings):
         if fresh and self._usage is not None:
             nbytes, nfiles = self._usage.get(worker, (0, 0))
             self._usage[worker] = (nbytes + sum(f[2] for f in fresh), nfiles + len(fresh))
-        ids = list(dict.fromkeys(upload_id for upload_id, _, _ in stored))
-        marks = ",".join("?" * len(ids))
-        # Each upload with the time it was placed (see _add_version below).
-        uploads = {
-            r[0]: (_upload(r), r[-1])
-            for r in self.db.execute(
-                f"SELECT {_UPLOAD_COLUMNS}, created FROM uploads WHERE upload_id IN ({marks})", ids
-            )
-        }
         mine: dict[str, tuple[Upload, float]] = {}
         for upload_id, sha256, _ in stored:
             found = uploads.get(upload_id)

@@ -86,6 +86,11 @@ class Repairs:
             return copy
         return None
 
+    def copies_to(self, worker: str) -> frozenset[str]:
+        """The upload ids of the copies under way to ``worker``: the replicas it may be
+        credited with beyond the uploads placed on it."""
+        return frozenset(c.upload_id for c in self.in_flight.values() if c.target == worker)
+
     def failed(self, upload_id: str) -> None:
         for sha, copy in list(self.in_flight.items()):
             if copy.upload_id == upload_id:

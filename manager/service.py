@@ -247,8 +247,9 @@ class Manager:
         )
 
     def _replica_stored(self, msg: m.ReplicaStored, _d: Delivery) -> None:
+        copies = self.repairs.copies_to(msg.worker)
         up = self.catalog.replica_stored(
-            msg.upload_id, msg.worker, msg.sha256, msg.size, time.time()
+            msg.upload_id, msg.worker, msg.sha256, msg.size, time.time(), copies
         )
         self._copy_landed(msg.worker, msg.sha256)
         log.info("upload %s: replica on %s (hop %d)", msg.upload_id, msg.worker, msg.hop)
@@ -259,7 +260,8 @@ class Manager:
 
     def _pack_stored(self, msg: m.PackStored, d: Delivery) -> None:
         entries = [(f.upload_id, f.sha256, f.size) for f in msg.files]
-        completed = self.catalog.replicas_stored(msg.worker, entries, time.time())
+        copies = self.repairs.copies_to(msg.worker)
+        completed = self.catalog.replicas_stored(msg.worker, entries, time.time(), copies)
         for f in msg.files:
             self._copy_landed(msg.worker, f.sha256)
         log.info(

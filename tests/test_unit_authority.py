@@ -6,6 +6,7 @@ so every message carries its sender's user, as RabbitMQ validates it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.stubcluster import FAST, StubCluster, user_url
+from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound
+from warren.topology import MANAGER_EVENTS
 
 
 @pytest.fixture
@@ -65,3 +67,34 @@ def test_a_hash_is_no_key_to_another_owners_file(users: StubCluster, tmp_path: P
 
 
 _EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def test_a_worker_is_credited_only_with_replicas_the_manager_placed_on_it(
+    users: StubCluster, tmp_path: Path
+) -> None:
+    """A worker outside a file's chain says, as itself, that it stored the file (alone and
+    as part of a pack). It is credited with nothing: the file is listed on its chain only,
+    so the claim can neither make it a holder nor hide a shortfall from repair."""
+    data = os.urandom(150_000)
+    sha = hashlib.sha256(data).hexdigest()
+    (tmp_path / "f").write_bytes(data)
+    with users.session(amqp_url=user_url("alice")) as alice:
+        chain = alice.upload(tmp_path / "f", "f", 2).chain
+        [stored] = [
+            m.ReplicaStored.decode(p.body)
+            for p in users.broker.published
+            if p.type == "replica.stored"
+        ][:1]
+        outsider = next(w for w in sorted(users.workers) if w not in chain)
+        liar = users.broker.connect(dataclasses.replace(FAST, amqp_url=user_url(outsider)), "l")
+        liar.open()
+        for claim in (
+            m.ReplicaStored(stored.upload_id, outsider, sha, len(data), 2),
+            m.PackStored(outsider, 0, (m.PackEntry(stored.upload_id, sha, len(data)),)),
+        ):
+            liar.publish(MANAGER_EVENTS, claim.encode(), type=claim.TYPE)
+        wait_for(lambda: users.broker.depth(MANAGER_EVENTS) == 0, what="the claims taken in")
+        alice.status()  # answered after the claims: the manager has handled them
+        [entry] = alice.files()
+        liar.close()
+    assert entry.replicas == tuple(sorted(chain))

@@ -163,8 +163,8 @@ def test_a_batch_of_replicas_ends_as_the_same_replicas_one_at_a_time_would(
         ("2" * 32, SHA, 5),
         ("3" * 32, "cd" * 32, 7),
         ("3" * 32, "cd" * 32, 7),  # a redelivered confirmation
-        ("9" * 32, "ef" * 32, 9),  # nobody's: on its way out
-        ("1" * 32, "00" * 32, 5),  # not the content placed under that upload
+        ("9" * 32, "ef" * 32, 9),  # of no upload placed on it: not credited
+        ("1" * 32, "00" * 32, 5),  # not the content placed under that upload: not credited
     ]
     one, batch = placed(tmp_path / "one"), placed(tmp_path / "batch")
     # When w1 reports them one at a time to one catalog and all at once to the other,
@@ -188,7 +188,9 @@ def test_a_batch_of_replicas_ends_as_the_same_replicas_one_at_a_time_would(
     assert state(one) == state(batch)
     assert sorted(f.name for f in batch.files(now=1002)) == ["a", "b", "c"]
     w1 = next(x for x in batch.candidates() if x.name == "w1")
-    assert w1.used_bytes == 5 + 7 + 9 + 5  # each content on it once, however many uploads
+    assert w1.used_bytes == 5 + 7  # each content placed on it once, however many uploads
+    held = {r[0] for r in batch.db.execute("SELECT sha256 FROM replicas WHERE worker='w1'")}
+    assert held == {SHA, "cd" * 32}
 
 
 def test_a_heartbeat_is_kept_without_a_sync_and_everything_after_it_is_synced(
