@@ -218,9 +218,10 @@ class Manager:
         self.health.scrub[msg.worker] = (msg.scrubbed_at, msg.damaged)
 
     def _inventory(self, msg: m.Inventory, _d: Delivery) -> None:
+        """A page of a worker's inventory: its records are merged at once (idempotent); its
+        blobs once the last page is in, when the catalog's replicas on that worker are made
+        exactly what it holds, and the worker counts as reported in this term."""
         assert self.outbox is not None
-        before = self.catalog.blobs_on(msg.worker)
-        added, removed = self.catalog.reconcile(msg.worker, msg.blobs)
         opened = self.outbox.seal.open(msg)
         if opened.forged:
             log.error(
@@ -230,20 +231,24 @@ class Manager:
                 opened.forged,
             )
         more, fewer = self.catalog.merge_records(opened.records, opened.forgotten, time.time())
-        self.health.suspect(before - {b.sha256 for b in msg.blobs})
         self.health.suspect({r.sha256 for r in opened.records})
         self.health.changed()
+        if more or fewer:
+            log.info("worker %s: records merged (+%d versions, -%d)", msg.worker, more, fewer)
+        blobs = self.term.inventory_page(msg)
+        if blobs is None:
+            return
+        before = self.catalog.blobs_on(msg.worker)
+        added, removed = self.catalog.reconcile(msg.worker, blobs)
+        self.health.suspect(before - {b.sha256 for b in blobs})
         self.term.reported.add(msg.worker)
         log.info(
-            "worker %s: inventory of %d blobs reconciled (+%d, -%d); "
-            "%d version records (+%d versions, -%d)",
+            "worker %s: inventory of %d blobs reconciled (+%d, -%d) in %d pages",
             msg.worker,
-            len(msg.blobs),
+            len(blobs),
             added,
             removed,
-            len(opened.records),
-            more,
-            fewer,
+            msg.page + 1,
         )
 
     def _replica_stored(self, msg: m.ReplicaStored, _d: Delivery) -> None:

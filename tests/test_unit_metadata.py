@@ -21,6 +21,7 @@ from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
+from worker import serve
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
 
@@ -350,3 +351,27 @@ def _tamper(log: Path, held: list[str]) -> None:
     ]
     with open(log, "a") as f:
         f.writelines(json.dumps(line) + "\n" for line in forged)
+
+
+def test_an_inventory_in_pages_rebuilds_the_same_catalog(
+    stub: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 3 blobs and 2 records (a big worker's, small): a manager rebuilding on an
+    empty data dir lists what it listed before, and each worker holds what it holds."""
+    monkeypatch.setattr(serve, "PAGE_BLOBS", 3)
+    monkeypatch.setattr(serve, "PAGE_RECORDS", 2)
+    with stub.session(amqp_url=ALICE) as s:
+        fill(s, tmp_path)
+        before = listing(s)
+        holders = {f.name: f.replicas for f in s.files()}
+    stub.kill("manager")
+    shutil.rmtree(tmp_path / "manager")
+    stub.broker.published.clear()
+    stub.start_manager()
+    with stub.session(amqp_url=ALICE) as s:
+        wait_for(lambda: listing(s) == before, what="the rebuilt listing")
+        wait_for(lambda: {f.name: f.replicas for f in s.files()} == holders, what="holders")
+    pages = [
+        m.Inventory.decode(p.body) for p in stub.broker.published if p.type == m.Inventory.TYPE
+    ]
+    assert any(not p.last for p in pages) and all(p.page < 10 for p in pages)

@@ -151,10 +151,14 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
             blobs=(m.BlobEntry(SHA, 4),),
             records=(m.SealedRecord(SHA, "AbC="),),
             forgotten=("DeF=",),
+            report=UID,
+            page=1,
+            last=False,
         ),
         wire(
             '{"worker":"w2","blobs":[{"sha256":"<SHA>","size":4}],'
-            '"records":[{"sha256":"<SHA>","sealed":"AbC="}],"forgotten":["DeF="]}'
+            '"records":[{"sha256":"<SHA>","sealed":"AbC="}],"forgotten":["DeF="],'
+            '"report":"<UID>","page":1,"last":false}'
         ),
     ),
     (

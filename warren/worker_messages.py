@@ -167,6 +167,12 @@ class Inventory(Message):
     blobs: tuple[BlobEntry, ...]
     records: tuple[SealedRecord, ...] = ()
     forgotten: tuple[str, ...] = ()  # sealed VersionKeys, base64
+    # A large inventory travels in pages (a message has a size limit): ``report`` names
+    # the report they belong to, ``page`` counts from 0, ``last`` ends it. The blobs the
+    # worker holds are the union of every page's.
+    report: str = ""
+    page: int = 0
+    last: bool = True
 
     def validate(self) -> None:
         check_worker(self.worker, "worker")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,7 @@ class Server:
             elif d.type == m.VerifyBlob.TYPE:
                 self._verify(conn, m.VerifyBlob.decode(d.body))
             elif d.type == m.ReportRequest.TYPE:
-                report = inventory_of(self.name, self.store)
-                conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
+                send_inventory(conn, self.name, self.store)
             else:
                 raise DecodeError(f"unknown command {d.type!r}")
         except _Stopping:
@@ -276,12 +276,36 @@ class _ClientGone(Exception):
     """The client's reply queue no longer exists."""
 
 
-def inventory_of(worker: str, store: ChunkStore) -> m.Inventory:
-    """What this worker holds, with the version records kept beside it."""
+# An inventory page carries at most this many blobs, and this many records (sealed records
+# are about four times the size of a blob's entry): a page stays near 2 MiB whatever the
+# worker holds, well under the broker's message size.
+PAGE_BLOBS = 20_000
+PAGE_RECORDS = 5_000
+
+
+def send_inventory(conn: Transport, worker: str, store: ChunkStore) -> int:
+    """Everything this worker holds, with the sealed records kept beside it, to the
+    manager in pages (each confirmed before the next); the number of blobs reported."""
     held, forgotten = read_records(store.root, lambda sha256: store.find(sha256) is not None)
-    return m.Inventory(
-        worker=worker,
-        blobs=tuple(store.inventory()),
-        records=tuple(m.SealedRecord(sha256, sealed) for sha256, sealed in held),
-        forgotten=tuple(forgotten),
+    blobs = list(store.inventory())
+    records = [m.SealedRecord(sha256, sealed) for sha256, sealed in held]
+    pages = max(
+        1,
+        -(-len(blobs) // PAGE_BLOBS),
+        -(-len(records) // PAGE_RECORDS),
+        -(-len(forgotten) // PAGE_RECORDS),
     )
+    report = uuid.uuid4().hex
+    for page in range(pages):
+        b, r = page * PAGE_BLOBS, page * PAGE_RECORDS
+        msg = m.Inventory(
+            worker=worker,
+            blobs=tuple(blobs[b : b + PAGE_BLOBS]),
+            records=tuple(records[r : r + PAGE_RECORDS]),
+            forgotten=tuple(forgotten[r : r + PAGE_RECORDS]),
+            report=report,
+            page=page,
+            last=page == pages - 1,
+        )
+        conn.publish_and_wait(MANAGER_EVENTS, msg.encode(), type=msg.TYPE)
+    return len(blobs)

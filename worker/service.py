@@ -40,7 +40,7 @@ from warren.topology import (
 from warren.transport import Connect, Transport
 from worker.intake import Intake
 from worker.scrub import Scrubber
-from worker.serve import Server, inventory_of
+from worker.serve import Server, send_inventory
 from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
@@ -101,14 +101,13 @@ class Worker:
 
     def _setup_ingest(self, conn: Transport) -> None:
         conn.declare(worker_topology(self.name))
-        inventory = inventory_of(self.name, self.store)
-        conn.publish_and_wait(MANAGER_EVENTS, inventory.encode(), type=m.Inventory.TYPE)
+        reported = send_inventory(conn, self.name, self.store)
         self.intake.attach(conn)
         conn.consume(worker_chunks(self.name), lambda d: self.intake.on_delivery(conn, d))
         for thread in self._threads:
             if thread.ident is None:
                 thread.start()
-        log.info("worker %s: ready, %d blobs reported", self.name, len(inventory.blobs))
+        log.info("worker %s: ready, %d blobs reported", self.name, reported)
 
     # -- heartbeat -------------------------------------------------------------------------
 
