@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from client.args import build_parser, version
+from client.args import build_parser
 from client.cli import App
 from client.connecting import open_session
 from warren import errors
@@ -116,32 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
-
-
-def manager_main() -> int:
-    """``warren-manager``: ``python -m manager`` under a shorter name."""
-    return _service("manager")
-
-
-def worker_main() -> int:
-    """``warren-worker``: ``python -m worker`` under a shorter name."""
-    return _service("worker")
-
-
-def _service(role: str) -> int:
-    if "--version" in sys.argv[1:]:
-        print(f"warren-{role} {version()}")
-        return errors.EXIT_OK
-    import runpy
-
-    try:
-        runpy.run_module(role, run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            return exc.code or 0
-        print(exc.code, file=sys.stderr)
-        return errors.EXIT_FAILURE
-    return errors.EXIT_OK
 
 
 if __name__ == "__main__":

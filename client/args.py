@@ -11,6 +11,7 @@ from typing import Any
 
 from warren import errors
 from warren.config import CONFIG_ENV
+from warren.service import version
 
 EXIT_CODES = f"""\
 exit codes:
@@ -42,15 +43,6 @@ FILE_COMPLETION = {
     "fish": "(__fish_complete_path (commandline -ct))",
     "powershell": "_shtab_powershell_compgen_files",
 }
-
-
-def version() -> str:
-    from importlib import metadata  # 20 ms to import: only for --version
-
-    try:
-        return metadata.version("warren")
-    except metadata.PackageNotFoundError:  # run from a source tree never installed
-        return "unknown"
 
 
 class VersionAction(argparse.Action):

@@ -37,9 +37,14 @@ def run(s: Settings, stop: threading.Event) -> None:
     Manager(s, stop, Connection).run()
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """``warren-manager`` and ``python -m manager``: run the manager, or ``users ...``."""
     if sys.argv[1:2] == ["users"]:
         from manager import users
 
-        sys.exit(users.main(sys.argv[2:]))
-    sys.exit(main("manager", settings, run))
+        return users.main(sys.argv[2:])
+    return main("manager", settings, run)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -448,50 +448,26 @@ class Catalog(Holdings):
                 self._mark_if_unused(sha, now)
 
 
-_UPLOAD_COLUMNS = (
-    "upload_id, name, size, sha256, wanted, chain, client, state, reply_to, owner, mode, mtime, "
-    "version"
-)
-_UPLOAD_SLOTS = ",".join("?" * 13)
+# An upload's columns are its fields, by name, in the dataclass's order (the chain as JSON).
+_UPLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(Upload))
+_UPLOAD_COLUMNS = ", ".join(_UPLOAD_FIELDS)
+_UPLOAD_SLOTS = ",".join("?" * len(_UPLOAD_FIELDS))
 # Rows a statement names at once (SQLite takes up to 32,766 parameters).
 _BATCH = 500
 _ENTRY_COLUMNS = "v.name, v.sha256, v.size, v.wanted, v.created, v.version, v.mode, v.mtime"
 
 
 def _upload_row(up: Upload) -> tuple[Any, ...]:
-    return (
-        up.upload_id,
-        up.name,
-        up.size,
-        up.sha256,
-        up.wanted,
-        json.dumps(list(up.chain)),
-        up.client,
-        up.state,
-        up.reply_to,
-        up.owner,
-        up.mode,
-        up.mtime,
-        up.version,
-    )
+    values = dataclasses.asdict(up)
+    values["chain"] = json.dumps(list(up.chain))
+    return tuple(values[name] for name in _UPLOAD_FIELDS)
 
 
 def _upload(row: tuple[Any, ...]) -> Upload:
-    return Upload(
-        upload_id=row[0],
-        name=row[1],
-        size=row[2],
-        sha256=row[3],
-        wanted=row[4],
-        chain=tuple(json.loads(row[5])),
-        client=row[6],
-        state=row[7],
-        reply_to=row[8],
-        owner=row[9],
-        mode=row[10],
-        mtime=row[11],
-        version=row[12],
-    )
+    """An upload from a row of ``_UPLOAD_COLUMNS`` (further columns, if any, ignored)."""
+    values = dict(zip(_UPLOAD_FIELDS, row, strict=False))
+    values["chain"] = tuple(json.loads(values["chain"]))
+    return Upload(**values)
 
 
 def _where(owner: str | None, name: str | None, prefix: str) -> tuple[str, tuple[Any, ...]]:

@@ -358,10 +358,10 @@ class Connection:
         mandatory, with a confirm.
 
         Returns once the message is written and fewer than ``window`` publishes are
-        unconfirmed. ``on_confirm(True)`` runs on this thread once the broker has taken
-        responsibility for the message, ``on_confirm(False)`` when it was returned (no such
-        queue) or nacked: later, from ``process``, ``wait_for_confirms`` or
-        ``poll_confirms``, never inside this or another ``publish``.
+        unconfirmed. ``on_confirm(Confirm.ACK)`` runs on this thread once the broker has
+        taken responsibility for the message, ``Confirm.RETURNED`` when it was returned (no
+        such queue), ``Confirm.NACK`` when it was nacked: later, from ``process``,
+        ``wait_for_confirms`` or ``poll_confirms``, never inside this or another ``publish``.
         """
         self._wait_window(self.settings.window - 1)
         tag = self._next_tag

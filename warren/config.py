@@ -239,23 +239,23 @@ def shown(name: str, value: Any) -> str:
 
 def mask(url: str) -> str:
     """The URL with its password replaced by ``****`` (``redact`` drops it altogether)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:****@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return _without_password(url, "****")
 
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and messages."""
+    return _without_password(url, None)
+
+
+def _without_password(url: str, stand_in: str | None) -> str:
+    """The URL with its password replaced by ``stand_in``, or dropped (None)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}@{host}" if parts.username else host
+    user = parts.username or ""
+    login = f"{user}:{stand_in}" if stand_in is not None else user
+    netloc = f"{login}@{host}" if login else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

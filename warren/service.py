@@ -70,6 +70,9 @@ def main(
     run: Callable[[Settings, threading.Event], None],
 ) -> int:
     """Run a service until SIGTERM/SIGINT; expected failures end in one sentence, no traceback."""
+    if "--version" in sys.argv[1:]:
+        print(f"warren-{who} {version()}")
+        return 0
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -90,3 +93,13 @@ def main(
         log.error("%s: %s", who, exc)
         return exc.exit_code
     return 0
+
+
+def version() -> str:
+    """warren's version, as installed (``--version`` of every command)."""
+    from importlib import metadata  # 20 ms to import: only for --version
+
+    try:
+        return metadata.version("warren")
+    except metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "unknown"

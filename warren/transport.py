@@ -13,10 +13,11 @@ The contract both implementations keep:
   never inside a ``publish`` call.
 * Every publish carries the connection's broker user as ``user_id``; a delivery's
   ``user_id`` is therefore its sender's identity.
-* ``publish`` is mandatory and confirmed: ``on_confirm(True)`` once the broker has taken
-  responsibility for the message, ``on_confirm(False)`` when it had nowhere to go or was
-  nacked. Confirm callbacks run from ``process``, ``wait_for_confirms`` or
-  ``poll_confirms``: one message's follow-up never runs inside another's publish.
+* ``publish`` is mandatory and confirmed: ``on_confirm(Confirm.ACK)`` once the broker has
+  taken responsibility for the message, ``Confirm.RETURNED`` when it had nowhere to go,
+  ``Confirm.NACK`` when the broker refused it. Confirm callbacks run from ``process``,
+  ``wait_for_confirms`` or ``poll_confirms``: one message's follow-up never runs inside
+  another's publish.
 * A delivery is settled exactly once, by ``ack`` or ``reject``; rejected without requeue it
   goes to the dead-letter queue. ``dispatch`` dead-letters anything a handler fails on.
 """

@@ -40,5 +40,10 @@ def run(s: Settings, stop: threading.Event) -> None:
     Worker(s, stop, Connection).run()
 
 
+def cli() -> int:
+    """``warren-worker`` and ``python -m worker``: run one storage worker."""
+    return main("worker", settings, run)
+
+
 if __name__ == "__main__":
-    sys.exit(main("worker", settings, run))
+    sys.exit(cli())
