@@ -9,7 +9,6 @@ lives in ``client.render``, shared with the menu; ``client.__main__`` picks betw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -25,15 +24,12 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from client import actions
 from client.args import completion_script, overrides
 from client.connecting import open_session
-from client.localfiles import expand
 from client.outcomes import DownloadResult, UploadResult
-from client.outcomes import Progress as ProgressHooks
 from client.render import (
     TABLE_MAX,
-    BatchProgress,
-    RichProgress,
     dashboard,
     download_json,
     download_summary,
@@ -42,13 +38,11 @@ from client.render import (
     files_table,
     human_size,
     status_json,
-    status_summary,
     transfer_bars,
     upload_json,
     upload_lines,
     upload_summary,
     versions_table,
-    workers_table,
 )
 from client.restore import tree_destination
 from client.session import Session
@@ -132,13 +126,9 @@ class App:
         paths: list[Path] = self.args.paths
         if self.args.name and (len(paths) > 1 or paths[0].is_dir()):
             raise UsageError("--name works with a single file only.")
-        items, skipped = expand(paths, self.args.name)
-        if skipped:
-            self.err.print(
-                f"note: left out {skipped} symbolic links or special files (links are not "
-                "followed).",
-                markup=False,
-            )
+        items = actions.files_to_upload(
+            paths, lambda note: self.err.print(f"note: {note}.", markup=False), self.args.name
+        )
         if not items:
             raise UsageError("there is no regular file to upload in the folders given.")
         if len(items) == 1 and not paths[0].is_dir():
@@ -149,9 +139,9 @@ class App:
         """One file: its bar, then a line per replica as it confirms, then the summary."""
         bars = self.bars()
         self.busy_above(bars, session)
-        with bars or contextlib.nullcontext():
-            hooks = RichProgress(self.out, name, bars, header=True)
-            result = session.upload(path, name, self.args.replicas, hooks)
+        result = actions.upload_one(
+            session, path, name, self.args.replicas, self.out, bars, header=True
+        )
         self.summarize(result)
         return errors.EXIT_OK
 
@@ -160,14 +150,7 @@ class App:
         summary are printed together when it finishes, so lines of files never interleave."""
         bars = self.bars()
         self.busy_above(bars, session)
-        total = sum(p.stat().st_size for p, _ in items if p.is_file())
-        task = bars.add_task(f"{len(items)} files", total=total) if bars else None
-        hooks: dict[str, BatchProgress] = {}
         worst: list[WarrenError] = []
-
-        def progress_for(name: str) -> ProgressHooks:
-            hooks[name] = BatchProgress(bars, task)
-            return hooks[name]
 
         # Output that is not a terminal gets no styles: the text is written as it is.
         plain = not (self.out.is_terminal or self.out.color_system)
@@ -192,8 +175,7 @@ class App:
                 self.out.print(lines, highlight=False, soft_wrap=True)
             self.not_recorded(outcome)
 
-        with bars or contextlib.nullcontext():
-            session.upload_many(items, self.args.replicas, progress_for, done)
+        actions.upload_many(session, items, self.args.replicas, bars, done)
         return worst[0].exit_code if worst else errors.EXIT_OK
 
     def summarize(self, r: UploadResult) -> None:
@@ -216,16 +198,16 @@ class App:
             return self.download_tree(session, name)
         dest: Path = self.args.output or Path(Path(name).name or "download")
         bars = self.bars()
-        hooks = RichProgress(self.out, name, bars)
-        with bars or contextlib.nullcontext():
-            result = session.download(
-                name,
-                dest,
-                hooks,
-                overwrite=self.args.force,
-                version=self.args.version,
-                keep_setid=self.args.keep_setid,
-            )
+        result = actions.restore_one(
+            session,
+            name,
+            dest,
+            self.out,
+            bars,
+            overwrite=self.args.force,
+            version=self.args.version,
+            keep_setid=self.args.keep_setid,
+        )
         self.restored(result)
         return errors.EXIT_OK
 
@@ -284,14 +266,8 @@ class App:
         return errors.EXIT_OK
 
     def delete(self, session: Session) -> int:
-        gone = session.delete(self.args.name, self.args.version)
-        which = "version " + ", ".join(map(str, gone)) if self.args.version else "every version"
-        self.out.print(
-            f"deleted {escape(self.args.name)} ({which}); its space comes back once no "
-            "version uses the content",
-            highlight=False,
-            soft_wrap=True,
-        )
+        said = actions.delete(session, self.args.name, self.args.version)
+        self.out.print(said, highlight=False, soft_wrap=True)
         return errors.EXIT_OK
 
     def verify(self, session: Session) -> int:
@@ -409,8 +385,7 @@ class App:
         if self.args.json:
             print(json.dumps(status_json(st), indent=2))
             return errors.EXIT_OK
-        self.out.print(workers_table(st))
-        self.out.print(status_summary(st))
+        actions.show_status(self.out, st)
         return errors.EXIT_OK
 
     def watch(self, session: Session) -> int:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
+from client import actions
 from client.keys import (
     CSI,
     Keyboard,
@@ -34,21 +35,16 @@ from client.keys import (
     number_typed,
     wrong_key,
 )
-from client.localfiles import expand
 from client.menu_view import Entry, menu_view
 from client.outcomes import UploadResult
 from client.render import (
-    BatchProgress,
-    RichProgress,
     download_summary,
     files_table,
     human_size,
     relative_time,
-    status_summary,
     transfer_bars,
     upload_summary,
     versions_table,
-    workers_table,
 )
 from client.session import Session
 from warren import errors
@@ -291,19 +287,12 @@ class Menu:
     def upload_folder(self, folder: Path) -> None:
         """Every regular file under it, stored as ``folder/...``, one bar for them all; a
         file that fails is said and the rest go on."""
-        items, skipped = expand([folder])
-        if skipped:
-            self.out.print(
-                f"[dim]left out {skipped} symbolic links or special files (links are not "
-                "followed)[/]"
-            )
+        items = actions.files_to_upload([folder], lambda note: self.out.print(f"[dim]{note}[/]"))
         if not items:
             self.out.print(f"[yellow]{escape(str(folder))} holds no regular file.[/]")
             return
         self.ensure_connected()
         bars = None if self.quiet else transfer_bars(self.out)
-        total = sum(p.stat().st_size for p, _ in items if p.is_file())
-        task = bars.add_task(f"{len(items)} files", total=total) if bars else None
         failed: list[str] = []
 
         def done(name: str, outcome: UploadResult | WarrenError) -> None:
@@ -313,8 +302,7 @@ class Menu:
             else:
                 self.chatter.print(upload_summary(outcome), soft_wrap=True)
 
-        with bars or contextlib.nullcontext():
-            self.session.upload_many(items, REPLICAS, lambda _n: BatchProgress(bars, task), done)
+        actions.upload_many(self.session, items, REPLICAS, bars, done)
         stored = len(items) - len(failed)
         colour = "green" if not failed else "red"
         self.out.print(
@@ -324,9 +312,8 @@ class Menu:
     def upload(self, path: Path) -> None:
         self.ensure_connected()
         bars = None if self.quiet else transfer_bars(self.out)
-        with bars or contextlib.nullcontext():
-            hooks = RichProgress(self.chatter, path.name, bars)  # the menu's › line names the file
-            result = self.session.upload(path, path.name, REPLICAS, hooks)
+        # The menu's › line names the file: no header line.
+        result = actions.upload_one(self.session, path, path.name, REPLICAS, self.chatter, bars)
         self.out.print(upload_summary(result), soft_wrap=True)
 
     def pick_file(self, title: str = "Which file?") -> FileEntry | None:
@@ -392,13 +379,7 @@ class Menu:
             self.out.print("Nothing was deleted.")
             return
         self.ensure_connected()
-        gone = self.session.delete(picked.name, version)
-        what = "version " + ", ".join(map(str, gone)) if version else "every version"
-        self.out.print(
-            f"deleted {escape(picked.name)} ({what}); its space comes back once no version "
-            "uses the content",
-            soft_wrap=True,
-        )
+        self.out.print(actions.delete(self.session, picked.name, version), soft_wrap=True)
 
     def restore(self, name: str, version: int = 0) -> None:
         """Ask where to, then restore ``name`` (a version, or the latest) there."""
@@ -413,18 +394,16 @@ class Menu:
             return
         self.ensure_connected()
         bars = None if self.quiet else transfer_bars(self.out)
-        with bars or contextlib.nullcontext():
-            hooks = RichProgress(self.chatter, name, bars)
-            result = self.session.download(name, dest, hooks, overwrite=overwrite, version=version)
+        result = actions.restore_one(
+            self.session, name, dest, self.chatter, bars, overwrite=overwrite, version=version
+        )
         self.out.print(download_summary(result), soft_wrap=True)
 
     def list(self) -> None:
         self.out.print(files_table(self.session.files()))
 
     def status(self) -> None:
-        st = self.session.status()
-        self.out.print(workers_table(st))
-        self.out.print(status_summary(st))
+        actions.show_status(self.out, self.session.status())
 
 
 # Opens a connected session: (settings, console for what it waits for, verbose).
