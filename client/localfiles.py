@@ -15,13 +15,10 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from warren.chunks import sha256_file
 from warren.errors import UsageError, WarrenError
-
-if TYPE_CHECKING:
-    from client.units import Upload
 
 log = logging.getLogger("warren.client")
 
@@ -125,6 +122,23 @@ class _Stopped(Exception):
     pass
 
 
+class ToHash(Protocol):
+    """A file to hash (an upload): its path, where the size and hash go, and its hooks."""
+
+    path: Path
+    size: int
+    sha256: str
+    error: WarrenError | None
+    hashed: threading.Event
+
+    @property
+    def progress(self) -> HashProgress: ...
+
+
+class HashProgress(Protocol):
+    def hashing(self, done: int, total: int) -> None: ...
+
+
 class Hasher:
     """Hashes the files of an upload command on a thread of its own, in order.
 
@@ -137,11 +151,11 @@ class Hasher:
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._todo: queue.SimpleQueue[Upload | None] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[ToHash | None] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, up: Upload) -> None:
+    def add(self, up: ToHash) -> None:
         if up.hashed.is_set():  # a small file read whole: nothing to do
             self._wake()
             return
@@ -171,7 +185,7 @@ class Hasher:
             with contextlib.suppress(Exception):
                 self._wake()
 
-    def _progress(self, up: Upload) -> Callable[[int, int], None]:
+    def _progress(self, up: ToHash) -> Callable[[int, int], None]:
         def progress(done: int, total: int) -> None:
             if self._stopped.is_set():
                 raise _Stopped
