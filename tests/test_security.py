@@ -279,6 +279,7 @@ def test_the_services_run_with_their_own_users(rabbit: LocalNode, tmp_path: Path
         c.wait_alive(["w1", "w2"])
         alice = rabbit.url_for("alice", PW, c.vhost)
         bob = rabbit.url_for("bob", PW, c.vhost)
+        c.env_extra["WARREN_MANAGER_USER"] = "boss"  # clients take answers only from it
         src = tmp_path / "diary.txt"
         src.write_bytes(b"dear diary " * 50_000)
         # When alice uploads (chunks, replicas, confirmations) and restores
