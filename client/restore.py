@@ -128,6 +128,12 @@ class Restorer:
             raise
         state = _Restore(fd, dest)
         cid = uuid.uuid4().hex
+        source: list[str] = []  # the worker the manager named: the only one heard
+
+        def from_source(d: Delivery) -> None:
+            if self.session.from_worker(d, source):
+                state.on_delivery(d)
+
         try:
             acc = self.session.request(
                 m.DownloadRequest(
@@ -137,8 +143,9 @@ class Restorer:
                     version=version,
                 ),
                 m.DownloadAccepted,
-                on_other=state.on_delivery,
+                on_other=from_source,
                 cid=cid,
+                on_answer=lambda acc: source.append(acc.worker),
             )
             progress.started(acc.size)
             state.progress = progress

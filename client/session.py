@@ -5,15 +5,26 @@ the client (the manager's answers, replica confirmations, restore chunks) arrive
 is routed by ``correlation_id`` to whoever is waiting for it: a request below, an upload
 (``client/upload.py``), a restore (``client/restore.py``). Local files and the sentences
 about them are in ``client/localfiles.py``.
+
+A correlation id is no secret (it travels in every chunk's headers), and anyone may publish
+to a client's reply queue, so each message is also judged by its sender: the AMQP
+``user_id``, which RabbitMQ checks against the publisher's login. Answers come only from the
+manager's broker user (``WARREN_MANAGER_USER``), a replica's word only from the workers of
+its chain, restore chunks only from the worker the manager named (a worker's user is its
+name). Anything else is acked and ignored, with a debug line: it never changes a state.
+A worker's word is also taken from the manager's user (services that share one login
+cannot be told apart, and the manager is trusted anyway); where every process shares one
+login, there is no ``WARREN_MANAGER_USER`` and the client's own user is the manager's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +43,8 @@ from warren.transport import Confirm, Connect, Delivery
 
 R = TypeVar("R", bound=m.Message)
 
+log = logging.getLogger("warren.client")
+
 # Pauses before asking again after a Busy answer, the last one repeated: short at first
 # (after a restart the manager catches up in about 2 s), never long enough to leave a
 # cluster that is ready again waiting for more than half a second.
@@ -49,6 +62,8 @@ class Session:
         # Told what the session waits for while it asks again after Busy answers, and None
         # once it no longer waits: the CLI shows it on a terminal (``client.connecting``).
         self.waiting: Callable[[str | None], None] = lambda _text: None
+        # The sender of the last answer ignored as not the manager's: named if none comes.
+        self.not_manager = ""
 
     def __enter__(self) -> Session:
         self.open()
@@ -71,6 +86,42 @@ class Session:
         self.close()
         self.reply_queue = client_reply_queue(self.client_name)
         self.open()
+
+    @property
+    def manager_user(self) -> str:
+        """The broker user the manager's answers must come from."""
+        return self.settings.manager_user or self.conn.user
+
+    def from_manager(self, d: Delivery) -> bool:
+        """Whether ``d`` came from the manager; if not, say so (debug) and ack it."""
+        if d.user_id and d.user_id == self.manager_user:
+            return True
+        self.not_manager = d.user_id or ""
+        return self.ignore(d, f"the manager ({self.manager_user!r})")
+
+    def from_worker(self, d: Delivery, workers: Collection[str]) -> bool:
+        """Whether ``d`` came from one of ``workers`` (a worker's broker user is its name)
+        or from the manager's login; if not, say so (debug) and ack it."""
+        if d.user_id and (d.user_id in workers or self.as_manager(d)):
+            return True
+        return self.ignore(d, ", ".join(sorted(workers)) or "no worker")
+
+    def as_manager(self, d: Delivery) -> bool:
+        """``d`` came from the manager's login: the manager, or a worker that shares it
+        (where the services, or every process, share one login), who cannot be told
+        apart. The manager is trusted with what it says of any worker."""
+        return bool(d.user_id) and d.user_id == self.manager_user
+
+    def ignore(self, d: Delivery, expected: str) -> bool:
+        log.debug(
+            "ignored %s (cid %s) from broker user %r: it may come only from %s",
+            d.type,
+            d.correlation_id,
+            d.user_id,
+            expected,
+        )
+        d.ack()
+        return False
 
     def route(self, cid: str, handler: Callable[[Delivery], None]) -> None:
         """Send what arrives under correlation id ``cid`` to ``handler``."""
@@ -125,19 +176,27 @@ class Session:
         expect: type[R],
         on_other: Callable[[Delivery], None] | None = None,
         cid: str = "",
+        on_answer: Callable[[R], None] | None = None,
     ) -> R:
         """Ask the manager and wait for its answer; an ErrorReply becomes an exception.
 
         With ``on_other``, whatever else arrives under the same correlation id (restore
-        chunks) goes there, and the route stays until the caller removes ``cid``.
+        chunks) goes there, and the route stays until the caller removes ``cid``;
+        ``on_answer`` is given the answer as it arrives, before anything after it.
         """
         cid = cid or uuid.uuid4().hex
         answers: list[m.Message] = []
 
         def route(d: Delivery) -> None:
-            if d.type in (expect.TYPE, m.ErrorReply.TYPE) and not answers:
-                answers.append(decode_answer(d))
+            if d.type in (expect.TYPE, m.ErrorReply.TYPE):
+                if answers or not self.from_manager(d):
+                    d.ack()
+                    return
+                answer = decode_answer(d)
+                answers.append(answer)
                 d.ack()
+                if on_answer is not None and isinstance(answer, expect):
+                    on_answer(answer)
             elif on_other is not None:
                 on_other(d)
             else:
@@ -214,15 +273,22 @@ class Session:
         quarantined by its worker and the manager has a good one made."""
         cid = uuid.uuid4().hex
         results: dict[tuple[str, str], m.VerifyResult] = {}
+        checkers: set[str] = set()  # the workers of the copies: only they answer
 
         def on_result(d: Delivery) -> None:
             d.ack()
-            if d.type == m.VerifyResult.TYPE:
-                r = m.VerifyResult.decode(d.body)
+            if d.type != m.VerifyResult.TYPE or not self.from_worker(d, checkers):
+                return
+            r = m.VerifyResult.decode(d.body)
+            if r.worker in checkers and (r.worker == d.user_id or self.as_manager(d)):
                 results[(r.worker, r.sha256)] = r
 
+        def on_accepted(acc: m.VerifyAccepted) -> None:
+            checkers.update(c.worker for c in acc.copies)
+
         try:
-            acc = self.request(m.VerifyRequest(names=names), m.VerifyAccepted, on_result, cid)
+            req = m.VerifyRequest(names=names)
+            acc = self.request(req, m.VerifyAccepted, on_result, cid, on_answer=on_accepted)
             want = {(c.worker, c.sha256) for c in acc.copies}
             self.wait(
                 lambda: want <= set(results),
@@ -299,6 +365,10 @@ class Session:
             self.conn.call_threadsafe(lambda: None)
 
     def silent(self) -> str:
-        return (
-            f"the manager did not answer within {self.settings.request_timeout:g} s; is it running?"
-        )
+        waited = f"the manager did not answer within {self.settings.request_timeout:g} s"
+        if self.not_manager and not self.settings.manager_user:
+            return (
+                f"{waited}: answers came from broker user {self.not_manager!r}, not from yours; "
+                "set WARREN_MANAGER_USER to the manager's user."
+            )
+        return f"{waited}; is it running?"

@@ -39,9 +39,9 @@ from client.units import Pack, Step, Unit, Upload
 from warren import compression
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
-from warren.errors import Busy, Unavailable, WarrenError, from_wire
+from warren.errors import Busy, DecodeError, Unavailable, WarrenError, from_wire
 from warren.topology import worker_chunks
-from warren.transport import Confirm
+from warren.transport import Confirm, Delivery
 
 if TYPE_CHECKING:
     from client.session import Session
@@ -61,6 +61,14 @@ PACKS_IN_FLIGHT = 8
 HASH_AHEAD = 2
 
 Done = Callable[[str, UploadResult | WarrenError], None]
+
+# What only the manager tells an upload; the rest comes from the workers of its chain.
+FROM_MANAGER = frozenset(
+    t.TYPE
+    for t in (m.UploadAccepted, m.PackAccepted, m.ErrorReply, m.UploadRecorded, m.PackRecorded)
+)
+# A worker's word on its own replicas: its ``worker`` field must be its sender.
+REPLICA_WORDS = frozenset((m.ReplicaStored.TYPE, m.PackStored.TYPE, m.ReplicaFailed.TYPE))
 
 __all__ = ["PACK_FILE_MAX", "Batch", "Hasher", "Pack", "Step", "Upload", "next_unit"]
 
@@ -148,7 +156,7 @@ class Batch:
             if unit.copying():  # its holders copy it on; the manager says when they are done
                 self.session.unroute(unit.route)
                 unit.route = unit.upload_id = unit.accepted.upload_id if unit.accepted else ""
-                self.session.route(unit.route, unit.on_replica)
+                self.session.route(unit.route, self._heard(unit, unit.on_replica))
                 unit.step = Step.STORING
                 unit.deadline = (
                     time.monotonic() + self.settings.transfer_timeout + unit.size * SECONDS_PER_BYTE
@@ -229,6 +237,42 @@ class Batch:
         for name, outcome in unit.outcomes():
             self.done(name, outcome)
 
+    def _heard(self, unit: Unit, handler: Callable[[Delivery], None]) -> Callable[[Delivery], None]:
+        """``handler``, given only what ``unit`` may hear from whoever sent it (see
+        ``client.session``): anything else is acked and ignored."""
+
+        def checked(d: Delivery) -> None:
+            if self._may_send(unit, d):
+                handler(d)
+
+        return checked
+
+    def _may_send(self, unit: Unit, d: Delivery) -> bool:
+        """The manager's answers and records from the manager; ``upload.have`` from the
+        chain's primary; a replica's word from the worker of the chain it names (or from
+        the manager's login: a copy's "stored" relayed by the manager, or services that
+        share one login)."""
+        s = self.session
+        if d.type in FROM_MANAGER:
+            return s.from_manager(d)
+        chain = unit.accepted.chain if unit.accepted is not None else ()
+        if d.type == m.UploadHave.TYPE:
+            return s.from_worker(d, chain[:1])
+        if d.type not in REPLICA_WORDS:
+            return s.from_manager(d)
+        if s.as_manager(d):  # a copy's "stored", relayed; or services sharing one login
+            return True
+        if not s.from_worker(d, chain):
+            return False
+        try:
+            msg = m.decode(d.type, d.body)
+        except DecodeError:
+            return s.ignore(d, "a worker, in a message that decodes")
+        worker = getattr(msg, "worker", "")
+        if worker in chain and worker == d.user_id:
+            return True
+        return s.ignore(d, f"{worker!r} itself, a worker of {', '.join(chain)}")
+
     def _ask(self, unit: Unit, again: bool = False) -> None:
         """Ask the manager where the hashed file (or pack) goes; the answer arrives later.
         ``again``: after a Busy answer, under a new route, by the first ask's deadline."""
@@ -255,7 +299,7 @@ class Batch:
         unit.route = uuid.uuid4().hex
         if not again:
             unit.deadline = time.monotonic() + self.settings.request_timeout
-        self.session.route(unit.route, unit.on_placement)
+        self.session.route(unit.route, self._heard(unit, unit.on_placement))
 
         def refused(why: Confirm) -> None:
             answer = not_taken(why)
@@ -301,7 +345,7 @@ class Batch:
             for member in to_send:
                 member.progress.transferred(member.size)
 
-        self.session.route(pack.route, pack.on_replica)
+        self.session.route(pack.route, self._heard(pack, pack.on_replica))
         self.session.conn.publish(
             worker_chunks(acc.chain[0]),
             body,
@@ -330,7 +374,7 @@ class Batch:
 
         self.session.unroute(up.route)
         up.route = acc.upload_id
-        self.session.route(up.route, up.on_replica)
+        self.session.route(up.route, self._heard(up, up.on_replica))
         up.progress.started(up.size)
         have = set(up.have.seqs) if up.have else set()
         if up.have is not None and up.have.complete:

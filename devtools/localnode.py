@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.errors import Unavailable, UsageError
+from warren.topology import MAX_MESSAGE_SIZE
 
 # Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user when started by
 # root; the script it wraps runs as whoever starts it, which keeps a private node simple.
@@ -134,7 +135,8 @@ class LocalNode:
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.mgmt_port}\n"
-            "log.console = false\n" + self.extra_config
+            "log.console = false\n"
+            f"max_message_size = {MAX_MESSAGE_SIZE}\n" + self.extra_config
         )
 
     def write_config(self) -> None:

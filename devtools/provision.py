@@ -164,7 +164,7 @@ class Plan:
                 # Outside the manager's data dir: a manager rebuilding on an empty one (or a
                 # standby) must read the same key to open the workers' records.
                 values["manager_key_file"] = str(self.manager_key_file)
-            # A worker takes commands only from the manager's user; the others ignore it.
+            # Workers take commands, and clients answers, only from the manager's user.
             values["manager_user"] = MANAGER
             if tls:
                 values["tls_ca_file"] = self.tls_ca_file

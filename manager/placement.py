@@ -224,7 +224,7 @@ class Placement:
         self.outbox.records(
             chain,
             [_record(up, up.version, now) for up in ups],
-            lambda worker: tuple(m.Expect(up.upload_id, senders[worker]) for up in ups),
+            lambda worker: tuple(m.Expect(up.upload_id, senders[worker], chain) for up in ups),
         )
         return ups
 

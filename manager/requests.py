@@ -78,8 +78,10 @@ class Answers:
     def on_request(self, d: Delivery) -> None:
         if not d.reply_to:
             raise DecodeError(f"{d.type} request without reply_to")
+        if not d.user_id:  # RabbitMQ validates a user_id but lets a publisher leave it out
+            raise DecodeError(f"{d.type} request without a user_id: whose would it be?")
         # The owner is the sender's own broker user, as RabbitMQ validated it.
-        asked = Asked(owner=d.user_id or "", reply_to=d.reply_to, cid=d.correlation_id or "")
+        asked = Asked(owner=d.user_id, reply_to=d.reply_to, cid=d.correlation_id or "")
         reply: m.Message
         try:
             msg = m.decode(d.type, d.body)

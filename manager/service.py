@@ -171,10 +171,8 @@ class Manager:
         for copy in self.repairs.plan(shortfalls, self.catalog.candidates(now), now):
             # The target takes the copy's chunks from the source only (told first, on the
             # queue the chunks will come by).
-            self.outbox.to_worker(
-                copy.target,
-                m.RecordVersions(records=(), expect=(m.Expect(copy.upload_id, copy.source),)),
-            )
+            expect = m.Expect(copy.upload_id, copy.source, (copy.target,))
+            self.outbox.to_worker(copy.target, m.RecordVersions(records=(), expect=(expect,)))
             cmd = m.CopyRequest(
                 sha256=copy.sha256, size=copy.size, target=copy.target, upload_id=copy.upload_id
             )

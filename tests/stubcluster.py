@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from client.session import Session
 from manager.service import Manager
@@ -131,5 +132,8 @@ class StubCluster:
             thread.join(timeout=10)
 
     def session(self, **overrides: Any) -> Session:
+        # The manager's login, as provisioning writes it into every client's config.
+        manager = "manager" if self.users else urlsplit(self.settings.amqp_urls[0]).username
+        overrides.setdefault("manager_user", manager or "guest")
         s = dataclasses.replace(self.settings, client_name="tester", **overrides)
         return Session(s, self.broker.connect)

@@ -273,6 +273,7 @@ def test_the_services_run_with_their_own_users(rabbit: LocalNode, tmp_path: Path
     c = Cluster(rabbit, tmp_path / "c")
     try:
         add_users(rabbit, c.vhost)
+        c.env_extra["WARREN_MANAGER_USER"] = "boss"  # workers and clients: commands, answers
         c.start("manager", WARREN_AMQP_URL=rabbit.url_for("boss", PW, c.vhost))
         for w in ("w1", "w2"):  # a worker takes commands only from the manager's user
             c.start(w, WARREN_AMQP_URL=rabbit.url_for(w, PW, c.vhost), WARREN_MANAGER_USER="boss")

@@ -140,3 +140,24 @@ def test_metrics_are_served_on_the_address_warren_metrics_addr_names() -> None:
         assert resp.status == 200 and b"warren_files" in resp.read()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+
+def test_a_chunk_size_the_brokers_messages_cannot_hold_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """WARREN_CHUNK_SIZE's range follows the broker's max_message_size, which both broker
+    configs set to the one number in warren.topology."""
+    from devtools.localnode import LocalNode
+    from warren import topology
+
+    limit = f"max_message_size = {topology.MAX_MESSAGE_SIZE}"
+    assert limit in (Path(__file__).parent.parent / "broker" / "rabbitmq.conf").read_text()
+    assert limit in LocalNode.with_free_ports(tmp_path).config_text()
+    top = topology.max_chunk_size()
+    assert top + topology.MESSAGE_HEADROOM <= topology.MAX_MESSAGE_SIZE
+    Settings.load(environ={"WARREN_CHUNK_SIZE": str(top)})
+    with pytest.raises(UsageError, match="between 1 KiB and 64 MiB"):
+        Settings.load(environ={"WARREN_CHUNK_SIZE": str(top + 1)})
+    monkeypatch.setattr(topology, "MAX_MESSAGE_SIZE", 16 * 1024 * 1024)
+    with pytest.raises(UsageError, match="at most 16 MiB"):
+        Settings.load(environ={"WARREN_CHUNK_SIZE": str(32 * 1024 * 1024)})

@@ -16,7 +16,7 @@ A, B = "a" * 32, "b" * 32
 
 def test_what_the_manager_placed_is_still_expected_after_a_restart(tmp_path: Path) -> None:
     log = tmp_path / "w1" / "expected.log"
-    Expected(log, keep=3600).add([(A, "alice smith"), (B, "w1")])
+    Expected(log, keep=3600).add([(A, "alice smith", ()), (B, "w1", ())])
     again = Expected(log, keep=3600)
     assert (again.sender(A), again.sender(B), again.sender("c" * 32)) == ("alice smith", "w1", None)
 
@@ -26,7 +26,7 @@ def test_entries_end_with_their_upload_and_leave_the_log(
 ) -> None:
     log = tmp_path / "expected.log"
     e = Expected(log, keep=1000)
-    e.add([(A, "alice"), (B, "bob")])
+    e.add([(A, "alice", ()), (B, "bob", ())])
     e.finished(B)  # done here: kept a while for redeliveries, not for the whole expiry
     now = time.time()
     monkeypatch.setattr(time, "time", lambda: now + expected.AFTER_FINISH + 1)
@@ -44,9 +44,20 @@ def test_the_log_is_compacted_as_uploads_come_and_go(
     e = Expected(log, keep=100)
     now = time.time()
     for i in range(10):
-        e.add([(f"{i:032x}", "alice")])
+        e.add([(f"{i:032x}", "alice", ())])
     monkeypatch.setattr(time, "time", lambda: now + 200)  # all of those expired
     for i in range(10, 20):
-        e.add([(f"{i:032x}", "alice")])
+        e.add([(f"{i:032x}", "alice", ())])
     assert len(log.read_text().splitlines()) == 10  # the expired ten are gone from it
     assert e.sender(f"{19:032x}") == "alice" and e.sender(f"{0:032x}") is None
+
+
+def test_the_placed_chain_is_kept_across_a_restart_and_older_lines_still_read(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "expected.log"
+    log.write_text(f"{B} {time.time()} bob smith\n")  # a line from before chains were kept
+    Expected(log, keep=3600).add([(A, "alice", ("w1", "w2"))])
+    again = Expected(log, keep=3600)
+    assert (again.sender(A), again.chain(A)) == ("alice", ("w1", "w2"))
+    assert (again.sender(B), again.chain(B)) == ("bob smith", ())

@@ -187,11 +187,11 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     (
         m.RecordVersions(
             records=(m.SealedRecord(SHA, "AbC="),),
-            expect=(m.Expect(UID, "alice"),),
+            expect=(m.Expect(UID, "alice", ("w1", "w2")),),
         ),
         wire(
             '{"records":[{"sha256":"<SHA>","sealed":"AbC="}],'
-            '"expect":[{"upload_id":"<UID>","sender":"alice"}]}'
+            '"expect":[{"upload_id":"<UID>","sender":"alice","chain":["w1","w2"]}]}'
         ),
     ),
     (

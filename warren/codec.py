@@ -23,6 +23,8 @@ MAX_NAME_BYTES = 4096
 # Small files travel in packs: one request, one message and one confirmation per worker for
 # up to MAX_PACK_FILES files, instead of all of that for each file.
 MAX_PACK_FILES = 256
+# A chain names at most this many workers, each once: a chunk goes through each at most once.
+MAX_CHAIN = 16
 
 T = TypeVar("T", bound="Message")
 
@@ -150,13 +152,18 @@ def check_worker(value: str, where: str) -> None:
 
 
 def check_chain(chain: tuple[str, ...], where: str) -> None:
-    """A chain names at least one worker, each by a valid name."""
+    """A chain names one to MAX_CHAIN workers, each by a valid name and each once: a
+    sender cannot loop a chunk through the workers (each would store and forward it)."""
     if not chain:
         raise DecodeError(f"{where}: empty chain")
+    if len(chain) > MAX_CHAIN:
+        raise DecodeError(f"{where}: a chain of more than {MAX_CHAIN} workers")
     for w in chain:
         if not isinstance(w, str):
             raise DecodeError(f"{where}: the chain holds a non-name")
         check_worker(w, "chain")
+    if len(set(chain)) != len(chain):
+        raise DecodeError(f"{where}: the chain names a worker twice")
 
 
 def check_file_name(value: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from warren import topology
 from warren.errors import UsageError
 from warren.topology import QUEUE_TYPES
 
@@ -132,8 +133,12 @@ class Settings:
         for url in self.amqp_urls:
             if urlsplit(url).scheme not in ("amqp", "amqps"):
                 raise UsageError(f"{redact(url)} is not an amqp:// or amqps:// URL.")
-        if self.chunk_size < 1024 or self.chunk_size > 64 * MIB:
-            raise UsageError("WARREN_CHUNK_SIZE must be between 1 KiB and 64 MiB.")
+        top = topology.max_chunk_size()  # a chunk and its headers fit the broker's messages
+        if self.chunk_size < 1024 or self.chunk_size > top:
+            raise UsageError(
+                f"WARREN_CHUNK_SIZE must be between 1 KiB and {top // MIB} MiB (RabbitMQ "
+                f"takes messages of at most {topology.MAX_MESSAGE_SIZE // MIB} MiB)."
+            )
         if self.queue_type not in QUEUE_TYPES:
             raise UsageError("WARREN_QUEUE_TYPE must be classic or quorum.")
         for name in ("window", "prefetch"):

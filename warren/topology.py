@@ -34,6 +34,20 @@ WORKERS_EXCHANGE = "warren.workers"  # routing keys: <worker>.chunks, <worker>.c
 CLIENTS_EXCHANGE = "warren.clients"  # routing key: the reply queue's own name
 EXCHANGES = (MANAGER_EXCHANGE, WORKERS_EXCHANGE, CLIENTS_EXCHANGE)
 
+# The largest message the broker takes, set explicitly as ``max_message_size`` in
+# broker/rabbitmq.conf and in devtools/localnode.py's config (RabbitMQ 3.x defaults to it,
+# 4.x to 16 MiB): a chunk (or a pack, or a restore chunk, at most a chunk's bytes in a zstd
+# frame) plus its headers must fit, so the largest WARREN_CHUNK_SIZE leaves room for them.
+MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+MESSAGE_HEADROOM = 1024 * 1024  # headers (a pack's manifest) and a zstd frame's overhead
+
+
+def max_chunk_size() -> int:
+    """The largest WARREN_CHUNK_SIZE: 64 MiB (what a restore takes, compression.MAX_CHUNK),
+    less if the broker's messages could not hold it with its headers."""
+    return min(64 * 1024 * 1024, MAX_MESSAGE_SIZE - MESSAGE_HEADROOM)
+
+
 CLIENT_QUEUE_PREFIX = "warren.client."
 _WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control)")
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from warren.codec import (
     Message,
+    check_chain,
     check_sha256,
     check_size,
     check_upload_id,
@@ -184,10 +185,13 @@ class Inventory(Message):
 
 @dataclass(frozen=True)
 class Expect:
-    """An upload placed on this worker, and the broker user its chunks come from."""
+    """An upload placed on this worker, the broker user its chunks come from, and the
+    chain the manager placed it on (its chunks must carry exactly that one; empty from
+    a manager before chains were sent: any chain then)."""
 
     upload_id: str
     sender: str
+    chain: tuple[str, ...] = ()
 
 
 @message
@@ -209,6 +213,8 @@ class RecordVersions(Message):
             check_upload_id(e.upload_id, "expect")
             if not e.sender:
                 raise DecodeError("worker.record: an expected upload without its sender")
+            if e.chain:
+                check_chain(e.chain, "worker.record")
 
 
 @message

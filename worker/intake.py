@@ -156,7 +156,7 @@ class Intake:
             cmd = m.RecordVersions.decode(d.body)
             try:
                 append_records(self.store.root, [dataclasses.asdict(r) for r in cmd.records])
-                self.expected.add((e.upload_id, e.sender) for e in cmd.expect)
+                self.expected.add((e.upload_id, e.sender, e.chain) for e in cmd.expect)
             except OSError as exc:
                 self._not_recorded(conn, d, [e.upload_id for e in cmd.expect], exc)
                 return
@@ -248,10 +248,15 @@ class Intake:
         freed = self.store.abandon(cmd.upload_id)
         log.info("upload %s: abandoned; %d bytes removed from %s", cmd.upload_id, freed, self.name)
 
-    def _check_sender(self, conn: Transport, d: Delivery, upload_id: str) -> None:
+    def _check_sender(
+        self, conn: Transport, d: Delivery, upload_id: str, chain: tuple[str, ...]
+    ) -> None:
         """Only the chunks of an upload the manager placed here, from the sender it named
-        (the broker validated ``user_id``); anything else is dead-lettered. Where every
-        service shares one login, a worker's sender cannot be told from this one."""
+        (the broker validated ``user_id``), along the chain it placed the upload on;
+        anything else is dead-lettered. Where every service shares one login, a worker's
+        sender cannot be told from this one."""
+        if not d.user_id:
+            raise DecodeError(f"{d.type} for upload {upload_id} without a sender: ignored")
         sender = self.expected.sender(upload_id)
         if sender is None:
             raise DecodeError(
@@ -262,6 +267,12 @@ class Intake:
             raise DecodeError(
                 f"{d.type} for upload {upload_id} placed for {sender!r} came from broker "
                 f"user {d.user_id!r}: ignored"
+            )
+        placed = self.expected.chain(upload_id)
+        if placed and chain != placed:
+            raise DecodeError(
+                f"{d.type} for upload {upload_id} placed on {', '.join(placed)} came along "
+                f"{', '.join(chain)}, from broker user {d.user_id!r}: ignored"
             )
 
     # -- chunks ----------------------------------------------------------------------------
@@ -277,7 +288,7 @@ class Intake:
             # before the primary heard): nobody will finish it, so nothing is written.
             d.ack()
             return
-        self._check_sender(conn, d, h.upload_id)
+        self._check_sender(conn, d, h.upload_id, h.chain)
         waiting = self._finishing.get(h.upload_id)
         if waiting is not None:
             # A redelivery while the replica is being finished: settle it with the outcome.
@@ -293,7 +304,10 @@ class Intake:
         # Compressed bytes are forwarded as they came, and kept here as they came when the
         # upload's first chunk was compressed, else decoded (worker/store.py). Each is decoded
         # to be checked and hashed: a bad frame is a DecodeError, dead-lettered, not written.
-        data = compression.decode(d.body, h.encoding, h.total_size - h.offset)
+        # Never more than a chunk's bytes, whatever size the sender declares for the file:
+        # a few KB of zstd must not make this worker allocate hundreds of MiB.
+        limit = min(h.total_size - h.offset, self.settings.chunk_size)
+        data = compression.decode(d.body, h.encoding, limit)
         h.validate(len(data))
         wire = (d.body, h.encoding)
         try:
@@ -433,7 +447,12 @@ class Intake:
         if self._tell_unrecorded(conn, d, [f.upload_id for f in p.files]):
             return
         for f in p.files:
-            self._check_sender(conn, d, f.upload_id)
+            self._check_sender(conn, d, f.upload_id, p.chain)
+        if p.total > self.settings.chunk_size:  # a client's packs hold at most a chunk's bytes
+            raise DecodeError(
+                f"pack {d.correlation_id}: {p.total} bytes, more than a chunk "
+                f"({self.settings.chunk_size}): ignored"
+            )
         metrics.BYTES_IN.inc(len(d.body))
         job = PackJob(conn, d, p)
         # Forwarded as it came; stored decoded, each file its own bytes.
