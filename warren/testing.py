@@ -7,8 +7,10 @@ confirm callbacks run only inside that thread's ``process`` (or an explicit wait
 publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
 exact-key bindings), mandatory publishes that reach no queue returned, ``reply_to``
 naming a service's queue dropped from deliveries, unacked deliveries requeued as
-redelivered when their connection goes, rejects dead-lettered, exclusive queues deleted
-with their connection, transient messages and queues lost on a broker restart.
+redelivered when their connection goes, rejects dead-lettered, queue bounds kept
+(x-max-length and x-max-length-bytes, with x-overflow reject-publish or drop-head),
+exclusive queues deleted with their connection, transient messages and queues lost on a
+broker restart.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
 killed process would), ``restart`` restarts the broker, ``intercept`` sees every publish
@@ -71,9 +73,29 @@ class _Queue:
     durable: bool
     owner: StubConnection | None  # exclusive queues belong to one connection
     dead_letter_exchange: str | None
+    # As RabbitMQ's x-max-length, x-max-length-bytes and x-overflow: past the bound a
+    # publish is nacked (reject-publish) or the oldest message goes (drop-head).
+    max_length: int | None = None
+    max_bytes: int | None = None
+    overflow: str = "drop-head"
     messages: collections.deque[Message] = field(default_factory=collections.deque)
     consumers: list[_Consumer] = field(default_factory=list)
     next_consumer: int = 0
+
+    def full(self, msg: Message) -> bool:
+        """Whether taking ``msg`` would go past the queue's bound."""
+        if self.max_length is not None and len(self.messages) + 1 > self.max_length:
+            return True
+        if self.max_bytes is not None:
+            held = sum(len(m.body) for m in self.messages)
+            return held + len(msg.body) > self.max_bytes
+        return False
+
+    def put(self, msg: Message) -> None:
+        """Append, dropping the oldest while over the bound (drop-head)."""
+        while self.messages and self.full(msg):
+            self.messages.popleft()
+        self.messages.append(msg)
 
 
 class StubBroker:
@@ -161,10 +183,12 @@ class StubBroker:
             return Confirm.RETURNED
         if self.refuse is not None and self.refuse(msg):
             return Confirm.NACK
+        if self.queues[msg.queue].full(msg) and self.queues[msg.queue].overflow == "reject-publish":
+            return Confirm.NACK
         self.published.append(msg)
         arrived = self.intercept(msg) if self.intercept else [msg]
         for m in arrived:
-            self.queues[m.queue].messages.append(m)
+            self.queues[m.queue].put(m)
         self.changed.notify_all()
         return Confirm.ACK
 
@@ -174,7 +198,7 @@ class StubBroker:
             return
         for target, _key in self.bindings.get(q.dead_letter_exchange, []):  # a fanout
             if target in self.queues:
-                self.queues[target].messages.append(replace(msg, queue=target, redelivered=False))
+                self.queues[target].put(replace(msg, queue=target, redelivered=False))
 
     def _next_delivery(self, conn: StubConnection) -> tuple[_Consumer, str, Message] | None:
         """A message for one of ``conn``'s consumers with room under its prefetch."""
@@ -271,6 +295,9 @@ class StubConnection:
                         durable=spec.durable,
                         owner=self if spec.exclusive else None,
                         dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
+                        max_length=spec.arguments.get("x-max-length"),
+                        max_bytes=spec.arguments.get("x-max-length-bytes"),
+                        overflow=spec.arguments.get("x-overflow", "drop-head"),
                     )
                 if spec.bind_to:
                     if spec.bind_to not in self.broker.exchanges:
