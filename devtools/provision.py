@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manager.users import CLIENT_LIMITS
 from warren.errors import NotFound, Refused, WarrenError
 from warren.sealing import load_or_create_key
 from warren.topology import permissions
@@ -205,7 +206,8 @@ def definitions(users: Iterable[User], vhost: str = VHOST) -> dict[str, Any]:
                 "password_hash": password_hash(u.password),
                 "hashing_algorithm": HASHING,
                 "tags": tags,
-                "limits": {},
+                # A client's connections and channels are capped, as ``users add`` does.
+                "limits": dict(CLIENT_LIMITS) if u.role == "client" else {},
             }
         )
         if u.role == "admin":
@@ -235,7 +237,7 @@ def apply(management_url: str, users: Sequence[User], vhost: str = VHOST) -> Non
     Logs in as the administrator; on a node from before it existed, as guest, to make it.
     Idempotent: each role user gets its password and exactly its role's permissions again.
     """
-    from manager.users import Admin, add  # the operators' own tool does the work
+    from manager.users import Admin, add  # the operators' own tool does the work (and limits)
 
     admin_user = next(u for u in users if u.role == "admin")
     admin = Admin(management_url, admin_user.name, admin_user.password)

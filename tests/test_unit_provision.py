@@ -81,6 +81,9 @@ def test_definitions_hold_hashes_that_verify_and_no_guest(tmp_path: Path) -> Non
         assert not hash_matches(entry["password_hash"], u.password + "x")
     assert by_name["admin"]["tags"] == ["administrator"]
     assert by_name["w1"]["tags"] == ["warren-worker"]
+    # clients are capped in connections and channels (RabbitMQ 3.10 loads these limits)
+    assert by_name["client1"]["limits"] == {"max-connections": 16, "max-channels": 64}
+    assert by_name["manager"]["limits"] == {} and by_name["w1"]["limits"] == {}
 
 
 def test_each_role_has_exactly_its_topology_permissions(tmp_path: Path) -> None:
