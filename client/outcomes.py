@@ -14,10 +14,13 @@ from warren.transport import Confirm, Delivery
 NO_MANAGER = m.ErrorReply(
     "unavailable", "the manager has never run on this broker (it has no request queue)."
 )
-# ... and when its queue could not take it (a quorum queue electing a leader).
-# Busy: nothing was done with it, so the client asks again (``Session.request``).
+# ... and when its queue could not take it: full (``topology.REQUESTS_MAX_LENGTH`` requests
+# wait already), or a quorum queue electing a leader. Busy: nothing was done with it, so
+# the client asks again (``Session.request``) until its request timeout runs out.
 NOT_NOW = m.ErrorReply(
-    "busy", "RabbitMQ could not take the request just now; try again in a moment."
+    "busy",
+    "the manager is busy: its request queue could not take the request (full, or "
+    "RabbitMQ could not take it just now); try again in a moment.",
 )
 
 

@@ -18,9 +18,15 @@ check the broker with, under TLS), so a process needs nothing but ``WARREN_CONFI
 ``apply`` brings a running broker in line through its management API (a node from before,
 which still has guest; workers added since): it is what ``make up`` runs after the node is up.
 
-docker compose runs it as a one-shot service that writes into a named volume:
+docker compose runs it as a one-shot service that writes into a named volume, and with
+``--own`` gives each container only what it needs, in a volume of its own:
 
-    python -m devtools.provision --out /etc/warren --hosts rabbitmq --workers 4
+    python -m devtools.provision --out /etc/warren --hosts rabbitmq --own /own --owner 1000:1000
+
+Each folder ``/own/<name>`` (a named volume mounted there) gets that user's ``<name>.toml``
+(the manager's also ``manager.key``); ``/own/broker`` gets the definitions (hashes only)
+and, with ``--erlang-cookie``, the cookie. The passwords, ``admin.toml`` and the
+administrator's password stay in ``--out``, which only the provision service mounts.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manager.users import CLIENT_LIMITS
 from warren.errors import NotFound, Refused, WarrenError
 from warren.sealing import load_or_create_key
 from warren.topology import permissions
@@ -205,7 +212,8 @@ def definitions(users: Iterable[User], vhost: str = VHOST) -> dict[str, Any]:
                 "password_hash": password_hash(u.password),
                 "hashing_algorithm": HASHING,
                 "tags": tags,
-                "limits": {},
+                # A client's connections and channels are capped, as ``users add`` does.
+                "limits": dict(CLIENT_LIMITS) if u.role == "client" else {},
             }
         )
         if u.role == "admin":
@@ -235,7 +243,7 @@ def apply(management_url: str, users: Sequence[User], vhost: str = VHOST) -> Non
     Logs in as the administrator; on a node from before it existed, as guest, to make it.
     Idempotent: each role user gets its password and exactly its role's permissions again.
     """
-    from manager.users import Admin, add  # the operators' own tool does the work
+    from manager.users import Admin, add  # the operators' own tool does the work (and limits)
 
     admin_user = next(u for u in users if u.role == "admin")
     admin = Admin(management_url, admin_user.name, admin_user.password)
@@ -275,6 +283,46 @@ def erlang_cookie(path: Path) -> str:
     return cookie
 
 
+BROKER = "broker"  # the --own folder of the broker nodes
+
+
+def hand_out(plan: Plan, own: Path, owner: tuple[int, int] | None) -> list[str]:
+    """Copy into each folder of ``own`` what its container needs and nothing else: a user's
+    config (the manager's key too), or the broker's definitions and Erlang cookie. With
+    ``owner`` (provision runs as root), each folder and file is made that uid's and gid's."""
+    names = {name for name, _ in plan.roles()}
+    handed = []
+    for folder in sorted(p for p in own.iterdir() if p.is_dir()):
+        if folder.name == BROKER:
+            files = [(plan.definitions_file, 0o644)]
+            cookie = plan.secrets_dir / "erlang.cookie"
+            if cookie.exists():
+                files.append((cookie, 0o600))
+            folder.chmod(0o755)  # the broker reads the definitions as a user of its own
+        elif folder.name in names and folder.name != ADMIN:
+            files = [(plan.config_file(folder.name), 0o600)]
+            if folder.name == MANAGER:
+                files.append((plan.manager_key_file, 0o600))
+            folder.chmod(0o700)
+        else:
+            raise WarrenError(
+                f"{folder} is no user's folder: the users are "
+                f"{', '.join(sorted(names - {ADMIN}))}, and {BROKER} is the broker's."
+            )
+        for source, mode in files:
+            write_private(folder / source.name, source.read_text(), mode)
+        # Files another run left, or a user's that is no longer this folder's, go.
+        keep = {source.name for source, _ in files}
+        for stale in folder.iterdir():
+            if stale.name not in keep:
+                stale.unlink()
+        if owner is not None:
+            for path in (folder, *folder.iterdir()):
+                os.chown(path, *owner)
+        handed.append(folder.name)
+    return handed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m devtools.provision",
@@ -289,7 +337,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also secrets/erlang.cookie, the cluster nodes' shared secret (made once)",
     )
+    ap.add_argument(
+        "--own",
+        type=Path,
+        help="a folder of per-container folders (named volumes): each gets only its own files",
+    )
+    ap.add_argument(
+        "--owner",
+        metavar="UID:GID",
+        help="make everything written this user's and group's (when provision runs as root)",
+    )
     args = ap.parse_args(argv)
+    owner = None
+    if args.owner:
+        uid, _, gid = args.owner.partition(":")
+        if not (uid.isdigit() and gid.isdigit()):
+            ap.error(f"--owner takes UID:GID in digits, not {args.owner!r}")
+        owner = (int(uid), int(gid))
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     # Anyone may read the definitions (only salted hashes): the broker runs as a user of its
     # own. The passwords and configs are in secrets/, which only this user may enter.
@@ -305,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         users = plan.write()
         if args.erlang_cookie:
             erlang_cookie(plan.secrets_dir / "erlang.cookie")
+        if owner is not None:
+            for path in (args.out, plan.definitions_file, *plan.secrets_dir.rglob("*")):
+                os.chown(path, *owner)
+            os.chown(plan.secrets_dir, *owner)
+        handed = hand_out(plan, args.own, owner) if args.own else []
     except (OSError, WarrenError) as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 1
@@ -312,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"provision: users {names}; configs in {plan.secrets_dir}/, definitions "
         f"{plan.definitions_file}"
+        + (f"; each of {', '.join(handed)} has its own in {args.own}/" if handed else "")
     )
     return 0
 

@@ -5,6 +5,9 @@ Each role (manager, worker, client) gets its own RabbitMQ user with the permissi
 through the management HTTP API at ``WARREN_ADMIN_URL`` (an administrator's login, e.g.
 ``http://admin:PASSWORD@127.0.0.1:15672/``). Adding a user that exists updates its
 password and resets its permissions to its role's, so running ``add`` again is harmless.
+A client's user is also capped in connections and channels (``CLIENT_LIMITS``). The
+password comes from a file or stdin, so that it is never in the process's arguments, which
+every local user can read (``--password PW`` still works, for scripts that know this).
 A worker's user name is its worker name: the manager checks that a worker speaks for itself.
 """
 
@@ -21,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from warren.config import Settings, redact
 from warren.errors import NotFound, Refused, Unavailable, UsageError, WarrenError
@@ -30,12 +33,19 @@ from warren.topology import ROLES, Permissions, permissions
 
 USAGE_EXAMPLE = """examples:
   export WARREN_ADMIN_URL=http://admin:PASSWORD@127.0.0.1:15672/
-  python -m manager users add manager manager --password s3cret
-  python -m manager users add worker w1 --password s3cret
-  python -m manager users add client alice --password s3cret
+  python -m manager users add manager manager --password-file manager.password
+  openssl rand -hex 16 | python -m manager users add worker w1 --password -
+  python -m manager users add client alice --password-file alice.password
   python -m manager users list
   python -m manager users remove alice
+
+--password PW also works, but any local user sees PW (ps, /proc) while it runs.
 """
+
+# What one client's broker user may hold open at once (RabbitMQ user limits, >= 3.10). A
+# client process uses one connection and two channels: this leaves room for many at once,
+# and none can exhaust the broker's connections or channels for everyone else.
+CLIENT_LIMITS = {"max-connections": 16, "max-channels": 64}
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -148,7 +158,9 @@ def add(admin: Admin, vhost: str, role: str, name: str, password: str) -> None:
     """Create or update ``name`` with exactly ``role``'s permissions on ``vhost``."""
     check_name(role, name)
     if not password:
-        raise UsageError("the password is empty: give one with --password.")
+        raise UsageError(
+            "the password is empty: give one with --password-file FILE or --password - (stdin)."
+        )
     if name == admin.user:
         raise UsageError(
             f"{name!r} is the administrator WARREN_ADMIN_URL logs in as: "
@@ -176,6 +188,33 @@ def add(admin: Admin, vhost: str, role: str, name: str, password: str) -> None:
             f"topic-permissions/{_q(vhost)}/{_q(name)}",
             {"exchange": exchange, "write": write, "read": read},
         )
+    # A client's connections and channels are capped; a service's are not (a user that was
+    # a client before loses its caps).
+    for limit in ("max-connections", "max-channels"):
+        if role == "client":
+            body = {"value": CLIENT_LIMITS[limit]}
+            admin.call("PUT", f"user-limits/{_q(name)}/{limit}", body)
+        else:
+            with contextlib.suppress(NotFound):
+                admin.call("DELETE", f"user-limits/{_q(name)}/{limit}")
+
+
+def read_password(password: str | None, password_file: str | None, stdin: TextIO) -> str:
+    """The password from ``--password`` (``-``: the first line of stdin) or
+    ``--password-file`` (its first line): trailing newlines are not part of it."""
+    if password_file is not None:
+        try:
+            with open(password_file, encoding="utf-8") as fh:
+                text = fh.readline()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read the password file {password_file}: {exc.strerror}."
+            ) from None
+    elif password == "-":
+        text = stdin.readline()
+    else:
+        text = password or ""
+    return text.rstrip("\r\n")
 
 
 def remove(admin: Admin, name: str) -> bool:
@@ -240,14 +279,25 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("add", help="create or update a user (idempotent)")
     a.add_argument("role", help="manager, worker or client")
     a.add_argument("name", help="the user name (a worker's is its worker name)")
-    a.add_argument("--password", required=True, help="the user's password")
+    given = a.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--password-file", metavar="FILE", help="read the user's password from FILE's first line"
+    )
+    given.add_argument(
+        "--password",
+        metavar="PW",
+        help="the user's password; - reads it from stdin (PW itself is visible to every "
+        "local user in ps while this runs)",
+    )
     r = sub.add_parser("remove", help="delete a user")
     r.add_argument("name")
     sub.add_parser("list", help="users with permissions on the virtual host, and their role")
     return ap
 
 
-def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None, stdin: TextIO | None = None
+) -> int:
     """Run one ``users`` command; a failure is one sentence on stderr and its exit code."""
     args = parser().parse_args(list(argv))
     try:
@@ -255,7 +305,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         admin = Admin.from_settings(settings)
         vhost = vhost_of(settings.amqp_url)
         if args.command == "add":
-            add(admin, vhost, args.role, args.name, args.password)
+            password = read_password(args.password, args.password_file, stdin or sys.stdin)
+            add(admin, vhost, args.role, args.name, password)
             print(f"{args.role} user {args.name!r} is ready on virtual host {vhost!r}")
             if args.role == "manager":
                 print(

@@ -2,7 +2,8 @@
 # make compose-test: run the README's Docker commands for real, on both compose files.
 #
 #   docker-compose.yml          up -d --build; no guest, every service connected as its own
-#                               user, the administrator's password from the secrets volume;
+#                               user, the administrator's password from the secrets volume
+#                               (through provision: the manager and w1 see only their own);
 #                               client1 upload README.md, list, download (bytes compared);
 #                               client2 (a user of its own) does not see it; a download into a
 #                               folder the client may not write is one sentence; a worker that
@@ -322,12 +323,19 @@ users = {c["user"] for c in json.load(open(sys.argv[1]))}
 sys.exit(0 if users == {"manager", "w1", "w2", "w3", "w4"} else 1)
 ' "$LOG/connections.json"
 }
-# No guest; the administrator's password (README: `exec manager cat ...`) logs in; every
-# service is connected as its own user.
+# No guest; the administrator's password (README: `run --rm provision cat ...`) logs in;
+# every service is connected as its own user, and sees only its own secrets.
 users_provisioned() {
-    local password out
-    password=$(dc exec -T manager cat /etc/warren/secrets/admin.password) ||
-        fail "exec manager cat /etc/warren/secrets/admin.password failed"
+    local password out seen
+    password=$(dc run --rm -T provision cat /etc/warren/secrets/admin.password) ||
+        fail "run --rm provision cat /etc/warren/secrets/admin.password failed"
+    password=${password//$'\r'/}
+    seen=$(dc exec -T manager ls -A /etc/warren/secrets | tr -d '\r' | sort | xargs)
+    [[ $seen == "manager.key manager.toml" ]] ||
+        fail "the manager sees $seen in /etc/warren/secrets, not only its config and key"
+    seen=$(dc exec -T w1 sh -c 'ls -A /etc/warren/secrets; ls /etc/warren' | tr -d '\r' | sort | xargs)
+    [[ $seen == "secrets w1.toml" ]] ||
+        fail "w1 sees $seen in /etc/warren and /etc/warren/secrets, not only its config"
     out=$(api guest:guest whoami) && fail "guest logged in to the management API: $out"
     [[ $out == "HTTP 401" ]] || fail "guest: $out, not 401"
     api "admin:$password" users >"$LOG/users.json" ||
@@ -340,7 +348,7 @@ sys.exit(0 if users == want else f"the broker has the users {sorted(users)}")
 ' "$LOG/users.json" || fail "the broker's users are not those provisioned"
     within 60 "the manager and w1..w4 connected, each as its own user" connected "$password"
     passed "no guest (401); admin logs in with the password in the secrets volume; the" \
-        "manager and w1..w4 are connected, each as its own user"
+        "manager and w1..w4 are connected, each as its own user, and see only their own secrets"
 }
 
 [[ -d $(dirname "$SCRATCH") ]] || MADE_ARTIFACTS=1

@@ -353,9 +353,9 @@ def erlang_cookie(layout: Layout, broker: str, provisioned: ProvisionedBy) -> st
     )
     assert options.get("-m") in ("0400", "400"), f"{broker}: the cookie must be 0400: {install}"
     source = install[-2]
-    target = secrets_mount(layout, broker).target
-    assert source.startswith(target + "/"), f"{broker}: {source} is not in the volume {SECRETS}"
-    path = provisioned(layout).path(source)
+    target = own_mount(layout, broker).target
+    assert source.startswith(target + "/"), f"{broker}: {source} is not in its own volume"
+    path = provisioned(layout).path(broker, source)
     assert path.is_file(), f"{broker}: provision does not write {source}"
     return path.read_text()
 
@@ -366,16 +366,39 @@ def secrets_mount(layout: Layout, name: str) -> Mount:
     return found[0]
 
 
+def handed_volumes(layout: Layout) -> dict[str, str]:
+    """The volumes provision hands out (each container's own), and where it mounts each."""
+    return {
+        m.source: m.target
+        for m in mounts(service(layout, PROVISION))
+        if not m.is_bind and m.source != SECRETS
+    }
+
+
+def own_mount(layout: Layout, name: str) -> Mount:
+    """The one volume provision hands ``name``: its secrets, and nobody else's."""
+    handed = handed_volumes(layout)
+    found = [m for m in mounts(service(layout, name)) if m.source in handed]
+    assert len(found) == 1, f"{layout.file}: {name} mounts {len(found)} volumes of secrets"
+    return found[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Provisioned:
-    """What the provision service wrote: ``target`` in the containers is ``folder`` here."""
+    """What the provision service wrote: each volume's folder here."""
 
-    target: str
-    folder: Path
+    layout: Layout
+    folders: dict[str, Path]  # volume -> the folder that stands in for it
 
-    def path(self, in_container: str) -> Path:
-        assert in_container.startswith(self.target + "/"), f"{in_container} is not in {SECRETS}"
-        return self.folder / in_container[len(self.target) + 1 :]
+    def path(self, name: str, in_container: str) -> Path:
+        """The file ``in_container`` of service ``name``, through the volume it mounts there."""
+        for m in sorted(mounts(service(self.layout, name)), key=lambda m: -len(m.target)):
+            if in_container.startswith(m.target + "/") and m.source in self.folders:
+                return self.folders[m.source] / in_container[len(m.target) + 1 :]
+        raise AssertionError(f"{name}: {in_container} is in no volume provision writes")
+
+    def files(self, volume: str) -> set[str]:
+        return {p.name for p in self.folders[volume].iterdir()}
 
 
 ProvisionedBy = Callable[[Layout], Provisioned]
@@ -383,19 +406,30 @@ ProvisionedBy = Callable[[Layout], Provisioned]
 
 @pytest.fixture(scope="module")
 def provisioned(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedBy:
-    """Run each layout's provision command, with its volume's folder here instead."""
+    """Run each layout's provision command, with each volume's folder here instead."""
     made: dict[str, Provisioned] = {}
 
     def get(layout: Layout) -> Provisioned:
         if layout.file not in made:
             module, args = module_and_args(layout, PROVISION)
             assert module == "devtools.provision", f"{layout.file}: provision runs {module}"
+            flags = flag_values(args)
             target = secrets_mount(layout, PROVISION).target
-            assert flag_values(args).get("--out") == target, "write into the secrets volume"
+            assert flags.get("--out") == target, "write into the secrets volume"
             folder = tmp_path_factory.mktemp("etc-warren")
-            here = [str(folder) if a == target else a for a in args]
-            assert provision.main(here) == 0
-            made[layout.file] = Provisioned(target, folder)
+            own = tmp_path_factory.mktemp("own")
+            folders = {SECRETS: folder}
+            for volume, mounted in handed_volumes(layout).items():
+                assert mounted.startswith(flags.get("--own", "?") + "/"), (
+                    f"{layout.file}: provision mounts {volume} at {mounted}, not in --own"
+                )
+                folders[volume] = own / mounted.rsplit("/", 1)[1]
+                folders[volume].mkdir()  # as Docker makes a volume's mount point
+            here = {target: str(folder), flags["--own"]: str(own)}
+            # --owner: the image's uid and gid, which only root (provision in Docker) can give
+            args = [a for a in args if a not in ("--owner", flags.get("--owner"))]
+            assert provision.main([here.get(a, a) for a in args]) == 0
+            made[layout.file] = Provisioned(layout, folders)
         return made[layout.file]
 
     return get
@@ -410,7 +444,7 @@ def settings_of(
     """The service's settings, its config file read from what provision wrote."""
     env = environment(service(layout, name))
     if CONFIG_ENV in env:
-        env[CONFIG_ENV] = str(provisioned(layout).path(env[CONFIG_ENV]))
+        env[CONFIG_ENV] = str(provisioned(layout).path(name, env[CONFIG_ENV]))
     return Settings.load(overrides, environ=env)
 
 
@@ -444,6 +478,10 @@ def test_provision_runs_a_repo_module_with_flags_it_accepts() -> None:
         svc = service(layout, PROVISION)
         assert svc.get("restart") == "no", f"{layout.file}: provision runs once per `up`"
         assert not secrets_mount(layout, PROVISION).read_only
+        assert all(not m.read_only for m in mounts(svc)), f"{layout.file}: provision writes"
+        # It runs as root, to make the volumes it hands out the image's user's
+        assert svc.get("user") in ("root", "0", "0:0"), f"{layout.file}: provision as root"
+        assert flag_values(args).get("--owner") == "1000:1000", f"{layout.file}: --owner"
 
 
 @each_service(lambda layout: ("manager", *WORKERS))
@@ -471,7 +509,7 @@ def test_every_service_keeps_its_data_on_a_volume_of_its_own(layout: Layout) -> 
     volumes = {}
     for name in (*layout.brokers, "manager", *WORKERS):
         named = [m.source for m in mounts(service(layout, name)) if not m.is_bind]
-        named = [v for v in named if v != SECRETS]
+        named = [v for v in named if v not in handed_volumes(layout)]
         assert len(named) == 1, f"{name}: expected one named volume, got {named}"
         volumes[name] = named[0]
     assert len(set(volumes.values())) == len(volumes), f"volumes are shared: {volumes}"
@@ -481,15 +519,31 @@ def test_every_service_keeps_its_data_on_a_volume_of_its_own(layout: Layout) -> 
 
 
 @each_layout()
-def test_every_process_mounts_the_secrets_read_only_where_provision_writes_them(
-    layout: Layout,
+def test_every_container_mounts_only_its_own_secrets_read_only(
+    layout: Layout, provisioned: ProvisionedBy
 ) -> None:
-    target = secrets_mount(layout, PROVISION).target
+    """No container but provision sees another's password, the administrator's or the
+    manager's key: each mounts one volume of secrets, its own, read-only."""
+    made = provisioned(layout)
+    owners: dict[str, set[str]] = {}
     for name in (*layout.brokers, *WARREN_SERVICES):
-        m = secrets_mount(layout, name)
-        assert m.target == target, f"{name}: mount {SECRETS} at {target}"
-        assert m.read_only, f"{name}: only provision may write the secrets"
-    assert SECRETS in (compose(layout).get("volumes") or {})
+        assert SECRETS not in {m.source for m in mounts(service(layout, name))}, (
+            f"{name}: only provision mounts the volume {SECRETS} (every password)"
+        )
+        m = own_mount(layout, name)
+        assert m.read_only, f"{name}: only provision may write its secrets"
+        owners.setdefault(m.source, set()).add(name)
+        if name in layout.brokers:
+            want = {"definitions.json"} | ({"erlang.cookie"} if len(layout.brokers) > 1 else set())
+        else:
+            want = {f"{name}.toml"} | ({"manager.key"} if name == "manager" else set())
+        assert made.files(m.source) == want, f"{name}: its volume holds {made.files(m.source)}"
+    # a volume each, but the broker nodes share theirs (the same definitions and cookie)
+    assert sorted(owners.values(), key=sorted) == sorted(
+        [set(layout.brokers), *({n} for n in WARREN_SERVICES)], key=sorted
+    )
+    declared = compose(layout).get("volumes") or {}
+    assert SECRETS in declared and set(owners) <= set(declared)
 
 
 @each_layout()
@@ -771,11 +825,12 @@ ROLES = {
 
 def provisioned_definitions(layout: Layout, provisioned: ProvisionedBy) -> dict[str, Any]:
     """The definitions file the brokers load, as provision wrote it."""
+    loaded = broker_conf(layout.broker_conf)["load_definitions"]
     for broker in layout.brokers:
-        assert broker_conf(layout.broker_conf)["load_definitions"].startswith(
-            secrets_mount(layout, broker).target + "/"
-        ), f"{broker}: load the definitions from the volume {SECRETS}"
-    path = provisioned(layout).path(broker_conf(layout.broker_conf)["load_definitions"])
+        assert loaded.startswith(own_mount(layout, broker).target + "/"), (
+            f"{broker}: load the definitions from the volume provision gives it"
+        )
+    path = provisioned(layout).path(layout.brokers[0], loaded)
     assert path.stat().st_mode & 0o004, "the broker runs as a user of its own: let it read them"
     data = json.loads(path.read_text())
     assert isinstance(data, dict)
@@ -820,14 +875,15 @@ def test_the_management_ui_has_an_administrator_whose_password_the_header_shows(
 ) -> None:
     header = [line for line in header_commands(layout) if "admin.password" in line]
     assert header, f"{layout.file}: say how to read the administrator's password"
-    in_container = re.search(r"cat (\S+)", header[0])
+    # only provision mounts the volume that holds it
+    in_container = re.search(r"run --rm provision cat (\S+)", header[0])
     assert in_container, header[0]
-    password = provisioned(layout).path(in_container.group(1)).read_text().strip()
+    password = provisioned(layout).path(PROVISION, in_container.group(1)).read_text().strip()
     defs = provisioned_definitions(layout, provisioned)
     admin = {u["name"]: u for u in defs["users"]}["admin"]
     assert admin["tags"] == ["administrator"]
     assert rabbit_sha256_matches(admin["password_hash"], password)
-    secrets_dir = provisioned(layout).folder / "secrets"
+    secrets_dir = provisioned(layout).folders[SECRETS] / "secrets"
     assert secrets_dir.stat().st_mode & 0o777 == 0o700, "the secrets are uid 1000's alone"
 
 

@@ -221,7 +221,11 @@ def test_users_add_is_idempotent_and_list_shows_roles(
     }
     assert users.main(["add", "worker", "w1", "--password", PW], env) == 0
     assert users.main(["add", "client", "carol", "--password", PW], env) == 0
+    # a client is capped in connections and channels (RabbitMQ's user limits)
+    limits = {"max-connections": 16, "max-channels": 64}
+    assert rabbit.api("GET", "user-limits/carol") == [{"user": "carol", "value": limits}]
     assert users.main(["add", "worker", "carol", "--password", PW], env) == 0  # a new role
+    assert rabbit.api("GET", "user-limits/carol") == []  # a service is not
     assert users.main(["list"], env) == 0
     out = capsys.readouterr().out
     roles = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:]}

@@ -81,6 +81,9 @@ def test_definitions_hold_hashes_that_verify_and_no_guest(tmp_path: Path) -> Non
         assert not hash_matches(entry["password_hash"], u.password + "x")
     assert by_name["admin"]["tags"] == ["administrator"]
     assert by_name["w1"]["tags"] == ["warren-worker"]
+    # clients are capped in connections and channels (RabbitMQ 3.10 loads these limits)
+    assert by_name["client1"]["limits"] == {"max-connections": 16, "max-channels": 64}
+    assert by_name["manager"]["limits"] == {} and by_name["w1"]["limits"] == {}
 
 
 def test_each_role_has_exactly_its_topology_permissions(tmp_path: Path) -> None:
@@ -180,3 +183,31 @@ def test_the_manager_gets_a_key_of_its_own_kept_across_runs(tmp_path: Path) -> N
     for name in ("manager", "w1", "client1", "admin"):
         s = Settings.load(environ={"WARREN_CONFIG": str(p.config_file(name))})
         assert s.manager_key_file == (str(p.manager_key_file) if name == "manager" else "")
+
+
+def test_each_own_folder_gets_only_its_containers_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, own = tmp_path / "etc-warren", tmp_path / "own"
+    for name in ("broker", "manager", "w1", "client2"):
+        (own / name).mkdir(parents=True)
+    (own / "w1" / "admin.password").write_text("left by someone\n")
+    args = ["--out", str(out), "--hosts", "r1,r2", "--erlang-cookie", "--own", str(own)]
+    assert provision.main(args) == 0
+    listed = {p.name: sorted(f.name for f in p.iterdir()) for p in own.iterdir()}
+    assert listed == {
+        "broker": ["definitions.json", "erlang.cookie"],
+        "manager": ["manager.key", "manager.toml"],
+        "w1": ["w1.toml"],  # and nothing else, not even what was left there
+        "client2": ["client2.toml"],
+    }
+    assert (own / "manager" / "manager.key").read_bytes() == (
+        out / "secrets" / "manager.key"
+    ).read_bytes()
+    assert mode(own / "w1") == 0o700 and mode(own / "w1" / "w1.toml") == 0o600
+    assert mode(own / "broker" / "definitions.json") == 0o644
+    # a folder that is no user's is one sentence, not a guess
+    capsys.readouterr()
+    (own / "admin").mkdir()
+    assert provision.main(args) == 1
+    assert "is no user's folder" in capsys.readouterr().err

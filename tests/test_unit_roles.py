@@ -18,11 +18,18 @@ from pathlib import Path
 import pytest
 
 from client.session import Progress
-from tests.stubcluster import StubCluster, wait_for
+from tests.stubcluster import FAST, StubCluster, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Refused, Unavailable, UsageError
 from warren.testing import Message
-from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, MANAGER_REQUESTS, worker_chunks
+from warren.topology import (
+    DEAD_LETTER_QUEUE,
+    MANAGER_EVENTS,
+    MANAGER_REQUESTS,
+    REQUESTS_MAX_LENGTH,
+    worker_chunks,
+)
+from warren.transport import Confirm
 from worker import intake
 from worker.store import ChunkStore
 
@@ -462,9 +469,34 @@ def test_a_request_its_queue_refuses_is_try_again_not_a_manager_that_never_ran(
     # Then both say try again (exit 4), not that the manager never ran here
     for exc in (listing.value, upload.value):
         assert exc.exit_code == 4
-        assert "could not take the request just now; try again" in str(exc)
+        assert "the manager is busy" in str(exc) and "try again" in str(exc)
         assert "never run" not in str(exc)
     # And once the queue takes requests again, the upload succeeds
     stub.broker.refuse = None
     with stub.session() as s:
         assert len(s.upload(tmp_path / "x.bin", "x.bin", 2).confirmed) == 2
+
+
+def test_a_full_request_queue_is_busy_until_the_timeout_then_exit_4(
+    stub: StubCluster,
+) -> None:
+    # Given the manager gone and its request queue full to its bound (a client flooding it)
+    stub.kill("manager")
+    flood = stub.broker.connect(FAST, "flood")
+    flood.open()
+    results: list[Confirm] = []
+    for _ in range(REQUESTS_MAX_LENGTH + 1):
+        flood.publish(MANAGER_REQUESTS, b"{}", type="list", on_confirm=results.append)
+    flood.poll_confirms()
+    # Then RabbitMQ (here the stub) took the bound's worth and refused the one past it
+    assert results.count(Confirm.ACK) == REQUESTS_MAX_LENGTH
+    assert results[-1] is Confirm.NACK
+    assert stub.broker.depth(MANAGER_REQUESTS) == REQUESTS_MAX_LENGTH
+    # And another client asking for a listing is told busy, once its timeout has run out
+    started = time.monotonic()
+    with stub.session(request_timeout=1.0) as s, pytest.raises(Unavailable) as caught:
+        s.files()
+    assert time.monotonic() - started >= 0.9  # it asked again, for about its timeout
+    assert caught.value.exit_code == 4
+    assert "after 1 s of asking, the manager is busy" in str(caught.value)
+    flood.close()

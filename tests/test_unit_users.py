@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +148,93 @@ def test_the_stub_takes_turns_between_the_queues_a_connection_consumes() -> None
         conn.process(0.1)
     assert all(a != b for a, b in zip(got, got[1:], strict=False)), got
     conn.close()
+
+
+class FakeManagementAPI:
+    """The management HTTP API, as far as ``users add`` uses it: records every call and
+    answers 200 (the vhost exists) or 204; a DELETE of what is not there is 404."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                api.calls.append((self.command, self.path, json.loads(raw) if raw else None))
+                if self.command == "GET":
+                    body = b"{}"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                code = 404 if self.command == "DELETE" else 204
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_PUT = do_DELETE = answer
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.env = {
+            "WARREN_ADMIN_URL": f"http://admin:pw@127.0.0.1:{self.server.server_port}/",
+            "WARREN_AMQP_URL": "amqp://x:y@127.0.0.1:5672/%2F",
+        }
+
+    def puts(self, prefix: str) -> dict[str, Any]:
+        return {p: b for m, p, b in self.calls if m == "PUT" and p.startswith(prefix)}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api() -> Iterator[FakeManagementAPI]:
+    fake = FakeManagementAPI()
+    yield fake
+    fake.close()
+
+
+def test_a_client_user_gets_connection_and_channel_limits(api: FakeManagementAPI) -> None:
+    assert users.main(["add", "client", "alice", "--password", "pw1"], api.env) == 0
+    assert api.puts("/api/user-limits/") == {
+        "/api/user-limits/alice/max-connections": {"value": 16},
+        "/api/user-limits/alice/max-channels": {"value": 64},
+    }
+    # a service's user has none, and one that was a client loses them
+    api.calls.clear()
+    assert users.main(["add", "worker", "alice", "--password", "pw1"], api.env) == 0
+    assert api.puts("/api/user-limits/") == {}
+    deleted = {p for m, p, _ in api.calls if m == "DELETE" and "user-limits" in p}
+    assert deleted == {
+        "/api/user-limits/alice/max-connections",
+        "/api/user-limits/alice/max-channels",
+    }
+
+
+def test_the_password_comes_from_a_file_or_stdin_not_only_argv(
+    api: FakeManagementAPI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "alice.password"
+    secret.write_text("from-the-file\nsecond line is not it\n")
+    assert users.main(["add", "client", "alice", "--password-file", str(secret)], api.env) == 0
+    assert api.puts("/api/users/")["/api/users/alice"]["password"] == "from-the-file"
+    stdin = io.StringIO("from-stdin\n")
+    assert users.main(["add", "client", "bob", "--password", "-"], api.env, stdin) == 0
+    assert api.puts("/api/users/")["/api/users/bob"]["password"] == "from-stdin"
+    # an empty one, or a file that is not there, is one sentence (exit 2) and nothing is made
+    api.calls.clear()
+    assert users.main(["add", "client", "carol", "--password", "-"], api.env, io.StringIO()) == 2
+    missing = str(tmp_path / "nope")
+    assert users.main(["add", "client", "carol", "--password-file", missing], api.env) == 2
+    assert api.puts("/api/users/") == {}
+    err = capsys.readouterr().err
+    assert "the password is empty" in err and "cannot read the password file" in err

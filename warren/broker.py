@@ -57,6 +57,7 @@ from warren.tls import (
     tls_context,
 )
 from warren.topology import (
+    BOUND_ARGUMENTS,
     ExchangeSpec,
     QueueSpec,
     Topology,
@@ -85,6 +86,7 @@ SENT_AT = "sent_at_ms"
 _FATAL_CODES = {403, 406, 530, 540}
 ACCESS_REFUSED = 403
 NOT_FOUND = 404
+PRECONDITION_FAILED = 406
 
 
 @contextlib.contextmanager
@@ -286,6 +288,22 @@ class Connection:
             code = self._on_side(lambda ch: self._declare_on(ch, spec))
             if code is None:
                 return
+            if code == PRECONDITION_FAILED and isinstance(spec, QueueSpec):
+                # Declared before its bound existed (an older warren): RabbitMQ refuses to
+                # change a queue's arguments, so use it as it is, and say how to bound it.
+                log.warning(
+                    "%s: queue %s exists without the bound this version declares it with "
+                    "(%s); it is used as it is, unbounded, until an operator deletes it once "
+                    'or sets a policy (docs/operations.md, "Queue bounds")',
+                    self.name,
+                    spec.name,
+                    ", ".join(
+                        f"{k}={spec.arguments[k]}" for k in BOUND_ARGUMENTS if k in spec.arguments
+                    ),
+                )
+                if self._on_side(lambda ch: self._declare_on(ch, spec, passive=True)) is None:
+                    return
+                code = NOT_FOUND
             if code == NOT_FOUND:  # binding to an exchange that is not there
                 raise BrokerUnavailable(
                     "the manager has never run on this broker "
@@ -316,15 +334,22 @@ class Connection:
                 self._side = None
                 if exc.reply_code in (ACCESS_REFUSED, NOT_FOUND):
                     return int(exc.reply_code)
+                if exc.reply_code == PRECONDITION_FAILED and any(
+                    f"'{arg}'" in str(exc.reply_text) for arg in BOUND_ARGUMENTS
+                ):
+                    return PRECONDITION_FAILED  # only a bound differs: see _declare_one
                 raise
         return None
 
-    def _declare_on(self, channel: Any, spec: ExchangeSpec | QueueSpec) -> None:
+    def _declare_on(
+        self, channel: Any, spec: ExchangeSpec | QueueSpec, passive: bool = False
+    ) -> None:
         if isinstance(spec, ExchangeSpec):
             channel.exchange_declare(spec.name, spec.kind, durable=spec.durable)
             return
         channel.queue_declare(
             spec.name,
+            passive=passive,
             durable=spec.durable,
             exclusive=spec.exclusive,
             auto_delete=spec.auto_delete,

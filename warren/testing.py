@@ -8,12 +8,12 @@ publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and rout
 exact-key bindings), mandatory publishes that reach no queue returned, ``reply_to``
 naming a service's queue dropped from deliveries, unacked deliveries requeued as
 redelivered (in their places) when their connection goes, rejects and expired messages
-dead-lettered, ``x-max-length`` queues dropping their oldest or nacking (``x-overflow:
-reject-publish``), exclusive queues locked to and deleted with their connection, a consume
-of a missing or locked queue and a publish through a missing exchange failing the
-connection (RabbitMQ closes its channel), a queue redeclared with other arguments
-refused, transient messages and queues lost on a broker
-restart. ``tests/test_transport_contract.py`` runs the same tests on both brokers.
+dead-lettered, queue bounds kept (``x-max-length`` and ``x-max-length-bytes``: the oldest
+dead-lettered, or with ``x-overflow: reject-publish`` the publish nacked), exclusive queues
+locked to and deleted with their connection, a consume of a missing or locked queue and a
+publish through a missing exchange failing the connection (RabbitMQ closes its channel), a
+queue redeclared with other arguments refused, transient messages and queues lost on a
+broker restart. ``tests/test_transport_contract.py`` runs the same tests on both brokers.
 
 Faults are the test's to inject: ``disconnect`` drops connections (as a network blip or a
 killed process would), ``restart`` restarts the broker, ``intercept`` sees every publish
@@ -76,13 +76,25 @@ class _Queue:
     durable: bool
     owner: StubConnection | None  # exclusive queues belong to one connection
     dead_letter_exchange: str | None
-    max_length: int | None = None  # x-max-length: ready messages it holds at most
-    overflow: str = "drop-head"  # x-overflow: what a full queue does with one more
+    # As RabbitMQ's x-max-length, x-max-length-bytes and x-overflow: past the bound a
+    # publish is nacked (reject-publish) or the oldest message goes (drop-head).
+    max_length: int | None = None
+    max_bytes: int | None = None
+    overflow: str = "drop-head"
     # What it was declared with: a declaration that differs is refused, as on RabbitMQ.
     declared: tuple[bool, bool, dict[str, Any]] = (True, False, {})
     messages: collections.deque[Message] = field(default_factory=collections.deque)
     consumers: list[_Consumer] = field(default_factory=list)
     next_consumer: int = 0
+
+    def full(self, msg: Message) -> bool:
+        """Whether taking ``msg`` would go past the queue's bound."""
+        if self.max_length is not None and len(self.messages) + 1 > self.max_length:
+            return True
+        if self.max_bytes is not None:
+            held = sum(len(m.body) for m in self.messages)
+            return held + len(msg.body) > self.max_bytes
+        return False
 
 
 class StubBroker:
@@ -182,16 +194,12 @@ class StubBroker:
             return Confirm.NACK
         q = self.queues[msg.queue]
         self._expire(q)
-        full = q.max_length is not None and len(q.messages) >= q.max_length
-        if full and q.overflow in ("reject-publish", "reject-publish-dlx"):
+        if q.full(msg) and q.overflow in ("reject-publish", "reject-publish-dlx"):
             return Confirm.NACK
         self.published.append(msg)
         arrived = self.intercept(msg) if self.intercept else [msg]
         for m in arrived:
-            target = self.queues[m.queue]
-            target.messages.append(m)
-            while target.max_length is not None and len(target.messages) > target.max_length:
-                self._dead_letter(target.name, target.messages.popleft())  # drop-head
+            self._put(self.queues[m.queue], m)
         self.changed.notify_all()
         return Confirm.ACK
 
@@ -203,9 +211,16 @@ class StubBroker:
             return
         for target, _key in self.bindings.get(q.dead_letter_exchange, []):  # a fanout
             if target in self.queues:
-                self.queues[target].messages.append(
-                    replace(msg, queue=target, redelivered=False, expires_at=None)
+                self._put(
+                    self.queues[target],
+                    replace(msg, queue=target, redelivered=False, expires_at=None),
                 )
+
+    def _put(self, q: _Queue, msg: Message) -> None:
+        """Append to ``q``, dead-lettering its oldest while over its bound (drop-head)."""
+        while q.messages and q.full(msg):
+            self._dead_letter(q.name, q.messages.popleft())
+        q.messages.append(msg)
 
     def _expire(self, q: _Queue) -> None:
         """Dead-letter the expired messages at the head of ``q`` (RabbitMQ expires a
@@ -308,6 +323,7 @@ class StubConnection:
                         owner=self if spec.exclusive else None,
                         dead_letter_exchange=spec.arguments.get("x-dead-letter-exchange"),
                         max_length=spec.arguments.get("x-max-length"),
+                        max_bytes=spec.arguments.get("x-max-length-bytes"),
                         overflow=spec.arguments.get("x-overflow", "drop-head"),
                         declared=(spec.durable, spec.auto_delete, dict(spec.arguments)),
                     )

@@ -49,6 +49,16 @@ def max_chunk_size() -> int:
 
 
 CLIENT_QUEUE_PREFIX = "warren.client."
+
+# Bounds on the queues anyone may fill. Past REQUESTS_MAX_LENGTH waiting requests RabbitMQ
+# refuses (nacks) another (reject-publish): a client that floods the manager's queue is
+# told busy, and so is everyone else while it lasts, but the broker's memory and disk are
+# not the flood's. Dead letters wait for an operator: past their bound the oldest go
+# (drop-head), so a storm of rejects cannot fill the broker's disk either.
+REQUESTS_MAX_LENGTH = 10_000
+DEAD_LETTERS_MAX_LENGTH = 10_000
+DEAD_LETTERS_MAX_BYTES = 512 * 1024 * 1024  # rejected chunks are large: bytes bound too
+BOUND_ARGUMENTS = ("x-max-length", "x-max-length-bytes", "x-overflow")
 _WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control)")
 
 
@@ -104,12 +114,12 @@ def is_service_queue(name: str) -> bool:
     return name.startswith("warren.") and not name.startswith(CLIENT_QUEUE_PREFIX)
 
 
-def _durable(name: str) -> QueueSpec:
+def _durable(name: str, **bounds: Any) -> QueueSpec:
     """A durable queue bound to its exchange, whose rejected messages are dead-lettered."""
     exchange, key = route(name)
     return QueueSpec(
         name,
-        arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
+        arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, **bounds},
         bind_to=exchange,
         routing_key=key,
     )
@@ -154,14 +164,27 @@ def client_reply_queue(client_name: str) -> str:
 
 DEAD_LETTERS = Topology(
     exchanges=(ExchangeSpec(DEAD_LETTER_EXCHANGE),),
-    queues=(QueueSpec(DEAD_LETTER_QUEUE, bind_to=DEAD_LETTER_EXCHANGE),),
+    queues=(
+        QueueSpec(
+            DEAD_LETTER_QUEUE,
+            arguments={
+                "x-max-length": DEAD_LETTERS_MAX_LENGTH,
+                "x-max-length-bytes": DEAD_LETTERS_MAX_BYTES,
+                "x-overflow": "drop-head",
+            },
+            bind_to=DEAD_LETTER_EXCHANGE,
+        ),
+    ),
 )
 
 ROUTING = Topology(exchanges=tuple(ExchangeSpec(x, "topic") for x in EXCHANGES))
 
 
 def manager_topology() -> Topology:
-    queues = (_durable(MANAGER_REQUESTS), _durable(MANAGER_EVENTS))
+    requests = _durable(
+        MANAGER_REQUESTS, **{"x-max-length": REQUESTS_MAX_LENGTH, "x-overflow": "reject-publish"}
+    )
+    queues = (requests, _durable(MANAGER_EVENTS))
     return DEAD_LETTERS + ROUTING + Topology(queues=queues)
 
 
