@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client.session import Session  # noqa: E402
 from devtools.localnode import LocalNode  # noqa: E402
 from tests.cluster import Cluster, file_sha256, wait_for  # noqa: E402
+from warren.broker import Connection
 from warren.config import Settings  # noqa: E402
 from warren.errors import WarrenError  # noqa: E402
 
@@ -230,7 +231,8 @@ def verify_all(c: Cluster, workers: list[str], folder: Path, t: Tally) -> int:
     dest = folder / "final-restore"
     # One session for all of them (a process per file would spend most of the time starting
     # Python).
-    with Session(Settings.load(environ=c.env(WARREN_CLIENT_NAME="soak-check"))) as session:
+    settings = Settings.load(environ=c.env(WARREN_CLIENT_NAME="soak-check"))
+    with Session(settings, Connection) as session:
         for name, sha in sorted(t.confirmed.items()):
             try:
                 session.download(name, dest, overwrite=True)

@@ -24,8 +24,8 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from client.channel import Channel
 from client.outcomes import DownloadResult, Progress
 from warren import compression
 from warren import messages as m
@@ -40,9 +40,6 @@ from warren.errors import (
 )
 from warren.transport import Delivery
 
-if TYPE_CHECKING:
-    from client.session import Session
-
 # Bits a restore gives back only to root who asks (--keep-setid): anyone who can store a
 # file (or plant a record) must not hand whoever restores it a setuid program.
 SETID = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
@@ -51,7 +48,7 @@ SETID = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 class Restorer:
     """The restores of one session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Channel) -> None:
         self.session = session
 
     def download(

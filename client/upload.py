@@ -25,8 +25,8 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from client.channel import Channel
 from client.localfiles import (
     PACK_FILE_MAX,
     Hasher,
@@ -42,9 +42,6 @@ from warren.chunks import ChunkPlan, read_chunks
 from warren.errors import Busy, DecodeError, Unavailable, WarrenError, from_wire
 from warren.topology import worker_chunks
 from warren.transport import Confirm, Delivery
-
-if TYPE_CHECKING:
-    from client.session import Session
 
 log = logging.getLogger("warren.client")
 
@@ -84,7 +81,7 @@ class Batch:
 
     def __init__(
         self,
-        session: Session,
+        session: Channel,
         replicas: int,
         progress_for: Callable[[str], Progress],
         done: Done,

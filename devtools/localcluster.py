@@ -41,6 +41,7 @@ from devtools.localnode import (
     stop_all,
     tls_config,
 )
+from warren.broker import Connection
 from warren.config import Settings
 from warren.errors import UsageError, WarrenError
 
@@ -258,7 +259,7 @@ def wait_for_workers(config: Path, workers: int, layout: Layout, timeout: float 
     said = ""  # what the client said last, if it failed
     while time.monotonic() < deadline:
         try:
-            with Session(settings) as s:
+            with Session(settings, Connection) as s:
                 alive = sum(w.alive for w in s.status().workers)
             said = ""
             if alive >= workers:

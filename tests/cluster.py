@@ -25,6 +25,7 @@ import zstandard
 
 from client.session import Session
 from devtools.localnode import LocalNode
+from warren.broker import Connection
 from warren.config import Settings
 from worker import frames
 
@@ -279,7 +280,7 @@ class Cluster:
         dest = self.base / f"verify-{uuid.uuid4().hex}"
         settings = Settings.load(environ=self.env(WARREN_CLIENT_NAME=f"verify-{self.vhost}"))
         try:
-            with Session(settings) as session:
+            with Session(settings, Connection) as session:
                 for name, src in named.items():
                     session.download(name, dest, overwrite=True)
                     assert filecmp.cmp(src, dest, shallow=False), f"{name!r}: other bytes"

@@ -14,6 +14,7 @@ import pytest
 
 from client import localfiles, session
 from tests.cluster import Cluster, MakeCluster
+from warren.broker import Connection
 from warren.chunks import sha256_file
 from warren.config import Settings
 
@@ -182,7 +183,7 @@ def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
     results: dict[str, object] = {}
 
     # When they are uploaded together
-    with session.Session(settings) as s:
+    with session.Session(settings, Connection) as s:
         s.upload_many(
             [(p, p.name) for p in paths],
             2,

@@ -283,7 +283,7 @@ def test_the_owner_is_the_broker_user_not_a_field_in_the_body(
     raw.declare(client_topology("mallory-q"))
     raw.publish(
         MANAGER_REQUESTS,
-        m.ListRequest(client="alice").encode(),
+        m.ListRequest().encode(),
         type=m.ListRequest.TYPE,
         reply_to="mallory-q",
         correlation_id="1",

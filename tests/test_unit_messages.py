@@ -22,7 +22,7 @@ SAMPLES: list[m.Message] = [
     m.DownloadAccepted(name="x", size=1, sha256=SHA, worker="w1"),
     m.ListRequest(),
     m.ListReply(files=(m.FileEntry("x", 1, SHA, ("w1", "w2"), 2, 1.5),)),
-    m.StatusRequest(client="c"),
+    m.StatusRequest(),
     m.StatusReply(workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.0),), under_replicated=0, files=1),
     m.ReplicaStored(upload_id=UID, worker="w1", sha256=SHA, size=3, hop=0),
     m.ReplicaFailed(upload_id=UID, worker="w1", reason="disk full"),

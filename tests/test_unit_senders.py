@@ -266,7 +266,7 @@ def test_the_manager_refuses_a_request_without_a_user(users: StubCluster) -> Non
 
         cid = uuid.uuid4().hex
         s.route(cid, take)
-        req = m.StatusRequest(client="nobody")
+        req = m.StatusRequest()
         raw = Message(
             MANAGER_REQUESTS, req.encode(), req.TYPE, reply_to=s.reply_queue, correlation_id=cid
         )

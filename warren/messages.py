@@ -233,7 +233,6 @@ class PruneRequest(Message):
 @dataclass(frozen=True)
 class ListRequest(Message):
     TYPE = "list.request"
-    client: str = ""
     prefix: str = ""  # only names that start with it
     after: str = ""  # only names after it: the next page starts after the last name seen
 
@@ -242,7 +241,6 @@ class ListRequest(Message):
 @dataclass(frozen=True)
 class StatusRequest(Message):
     TYPE = "status.request"
-    client: str = ""
 
 
 # -- manager -> client ---------------------------------------------------------------------
