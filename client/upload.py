@@ -40,6 +40,7 @@ from warren import compression
 from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
 from warren.errors import Busy, DecodeError, Unavailable, WarrenError, from_wire
+from warren.pipeline import pipelined
 from warren.topology import worker_chunks
 from warren.transport import Confirm, Delivery
 
@@ -387,7 +388,7 @@ class Batch:
             body, encoding = compression.encode(data)
             return seq, offset, len(data), body, encoding
 
-        chunks = compression.pipelined(read_chunks(up.path, plan), prepare)
+        chunks = pipelined(read_chunks(up.path, plan), prepare)
         with contextlib.closing(chunks):
             for seq, offset, length, body, encoding in chunks:
                 if seq in have:  # the primary wrote it before the upload was cut off

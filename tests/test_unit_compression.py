@@ -14,6 +14,7 @@ import zstandard
 from warren import compression as z
 from warren import messages as m
 from warren.errors import DecodeError
+from warren.pipeline import pipelined
 
 TEXT = b"".join(
     f'10.0.{i % 250}.{i % 7} - - [01/Jan/2026:00:00:{i % 60:02}] "GET /item/{i} HTTP/1.1" 200 '
@@ -127,7 +128,7 @@ def test_pipelined_keeps_the_order_and_works_ahead_on_another_thread() -> None:
         threads.add(threading.current_thread().name)
         return i * i
 
-    assert list(z.pipelined(range(100), work)) == [i * i for i in range(100)]
+    assert list(pipelined(range(100), work)) == [i * i for i in range(100)]
     assert threads == {"warren-encode"}
 
 
@@ -139,7 +140,7 @@ def test_pipelined_raises_an_error_in_its_place() -> None:
 
     got: list[int] = []
     with pytest.raises(OSError, match="changed size"):
-        for x in z.pipelined(items(), lambda i: i):
+        for x in pipelined(items(), lambda i: i):
             got.append(x)
     assert got == [1, 2]
 
@@ -152,7 +153,7 @@ def test_pipelined_closed_early_stops_its_thread() -> None:
         return i
 
     before = threading.active_count()
-    gen = z.pipelined(range(10_000), work, ahead=2)
+    gen = pipelined(range(10_000), work, ahead=2)
     assert next(gen) == 0
     gen.close()
     assert threading.active_count() == before

@@ -22,6 +22,7 @@ from warren import messages as m
 from warren.chunks import ChunkPlan, read_chunks
 from warren.config import Settings
 from warren.errors import DecodeError
+from warren.pipeline import pipelined
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
@@ -132,7 +133,7 @@ class Server:
             return seq, offset, len(data), body, encoding
 
         chunks = hashed(read_chunks(path, ChunkPlan(size, self.settings.chunk_size), let_go=True))
-        with contextlib.closing(compression.pipelined(chunks, prepare)) as ready:
+        with contextlib.closing(pipelined(chunks, prepare)) as ready:
             for seq, offset, length, body, encoding in ready:
                 if self.stop.is_set():
                     raise _Stopping
