@@ -23,6 +23,7 @@ import pytest
 
 from devtools.localnode import SERVER_CANDIDATES, LocalNode, find_binary
 from tests.cluster import Cluster, MakeCluster
+from tests.stubcluster import StubCluster
 from warren.errors import UsageError
 
 
@@ -117,3 +118,27 @@ def cluster(rabbit: LocalNode, tmp_path_factory: pytest.TempPathFactory) -> Iter
     c.start_all(4)
     yield c
     c.stop_all()
+
+
+# -- the in-memory broker ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[StubCluster]:
+    """A manager and four workers on the in-memory broker, all sharing one login."""
+    c = StubCluster(tmp_path)
+    try:
+        yield c.start(4)
+    finally:
+        c.stop_all()
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Iterator[StubCluster]:
+    """The same, each service its own broker user (the manager ``manager``, a worker its
+    name), as ``manager users add`` makes them; a client names its own in its session."""
+    c = StubCluster(tmp_path, users=True)
+    try:
+        yield c.start(4)
+    finally:
+        c.stop_all()

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import zstandard
 
 from client.session import Progress
@@ -25,15 +23,6 @@ from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, worker_chunks
 
 CHUNK = 64 * 1024  # the stub cluster's chunk size
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def log_text(size: int, seed: int = 0) -> bytes:

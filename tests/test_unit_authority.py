@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound
 from warren.topology import MANAGER_EVENTS
-
-
-@pytest.fixture
-def users(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path, FAST, users=True)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def test_a_hash_is_no_key_to_another_owners_file(users: StubCluster, tmp_path: Path) -> None:

@@ -11,29 +11,18 @@ from __future__ import annotations
 import collections
 import hashlib
 import tracemalloc
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zstandard
 
 from client.session import Session
-from tests.stubcluster import FAST, StubCluster, user_url, wait_for
+from tests.stubcluster import StubCluster, user_url, wait_for
 from warren import messages as m
 from warren.codec import MAX_CHAIN
 from warren.errors import DecodeError
 from warren.topology import DEAD_LETTER_QUEUE, worker_chunks
 
 BOMB = 200 * 1024 * 1024  # bytes of zeros, a few KB as zstd
-
-
-@pytest.fixture
-def users(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path, FAST, users=True)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def place(s: Session, data: bytes, replicas: int = 2) -> m.UploadAccepted:

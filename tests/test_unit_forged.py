@@ -31,15 +31,6 @@ from worker.records import LOG
 
 
 @pytest.fixture
-def users(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path, FAST, users=True)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
-
-
-@pytest.fixture
 def mallory(users: StubCluster) -> Iterator[StubConnection]:
     conn = users.broker.connect(dataclasses.replace(FAST, amqp_url=user_url("mallory")), "m")
     conn.open()

@@ -13,7 +13,7 @@ import dataclasses
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,6 @@ from worker.store import ChunkStore, Usage
 
 FILE = 300_000  # five chunks of 64 KiB
 FULL = "w2"  # the worker whose disk fills
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def enospc(*_: Any, **__: Any) -> None:

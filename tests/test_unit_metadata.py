@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, wo
 from worker import serve
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path, FAST)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def listing(s: Session) -> dict[str, list[tuple[int, str, int]]]:

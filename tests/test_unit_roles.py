@@ -12,7 +12,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,6 @@ from warren.topology import (
 from warren.transport import Confirm
 from worker import intake
 from worker.store import ChunkStore
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def random_file(path: Path, size: int) -> bytes:

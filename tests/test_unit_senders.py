@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,6 @@ from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS
 from warren.transport import Delivery
 
 TRANSFER_TIMEOUT = 1.0
-
-
-@pytest.fixture
-def users(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path, FAST, users=True)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def silence_backups(c: StubCluster) -> list[str]:

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.stubcluster import StubCluster
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def test_status_counts_a_repaired_file_as_replicated_as_soon_as_list_shows_it(

@@ -9,7 +9,6 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from warren import messages as m
 from warren.errors import Busy, Unavailable, WarrenError
 from warren.testing import Message
 from warren.topology import MANAGER_EVENTS, MANAGER_REQUESTS
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def hold_reports(stub: StubCluster, seconds: float | None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from warren.testing import Message
 
 TRANSFER_TIMEOUT = 1.0
 MARGIN = 3.0  # placement and the loop's own pace, on a busy machine
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
-    c = StubCluster(tmp_path)
-    try:
-        yield c.start(4)
-    finally:
-        c.stop_all()
 
 
 def silence_backups(c: StubCluster) -> list[str]:
