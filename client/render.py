@@ -27,9 +27,10 @@ from rich.text import Text
 from client.outcomes import DownloadResult, UploadResult
 from client.outcomes import Progress as ProgressHooks
 from warren.messages import FileEntry, StatusReply
+from warren.sizes import UNITS, scaled
+from warren.sizes import human_size as human_size
 
 HOPS = ("primary", "backup")
-UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 # A speed is shown once a transfer has run this long: before that it measures how fast the
 # first chunks filled a socket buffer (175.7 GB/s), not how fast the transfer goes.
 SPEED_AFTER = 1.0
@@ -41,25 +42,9 @@ def role(hop: int) -> str:
     return HOPS[min(hop, 1)]
 
 
-def human_size(n: float) -> str:
-    """Binary (IEC) units, one decimal: every size and speed the client shows uses them."""
-    value, unit = _scaled(n)
-    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def _scaled(n: float) -> tuple[float, str]:
-    """``n`` bytes in the largest unit that keeps it under 1024 once rounded (1023.96 KiB
-    is shown as 1.0 MiB, not 1024.0 KiB)."""
-    for power, unit in enumerate(UNITS):
-        value = n / 1024**power
-        if abs(round(value, 1)) < 1024 or unit == UNITS[-1]:
-            return value, unit
-    raise AssertionError("unreachable")
-
-
 def size_pair(done: float, total: float) -> str:
     """``12.5/838.9 MiB``: both in the unit of the total, as a progress bar shows them."""
-    _, unit = _scaled(total)
+    _, unit = scaled(total)
     scale = 1024 ** UNITS.index(unit)
     if unit == "B":
         return f"{done:.0f}/{total:.0f} B"

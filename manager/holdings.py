@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from manager.chains import Candidate
 from warren.messages import BlobEntry, VersionKey, VersionRecord, WorkerEntry
 
+# An upload reserves room on its chain's workers for this long after it is placed: one that
+# has sent nothing by then (a client gone, or one that asks and never sends) stops crowding
+# out everyone else's uploads; what it did store counts as stored bytes.
+RESERVE_FOR = 600.0
+
 # An upload's state in the catalog.
 PENDING = "pending"
 COMPLETE = "complete"
@@ -92,12 +97,15 @@ class Holdings:
         return {w.name for w in self.workers(now) if w.alive}
 
     def candidates(self, now: float | None = None) -> list[Candidate]:
+        """Every known worker as placement sees it: its space, what the catalog knows on
+        it, and what uploads placed in the last ``RESERVE_FOR`` seconds reserve there."""
         reserved: dict[str, int] = {}
         count: dict[str, int] = {}
+        since = (time.time() if now is None else now) - RESERVE_FOR
         for worker, nbytes, nfiles in self.db.execute(
             "SELECT j.value, SUM(u.size), COUNT(*) FROM uploads u, json_each(u.chain) j "
-            "WHERE u.state=? GROUP BY j.value",
-            (PENDING,),
+            "WHERE u.state=? AND u.created>? GROUP BY j.value",
+            (PENDING, since),
         ):
             reserved[worker], count[worker] = nbytes, nfiles
         usage = self._replica_usage()

@@ -22,6 +22,7 @@ from manager.term import Term
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import Refused, Unavailable
+from warren.sizes import human_size
 
 log = logging.getLogger("warren.manager")
 
@@ -108,6 +109,7 @@ class Placement:
         if not holders or len(self.catalog.live_workers()) < replicas:
             return None  # sent as any upload (or refused: too few workers for the copies)
         chain = tuple(holders[:replicas])
+        self._within_quota(owner, file.size * (replicas - len(chain)))
         up, record = self._record_held(file, replicas, chain, client, owner)
         self.outbox.records(chain, [record])
         copies = replicas - len(chain)
@@ -190,6 +192,7 @@ class Placement:
         upload, in one transaction (a plain upload is one file, a pack several). A worker
         still deleting an old copy of the same content is not picked for it."""
         total = sum(f.size for f in files)
+        self._within_quota(owner, total * replicas)
         # Each file's version is fixed now, so its workers keep its record before any chunk.
         last: dict[str, int] = {}
         numbers = []
@@ -227,6 +230,20 @@ class Placement:
             lambda worker: tuple(m.Expect(up.upload_id, senders[worker], chain) for up in ups),
         )
         return ups
+
+    def _within_quota(self, owner: str, more: int) -> None:
+        """Refuse, before any byte is sent, what would take ``owner`` past its quota: its
+        data on the workers (every replica) and its uploads in flight, plus ``more``."""
+        quota = self.catalog.quota(owner)
+        if quota is None or more <= 0:
+            return
+        used = self.catalog.owner_usage(owner)
+        if used + more > quota:
+            raise Refused(
+                f"this would take {owner or 'you'} past the quota of {human_size(quota)}: "
+                f"{human_size(used)} stored or on the way (every replica counted), and this "
+                f"needs {human_size(more)} more."
+            )
 
     def copied(self, worker: str, sha256: str) -> None:
         """A copy of ``sha256`` landed on ``worker``: the clients waiting for copies of it

@@ -1,4 +1,5 @@
-"""``python -m manager users add|remove|list``: broker users with exactly their role's rights.
+"""``python -m manager users add|quota|remove|list``: broker users with exactly their role's
+rights, and clients' quotas.
 
 Each role (manager, worker, client) gets its own RabbitMQ user with the permissions
 ``warren.topology.permissions`` lists, on the virtual host of ``WARREN_AMQP_URL``, set
@@ -9,6 +10,8 @@ A client's user is also capped in connections and channels (``CLIENT_LIMITS``). 
 password comes from a file or stdin, so that it is never in the process's arguments, which
 every local user can read (``--password PW`` still works, for scripts that know this).
 A worker's user name is its worker name: the manager checks that a worker speaks for itself.
+A client's quota lives in the manager's catalog, which the manager reads at every placement
+(``users quota``, or ``add --quota``): run those where the manager keeps its data.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
+from manager.catalog import Catalog
 from warren.config import Settings, redact
 from warren.errors import NotFound, Refused, Unavailable, UsageError, WarrenError
 from warren.messages import WORKER_NAME
+from warren.sizes import human_size, parse_size
 from warren.topology import ROLES, Permissions, permissions
 
 USAGE_EXAMPLE = """examples:
@@ -36,6 +42,8 @@ USAGE_EXAMPLE = """examples:
   python -m manager users add manager manager --password-file manager.password
   openssl rand -hex 16 | python -m manager users add worker w1 --password -
   python -m manager users add client alice --password-file alice.password
+  python -m manager users add client bob --password-file bob.password --quota 50GiB
+  python -m manager users quota alice 12MiB     # or none; in the manager's catalog
   python -m manager users list
   python -m manager users remove alice
 
@@ -289,6 +297,19 @@ def parser() -> argparse.ArgumentParser:
         help="the user's password; - reads it from stdin (PW itself is visible to every "
         "local user in ps while this runs)",
     )
+    a.add_argument(
+        "--quota",
+        metavar="SIZE",
+        help="a client's quota (like 12MiB, 50GiB): its data on the workers, every replica "
+        "counted, plus its uploads in flight (kept in the manager's catalog: see --data-dir)",
+    )
+    a.add_argument("--data-dir", help="the manager's data dir, for --quota (env WARREN_DATA_DIR)")
+    q = sub.add_parser(
+        "quota", help="set or lift a client's quota (in the manager's catalog, no broker call)"
+    )
+    q.add_argument("name")
+    q.add_argument("size", help="like 12MiB or 50GiB, or none to lift it")
+    q.add_argument("--data-dir", help="the manager's data dir (env WARREN_DATA_DIR)")
     r = sub.add_parser("remove", help="delete a user")
     r.add_argument("name")
     sub.add_parser("list", help="users with permissions on the virtual host, and their role")
@@ -301,13 +322,21 @@ def main(
     """Run one ``users`` command; a failure is one sentence on stderr and its exit code."""
     args = parser().parse_args(list(argv))
     try:
-        settings = Settings.load(environ=environ)
+        settings = Settings.load({"data_dir": getattr(args, "data_dir", None)}, environ=environ)
+        if args.command == "quota":
+            set_quota(settings, args.name, None if args.size == "none" else parse_size(args.size))
+            return 0
         admin = Admin.from_settings(settings)
         vhost = vhost_of(settings.amqp_url)
         if args.command == "add":
+            if args.quota is not None and args.role != "client":
+                raise UsageError("only a client has a quota.")
+            quota = parse_size(args.quota) if args.quota is not None else None
             password = read_password(args.password, args.password_file, stdin or sys.stdin)
             add(admin, vhost, args.role, args.name, password)
             print(f"{args.role} user {args.name!r} is ready on virtual host {vhost!r}")
+            if quota is not None:
+                set_quota(settings, args.name, quota)
             if args.role == "manager":
                 print(
                     f"workers take commands only from it: give them WARREN_MANAGER_USER={args.name}"
@@ -327,3 +356,25 @@ def main(
         print(f"manager users: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def set_quota(settings: Settings, owner: str, nbytes: int | None) -> None:
+    """Keep ``owner``'s quota in the manager's catalog (its data dir, on this machine): the
+    manager reads it at every placement, so it holds from the next upload on."""
+    data_dir = Path(settings.data_dir or Path(".warren") / "manager")
+    path = data_dir / "catalog.sqlite3"
+    if not path.is_file():
+        raise UsageError(
+            f"there is no manager catalog at {path}: run this where the manager keeps its "
+            "data (--data-dir or WARREN_DATA_DIR)."
+        )
+    catalog = Catalog(path, settings.dead_after)
+    catalog.open()
+    try:
+        catalog.set_quota(owner, nbytes)
+    finally:
+        catalog.close()
+    if nbytes is None:
+        print(f"{owner!r} has no quota")
+    else:
+        print(f"{owner!r} may keep {human_size(nbytes)} on the workers, every replica counted")

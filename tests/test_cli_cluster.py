@@ -102,6 +102,41 @@ def test_download_json_prints_each_restored_file(cluster: Cluster, tmp_path: Pat
     assert obj["sha256"] == file_sha256(f)
 
 
+def test_an_upload_past_the_quota_is_refused_before_any_byte_reaches_a_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    def quota(size: str) -> None:
+        env = cluster.env(WARREN_DATA_DIR=str(cluster.data_dir("manager")))
+        done = subprocess.run(
+            [sys.executable, "-m", "manager", "users", "quota", "guest", size],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    # Given a quota of 1 MiB, and a file that needs more
+    big = tmp_path / "over-quota.bin"
+    big.write_bytes(os.urandom(2 * 1024 * 1024))
+    quota("1MiB")
+    try:
+        # When it is uploaded twice over (4 MiB on the workers)
+        res = cluster.client("upload", str(big), "--replicas", "2")
+        # Then it is refused in one sentence naming the quota, and no worker has a byte of it
+        assert res.code == errors.EXIT_REFUSED, res
+        assert "past the quota of" in res.err and res.err.count("\n") == 1, res.err
+        sha = file_sha256(big)
+        for w in ("w1", "w2", "w3", "w4"):
+            assert not list(cluster.data_dir(w).glob(f"blobs/*/{sha}*")), w
+            assert not list(cluster.data_dir(w).glob("incoming/*.part")), w
+        # And once the quota is lifted it goes through
+        quota("none")
+        cluster.client("upload", str(big), "--replicas", "2").ok()
+    finally:
+        quota("none")
+
+
 def test_prune_dry_run_says_what_would_go_and_deletes_nothing(
     cluster: Cluster, tmp_path: Path
 ) -> None:
