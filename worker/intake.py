@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from warren import compression, metrics
 from warren import messages as m
 from warren.config import Settings
-from warren.errors import BrokerUnavailable, DecodeError
+from warren.errors import INTEGRITY, UNAVAILABLE, BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Confirm, Delivery, Transport
 from worker.blobs import BlobStore, CorruptUpload
@@ -62,8 +62,8 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class Failed:
-    """Why a replica failed here, with its wire code: "integrity" (the bytes were wrong) or
-    "unavailable" (they could not be forwarded or written; a retry may do)."""
+    """Why a replica failed here, with its wire code (warren.errors): INTEGRITY (the bytes
+    were wrong) or UNAVAILABLE (they could not be forwarded or written; a retry may do)."""
 
     code: str
     reason: str
@@ -194,7 +194,7 @@ class Intake:
         this worker, never reached, could not tell the client, who would wait out its
         timeout. The message itself is dead-lettered. Records that place nothing go back to
         the queue after a pause, to be tried again until there is room."""
-        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        why = Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
         if not upload_ids:
             log.warning(
                 "%s: cannot keep the records of %s (%s); trying again in %.2g s",
@@ -229,7 +229,7 @@ class Intake:
     def _disk_failed(self, conn: Transport, d: Delivery, upload_id: str, exc: OSError) -> None:
         """A chunk the disk would not take: the upload fails here, now, as unavailable.
         What it wrote goes (so the space comes back) and its later chunks are dropped."""
-        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        why = Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
         self._abandoned.add(upload_id)
         freed = self._remove_partial(upload_id)
         log.error(
@@ -374,7 +374,7 @@ class Intake:
             )
         job.step = Step.SETTLED
         log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
-        reason = Failed("unavailable", f"could not forward to {h.next_worker}")
+        reason = Failed(UNAVAILABLE, f"could not forward to {h.next_worker}")
         if isinstance(h, m.ChunkHeaders):
             self._announce_failed(job.conn, job.d, [h.upload_id], reason)
         else:
@@ -404,7 +404,7 @@ class Intake:
         has gone since will be delivered again: the replica is done by then, or not."""
         if error is None:
             self.expected.finished(upload_id)
-        elif error.code == "unavailable":  # the disk: what it wrote goes, later chunks too
+        elif error.code == UNAVAILABLE:  # the disk: what it wrote goes, later chunks too
             self._abandoned.add(upload_id)
         if upload_id in self._abandoned:  # failed here, or abandoned by the manager meanwhile
             self._remove_partial(upload_id)
@@ -536,10 +536,10 @@ class Intake:
             return None
         except CorruptUpload as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return Failed("integrity", str(exc))
+            return Failed(INTEGRITY, str(exc))
         except OSError as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return Failed("unavailable", f"disk error: {exc.strerror or exc}")
+            return Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
 
 
 def from_manager(d: Delivery, conn: Transport, settings: Settings) -> None:
