@@ -214,6 +214,28 @@ def test_verify_reports_a_copy_damaged_between_scrubs(stub: StubCluster, tmp_pat
     wait_for(lambda: len(good_copies(stub, result.sha256)) == 2, what="the repair")
 
 
+def test_verify_says_which_worker_has_no_copy_and_quarantines_nothing(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    # Given a file on two workers, and the second's copy gone from its disk
+    (tmp_path / "f").write_bytes(os.urandom(50_000))
+    with stub.session() as s:
+        result = s.upload(tmp_path / "f", "f", 2)
+        gone = stub.workers[result.chain[1]]
+        path = gone.blobs.find(result.sha256)
+        assert path is not None
+        path.unlink()
+        # When the file is verified
+        checks, _ = s.verify(("f",))
+    # Then that worker says it has no copy (not that a copy is damaged), the other is good,
+    # and nothing was quarantined
+    assert {(c.worker, c.ok, c.reason) for c in checks} == {
+        (result.chain[0], True, ""),
+        (result.chain[1], False, "this worker has no copy"),
+    }
+    assert gone.blobs.damaged == 0 and not (gone.root / "quarantine").exists()
+
+
 def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
     """Each service as its own broker user. A client replays w1's heartbeats after w1 is
     killed, and tells w2 to delete a blob: w1 still goes dead and its file is repaired, w2
