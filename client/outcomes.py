@@ -7,18 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warren import messages as m
-from warren.errors import DecodeError
+from warren.errors import BUSY, UNAVAILABLE, DecodeError
 from warren.transport import Confirm, Delivery
 
 # The answer a request gets when RabbitMQ had no queue to put it in.
 NO_MANAGER = m.ErrorReply(
-    "unavailable", "the manager has never run on this broker (it has no request queue)."
+    UNAVAILABLE, "the manager has never run on this broker (it has no request queue)."
 )
 # ... and when its queue could not take it: full (``topology.REQUESTS_MAX_LENGTH`` requests
 # wait already), or a quorum queue electing a leader. Busy: nothing was done with it, so
 # the client asks again (``Session.request``) until its request timeout runs out.
 NOT_NOW = m.ErrorReply(
-    "busy",
+    BUSY,
     "the manager is busy: its request queue could not take the request (full, or "
     "RabbitMQ could not take it just now); try again in a moment.",
 )
@@ -80,4 +80,4 @@ def decode_answer(d: Delivery) -> m.Message:
     try:
         return m.decode(d.type, d.body)
     except DecodeError as exc:
-        return m.ErrorReply("unavailable", f"garbled answer from the manager: {exc}")
+        return m.ErrorReply(UNAVAILABLE, f"garbled answer from the manager: {exc}")

@@ -13,7 +13,7 @@ from client.localfiles import (
 )
 from client.outcomes import Progress, UploadResult, decode_answer
 from warren import messages as m
-from warren.errors import IntegrityError, Unavailable, WarrenError, from_wire
+from warren.errors import INTEGRITY, IntegrityError, Unavailable, WarrenError, from_wire
 from warren.transport import Delivery
 
 
@@ -134,7 +134,7 @@ class Upload:
             # Wrong bytes are an integrity error (exit 5); a worker that could not forward or
             # write them, during a leader election say, makes the cluster unavailable (4).
             sentence = f"storing {self.name!r} failed on {'; '.join(self.failures)}."
-            if "integrity" in self.failure_codes:
+            if INTEGRITY in self.failure_codes:
                 return IntegrityError(sentence)
             return from_wire(sorted(self.failure_codes)[0], sentence)
         assert self.accepted is not None

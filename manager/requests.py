@@ -23,7 +23,7 @@ from manager.placement import Placement
 from manager.repair import Repairs
 from manager.term import Term
 from warren import messages as m
-from warren.errors import Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
+from warren.errors import INVALID, Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
 from warren.transport import Delivery
 
 log = logging.getLogger("warren.manager")
@@ -95,7 +95,7 @@ class Answers:
             reply = handler(msg, asked)
         except DecodeError as exc:
             log.warning("invalid %s request: %s", d.type, exc)
-            reply = m.ErrorReply(code="invalid", message=f"invalid request: {exc}")
+            reply = m.ErrorReply(code=INVALID, message=f"invalid request: {exc}")
             asked.then.clear()
         except WarrenError as exc:
             reply = m.ErrorReply(code=to_wire(exc), message=str(exc))

@@ -46,12 +46,12 @@ def sha(data: bytes) -> str:
 
 def blob(c: StubCluster, worker: str, data: bytes) -> bytes | None:
     """What the worker's blob of ``data`` holds, decoded as ``zstd -dc`` would."""
-    path = c.workers[worker].store.find(sha(data))
+    path = c.workers[worker].blobs.find(sha(data))
     return stored_content(path) if path is not None else None
 
 
 def kept_as(c: StubCluster, worker: str, data: bytes) -> str:
-    path = c.workers[worker].store.find(sha(data))
+    path = c.workers[worker].blobs.find(sha(data))
     assert path is not None
     if path.suffix == ".zst":
         return "frames"
@@ -80,7 +80,7 @@ def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -
         result = s.upload(src, name, 2)
     for worker in result.chain:
         assert blob(c, worker, data) == data, f"{worker}'s blob is not the file's bytes"
-        assert c.workers[worker].store.check(sha(data), len(data)) is None  # scrub, verify
+        assert c.workers[worker].blobs.check(sha(data), len(data)) is None  # scrub, verify
     with c.session() as s:
         s.download(name, tmp_path / f"{name}.back", overwrite=True)
     assert (tmp_path / f"{name}.back").read_bytes() == data
@@ -94,7 +94,7 @@ def test_text_travels_compressed_is_kept_as_it_came_and_restored_from_its_frames
     chain = upload_and_restore(stub, tmp_path, data, "access.log")
     for worker in chain:
         assert kept_as(stub, worker, data) == "frames"
-        path = stub.workers[worker].store.find(sha(data))
+        path = stub.workers[worker].blobs.find(sha(data))
         assert path is not None and path.stat().st_size < len(data) / 3
 
     sent = chunks_sent(stub, sha(data))
@@ -168,7 +168,7 @@ def test_a_file_whose_first_chunk_alone_compresses_is_kept_as_its_bytes(
     data = log_text(CHUNK) + os.urandom(40 * CHUNK)  # frames would save under 1/32
     chain = upload_and_restore(stub, tmp_path, data, "mostly-random.bin")
     assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
-    assert not list(stub.workers[chain[0]].store.incoming.glob("*.zpart"))
+    assert not list(stub.workers[chain[0]].incoming.dir.glob("*.zpart"))
 
 
 def test_a_pack_of_text_files_is_one_compressed_frame_stored_file_by_file(
@@ -235,8 +235,8 @@ def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> No
     raw.publish(worker_chunks("w1"), body, type=m.PACK_TYPE, headers=pack.to_headers())
     wait_for(lambda: stub.broker.depth(DEAD_LETTER_QUEUE) == 4, what="four dead letters")
     raw.close()
-    assert not list(stub.workers["w1"].store.incoming.glob(f"{uid}*"))
-    assert stub.workers["w1"].store.find(file_sha) is None
+    assert not list(stub.workers["w1"].incoming.dir.glob(f"{uid}*"))
+    assert stub.workers["w1"].blobs.find(file_sha) is None
 
 
 # -- on a real broker ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def refused(c: StubCluster, s: Session, upload_id: str) -> None:
     ]
     assert [p.user_id for p in chunks] == ["alice"], "a worker forwarded the chunk"
     for name, worker in c.workers.items():
-        assert not list(worker.store.incoming.glob(f"{upload_id}.*")), f"{name} wrote it"
+        assert not list(worker.incoming.dir.glob(f"{upload_id}.*")), f"{name} wrote it"
 
 
 @pytest.mark.parametrize(

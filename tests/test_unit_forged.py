@@ -46,12 +46,12 @@ def dead_letters(c: StubCluster) -> collections.Counter[str]:
 
 def records(c: StubCluster) -> dict[str, bytes]:
     """Every worker's records.log, as it is on disk."""
-    logs = {w: worker.store.root / LOG for w, worker in c.workers.items()}
+    logs = {w: worker.root / LOG for w, worker in c.workers.items()}
     return {w: path.read_bytes() if path.exists() else b"" for w, path in logs.items()}
 
 
 def partial(c: StubCluster, worker: str, upload_id: str) -> list[Path]:
-    return sorted(c.workers[worker].store.incoming.glob(f"{upload_id}.*"))
+    return sorted(c.workers[worker].incoming.dir.glob(f"{upload_id}.*"))
 
 
 def send_chunk(s: Session, placed: m.UploadAccepted, data: bytes, seq: int, sha: str) -> None:
@@ -91,7 +91,8 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
 
         def both_have_two_chunks() -> bool:
             s.conn.process(0)
-            return all(len(c.workers[w].store.have(placed.upload_id)[0]) == 2 for w in placed.chain)
+            have = [c.workers[w].incoming.have(placed.upload_id) for w in placed.chain]
+            return all(len(seqs) == 2 for seqs, _ in have)
 
         wait_for(both_have_two_chunks, what="two chunks of 'half' on both workers")
         before = records(c)
@@ -131,7 +132,7 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
         s.download("half", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data
     for w in placed.chain:
-        assert c.workers[w].store.blob_path(sha).exists(), f"{w} has no copy of 'half'"
+        assert c.workers[w].blobs.blob_path(sha).exists(), f"{w} has no copy of 'half'"
 
 
 def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
@@ -163,7 +164,7 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
         ]
         for cmd in forged:
             mallory.publish(worker_control(holder), cmd.encode(), type=cmd.TYPE)
-        blob = c.workers[holder].store.blob_path(result.sha256)
+        blob = c.workers[holder].blobs.blob_path(result.sha256)
 
         def copied() -> bool:
             return any(
@@ -185,4 +186,4 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
     ]
     assert obeyed == [], f"{holder} obeyed forged orders"
     assert dead_letters(c) == collections.Counter(cmd.TYPE for cmd in forged)
-    assert not c.workers[target].store.blob_path(result.sha256).exists()
+    assert not c.workers[target].blobs.blob_path(result.sha256).exists()

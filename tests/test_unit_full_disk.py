@@ -24,9 +24,9 @@ from manager.chains import HEADROOM
 from tests.stubcluster import StubCluster, wait_for
 from warren.errors import Unavailable, WarrenError
 from worker import intake
+from worker.blobs import BlobStore, Usage
 from worker.records import LOG
 from worker.records import append_records as real_append
-from worker.store import ChunkStore, Usage
 
 FILE = 300_000  # five chunks of 64 KiB
 FULL = "w2"  # the worker whose disk fills
@@ -41,12 +41,12 @@ def little_room(stub: StubCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     manager did not release makes a second upload to every worker refused."""
     room = HEADROOM + FILE * 3 // 2
     for w in stub.workers.values():
-        store = w.store
+        blobs = w.blobs
 
-        def usage(store: ChunkStore = store) -> Usage:
-            return dataclasses.replace(ChunkStore.usage(store), free_bytes=room)
+        def usage(blobs: BlobStore = blobs) -> Usage:
+            return dataclasses.replace(BlobStore.usage(blobs), free_bytes=room)
 
-        monkeypatch.setattr(store, "usage", usage)
+        monkeypatch.setattr(blobs, "usage", usage)
     with stub.session() as s:
         wait_for(
             lambda: all(w.free_bytes == room for w in s.status().workers),
@@ -73,12 +73,12 @@ def nothing_left(stub: StubCluster) -> None:
     is its disk's, and the manager has no upload in flight any more."""
 
     def clean() -> bool:
-        return not any(any(w.store.incoming.iterdir()) for w in stub.workers.values())
+        return not any(any(w.incoming.dir.iterdir()) for w in stub.workers.values())
 
     wait_for(clean, timeout=5, what="every worker's incoming/ emptied")
-    store = stub.workers[FULL].store
-    blobs = [p for p in store.blobs.rglob("*") if p.is_file()]
-    usage = ChunkStore.usage(store)
+    store = stub.workers[FULL].blobs
+    blobs = [p for p in store.dir.rglob("*") if p.is_file()]
+    usage = BlobStore.usage(store)
     assert (usage.used_bytes, usage.files) == (sum(p.stat().st_size for p in blobs), len(blobs))
     with stub.session() as s:
         wait_for(lambda: s.status().uploads_in_flight == 0, timeout=5, what="no upload in flight")
@@ -106,8 +106,8 @@ def test_a_chunk_write_on_a_full_disk_fails_the_upload_at_once_and_leaves_nothin
     little_room(stub, monkeypatch)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(FILE))
-    store = stub.workers[FULL].store
-    real_write = store.write_chunk
+    incoming = stub.workers[FULL].incoming
+    real_write = incoming.write_chunk
     writes = 0
 
     def write_chunk(*args: Any, **kw: Any) -> int:
@@ -117,14 +117,14 @@ def test_a_chunk_write_on_a_full_disk_fails_the_upload_at_once_and_leaves_nothin
             enospc()
         return real_write(*args, **kw)
 
-    monkeypatch.setattr(store, "write_chunk", write_chunk)
+    monkeypatch.setattr(incoming, "write_chunk", write_chunk)
     # When the file is uploaded to every worker: it fails at once, naming w2's full disk
     failed_at_once(stub, lambda: upload_to_all(stub, src, "big.bin"))
     assert writes == 3  # the chunks after the failure were not written
     # Then nothing of it is left anywhere and its reservation is gone
     nothing_left(stub)
     # And once w2 has room again, the same upload to every worker is taken and stored
-    monkeypatch.setattr(store, "write_chunk", real_write)
+    monkeypatch.setattr(incoming, "write_chunk", real_write)
     upload_to_all(stub, src, "big.bin")
 
 
@@ -136,8 +136,7 @@ def test_a_pack_stored_on_a_full_disk_fails_its_files_at_once_and_leaves_nothing
     for i in range(5):
         (tmp_path / f"s{i}").write_bytes(os.urandom(1000 + i))
         items.append((tmp_path / f"s{i}", f"small/s{i}"))
-    store = stub.workers[FULL].store
-    monkeypatch.setattr(store, "_folder", enospc)
+    monkeypatch.setattr(stub.workers[FULL].blobs, "_folder", enospc)
     # When the five small files (one pack) are uploaded to every worker: each fails at once
     failed_at_once(stub, lambda: upload_many_to_all(stub, items))
     # Then nothing of them is left on w2 and the manager has nothing in flight
@@ -154,7 +153,7 @@ def test_records_that_cannot_be_appended_fail_the_uploads_they_place(
     little_room(stub, monkeypatch)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(FILE))
-    full = stub.workers[FULL].store.root
+    full = stub.workers[FULL].root
 
     def append_records(root: Path, lines: list[dict[str, Any]]) -> None:
         if root == full:
@@ -181,7 +180,7 @@ def test_a_deletion_that_cannot_be_recorded_is_recorded_once_there_is_room(
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(1000))
     upload_to_all(stub, src, "f.bin")
-    log = stub.workers[FULL].store.root / LOG
+    log = stub.workers[FULL].root / LOG
     full = log.parent
     refused = 0
 

@@ -48,7 +48,7 @@ def write(path: Path, data: bytes) -> Path:
 def on_disk(c: StubCluster, data: bytes) -> set[str]:
     """The workers whose disks hold ``data``'s blob."""
     sha = hashlib.sha256(data).hexdigest()
-    return {n for n, w in c.workers.items() if w.store.blob_path(sha).exists()}
+    return {n for n, w in c.workers.items() if w.blobs.blob_path(sha).exists()}
 
 
 def gc_had_its_chance(c: StubCluster, s: Session, tmp_path: Path) -> None:
@@ -341,7 +341,7 @@ def test_an_interrupted_upload_run_again_sends_only_what_is_missing(
     [first] = [p for p in stub.broker.published if p.type == m.CHUNK_TYPE][:1]
     primary = stub.workers[first.queue.split(".")[2]]
     upload_id = str((first.headers or {})["upload_id"])
-    wait_for(lambda: len(primary.store.have(upload_id)[0]) == 6, what="6 chunks on the primary")
+    wait_for(lambda: len(primary.incoming.have(upload_id)[0]) == 6, what="6 chunks on the primary")
     before = first_hop_chunks(stub)
 
     with stub.session() as s:
@@ -367,7 +367,7 @@ def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
         c.broker.intercept = None
 
         def partial() -> list[Path]:
-            return [p for w in c.workers.values() for p in w.store.incoming.iterdir()]
+            return [p for w in c.workers.values() for p in w.incoming.dir.iterdir()]
 
         wait_for(partial, what="partial data on the workers")
         wait_for(lambda: not partial(), what="the abandoned upload's data to go")

@@ -21,6 +21,7 @@ from warren import messages as m
 from warren.errors import NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
 from worker import serve
+from worker.blobs import BlobStore, NoCopy
 
 ALICE = "amqp://alice:secret@localhost:5672/%2F"
 
@@ -137,7 +138,7 @@ def test_never_two_active_managers(tmp_path: Path) -> None:
 
 
 def flip_a_byte(c: StubCluster, worker: str, sha256: str) -> None:
-    path = c.workers[worker].store.find(sha256)
+    path = c.workers[worker].blobs.find(sha256)
     assert path is not None
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -146,7 +147,14 @@ def flip_a_byte(c: StubCluster, worker: str, sha256: str) -> None:
 
 def good_copies(c: StubCluster, sha256: str) -> set[str]:
     """Workers whose copy of the blob is whole, read from their disks."""
-    return {n for n, w in c.workers.items() if w.store.check(sha256) is None}
+    return {n for n, w in c.workers.items() if _good(w.blobs, sha256)}
+
+
+def _good(blobs: BlobStore, sha256: str) -> bool:
+    try:
+        return blobs.check(sha256) is None
+    except NoCopy:
+        return False
 
 
 @pytest.mark.parametrize("kept_as", ["bytes", "frames"])
@@ -163,11 +171,11 @@ def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(
             result = s.upload(tmp_path / "f", "f", 2)
             sha = result.sha256
             rotted, kept = result.chain
-            blob = c.workers[rotted].store.find(sha)
+            blob = c.workers[rotted].blobs.find(sha)
             assert blob is not None and (blob.suffix == ".zst") == (kept_as == "frames")
             flip_a_byte(c, rotted, sha)
 
-            wait_for(lambda: c.workers[rotted].store.damaged == 1, what="scrub to find it")
+            wait_for(lambda: c.workers[rotted].blobs.damaged == 1, what="scrub to find it")
             wait_for(lambda: len(good_copies(c, sha)) == 2, what="a second good copy")
             status = {w.name: w for w in s.status().workers}
         assert status[rotted].damaged == 1 and status[rotted].scrubbed_at > 0
@@ -194,6 +202,28 @@ def test_verify_reports_a_copy_damaged_between_scrubs(stub: StubCluster, tmp_pat
     assert {(c.worker, c.ok) for c in checks} == {(result.chain[0], True), (result.chain[1], False)}
     assert "SHA-256" in [c for c in checks if not c.ok][0].reason and missing == []
     wait_for(lambda: len(good_copies(stub, result.sha256)) == 2, what="the repair")
+
+
+def test_verify_says_which_worker_has_no_copy_and_quarantines_nothing(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    # Given a file on two workers, and the second's copy gone from its disk
+    (tmp_path / "f").write_bytes(os.urandom(50_000))
+    with stub.session() as s:
+        result = s.upload(tmp_path / "f", "f", 2)
+        gone = stub.workers[result.chain[1]]
+        path = gone.blobs.find(result.sha256)
+        assert path is not None
+        path.unlink()
+        # When the file is verified
+        checks, _ = s.verify(("f",))
+    # Then that worker says it has no copy (not that a copy is damaged), the other is good,
+    # and nothing was quarantined
+    assert {(c.worker, c.ok, c.reason) for c in checks} == {
+        (result.chain[0], True, ""),
+        (result.chain[1], False, "this worker has no copy"),
+    }
+    assert gone.blobs.damaged == 0 and not (gone.root / "quarantine").exists()
 
 
 def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
@@ -223,7 +253,7 @@ def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
                 return victim not in alive and len(f.replicas) == 2
 
             wait_for(repaired, what=f"{victim} dead and its file repaired despite the replay")
-        assert c.workers[other].store.blob_path(result.sha256).exists()
+        assert c.workers[other].blobs.blob_path(result.sha256).exists()
         assert c.broker.depth(DEAD_LETTER_QUEUE) >= 2
         mallory.close()
     finally:
@@ -257,7 +287,7 @@ def test_chunks_from_anyone_but_the_sender_the_manager_named_are_refused(tmp_pat
             mallory.publish(worker_chunks(worker), body, type=m.CHUNK_TYPE, headers=h.to_headers())
         wait_for(lambda: c.broker.depth(DEAD_LETTER_QUEUE) == 3, what="the forged chunks refused")
         for upload_id, worker, _hop in forged:
-            incoming = c.workers[worker].store.incoming
+            incoming = c.workers[worker].incoming.dir
             assert not list(incoming.glob(f"{upload_id}.*")), f"{worker} wrote a forged chunk"
         with c.session(amqp_url=user_url("alice")) as s:
             s.upload(tmp_path / "f", "f", 2)
@@ -281,9 +311,9 @@ def test_a_worker_cannot_plant_alter_or_delete_what_a_rebuilt_catalog_shows(
         fill(s, tmp_path)
         before = listing(s)
     for name, worker in stub.workers.items():
-        log = worker.store.root / "records.log"
+        log = worker.root / "records.log"
         assert b"docs/a.bin" not in log.read_bytes(), f"{name} can read a file's name"
-        _tamper(log, [b.sha256 for b in worker.store.inventory()])
+        _tamper(log, [b.sha256 for b in worker.blobs.inventory()])
 
     stub.kill("manager")
     shutil.rmtree(tmp_path / "manager")

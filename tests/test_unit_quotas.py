@@ -33,7 +33,7 @@ def set_quota(c: StubCluster, owner: str, nbytes: int | None) -> None:
 
 def on_workers(c: StubCluster, data: bytes) -> list[str]:
     sha = hashlib.sha256(data).hexdigest()
-    return [n for n, w in c.workers.items() if w.store.find(sha) is not None]
+    return [n for n, w in c.workers.items() if w.blobs.find(sha) is not None]
 
 
 def test_an_upload_past_the_quota_is_refused_before_a_byte_is_sent(

@@ -30,7 +30,6 @@ from warren.topology import (
 )
 from warren.transport import Confirm
 from worker import intake
-from worker.store import ChunkStore
 
 
 def random_file(path: Path, size: int) -> bytes:
@@ -41,7 +40,7 @@ def random_file(path: Path, size: int) -> bytes:
 
 def stored(c: StubCluster, worker: str, data: bytes) -> bytes | None:
     """The bytes of ``data``'s blob on ``worker``'s disk, or None when it has none."""
-    path = c.workers[worker].store.blob_path(hashlib.sha256(data).hexdigest())
+    path = c.workers[worker].blobs.blob_path(hashlib.sha256(data).hexdigest())
     return path.read_bytes() if path.exists() else None
 
 
@@ -177,8 +176,8 @@ def test_a_crash_between_write_and_ack_is_finished_by_the_restarted_worker(
         c.kill("w2")
         thread = threading.Thread(target=upload)
         thread.start()
-        store = ChunkStore(tmp_path / "workers" / "w1")
-        wait_for(lambda: list(store.incoming.glob("*")), what="w1 to take in the file")
+        incoming = tmp_path / "workers" / "w1" / "incoming"
+        wait_for(lambda: list(incoming.glob("*")), what="w1 to take in the file")
         time.sleep(0.3)  # inside the 1 s finalize: every chunk written, the last not acked
         c.kill("w1")
         c.start_worker("w1")
@@ -195,13 +194,13 @@ def test_a_busy_worker_is_never_taken_for_dead(stub: StubCluster, tmp_path: Path
     come from their own thread and connection, so no worker is reported dead."""
     dead_after = stub.settings.dead_after
     for worker in stub.workers.values():
-        write = worker.store.write_chunk
+        write = worker.incoming.write_chunk
 
         def slow_write(*args: object, _write: object = write) -> int:
             time.sleep(dead_after * 1.5)
             return _write(*args)  # type: ignore[operator, no-any-return]
 
-        worker.store.write_chunk = slow_write  # type: ignore[method-assign, assignment]
+        worker.incoming.write_chunk = slow_write  # type: ignore[method-assign, assignment]
     random_file(tmp_path / "busy.bin", 64 * 1024)  # one chunk: 1.5 s on each of two hops
     deaths: list[str] = []
     done = threading.Event()
@@ -253,7 +252,7 @@ def test_restore_fails_over_when_a_copy_is_damaged(
     with stub.session() as s:
         result = s.upload(tmp_path / "f.bin", "f.bin", 2)
     for worker in result.chain:  # damage the copy that would be served first
-        path = stub.workers[worker].store.find(hashlib.sha256(data).hexdigest())
+        path = stub.workers[worker].blobs.find(hashlib.sha256(data).hexdigest())
         assert path is not None and (path.suffix == ".zst") == (kept_as == "frames")
         rotted = bytearray(path.read_bytes())
         rotted[-3:] = b"rot"

@@ -96,16 +96,26 @@ class Undeliverable(WarrenError):
 # The manager answers a request it cannot serve with an ``error`` message whose ``code`` is
 # one of these; the client turns it back into the same exception, and acts on the class,
 # never on the message's text. One table, both directions (docs/protocol.md lists it).
+# Workers use the same codes in ``replica.failed``. Modules name a code by its constant
+# here, never by its text.
+NOT_FOUND = "not_found"
+REFUSED = "refused"
+UNAVAILABLE = "unavailable"
+BUSY = "busy"
+NO_REPLICA = "no_replica"
+INTEGRITY = "integrity"
+INVALID = "invalid"
+
 WIRE_CODES: dict[str, type[WarrenError]] = {
-    "not_found": NotFound,
-    "refused": Refused,
-    "unavailable": Unavailable,
-    "busy": Busy,
-    "no_replica": NoReplica,
-    "integrity": IntegrityError,
-    "invalid": UsageError,
+    NOT_FOUND: NotFound,
+    REFUSED: Refused,
+    UNAVAILABLE: Unavailable,
+    BUSY: Busy,
+    NO_REPLICA: NoReplica,
+    INTEGRITY: IntegrityError,
+    INVALID: UsageError,
 }
-_CODE_OF = {cls: code for code, cls in WIRE_CODES.items()} | {DecodeError: "invalid"}
+_CODE_OF = {cls: code for code, cls in WIRE_CODES.items()} | {DecodeError: INVALID}
 
 
 def to_wire(exc: WarrenError) -> str:

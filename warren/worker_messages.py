@@ -15,7 +15,7 @@ from warren.codec import (
     check_worker,
     message,
 )
-from warren.errors import DecodeError
+from warren.errors import INTEGRITY, DecodeError
 
 # -- worker -> manager (and client) --------------------------------------------------------
 
@@ -75,9 +75,9 @@ class ReplicaFailed(Message):
     upload_id: str
     worker: str
     reason: str
-    # A wire code (warren.errors.WIRE_CODES): "integrity" when the bytes were wrong,
-    # "unavailable" when the worker could not forward or write them (a retry may succeed).
-    code: str = "integrity"
+    # A wire code (warren.errors.WIRE_CODES): INTEGRITY when the bytes were wrong,
+    # UNAVAILABLE when the worker could not forward or write them (a retry may succeed).
+    code: str = INTEGRITY
 
 
 @message

@@ -36,17 +36,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from warren import compression, metrics
 from warren import messages as m
 from warren.config import Settings
-from warren.errors import BrokerUnavailable, DecodeError
+from warren.errors import INTEGRITY, UNAVAILABLE, BrokerUnavailable, DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Confirm, Delivery, Transport
+from worker.blobs import BlobStore, CorruptUpload
 from worker.expected import Expected
+from worker.incoming import Incoming
 from worker.records import append_records
-from worker.store import ChunkStore, CorruptUpload
 
 log = logging.getLogger("warren.worker")
 
@@ -60,8 +62,8 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class Failed:
-    """Why a replica failed here, with its wire code: "integrity" (the bytes were wrong) or
-    "unavailable" (they could not be forwarded or written; a retry may do)."""
+    """Why a replica failed here, with its wire code (warren.errors): INTEGRITY (the bytes
+    were wrong) or UNAVAILABLE (they could not be forwarded or written; a retry may do)."""
 
     code: str
     reason: str
@@ -104,10 +106,19 @@ J = TypeVar("J", ChunkJob, PackJob)
 
 
 class Intake:
-    def __init__(self, settings: Settings, store: ChunkStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        root: Path,
+        incoming: Incoming,
+        blobs: BlobStore,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
-        self.store = store
+        self.root = root  # the data dir: records.log and expected.log
+        self.incoming = incoming  # this thread's: chunks written, uploads finished (pool)
+        self.blobs = blobs  # where a pack's files go (pool)
         self.pool = pool
         # Uploads the manager abandoned, or that failed on this disk, since this worker
         # started: their chunks are dropped.
@@ -121,7 +132,7 @@ class Intake:
         self._handback: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._conn: Transport | None = None  # the ingest connection now
         # The uploads the manager placed here, and whom their chunks may come from.
-        self.expected = Expected(store.root / "expected.log", settings.upload_expiry)
+        self.expected = Expected(root / "expected.log", settings.upload_expiry)
 
     def attach(self, conn: Transport) -> None:
         """A new ingest connection: outcomes the pool handed back meanwhile are taken in."""
@@ -155,7 +166,7 @@ class Intake:
             from_manager(d, conn, self.settings)
             cmd = m.RecordVersions.decode(d.body)
             try:
-                append_records(self.store.root, [dataclasses.asdict(r) for r in cmd.records])
+                append_records(self.root, [dataclasses.asdict(r) for r in cmd.records])
                 self.expected.add((e.upload_id, e.sender, e.chain) for e in cmd.expect)
             except OSError as exc:
                 self._not_recorded(conn, d, [e.upload_id for e in cmd.expect], exc)
@@ -165,7 +176,7 @@ class Intake:
             from_manager(d, conn, self.settings)
             keys = m.ForgetVersions.decode(d.body).keys
             try:
-                append_records(self.store.root, [{"forget": k} for k in keys])
+                append_records(self.root, [{"forget": k} for k in keys])
             except OSError as exc:
                 self._not_recorded(conn, d, [], exc)
                 return
@@ -183,7 +194,7 @@ class Intake:
         this worker, never reached, could not tell the client, who would wait out its
         timeout. The message itself is dead-lettered. Records that place nothing go back to
         the queue after a pause, to be tried again until there is room."""
-        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        why = Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
         if not upload_ids:
             log.warning(
                 "%s: cannot keep the records of %s (%s); trying again in %.2g s",
@@ -218,7 +229,7 @@ class Intake:
     def _disk_failed(self, conn: Transport, d: Delivery, upload_id: str, exc: OSError) -> None:
         """A chunk the disk would not take: the upload fails here, now, as unavailable.
         What it wrote goes (so the space comes back) and its later chunks are dropped."""
-        why = Failed("unavailable", f"disk error: {exc.strerror or exc}")
+        why = Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
         self._abandoned.add(upload_id)
         freed = self._remove_partial(upload_id)
         log.error(
@@ -234,7 +245,7 @@ class Intake:
         """Remove what an upload that failed here wrote; the bytes freed (0 if that fails
         too: the start-up sweep takes it then)."""
         try:
-            return self.store.abandon(upload_id)
+            return self.incoming.abandon(upload_id)
         except OSError as exc:
             log.error("upload %s: cannot remove its partial data: %s", upload_id, exc)
             return 0
@@ -245,7 +256,7 @@ class Intake:
         self._abandoned.add(cmd.upload_id)
         if cmd.upload_id in self._finishing:
             return
-        freed = self.store.abandon(cmd.upload_id)
+        freed = self.incoming.abandon(cmd.upload_id)
         log.info("upload %s: abandoned; %d bytes removed from %s", cmd.upload_id, freed, self.name)
 
     def _check_sender(
@@ -295,14 +306,14 @@ class Intake:
             job = ChunkJob(conn, d, h, complete=True, step=Step.FINISHING)
             waiting.append(job)
             return
-        if self.store.done_sha256(h.upload_id) is not None:
+        if self.incoming.done_sha256(h.upload_id) is not None:
             # A redelivery after the replica was finished: nothing to write. Forward again
             # (its earlier forward may not have been confirmed; idempotent downstream),
             # announce again (idempotent for the manager and client) and settle.
             self._forward(ChunkJob(conn, d, h, complete=True))
             return
         # Compressed bytes are forwarded as they came, and kept here as they came when the
-        # upload's first chunk was compressed, else decoded (worker/store.py). Each is decoded
+        # upload's first chunk was compressed, else decoded (worker/incoming.py). Each is decoded
         # to be checked and hashed: a bad frame is a DecodeError, dead-lettered, not written.
         # Never more than a chunk's bytes, whatever size the sender declares for the file:
         # a few KB of zstd must not make this worker allocate hundreds of MiB.
@@ -311,7 +322,7 @@ class Intake:
         h.validate(len(data))
         wire = (d.body, h.encoding)
         try:
-            count = self.store.write_chunk(
+            count = self.incoming.write_chunk(
                 h.upload_id, h.seq, h.offset, data, h.chunk_count, wire, h.total_size
             )
         except OSError as exc:  # a full disk, say
@@ -332,7 +343,7 @@ class Intake:
         elif not job.complete:
             job.d.ack()
             job.step = Step.SETTLED
-        elif self.store.done_sha256(job.h.upload_id) is not None:
+        elif self.incoming.done_sha256(job.h.upload_id) is not None:
             self._announce_chunk(job, None)
         else:
             self._finish(job)
@@ -363,7 +374,7 @@ class Intake:
             )
         job.step = Step.SETTLED
         log.error("%s: cannot forward it to %s; giving up on it", what, h.next_worker)
-        reason = Failed("unavailable", f"could not forward to {h.next_worker}")
+        reason = Failed(UNAVAILABLE, f"could not forward to {h.next_worker}")
         if isinstance(h, m.ChunkHeaders):
             self._announce_failed(job.conn, job.d, [h.upload_id], reason)
         else:
@@ -379,9 +390,9 @@ class Intake:
             waiting.append(job)
             return
         self._finishing[upload_id] = [job]
-        running = self.store.take_running(upload_id)
+        running = self.incoming.take_running(upload_id)
         finish = functools.partial(
-            self.store.finish, upload_id, job.h.sha256, job.h.total_size, running
+            self.incoming.finish, upload_id, job.h.sha256, job.h.total_size, running
         )
         future = self.pool.submit(self._on_pool, finish, 1)
         future.add_done_callback(
@@ -393,7 +404,7 @@ class Intake:
         has gone since will be delivered again: the replica is done by then, or not."""
         if error is None:
             self.expected.finished(upload_id)
-        elif error.code == "unavailable":  # the disk: what it wrote goes, later chunks too
+        elif error.code == UNAVAILABLE:  # the disk: what it wrote goes, later chunks too
             self._abandoned.add(upload_id)
         if upload_id in self._abandoned:  # failed here, or abandoned by the manager meanwhile
             self._remove_partial(upload_id)
@@ -458,8 +469,8 @@ class Intake:
         # Forwarded as it came; stored decoded, each file its own bytes.
         body = memoryview(compression.decode(d.body, p.encoding, p.total, exact=True))
         blobs = [(f.sha256, body[start:end]) for f, start, end in p.slices()]
-        store = functools.partial(self.store.put_blobs, blobs)
-        future = self.pool.submit(self._on_pool, store, len(blobs))
+        put = functools.partial(self.blobs.put_blobs, blobs)
+        future = self.pool.submit(self._on_pool, put, len(blobs))
         future.add_done_callback(lambda f: self._from_pool(lambda: self._pack_stored(job, f)))
         self._forward_pack(job)
 
@@ -525,10 +536,10 @@ class Intake:
             return None
         except CorruptUpload as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return Failed("integrity", str(exc))
+            return Failed(INTEGRITY, str(exc))
         except OSError as exc:
             metrics.REPLICAS_FAILED.inc(files)
-            return Failed("unavailable", f"disk error: {exc.strerror or exc}")
+            return Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
 
 
 def from_manager(d: Delivery, conn: Transport, settings: Settings) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from warren import messages as m
@@ -22,7 +22,7 @@ from warren.config import Settings
 from warren.topology import MANAGER_EVENTS, manager_topology
 from warren.transport import Transport
 from worker import frames
-from worker.store import ChunkStore
+from worker.blobs import BlobStore
 
 log = logging.getLogger("warren.worker.scrub")
 
@@ -39,10 +39,17 @@ class _Blob:
 
 
 class Scrubber:
-    def __init__(self, settings: Settings, store: ChunkStore, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        blobs: BlobStore,
+        sweep: Callable[[float], int],
+        stop: threading.Event,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
-        self.store = store
+        self.blobs = blobs
+        self.sweep = sweep  # Incoming.sweep: only removes stale files, safe from this thread
         self.stop = stop
         self.finished_at = 0.0  # the last full pass ended then (0: none since start)
         self._todo: list[str] = []
@@ -85,11 +92,11 @@ class Scrubber:
             self._pass_started = 0.0
         if now < self._next_pass:
             return self._next_pass - now
-        self._todo = [b.sha256 for b in self.store.inventory()]
+        self._todo = [b.sha256 for b in self.blobs.inventory()]
         self._pass_started = now
         # Also, now and then: markers of finished uploads, and partial data of uploads the
         # manager's discard never reached, untouched for longer than an upload may take.
-        swept = self.store.sweep(now - self.settings.upload_expiry)
+        swept = self.sweep(now - self.settings.upload_expiry)
         if swept:
             log.info("scrub: %s removed %d stale files from incoming/", self.name, swept)
         return 0.0
@@ -99,7 +106,7 @@ class Scrubber:
         bytes, a chunk of one kept as frames (each frame checked and decoded)."""
         if self._current is None:
             sha256 = self._todo.pop()
-            path = self.store.find(sha256)
+            path = self.blobs.find(sha256)
             pieces = frames.content(path, SLICE) if path is not None else None
             self._current = _Blob(sha256, pieces)
         blob = self._current
@@ -127,6 +134,6 @@ class Scrubber:
         log.error(
             "scrub: %s's copy of %s is damaged (%s); quarantined", self.name, sha256[:12], reason
         )
-        self.store.quarantine(sha256)
+        self.blobs.quarantine(sha256)
         report = m.ReplicaDamaged(worker=self.name, sha256=sha256, reason=reason)
         conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)

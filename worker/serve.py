@@ -26,21 +26,33 @@ from warren.pipeline import pipelined
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
+from worker.blobs import BlobStore, NoCopy
 from worker.intake import from_manager
 from worker.records import read_records
-from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
 
 # What a streamed chunk goes to: seq, offset, its length, its body on the wire and encoding.
 Send = Callable[[int, int, int, bytes, str], None]
 
+# What a client hears when the manager sent it to a worker that holds no copy.
+NO_COPY = "this worker has no copy"
+
 
 class Server:
-    def __init__(self, settings: Settings, store: ChunkStore, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        root: Path,
+        blobs: BlobStore,
+        have: Callable[[str], tuple[tuple[int, ...], bool]],
+        stop: threading.Event,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
-        self.store = store
+        self.root = root  # the data dir: records.log, for the inventory
+        self.blobs = blobs
+        self.have = have  # Incoming.have: only reads the journal, safe from this thread
         self.stop = stop
 
     def on_control(self, conn: Transport, d: Delivery) -> None:
@@ -57,7 +69,7 @@ class Server:
             elif d.type == m.VerifyBlob.TYPE:
                 self._verify(conn, m.VerifyBlob.decode(d.body))
             elif d.type == m.ReportRequest.TYPE:
-                send_inventory(conn, self.name, self.store)
+                send_inventory(conn, self.name, self.root, self.blobs)
             else:
                 raise DecodeError(f"unknown command {d.type!r}")
         except _Stopping:
@@ -67,15 +79,17 @@ class Server:
     def _verify(self, conn: Transport, req: m.VerifyBlob) -> None:
         """Re-hash a copy now for a client's ``verify``; a damaged one is quarantined and
         the manager told, as scrub does."""
-        reason = self.store.check(req.sha256, req.size)
-        if reason is not None and reason != "this worker has no copy":
-            log.error("verify: %s's copy of %s is damaged (%s)", self.name, req.sha256[:12], reason)
-            self.store.quarantine(req.sha256)
-            report = m.ReplicaDamaged(worker=self.name, sha256=req.sha256, reason=reason)
+        try:
+            damage = self.blobs.check(req.sha256, req.size)
+            ok, reason = damage is None, damage or ""
+        except NoCopy:  # nothing to quarantine: the client hears so and asks another
+            damage, ok, reason = None, False, NO_COPY
+        if damage is not None:
+            log.error("verify: %s's copy of %s is damaged (%s)", self.name, req.sha256[:12], damage)
+            self.blobs.quarantine(req.sha256)
+            report = m.ReplicaDamaged(worker=self.name, sha256=req.sha256, reason=damage)
             conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
-        result = m.VerifyResult(
-            worker=self.name, sha256=req.sha256, ok=reason is None, reason=reason or ""
-        )
+        result = m.VerifyResult(worker=self.name, sha256=req.sha256, ok=ok, reason=reason)
         conn.publish(
             req.reply_to,
             result.encode(),
@@ -86,7 +100,7 @@ class Server:
 
     def _have(self, conn: Transport, req: m.HaveRequest) -> None:
         """A resumed upload: tell its client which chunks are already written here."""
-        seqs, complete = self.store.have(req.upload_id)
+        seqs, complete = self.have(req.upload_id)
         have = m.UploadHave(upload_id=req.upload_id, seqs=seqs, complete=complete)
         conn.publish(
             req.reply_to,
@@ -99,7 +113,7 @@ class Server:
     def _delete(self, conn: Transport, req: m.DeleteBlob) -> None:
         """Garbage collection: the blob is used by no version. Gone from the disk first,
         then the manager is told (and waits for that before placing it here again)."""
-        freed = self.store.delete_blob(req.sha256)
+        freed = self.blobs.delete_blob(req.sha256)
         log.info("gc: deleted %s from %s (%d bytes)", req.sha256[:12], self.name, freed)
         done = m.BlobDeleted(worker=self.name, sha256=req.sha256, size=freed)
         conn.publish_and_wait(MANAGER_EVENTS, done.encode(), type=done.TYPE)
@@ -114,7 +128,7 @@ class Server:
         and _Stopping when the worker is asked to stop half way (the command is requeued).
         ``level``: zstd's (a restore's is faster than an upload's: see compression).
         """
-        path = self.store.find(sha256)
+        path = self.blobs.find(sha256)
         if path is None:
             raise FileNotFoundError(sha256)
         if path.suffix == frames.SUFFIX:
@@ -195,7 +209,7 @@ class Server:
             log.warning("restore %s: the client's queue is gone; stopped", req.correlation_id)
         except OSError as exc:
             reason = (
-                "this worker has no copy"
+                NO_COPY
                 if isinstance(exc, FileNotFoundError)
                 else (f"stored copy is damaged ({exc})")
             )
@@ -209,7 +223,7 @@ class Server:
     def _copy(self, conn: Transport, req: m.CopyRequest) -> None:
         """Repair: send a blob to another worker as a one-hop upload it will verify."""
         conn.declare(worker_topology(req.target))
-        path = self.store.find(req.sha256)
+        path = self.blobs.find(req.sha256)
         count = ChunkPlan(req.size, self.settings.chunk_size).count
         try:
             if path is not None and path.suffix == frames.SUFFIX:
@@ -284,10 +298,10 @@ PAGE_BLOBS = 20_000
 PAGE_RECORDS = 5_000
 
 
-def send_inventory(conn: Transport, worker: str, store: ChunkStore) -> int:
-    """Everything this worker holds, with the sealed records kept beside it, to the
-    manager in pages (each confirmed before the next); the number of blobs reported."""
-    held, forgotten = read_records(store.root, lambda sha256: store.find(sha256) is not None)
+def send_inventory(conn: Transport, worker: str, root: Path, store: BlobStore) -> int:
+    """Everything this worker holds, with the sealed records kept beside it (in ``root``),
+    to the manager in pages (each confirmed before the next); the number of blobs reported."""
+    held, forgotten = read_records(root, lambda sha256: store.find(sha256) is not None)
     blobs = list(store.inventory())
     records = [m.SealedRecord(sha256, sealed) for sha256, sealed in held]
     pages = max(

@@ -38,10 +38,11 @@ from warren.topology import (
     worker_topology,
 )
 from warren.transport import Connect, Transport
+from worker.blobs import BlobStore
+from worker.incoming import Incoming
 from worker.intake import Intake
 from worker.scrub import Scrubber
 from worker.serve import Server, send_inventory
-from worker.store import ChunkStore
 
 log = logging.getLogger("warren.worker")
 
@@ -52,11 +53,15 @@ class Worker:
         self.connect = connect
         self.name = settings.name
         self.stop = stop
-        self.store = ChunkStore(Path(settings.data_dir or "."))
+        # Under the data dir: blobs/ (the blob store, any thread), incoming/ (uploads being
+        # received: the ingest thread's), and the logs of records and expected uploads.
+        self.root = Path(settings.data_dir or ".")
+        self.blobs = BlobStore(self.root)
+        self.incoming = Incoming(self.root, self.blobs)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-final")
-        self.intake = Intake(settings, self.store, self._pool)
-        self.server = Server(settings, self.store, stop)
-        self.scrubber = Scrubber(settings, self.store, stop)
+        self.intake = Intake(settings, self.root, self.incoming, self.blobs, self._pool)
+        self.server = Server(settings, self.root, self.blobs, self.incoming.have, stop)
+        self.scrubber = Scrubber(settings, self.blobs, self.incoming.sweep, stop)
         # Started once ingest is connected, so a missing broker is reported once, not thrice.
         self._threads = [
             threading.Thread(target=self._serve_thread, name=f"{self.name}-serve"),
@@ -68,18 +73,19 @@ class Worker:
         """Run until ``stop`` is set; reconnects on its own when the broker goes away."""
         if self.settings.data_dir is not None:  # every user's bytes
             private_dir(Path(self.settings.data_dir))
-        self.store.open()
-        swept = self.store.sweep(time.time() - self.settings.upload_expiry)
+        self.blobs.open()
+        self.incoming.open()
+        swept = self.incoming.sweep(time.time() - self.settings.upload_expiry)
         if swept:
             log.info("worker %s: removed %d abandoned partial uploads", self.name, swept)
         metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
-        usage = self.store.usage()
+        usage = self.blobs.usage()
         log.info(
             "worker %s: %d files, %d bytes in %s",
             self.name,
             usage.files,
             usage.used_bytes,
-            self.store.root,
+            self.root,
         )
         try:
             run_connection(
@@ -101,7 +107,7 @@ class Worker:
 
     def _setup_ingest(self, conn: Transport) -> None:
         conn.declare(worker_topology(self.name))
-        reported = send_inventory(conn, self.name, self.store)
+        reported = send_inventory(conn, self.name, self.root, self.blobs)
         self.intake.attach(conn)
         conn.consume(worker_chunks(self.name), lambda d: self.intake.on_delivery(conn, d))
         for thread in self._threads:
@@ -123,14 +129,14 @@ class Worker:
         thread's own connection: nothing else ever runs here)."""
         if not conn.is_open or self.stop.is_set():
             return
-        u = self.store.usage()
+        u = self.blobs.usage()
         beat = m.Heartbeat(
             worker=self.name,
             free_bytes=u.free_bytes,
             used_bytes=u.used_bytes,
             files=u.files,
             scrubbed_at=self.scrubber.finished_at,
-            damaged=self.store.damaged,
+            damaged=self.blobs.damaged,
         )
         # A heartbeat that waited in the queue longer than dead_after (the manager was down)
         # says nothing of now: RabbitMQ drops it, so a worker that died meanwhile is not

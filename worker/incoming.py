@@ -1,10 +1,8 @@
-"""A worker's chunk store on disk.
+"""A worker's uploads being received: chunks assembled in ``incoming/`` until the file is
+whole, verified and handed to the blob store (worker/blobs.py).
 
 Layout under the worker's data dir::
 
-    blobs/ab/<sha256>          finished replicas, named by content hash (never by file name)
-    blobs/ab/<sha256>.zst      the same for content that came compressed: its zstd frames as
-                               they came (worker/frames.py), so a restore compresses nothing
     incoming/<id>.part         an upload being received, written chunk by chunk at its offset
     incoming/<id>.seqs         the chunks already written (one number per line): a journal that
                                lets a restarted worker resume instead of starting over
@@ -12,12 +10,17 @@ Layout under the worker's data dir::
                                order they came, each a record of its own (no journal needed)
     incoming/<id>.done         the upload finished (its sha256): a redelivered chunk is a no-op
                                (both only for files of more than one chunk)
-    incoming/<sha256>.<r>.blob a file of a pack being written (small files come whole in
-                               packs); left over from a crash, it is removed at start
 
 Every write is idempotent: a redelivered chunk rewrites the same bytes at the same offset.
 A replica becomes visible only by an atomic rename after fsync and SHA-256 verification,
 so a partial file is never listed or served.
+
+``Incoming`` belongs to the ingest thread: it alone writes chunks, and its bookkeeping in
+memory (the chunks received, the running hashes, where each ``.zpart`` ends) is unlocked.
+``take_running`` hands an upload's running hash over, on that thread, to ``finish``, which
+runs on the pool and touches only that upload's files and the blob store. Two calls are
+safe from any thread, for they only read or remove files: ``have`` (serve asks it for a
+resumed upload) and ``sweep`` (at start, and from scrub).
 """
 
 from __future__ import annotations
@@ -26,85 +29,32 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
-import threading
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from warren.chunks import Writeback, sha256_file
-from warren.messages import HEX32, HEX64, ZSTD, BlobEntry
+from warren.messages import HEX32, ZSTD
 from worker import frames
-from worker.disk import fsync_path, sync_files, write_all
+from worker.blobs import BlobStore, CorruptUpload
+from worker.disk import fsync_path, write_all
 
-log = logging.getLogger("warren.worker.store")
-
-
-class CorruptUpload(Exception):
-    """The assembled bytes do not match the SHA-256 the client announced."""
-
-    @classmethod
-    def mismatch(cls, expected: str, actual: str) -> CorruptUpload:
-        return cls(f"SHA-256 mismatch: expected {expected[:12]}…, got {actual[:12]}…")
+log = logging.getLogger("warren.worker.incoming")
 
 
-@dataclass(frozen=True)
-class Usage:
-    free_bytes: int
-    used_bytes: int
-    files: int
-
-
-class ChunkStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs"
-        self.incoming = root / "incoming"
+class Incoming:
+    def __init__(self, root: Path, blobs: BlobStore) -> None:
+        self.dir = root / "incoming"
+        self.blobs = blobs  # where a finished upload goes
         self._received: dict[str, set[int]] = {}
-        self._digests: dict[str, _Running] = {}  # uploads whose bytes came in order so far
+        self._digests: dict[str, Running] = {}  # uploads whose bytes came in order so far
         self._zpart_end: dict[str, int] = {}  # uploads kept as frames: where the next goes
-        self._lock = threading.Lock()  # guards the usage counters (finalize runs off-thread)
-        self.damaged = 0  # copies found damaged and quarantined (counted at open)
-        self._used = 0
-        self._files = 0
-        self._folders: set[str] = set()  # folders of blobs/ known to exist
 
     def open(self) -> None:
-        """Create the folders and count what is stored (a scan, once, at start)."""
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.incoming.mkdir(parents=True, exist_ok=True)
-        for leftover in self.incoming.glob("*.blob"):  # a pack cut short: never acknowledged
-            leftover.unlink(missing_ok=True)
-        used = files = 0
-        for entry in self.inventory():
-            path = self.find(entry.sha256)
-            used += path.stat().st_size if path is not None else 0  # the disk's bytes
-            files += 1
-        self._used, self._files = used, files
-        quarantined = self.root / "quarantine"
-        self.damaged = len(list(quarantined.iterdir())) if quarantined.is_dir() else 0
-
-    # -- receiving -------------------------------------------------------------------------
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, upload_id: str, suffix: str) -> Path:
         if not HEX32.match(upload_id):  # the id becomes a file name: accept nothing else
             raise ValueError(f"bad upload id {upload_id!r}")
-        return self.incoming / f"{upload_id}{suffix}"
-
-    def blob_path(self, sha256: str) -> Path:
-        if not HEX64.match(sha256):
-            raise ValueError(f"bad sha256 {sha256!r}")
-        return self.blobs / sha256[:2] / sha256
-
-    def find(self, sha256: str) -> Path | None:
-        """The stored blob of this content, as its own bytes or as frames; None if none."""
-        path = self.blob_path(sha256)
-        if path.exists():
-            return path
-        framed = path.with_name(sha256 + frames.SUFFIX)
-        return framed if framed.exists() else None
+        return self.dir / f"{upload_id}{suffix}"
 
     def done_sha256(self, upload_id: str) -> str | None:
         """The hash of a finished upload, or None if it is not finished here."""
@@ -200,11 +150,11 @@ class ChunkStore:
 
     def _hash_in_order(
         self, upload_id: str, offset: int, data: bytes, fresh: bool
-    ) -> _Running | None:
+    ) -> Running | None:
         """Hash the bytes as they are written, while chunks come in order (they do, except after
         a restart or a redelivery), so finishing need not read the file back."""
         if fresh and offset == 0:
-            self._digests[upload_id] = _Running()
+            self._digests[upload_id] = Running()
         running = self._digests.get(upload_id)
         if running is None:
             return None
@@ -230,11 +180,7 @@ class ChunkStore:
             self._received[upload_id] = received
         return received
 
-    def finalize(self, upload_id: str, sha256: str, size: int) -> Path:
-        """Finish an upload whose chunks are all in, on this one thread."""
-        return self.finish(upload_id, sha256, size, self.take_running(upload_id))
-
-    def take_running(self, upload_id: str) -> _Running | None:
+    def take_running(self, upload_id: str) -> Running | None:
         """The receiving side's bookkeeping for an upload about to be finished: forgotten
         here, on the thread that receives chunks (the journal on disk stays the truth), and
         its running hash handed to ``finish``."""
@@ -242,12 +188,13 @@ class ChunkStore:
         self._zpart_end.pop(upload_id, None)
         return self._digests.pop(upload_id, None)
 
-    def finish(self, upload_id: str, sha256: str, size: int, running: _Running | None) -> Path:
-        """fsync, verify the whole-file SHA-256, and move the replica into the store.
+    def finish(self, upload_id: str, sha256: str, size: int, running: Running | None) -> Path:
+        """fsync, verify the whole-file SHA-256, and move the replica into the blob store.
 
         The hash is the one computed as the chunks were written when they came in order,
-        else the file is read back. Touches only the disk and the locked usage counters, so
-        it runs on a pool thread: that read of a large file takes a while.
+        else the file is read back. Touches only this upload's files and the blob store
+        (whose counters are locked), so it runs on a pool thread: that read of a large file
+        takes a while.
         """
         if self._path(upload_id, ".zpart").exists():
             return self._finish_frames(upload_id, sha256, size, running)
@@ -266,31 +213,19 @@ class ChunkStore:
             self._discard_files(upload_id)
             raise CorruptUpload.mismatch(sha256, actual)
         several = self._path(upload_id, ".seqs").exists()
-        return self._keep(upload_id, part, self.blob_path(sha256), sha256, several)
+        return self._keep(upload_id, part, sha256, framed=False, several=several)
 
-    def _keep(self, upload_id: str, part: Path, target: Path, sha256: str, several: bool) -> Path:
-        """Move a verified, synced replica into the store (unless this content is stored
-        already, in either form) and mark the upload done."""
-        target.parent.mkdir(exist_ok=True)
-        existing = self.find(sha256)
-        if existing is not None and existing != target:
-            part.unlink()
-        else:
-            size = os.stat(part).st_size
-            os.replace(part, target)
-            if existing is None:  # counted as soon as it is there, whatever fails next
-                with self._lock:
-                    self._used += size
-                    self._files += 1
-            fsync_path(target.parent)
+    def _keep(self, upload_id: str, part: Path, sha256: str, framed: bool, several: bool) -> Path:
+        """Hand a verified, synced replica to the blob store and mark the upload done."""
+        stored = self.blobs.keep(part, sha256, framed)
         if several:  # more than one chunk: remember it is done, for redeliveries
             self._path(upload_id, ".done").write_text(sha256)
             self._path(upload_id, ".seqs").unlink(missing_ok=True)
-            fsync_path(self.incoming)
-        return existing or target
+            fsync_path(self.dir)
+        return stored
 
     def _finish_frames(
-        self, upload_id: str, sha256: str, size: int, running: _Running | None
+        self, upload_id: str, sha256: str, size: int, running: Running | None
     ) -> Path:
         """``finish`` for an upload kept as frames. When its chunks came in order (the
         usual case) they are in order in the file and were hashed as they came; else the
@@ -319,137 +254,11 @@ class ChunkStore:
                 part = self._path(upload_id, ".part")
                 frames.unframe(fd, part)
                 zpart.unlink()
-                return self._keep(upload_id, part, self.blob_path(sha256), sha256, several=True)
+                return self._keep(upload_id, part, sha256, framed=False, several=True)
             os.fsync(fd)
         finally:
             os.close(fd)
-        framed = self.blob_path(sha256).with_name(sha256 + frames.SUFFIX)
-        return self._keep(upload_id, zpart, framed, sha256, several=True)
-
-    def put_blobs(self, blobs: list[tuple[str, memoryview]]) -> None:
-        """Store small files whole (a pack): each verified, synced and renamed into place.
-
-        The bytes are checked against their hash before anything is written. Files are
-        written under temporary names, synced all at once, renamed, and the renames synced:
-        two file-system syncs for the whole pack instead of two fsyncs per file. Storing
-        again what is already stored is a no-op, so a redelivered pack is harmless.
-        """
-        for sha256, data in blobs:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != sha256:
-                raise CorruptUpload.mismatch(sha256, actual)
-        # One random part for the pack's temporary names (each also has its file's hash).
-        tag = uuid.uuid4().hex[:8]
-        todo: dict[str, tuple[str, str, memoryview]] = {}  # sha256 -> (target, tmp, bytes)
-        for sha256, data in blobs:
-            if sha256 in todo:
-                continue
-            target = str(self.blob_path(sha256))
-            if self.find(sha256) is None:
-                todo[sha256] = (target, os.path.join(self.incoming, f"{sha256}.{tag}.blob"), data)
-        if not todo:
-            return
-        try:
-            for _, tmp, data in todo.values():
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    write_all(fd, data, 0)
-                finally:
-                    os.close(fd)
-            sync_files([Path(tmp) for _, tmp, _ in todo.values()])
-            folders = sorted({os.path.dirname(target) for target, _, _ in todo.values()})
-            for folder in folders:
-                self._folder(folder)  # a new folder takes space too
-            for target, tmp, data in todo.values():
-                self._rename_blob(tmp, target, len(data))
-            sync_files([Path(f) for f in folders])
-        except OSError:
-            for _, tmp, _ in todo.values():  # a full disk, say: leave nothing half-written
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            raise
-
-    def _rename_blob(self, tmp: str, target: str, size: int) -> None:
-        """Move a synced, verified file of a pack into place, counted once it is there."""
-        with self._lock:
-            fresh = not os.path.exists(target)
-            try:
-                os.replace(tmp, target)
-            except FileNotFoundError:  # its folder went since it was made here
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.replace(tmp, target)
-            if fresh:
-                self._used += size
-                self._files += 1
-
-    def _folder(self, path: str) -> None:
-        """Make a folder of ``blobs/`` once (a pack's files fall into many of the 256)."""
-        if path not in self._folders:
-            os.makedirs(path, exist_ok=True)
-            self._folders.add(path)
-
-    def quarantine(self, sha256: str) -> None:
-        """A damaged copy leaves the store (never served, never reported as held again)
-        for ``quarantine/``, where an operator can look at it."""
-        path = self.find(sha256)
-        if path is None:
-            return
-        target = self.root / "quarantine" / f"{path.name}.{int(time.time())}"
-        target.parent.mkdir(exist_ok=True)
-        try:
-            size = path.stat().st_size
-            os.replace(path, target)
-        except FileNotFoundError:
-            return
-        with self._lock:
-            self._used -= size
-            self._files -= 1
-            self.damaged += 1
-
-    def check(self, sha256: str, size: int | None = None) -> str | None:
-        """Re-read a stored blob now: None if it is good, else why not."""
-        path = self.find(sha256)
-        if path is None:
-            return "this worker has no copy"
-        digest = hashlib.sha256()
-        actual_size = 0
-        try:
-            for data in frames.content(path):
-                digest.update(data)
-                actual_size += len(data)
-        except FileNotFoundError:
-            return "this worker has no copy"
-        except frames.Damaged as exc:
-            return str(exc)
-        except OSError as exc:
-            return f"cannot read it: {exc.strerror or exc}"
-        actual = digest.hexdigest()
-        if size is not None and actual_size != size:
-            return f"size {actual_size}, expected {size}"
-        if actual != sha256:
-            return f"SHA-256 mismatch: got {actual[:12]}…"
-        return None
-
-    def delete_blob(self, sha256: str) -> int:
-        """Remove a stored blob (garbage collection); return the bytes given back."""
-        path = self.find(sha256)
-        if path is None:
-            return 0
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        fsync_path(path.parent)
-        with self._lock:
-            self._used -= size
-            self._files -= 1
-        return size
-
-    def discard(self, upload_id: str) -> None:
-        """Forget a partial upload (bad hash, or abandoned)."""
-        self.take_running(upload_id)
-        self._discard_files(upload_id)
+        return self._keep(upload_id, zpart, sha256, framed=True, several=True)
 
     def abandon(self, upload_id: str) -> int:
         """An upload nobody will finish: its partial data and markers go; the bytes freed."""
@@ -484,10 +293,10 @@ class ChunkStore:
         return tuple(sorted({int(x) for x in lines[:-1] if x.isdigit()})), False
 
     def sweep(self, older_than: float) -> int:
-        """At start: partial uploads and done markers untouched since ``older_than`` (the
-        upload expiry) belong to nobody any more. Returns how many files were removed."""
+        """Partial uploads and done markers untouched since ``older_than`` (the upload
+        expiry) belong to nobody any more. Returns how many files were removed."""
         removed = 0
-        for path in self.incoming.iterdir():
+        for path in self.dir.iterdir():
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < older_than:
                     path.unlink()
@@ -498,25 +307,8 @@ class ChunkStore:
         for suffix in (".part", ".seqs", ".zpart", ".zsort"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
 
-    # -- what is stored --------------------------------------------------------------------
 
-    def inventory(self) -> Iterator[BlobEntry]:
-        """Every blob held and the size of its file (a compressed one's header says; one
-        whose header does not read is reported as 0 bytes, for scrub to find damaged)."""
-        for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
-            for blob in sorted(sub.iterdir()):
-                if HEX64.match(blob.name):
-                    yield BlobEntry(sha256=blob.name, size=blob.stat().st_size)
-                elif blob.name.endswith(frames.SUFFIX) and HEX64.match(blob.stem):
-                    yield BlobEntry(sha256=blob.stem, size=frames.file_size(blob))
-
-    def usage(self) -> Usage:
-        free = shutil.disk_usage(self.root).free
-        with self._lock:
-            return Usage(free_bytes=free, used_bytes=self._used, files=self._files)
-
-
-class _Running:
+class Running:
     """The SHA-256 of an upload's first ``next_offset`` bytes, and their write-back."""
 
     def __init__(self) -> None:
