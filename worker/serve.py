@@ -25,7 +25,7 @@ from warren.errors import DecodeError
 from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
-from worker.intake import from_manager
+from worker.intake import ManagerOnly
 from worker.records import read_records
 from worker.store import ChunkStore
 
@@ -41,9 +41,10 @@ class Server:
         self.name = settings.name
         self.store = store
         self.stop = stop
+        self.manager_only = ManagerOnly(settings)
 
     def on_control(self, conn: Transport, d: Delivery) -> None:
-        from_manager(d, conn, self.settings)  # every command here is the manager's
+        self.manager_only.check(d)  # every command here is the manager's
         try:
             if d.type == m.ServeRequest.TYPE:
                 self._serve(conn, m.ServeRequest.decode(d.body))
