@@ -310,7 +310,7 @@ def main(
             print(f"{args.role} user {args.name!r} is ready on virtual host {vhost!r}")
             if args.role == "manager":
                 print(
-                    f"workers take commands only from it: give them WARREN_MANAGER_USER={args.name}"
+                    f"clients take answers only from it: give them WARREN_MANAGER_USER={args.name}"
                 )
         elif args.command == "remove":
             if remove(admin, args.name):
