@@ -262,11 +262,15 @@ def _replicas(f: FileEntry) -> str:
 def workers_table(st: StatusReply) -> Table:
     """The workers, alive or dead, with their space (``status``, and the menu's status)."""
     table = Table(title="workers")
-    for col in ("name", "state", "files", "used", "free", "last heartbeat", "scrubbed", "damaged"):
+    cols = ["name", "state", "files", "used", "free", "last heartbeat", "scrubbed", "damaged"]
+    # Commands that claimed to be the manager's and were not (forged, or a worker told the
+    # wrong WARREN_MANAGER_USER): shown only when some worker refused any.
+    refused = any(w.refused for w in st.workers)
+    for col in [*cols, "refused"] if refused else cols:
         table.add_column(col)
     for w in st.workers:
         state = "[green]alive[/]" if w.alive else "[red]dead[/]"
-        table.add_row(
+        row = [
             w.name,
             state,
             str(w.files),
@@ -275,7 +279,10 @@ def workers_table(st: StatusReply) -> Table:
             relative_time(w.last_seen),
             relative_time(w.scrubbed_at) if w.scrubbed_at else "not yet",
             f"[red]{w.damaged}[/]" if w.damaged else "0",
-        )
+        ]
+        if refused:
+            row.append(f"[red]{w.refused}[/]" if w.refused else "0")
+        table.add_row(*row)
     return table
 
 
@@ -355,6 +362,7 @@ def status_json(st: StatusReply) -> dict[str, Any]:
                 "last_seen": w.last_seen,
                 "scrubbed_at": w.scrubbed_at,
                 "damaged": w.damaged,
+                "refused": w.refused,
             }
             for w in st.workers
         ],

@@ -34,6 +34,7 @@ class Health:
         self.files = 0  # files in the catalog, as last counted
         self.dirty = True  # a version came or went since: count the files again
         self.scrub: dict[str, tuple[float, int]] = {}  # worker -> (last full scrub, damaged)
+        self.refused: dict[str, int] = {}  # worker -> manager commands it refused (forged)
         self._last_pass = time.monotonic()
 
     def new_term(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from manager.records import RecordSeal
 from warren import messages as m
-from warren.topology import worker_chunks, worker_control, worker_topology
+from warren.topology import worker_control, worker_orders, worker_topology
 from warren.transport import Transport
 
 
@@ -32,8 +32,9 @@ class Outbox:
 
     def to_worker(self, worker: str, msg: m.Message) -> None:
         """On the worker's chunks queue: behind the chunks already queued there (records,
-        expectations, discards and deletions that must not overtake them)."""
-        self._publish(worker, worker_chunks(worker), msg)
+        expectations, discards and deletions that must not overtake them). By the orders
+        key, which only the manager may publish with: how the worker knows them for its."""
+        self._publish(worker, worker_orders(worker), msg)
 
     def command(self, worker: str, msg: m.Message) -> None:
         """On the worker's control queue: restores, copies, deletes, verifies, reports."""

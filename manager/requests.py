@@ -160,6 +160,7 @@ class Answers:
                     w,
                     scrubbed_at=scrub.get(w.name, (0.0, 0))[0],
                     damaged=scrub.get(w.name, (0.0, 0))[1],
+                    refused=self.health.refused.get(w.name, 0),
                 )
                 for w in self.catalog.workers()
             ),

@@ -214,6 +214,14 @@ class Manager:
             assert self.outbox is not None
             self.outbox.command(msg.worker, m.ReportRequest())
         self.health.scrub[msg.worker] = (msg.scrubbed_at, msg.damaged)
+        if msg.refused > self.health.refused.get(msg.worker, msg.refused):
+            log.error(
+                "worker %s: refused %d commands in the manager's name so far (its log says "
+                "from whom)",
+                msg.worker,
+                msg.refused,
+            )
+        self.health.refused[msg.worker] = msg.refused
 
     def _inventory(self, msg: m.Inventory, _d: Delivery) -> None:
         """A page of a worker's inventory: its records are merged at once (idempotent); its

@@ -339,7 +339,7 @@ def main(
                 set_quota(settings, args.name, quota)
             if args.role == "manager":
                 print(
-                    f"workers take commands only from it: give them WARREN_MANAGER_USER={args.name}"
+                    f"clients take answers only from it: give them WARREN_MANAGER_USER={args.name}"
                 )
         elif args.command == "remove":
             if remove(admin, args.name):

@@ -49,7 +49,8 @@ def user_url(user: str) -> str:
 class StubCluster:
     def __init__(self, base: Path, settings: Settings = FAST, users: bool = False) -> None:
         """``users``: each service logs in as its own broker user (the manager as
-        ``manager``, a worker as its name), as ``manager users add`` sets them up."""
+        ``manager``, a worker as its name), as ``manager users add`` sets them up, with
+        their role's permissions (any other user is a client)."""
         self.base = base
         self.settings = settings
         self.users = users
@@ -82,6 +83,7 @@ class StubCluster:
         )
         if self.users:
             s = dataclasses.replace(s, amqp_url=user_url("manager"))
+            self.broker.roles["manager"] = "manager"
         manager = Manager(s, stop, self._connect(key))
         self.managers[key] = manager
         if key == "manager":
@@ -95,7 +97,10 @@ class StubCluster:
             self.settings, name=name, data_dir=self.base / "workers" / name, **overrides
         )
         if self.users:
-            s = dataclasses.replace(s, amqp_url=user_url(name), manager_user="manager")
+            # No WARREN_MANAGER_USER: the broker's topic permissions tell a worker which
+            # commands are the manager's (the key they came by).
+            s = dataclasses.replace(s, amqp_url=user_url(name))
+            self.broker.roles[name] = "worker"
         worker = self.workers[name] = Worker(s, stop, self._connect(name))
         self._start(name, worker.run)
         return worker

@@ -3,6 +3,7 @@ completion, the config command, units, and what a refused connection says."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,13 +27,15 @@ from client.render import (
     human_size,
     size_pair,
     speed_text,
+    status_json,
     status_summary,
     upload_json,
+    workers_table,
 )
 from devtools.localnode import free_port
 from tests.cluster import ROOT
 from warren import errors
-from warren.messages import FileEntry, StatusReply
+from warren.messages import FileEntry, StatusReply, WorkerEntry
 
 BIN = Path(sys.executable).parent
 
@@ -299,6 +302,26 @@ def test_another_failure_is_one_sentence_and_exit_1(
     assert cm.main(["list"]) == errors.EXIT_FAILURE == 1
     captured = capsys.readouterr()
     assert captured.err == "error: the manager's disk is on fire.\n" and captured.out == ""
+
+
+def test_status_shows_the_commands_a_worker_refused_in_the_managers_name() -> None:
+    # A column only when some worker refused any; the count in --json always.
+    def table(st: StatusReply) -> str:
+        console = Console(width=160, record=True)
+        console.print(workers_table(st))
+        return console.export_text()
+
+    quiet = WorkerEntry("w1", True, 10, 5, 1, 2.0)
+    st = StatusReply(workers=(quiet,), under_replicated=0, files=1)
+    assert "refused" not in table(st)
+    assert status_json(st)["workers"][0]["refused"] == 0
+    forged = dataclasses.replace(quiet, name="w2", refused=3)
+    st = StatusReply(workers=(quiet, forged), under_replicated=0, files=1)
+    [header] = [ln for ln in table(st).splitlines() if "┃" in ln]
+    rows = [ln for ln in table(st).splitlines() if "│" in ln]
+    assert header.split("┃")[-2].strip() == "refused"
+    assert [r.split("│")[-2].strip() for r in rows] == ["0", "3"]
+    assert [w["refused"] for w in status_json(st)["workers"]] == [0, 3]
 
 
 def test_a_long_listing_is_lines_not_a_table() -> None:

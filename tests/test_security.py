@@ -136,6 +136,7 @@ TABLE: list[tuple[str, str, Op, int]] = [
     # A client: asks the manager, sends chunks to any worker, reads its own replies.
     ("alice", "publish warren.manager/requests", publish(MANAGER_EXCHANGE, "requests"), OK),
     ("alice", "publish warren.workers/w1.chunks", publish(WORKERS_EXCHANGE, "w1.chunks"), OK),
+    ("alice", "publish warren.workers/w1.orders (a forged worker.record)", publish(WORKERS_EXCHANGE, "w1.orders"), REFUSED),
     ("alice", "declare and bind own reply queue (exact key)", bind_own(CLIENTS_EXCHANGE, "warren.client.t.x"), OK),
     ("alice", "publish warren.manager/events (a forged heartbeat)", publish(MANAGER_EXCHANGE, "events"), REFUSED),
     ("alice", "publish warren.workers/w1.control", publish(WORKERS_EXCHANGE, "w1.control"), REFUSED),
@@ -163,6 +164,9 @@ TABLE: list[tuple[str, str, Op, int]] = [
     ("w1", "declare own chunks queue", declare(W1_CHUNKS), OK),
     ("w1", "publish warren.manager/events", publish(MANAGER_EXCHANGE, "events"), OK),
     ("w1", "publish warren.workers/w2.chunks", publish(WORKERS_EXCHANGE, "w2.chunks"), OK),
+    ("w1", "publish warren.workers/w2.orders (a forged worker.forget)", publish(WORKERS_EXCHANGE, "w2.orders"), REFUSED),
+    ("w1", "bind own chunks queue to warren.workers/w1.orders", bind(W1_CHUNKS, WORKERS_EXCHANGE, "w1.orders"), OK),
+    ("w1", "bind own chunks queue to warren.workers/w2.orders", bind(W1_CHUNKS, WORKERS_EXCHANGE, "w2.orders"), REFUSED),
     ("w1", "publish warren.clients/<a reply queue>", publish(CLIENTS_EXCHANGE, "warren.client.x.y"), OK),
     ("w1", "publish warren.manager/requests", publish(MANAGER_EXCHANGE, "requests"), REFUSED),
     ("w1", "publish warren.workers/w2.control", publish(WORKERS_EXCHANGE, "w2.control"), REFUSED),
@@ -183,7 +187,8 @@ TABLE: list[tuple[str, str, Op, int]] = [
     ("boss", "consume warren.manager.events", consume(MANAGER_EVENTS), OK),
     ("boss", "declare warren.worker.w1.chunks", declare(W1_CHUNKS), OK),
     ("boss", "publish warren.workers/w1.control", publish(WORKERS_EXCHANGE, "w1.control"), OK),
-    ("boss", "publish warren.workers/w1.chunks (worker.discard)", publish(WORKERS_EXCHANGE, "w1.chunks"), OK),
+    ("boss", "publish warren.workers/w1.orders (worker.discard)", publish(WORKERS_EXCHANGE, "w1.orders"), OK),
+    ("boss", "publish warren.workers/w1.chunks (it sends no chunks)", publish(WORKERS_EXCHANGE, "w1.chunks"), REFUSED),
     ("boss", "publish warren.clients/<a reply queue>", publish(CLIENTS_EXCHANGE, "warren.client.x.y"), OK),
     ("boss", "publish warren.manager/events (a forged heartbeat)", publish(MANAGER_EXCHANGE, "events"), REFUSED),
     ("boss", "publish warren.manager/requests", publish(MANAGER_EXCHANGE, "requests"), REFUSED),
@@ -277,10 +282,10 @@ def test_the_services_run_with_their_own_users(rabbit: LocalNode, tmp_path: Path
     c = Cluster(rabbit, tmp_path / "c")
     try:
         add_users(rabbit, c.vhost)
-        c.env_extra["WARREN_MANAGER_USER"] = "boss"  # workers and clients: commands, answers
+        c.env_extra["WARREN_MANAGER_USER"] = "boss"  # clients: answers only from it
         c.start("manager", WARREN_AMQP_URL=rabbit.url_for("boss", PW, c.vhost))
-        for w in ("w1", "w2"):  # a worker takes commands only from the manager's user
-            c.start(w, WARREN_AMQP_URL=rabbit.url_for(w, PW, c.vhost), WARREN_MANAGER_USER="boss")
+        for w in ("w1", "w2"):  # not told who the manager is: its commands' key says
+            c.start(w, WARREN_AMQP_URL=rabbit.url_for(w, PW, c.vhost), WARREN_MANAGER_USER="")
         c.wait_alive(["w1", "w2"])
         alice = rabbit.url_for("alice", PW, c.vhost)
         bob = rabbit.url_for("bob", PW, c.vhost)

@@ -47,6 +47,7 @@ from warren.topology import (
     route,
     worker_chunks,
     worker_control,
+    worker_orders,
     worker_topology,
 )
 from warren.transport import Confirm, Connect, Delivery, Handler, Transport
@@ -437,6 +438,22 @@ def test_a_delivery_carries_the_publishing_connections_user(broker: Broker) -> N
     consumer.consume(CHUNKS, acking(got))
     pump(consumer, lambda: bool(got))
     assert got[0].user_id == sender.user
+
+
+def test_a_delivery_says_the_routing_key_it_came_by(broker: Broker) -> None:
+    # A worker's chunks queue is bound with two keys: its chunks and the manager's orders
+    # (only the manager may publish with the latter), and each delivery tells them apart.
+    conn = broker.open("manager")
+    conn.declare(worker_topology(W))
+    publish_confirmed(conn, CHUNKS, [b"chunk"])
+    publish_confirmed(conn, worker_orders(W), [b"order"])
+    got: list[Delivery] = []
+    conn.consume(CHUNKS, acking(got))
+    pump(conn, lambda: len(got) == 2)
+    assert [(d.body, d.queue, d.routing_key) for d in got] == [
+        (b"chunk", CHUNKS, f"{W}.chunks"),
+        (b"order", CHUNKS, f"{W}.orders"),
+    ]
 
 
 def test_threadsafe_calls_and_timers_run_on_the_connections_thread_inside_process(

@@ -1,13 +1,17 @@
-"""Commands only the manager may give, forged by a client, on the in-memory broker with
-each service its own broker user: every one is dead-lettered and changes nothing.
+"""Commands only the manager may give, forged by a client or a worker, on the in-memory
+broker with each service its own broker user (and its role's permissions, which the stub
+broker enforces as RabbitMQ does), workers not told the manager's user: every forgery is
+refused, by the broker or by the worker, and changes nothing.
 
 A worker's chunks queue takes ``worker.record``, ``worker.discard`` and ``worker.forget``
 as well as chunks, and its control queue takes ``worker.serve``, ``worker.delete`` and
-``worker.copy``; any client may publish to both queues (it sends its chunks there). Only
-the broker-validated ``user_id`` tells the manager's commands from a forger's
-(``worker.intake.from_manager``): without that check, these tests see the forger's
-records written, an upload's data discarded, a version forgotten, a blob streamed to the
-forger, deleted, or copied where the manager never asked."""
+``worker.copy``. Clients and workers may publish to the chunks queue by its ``chunks`` key
+(they send chunks there); the manager's commands come by the ``orders`` key and to the
+control queue, which only the manager may publish with. The worker takes a command only by
+those keys (``worker.intake.ManagerOnly``): without that check, these tests see the
+forger's records written, an upload's data discarded, a version forgotten; without the
+broker's permissions, a blob streamed to the forger, deleted, or copied where the manager
+never asked."""
 
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ import pytest
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
+from warren.errors import BrokerRefused
 from warren.testing import StubConnection
-from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control
+from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control, worker_orders
 from warren.transport import Delivery
 from worker.records import LOG
 
@@ -108,6 +113,12 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
         forged += [(w, discard) for w in placed.chain]
         for worker, cmd in forged:
             mallory.publish(worker_chunks(worker), cmd.encode(), type=cmd.TYPE)
+        # By the manager's key, the broker refuses her (and closes her channel).
+        for worker, cmd in forged:
+            with pytest.raises(BrokerRefused):
+                refused = c.broker.connect(mallory.settings, "m2")
+                refused.open()
+                refused.publish(worker_orders(worker), cmd.encode(), type=cmd.TYPE)
 
         def settled() -> bool:
             s.conn.process(0)
@@ -120,6 +131,17 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
         for w in placed.chain:
             assert partial(c, w, placed.upload_id) == halves[w], f"{w} discarded 'half'"
         assert dead_letters(c) == collections.Counter(cmd.TYPE for _w, cmd in forged)
+        # Each refusal is counted, and status shows it.
+        per_worker = collections.Counter(w for w, _cmd in forged)
+
+        def counted() -> bool:
+            shown = {w.name: w.refused for w in s.status().workers}
+            return all(shown[w] == n for w, n in per_worker.items())
+
+        wait_for(counted, what="the refusals shown by status")
+        assert {w.name: w.refused for w in s.status().workers} == {
+            w: per_worker.get(w, 0) for w in c.workers
+        }
 
         # Alice's upload goes on where it was: the last chunk finishes it on both workers.
         send_chunk(s, placed, data, 2, sha)
@@ -139,8 +161,9 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
     users: StubCluster, mallory: StubConnection, tmp_path: Path
 ) -> None:
     """Mallory asks a holder of Alice's file to stream it to her, to copy it to a worker
-    that has none, and to delete it: each command is dead-lettered, nothing reaches
-    Mallory, the blob stays, no chunk goes to the other worker."""
+    that has none, and to delete it: the broker refuses each publish (only the manager may
+    publish to a control queue), nothing reaches Mallory, the blob stays, no chunk goes to
+    the other worker."""
     c = users
     data = os.urandom(150_000)
     (tmp_path / "f").write_bytes(data)
@@ -162,8 +185,12 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
             m.CopyRequest(result.sha256, result.size, target, copy_id),
             m.DeleteBlob(result.sha256),  # last: served and copied first, were they obeyed
         ]
+        kinds = {cmd.TYPE for cmd in forged}
         for cmd in forged:
-            mallory.publish(worker_control(holder), cmd.encode(), type=cmd.TYPE)
+            with pytest.raises(BrokerRefused):
+                conn = c.broker.connect(mallory.settings, "m2")
+                conn.open()
+                conn.publish(worker_control(holder), cmd.encode(), type=cmd.TYPE)
         blob = c.workers[holder].blobs.blob_path(result.sha256)
 
         def copied() -> bool:
@@ -172,18 +199,49 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
                 for p in c.broker.published
             )
 
-        def settled() -> bool:
-            ms.conn.process(0.05)
-            effect = bool(stolen) or not blob.exists() or copied()
-            return effect or c.broker.depth(DEAD_LETTER_QUEUE) >= len(forged)
-
-        wait_for(settled, what="the forged commands dead-lettered")
-        ms.idle(0.2)  # a restore chunk on its way would arrive now
+        ms.idle(0.3)  # a restore chunk on its way would arrive now
     obeyed = [
         *([f"streamed the blob to mallory ({len(stolen)} messages)"] if stolen else []),
         *([] if blob.exists() else ["deleted its copy"]),
         *([f"copied the blob to {target}"] if copied() else []),
     ]
     assert obeyed == [], f"{holder} obeyed forged orders"
-    assert dead_letters(c) == collections.Counter(cmd.TYPE for cmd in forged)
+    assert not [p for p in c.broker.published if p.user_id == "mallory" and p.type in kinds]
     assert not c.workers[target].blobs.blob_path(result.sha256).exists()
+
+
+def test_a_worker_cannot_give_another_the_managers_orders(
+    users: StubCluster, tmp_path: Path
+) -> None:
+    """w1 tells w2 to forget a version and to discard an upload: by the manager's key the
+    broker refuses it, by the chunks key (w1 may send chunks there) w2 dead-letters both
+    and counts them, status shows the count, and w2 still takes the manager's records
+    (workers not told WARREN_MANAGER_USER)."""
+    c = users
+    forget = m.ForgetVersions(("AQ" + "B" * 80,))
+    discard = m.DiscardUpload(uuid.uuid4().hex)
+    w1 = c.broker.connect(dataclasses.replace(FAST, amqp_url=user_url("w1")), "w1-forger")
+    w1.open()
+    for cmd in (forget, discard):
+        w1.publish(worker_chunks("w2"), cmd.encode(), type=cmd.TYPE)
+    with pytest.raises(BrokerRefused):
+        w1.publish(worker_orders("w2"), forget.encode(), type=forget.TYPE)
+    wait_for(lambda: c.broker.depth(DEAD_LETTER_QUEUE) == 2, what="the forgeries dead-lettered")
+    assert dead_letters(c) == collections.Counter([forget.TYPE, discard.TYPE])
+    with c.session() as s:
+        wait_for(
+            lambda: {w.name: w.refused for w in s.status().workers}["w2"] == 2,
+            what="w2's refusals in status",
+        )
+        assert sum(w.refused for w in s.status().workers) == 2
+    # The manager's orders still reach w2 (its records place every upload): one on w2.
+    with c.session(amqp_url=user_url("alice")) as s:
+        for _ in range(2 * len(c.workers)):  # placement spreads: until w2 holds one
+            (tmp_path / "f").write_bytes(os.urandom(100_000))
+            if "w2" in s.upload(tmp_path / "f", "f", 2).chain:
+                break
+        else:
+            raise AssertionError("no upload was placed on w2")
+        s.download("f", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == (tmp_path / "f").read_bytes()
+    assert c.broker.depth(DEAD_LETTER_QUEUE) == 2

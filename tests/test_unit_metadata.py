@@ -18,7 +18,7 @@ from client.outcomes import Progress
 from client.session import Session
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
-from warren.errors import NotFound, Refused, Unavailable
+from warren.errors import BrokerRefused, NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
 from worker import serve
 from worker.blobs import BlobStore, NoCopy
@@ -227,9 +227,10 @@ def test_verify_says_which_worker_has_no_copy_and_quarantines_nothing(
 
 
 def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
-    """Each service as its own broker user. A client replays w1's heartbeats after w1 is
-    killed, and tells w2 to delete a blob: w1 still goes dead and its file is repaired, w2
-    keeps the blob, and every forgery ends in the dead-letter queue."""
+    """Each service as its own broker user. Another worker replays w1's heartbeats after
+    w1 is killed (the manager dead-letters them), and a client tells w2 to delete a blob
+    (RabbitMQ refuses: only the manager may publish to a control queue): w1 still goes dead
+    and its file is repaired, and w2 keeps the blob."""
     c = StubCluster(tmp_path, FAST, users=True)
     try:
         c.start(4)
@@ -243,19 +244,23 @@ def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
         c.kill(victim)
         beat = m.Heartbeat(worker=victim, free_bytes=10**12, used_bytes=0, files=1)
         order = m.DeleteBlob(sha256=result.sha256)
-        mallory.publish(worker_control(other), order.encode(), type=order.TYPE)
+        with pytest.raises(BrokerRefused):
+            mallory.publish(worker_control(other), order.encode(), type=order.TYPE)
+        liar = sorted(set(c.workers) - {victim, other})[0]
+        replay = c.broker.connect(dataclasses.replace(FAST, amqp_url=user_url(liar)), "r")
+        replay.open()
         with c.session(amqp_url=user_url("mallory")) as s:
 
             def repaired() -> bool:
-                mallory.publish(MANAGER_EVENTS, beat.encode(), type=beat.TYPE, persistent=False)
+                replay.publish(MANAGER_EVENTS, beat.encode(), type=beat.TYPE, persistent=False)
                 alive = {w.name for w in s.status().workers if w.alive}
                 [f] = s.files()
                 return victim not in alive and len(f.replicas) == 2
 
             wait_for(repaired, what=f"{victim} dead and its file repaired despite the replay")
         assert c.workers[other].blobs.blob_path(result.sha256).exists()
-        assert c.broker.depth(DEAD_LETTER_QUEUE) >= 2
-        mallory.close()
+        assert c.broker.depth(DEAD_LETTER_QUEUE) >= 1  # the replayed heartbeats
+        replay.close()
     finally:
         c.stop_all()
 

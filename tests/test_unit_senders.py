@@ -105,6 +105,9 @@ def test_a_forged_stored_for_a_silent_backup_does_not_make_the_upload_succeed(
     (tmp_path / "f").write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
     silence_backups(users)
+    # RabbitMQ refuses a client's publish to another's reply queue (its role's rights):
+    # here Mallory has every right (a user made by hand), so only Alice's own check is left.
+    users.broker.roles["mallory"] = None
 
     def forge(p: Message) -> tuple[str, list[m.Message]]:
         primary, backup = chain_of(p)
@@ -177,7 +180,10 @@ def hold_requests(c: StubCluster) -> Callable[[], None]:
 def test_forged_answers_from_anyone_but_the_manager_are_ignored(
     users: StubCluster, tmp_path: Path, forger: str
 ) -> None:
-    """A made-up listing and a made-up error arrive first; the manager's answers win."""
+    """A made-up listing and a made-up error arrive first; the manager's answers win.
+    Mallory has every right on the broker (a user made by hand; a client's role may not
+    publish to another's reply queue): only the client's own check stops her."""
+    users.broker.roles["mallory"] = None
     (tmp_path / "real").write_bytes(b"real bytes")
     with users.session(amqp_url=user_url("alice")) as s:
         s.upload(tmp_path / "real", "real", 2)

@@ -115,7 +115,7 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     ),
     (
         m.StatusReply(
-            workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.5, 7.5, 1),),
+            workers=(m.WorkerEntry("w1", True, 10, 5, 1, 2.5, 7.5, 1, 2),),
             under_replicated=0,
             files=1,
             uploads_in_flight=3,
@@ -123,7 +123,8 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         ),
         wire(
             '{"workers":[{"name":"w1","alive":true,"free_bytes":10,"used_bytes":5,"files":1,'
-            '"last_seen":2.5,"scrubbed_at":7.5,"damaged":1}],"under_replicated":0,"files":1,'
+            '"last_seen":2.5,"scrubbed_at":7.5,"damaged":1,"refused":2}],"under_replicated":0,'
+            '"files":1,'
             '"uploads_in_flight":3,"repairs_in_flight":4}'
         ),
     ),
@@ -140,9 +141,12 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         wire('{"upload_id":"<UID>","worker":"w1","reason":"disk full","code":"unavailable"}'),
     ),
     (
-        m.Heartbeat(worker="w1", free_bytes=1, used_bytes=2, files=3, scrubbed_at=4.5, damaged=1),
+        m.Heartbeat(
+            worker="w1", free_bytes=1, used_bytes=2, files=3, scrubbed_at=4.5, damaged=1, refused=2
+        ),
         wire(
-            '{"worker":"w1","free_bytes":1,"used_bytes":2,"files":3,"scrubbed_at":4.5,"damaged":1}'
+            '{"worker":"w1","free_bytes":1,"used_bytes":2,"files":3,"scrubbed_at":4.5,"damaged":1,'
+            '"refused":2}'
         ),
     ),
     (

@@ -356,7 +356,8 @@ class Connection:
             arguments=queue_arguments(spec, self.settings.queue_type) or None,
         )
         if spec.bind_to:
-            channel.queue_bind(spec.name, spec.bind_to, spec.routing_key or None)
+            for key in spec.routing_keys:
+                channel.queue_bind(spec.name, spec.bind_to, key or None)
 
     def _check_exists(self, channel: Any, spec: ExchangeSpec | QueueSpec) -> None:
         if isinstance(spec, ExchangeSpec):
@@ -513,6 +514,7 @@ class Connection:
                 queue=queue,
                 settle=self._settle,
                 user_id=props.user_id,
+                routing_key=method.routing_key,
             )
             dispatch(self.name, delivery, handler)
 

@@ -424,6 +424,7 @@ class WorkerEntry:
     last_seen: float
     scrubbed_at: float = 0.0  # its last full scrub finished then (0: not since it started)
     damaged: int = 0  # damaged copies it found and quarantined
+    refused: int = 0  # commands claiming to be the manager's it refused since it started
 
 
 @message

@@ -5,7 +5,10 @@
 ``warren.broker.Connection`` does on RabbitMQ: one connection per thread, deliveries and
 confirm callbacks run only inside that thread's ``process`` (or an explicit wait),
 publishes routed as on RabbitMQ (``topology.route``: a queue's exchange and routing key,
-exact-key bindings), mandatory publishes that reach no queue returned, ``reply_to``
+exact-key bindings, a queue bound with several keys), a publish refused as RabbitMQ
+refuses it when its user lacks write permission on the exchange or topic write on the key
+(``topology.permissions`` of the user's role, ``StubBroker.roles``: ACCESS_REFUSED closes
+the channel), mandatory publishes that reach no queue returned, ``reply_to``
 naming a service's queue dropped from deliveries, unacked deliveries requeued as
 redelivered (in their places) when their connection goes, rejects and expired messages
 dead-lettered, queue bounds kept (``x-max-length`` and ``x-max-length-bytes``: the oldest
@@ -27,6 +30,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import re
 import threading
 import time
 import urllib.parse
@@ -36,7 +40,7 @@ from typing import Any
 
 from warren.config import Settings
 from warren.errors import BrokerRefused, BrokerUnavailable, Locked, Undeliverable
-from warren.topology import Topology, is_service_queue, route
+from warren.topology import Topology, is_service_queue, permissions, route
 from warren.transport import Confirm, ConfirmCallback, Delivery, Handler, dispatch
 
 
@@ -55,6 +59,7 @@ class Message:
     sender: str = ""  # the publishing connection's name
     user_id: str = ""  # its broker user, as RabbitMQ would validate it
     redelivered: bool = False
+    routing_key: str = ""  # the key it was published with (``queue`` is where it went)
 
 
 # Sees each publish that found its queue; returns what the queue gets instead (drop: []).
@@ -112,6 +117,24 @@ class StubBroker:
         self.refuse: Callable[[Message], bool] | None = None
         self.up = True
         self._tags = itertools.count(1)
+        # Each broker user's role, whose ``topology.permissions`` its publishes must keep,
+        # as ``manager users add`` sets them on RabbitMQ. A user not named here is a client;
+        # ``guest`` (one login shared by everyone) may publish anything, and so may a user
+        # whose role is None (one made by hand with every right).
+        self.roles: dict[str, str | None] = {}
+
+    def may_publish(self, user: str, exchange: str, key: str) -> bool:
+        """Whether RabbitMQ would let ``user`` publish to ``exchange`` with ``key``: write
+        on the exchange, and topic write on the key (a topic exchange with no entry for
+        the user allows every key)."""
+        role = self.roles.get(user, "client")
+        if user == "guest" or role is None:
+            return True
+        rights = permissions(role, user)
+        if not re.search(rights.write, exchange):
+            return False
+        topic = rights.topics.get(exchange)
+        return topic is None or re.search(topic[0], key) is not None
 
     def connect(self, settings: Settings, name: str) -> StubConnection:
         """The ``Connect`` factory the roles take: ``Worker(settings, stop, broker.connect)``."""
@@ -188,18 +211,20 @@ class StubBroker:
         if exchange not in self.exchanges:
             return None
         bound = [q for q, k in self.bindings.get(exchange, []) if k == key and q in self.queues]
-        if msg.queue not in bound:
+        if not bound:
             return Confirm.RETURNED
-        if self.refuse is not None and self.refuse(msg):
-            return Confirm.NACK
-        q = self.queues[msg.queue]
-        self._expire(q)
-        if q.full(msg) and q.overflow in ("reject-publish", "reject-publish-dlx"):
-            return Confirm.NACK
-        self.published.append(msg)
-        arrived = self.intercept(msg) if self.intercept else [msg]
-        for m in arrived:
-            self._put(self.queues[m.queue], m)
+        for target in bound:  # one queue in warren's topology; ``queue``: where it went
+            msg = replace(msg, queue=target, routing_key=key)
+            if self.refuse is not None and self.refuse(msg):
+                return Confirm.NACK
+            q = self.queues[target]
+            self._expire(q)
+            if q.full(msg) and q.overflow in ("reject-publish", "reject-publish-dlx"):
+                return Confirm.NACK
+            self.published.append(msg)
+            arrived = self.intercept(msg) if self.intercept else [msg]
+            for m in arrived:
+                self._put(self.queues[m.queue], m)
         self.changed.notify_all()
         return Confirm.ACK
 
@@ -334,9 +359,10 @@ class StubConnection:
                 if spec.bind_to:
                     if spec.bind_to not in self.broker.exchanges:
                         raise BrokerUnavailable(f"no exchange {spec.bind_to} to bind to")
-                    binding = (spec.name, spec.routing_key)
-                    if binding not in self.broker.bindings[spec.bind_to]:
-                        self.broker.bindings[spec.bind_to].append(binding)
+                    for key in spec.routing_keys:
+                        binding = (spec.name, key)
+                        if binding not in self.broker.bindings[spec.bind_to]:
+                            self.broker.bindings[spec.bind_to].append(binding)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -367,7 +393,16 @@ class StubConnection:
             self.name,
             self.user,
         )
+        exchange, key = route(queue)
         with self.broker.lock:
+            if not self.broker.may_publish(self.user, exchange, key):
+                # RabbitMQ closes the channel (the one channel of a Transport), and
+                # warren.broker raises BrokerRefused for ACCESS_REFUSED.
+                self.broker._drop(self)
+                raise BrokerRefused(
+                    f"RabbitMQ refused: ACCESS_REFUSED - write access to topic {key!r} in "
+                    f"exchange {exchange!r} refused for user {self.user!r} (stub)"
+                )
             outcome = self.broker._route(msg)
             if outcome is None:
                 # RabbitMQ closes the channel, and the connection's next call fails.
@@ -492,6 +527,7 @@ class StubConnection:
                 queue=queue,
                 settle=self._settle,
                 user_id=msg.user_id,
+                routing_key=msg.routing_key,
             )
             dispatch(self.name, delivery, consumer.handler)
             worked = True

@@ -30,7 +30,11 @@ MANAGER_EVENTS = "warren.manager.events"  # workers tell: heartbeat, inventory, 
 
 # Topic exchanges, one per kind of consumer; each queue is bound with its own routing key.
 MANAGER_EXCHANGE = "warren.manager"  # routing keys: requests, events
-WORKERS_EXCHANGE = "warren.workers"  # routing keys: <worker>.chunks, <worker>.control
+# Routing keys: <worker>.chunks, <worker>.control, and <worker>.orders: the manager's
+# commands for a worker's chunks queue (bound with both keys, so they stay in order with its
+# chunks), by a key only the manager may write. The key a message came by is thereby who may
+# have sent it, as the broker checked (``manager_only_keys``).
+WORKERS_EXCHANGE = "warren.workers"
 CLIENTS_EXCHANGE = "warren.clients"  # routing key: the reply queue's own name
 EXCHANGES = (MANAGER_EXCHANGE, WORKERS_EXCHANGE, CLIENTS_EXCHANGE)
 
@@ -59,7 +63,7 @@ REQUESTS_MAX_LENGTH = 10_000
 DEAD_LETTERS_MAX_LENGTH = 10_000
 DEAD_LETTERS_MAX_BYTES = 512 * 1024 * 1024  # rejected chunks are large: bytes bound too
 BOUND_ARGUMENTS = ("x-max-length", "x-max-length-bytes", "x-overflow")
-_WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control)")
+_WORKER_QUEUE = re.compile(r"warren\.worker\.(?P<worker>.+)\.(?P<kind>chunks|control|orders)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
     bind_to: str | None = None  # an exchange to bind the queue to
     routing_key: str = ""  # the binding's key (a fanout exchange ignores it)
+    also_bound: tuple[str, ...] = ()  # more keys it is bound with, on the same exchange
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]:
+        return (self.routing_key, *self.also_bound)
 
 
 @dataclass(frozen=True)
@@ -114,14 +123,16 @@ def is_service_queue(name: str) -> bool:
     return name.startswith("warren.") and not name.startswith(CLIENT_QUEUE_PREFIX)
 
 
-def _durable(name: str, **bounds: Any) -> QueueSpec:
-    """A durable queue bound to its exchange, whose rejected messages are dead-lettered."""
+def _durable(name: str, *also: str, **bounds: Any) -> QueueSpec:
+    """A durable queue bound to its exchange, whose rejected messages are dead-lettered;
+    also reached by the routes named ``also`` (on the same exchange)."""
     exchange, key = route(name)
     return QueueSpec(
         name,
         arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, **bounds},
         bind_to=exchange,
         routing_key=key,
+        also_bound=tuple(route(a)[1] for a in also),
     )
 
 
@@ -149,6 +160,20 @@ def worker_chunks(worker: str) -> str:
 def worker_control(worker: str) -> str:
     """The queue a worker takes commands from (serve a restore, copy a blob)."""
     return f"warren.worker.{worker}.control"
+
+
+def worker_orders(worker: str) -> str:
+    """Not a queue: the manager's route to a worker's chunks queue (records, discards and
+    deletions that must stay in order with the chunks), by the key ``<worker>.orders``,
+    which only the manager's user may publish with."""
+    return f"warren.worker.{worker}.orders"
+
+
+def manager_only_keys(worker: str) -> tuple[str, ...]:
+    """The routing keys to ``worker``'s queues that only the manager may publish with
+    (``permissions``): a message that came by one of them is the manager's, as far as the
+    broker's topic permissions go. Where every service shares one login, anyone may."""
+    return (route(worker_orders(worker))[1], route(worker_control(worker))[1])
 
 
 def client_reply_queue(client_name: str) -> str:
@@ -195,7 +220,8 @@ def worker_topology(worker: str) -> Topology:
     ever started waits in a durable queue instead of being returned. A user that may not
     declare a queue (a worker forwarding to another) only checks that it exists.
     """
-    queues = (_durable(worker_chunks(worker)), _durable(worker_control(worker)))
+    chunks = _durable(worker_chunks(worker), worker_orders(worker))
+    queues = (chunks, _durable(worker_control(worker)))
     return manager_topology() + Topology(queues=queues)
 
 
@@ -223,6 +249,7 @@ def client_topology(reply_queue: str) -> Topology:
 
 ROLES = ("manager", "worker", "client")
 NOTHING = "^$"  # matches no resource name and no routing key warren uses
+KEYS = "(chunks|control|orders)$"  # the keys of a worker's queues (a regex's tail)
 
 
 @dataclass(frozen=True)
@@ -261,7 +288,8 @@ def permissions(role: str, user: str) -> Permissions:
             read=f"^({_names(MANAGER_EXCHANGE, WORKERS_EXCHANGE, DEAD_LETTER_EXCHANGE)})$|{queues}",
             topics={
                 MANAGER_EXCHANGE: (NOTHING, "^(requests|events)$"),
-                WORKERS_EXCHANGE: (any_worker + "(chunks|control)$",) * 2,
+                # Commands only: never a chunk, so never a client's or a worker's voice.
+                WORKERS_EXCHANGE: (any_worker + "(orders|control)$", any_worker + KEYS),
                 CLIENTS_EXCHANGE: (".*", NOTHING),
             },
         )
@@ -275,7 +303,7 @@ def permissions(role: str, user: str) -> Permissions:
                 MANAGER_EXCHANGE: ("^events$", NOTHING),
                 WORKERS_EXCHANGE: (
                     any_worker + "chunks$",
-                    f"^{re.escape(user)}\\.(chunks|control)$",
+                    f"^{re.escape(user)}\\.{KEYS}",
                 ),
                 CLIENTS_EXCHANGE: (".*", NOTHING),
             },

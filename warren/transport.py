@@ -72,6 +72,9 @@ class Delivery:
     # The publisher's broker user, as RabbitMQ validated it (it refuses a user_id that is
     # not the connection's own user): who sent this, not what a body claims.
     user_id: str | None = None
+    # The routing key it was published with: on a key only one user may publish with
+    # (``topology.permissions``), the broker checked the publisher's right to it.
+    routing_key: str | None = None
     settled: bool = False
 
     def ack(self) -> None:

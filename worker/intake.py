@@ -43,7 +43,7 @@ from warren import compression, metrics
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import INTEGRITY, UNAVAILABLE, BrokerUnavailable, DecodeError
-from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
+from warren.topology import MANAGER_EVENTS, manager_only_keys, worker_chunks, worker_topology
 from warren.transport import Confirm, Delivery, Transport
 from worker.blobs import BlobStore, CorruptUpload
 from worker.expected import Expected
@@ -131,6 +131,7 @@ class Intake:
         # What the pool hands back, run on this thread by drain(); kept across reconnects.
         self._handback: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._conn: Transport | None = None  # the ingest connection now
+        self.manager_only = ManagerOnly(settings)
         # The uploads the manager placed here, and whom their chunks may come from.
         self.expected = Expected(root / "expected.log", settings.upload_expiry)
 
@@ -159,11 +160,11 @@ class Intake:
         elif d.type == m.CHUNK_TYPE:
             self._on_chunk(conn, d)
         elif d.type == m.DiscardUpload.TYPE:
-            from_manager(d, conn, self.settings)
+            self.manager_only.check(d)
             self._discard(m.DiscardUpload.decode(d.body))
             d.ack()
         elif d.type == m.RecordVersions.TYPE:
-            from_manager(d, conn, self.settings)
+            self.manager_only.check(d)
             cmd = m.RecordVersions.decode(d.body)
             try:
                 append_records(self.root, [dataclasses.asdict(r) for r in cmd.records])
@@ -173,7 +174,7 @@ class Intake:
                 return
             d.ack()
         elif d.type == m.ForgetVersions.TYPE:
-            from_manager(d, conn, self.settings)
+            self.manager_only.check(d)
             keys = m.ForgetVersions.decode(d.body).keys
             try:
                 append_records(self.root, [{"forget": k} for k in keys])
@@ -542,15 +543,44 @@ class Intake:
             return Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
 
 
-def from_manager(d: Delivery, conn: Transport, settings: Settings) -> None:
-    """A command only the manager may give: anything else is dead-lettered, with the
-    claimed and the real sender in the log (the broker validated ``user_id``)."""
-    manager = settings.manager_user or conn.user
-    if d.user_id != manager:
-        raise DecodeError(
-            f"{d.type} may come only from the manager ({manager!r}), not from broker user "
-            f"{d.user_id!r}: ignored"
+class ManagerOnly:
+    """Tells the manager's commands from anyone else's by the routing key they came by.
+
+    Only the manager's user may publish to a worker with ``<name>.orders`` (its commands on
+    the chunks queue, which clients and other workers also write: chunks) or
+    ``<name>.control`` (``topology.permissions``): RabbitMQ checked the publisher's right to
+    the key, so the worker needs no word of who the manager is. Where
+    ``WARREN_MANAGER_USER`` is set, the sender must be that user too (for users made by hand
+    with looser rights). Where everyone shares one login, anyone may use any key.
+
+    Whatever fails is refused (dead-lettered), logged as an error with the claimed and the
+    real sender, and counted: ``refused`` goes out in every heartbeat, and ``status``
+    shows it, so an operator hears of it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = settings.name
+        self.manager_user = settings.manager_user
+        self.keys = manager_only_keys(settings.name)
+        self.refused = 0  # since this worker started; read by the heartbeat thread
+
+    def check(self, d: Delivery) -> None:
+        if d.routing_key not in self.keys:
+            why = f"by routing key {d.routing_key!r}, which others may publish with"
+        elif self.manager_user and d.user_id != self.manager_user:
+            why = f"not from WARREN_MANAGER_USER ({self.manager_user!r})"
+        else:
+            return
+        self.refused += 1
+        log.error(
+            "%s: refused %s, a command only the manager gives: it came from broker user %r, "
+            "%s (the manager's keys: %s)",
+            self.name,
+            d.type,
+            d.user_id,
+            why,
+            ", ".join(self.keys),
         )
+        raise DecodeError(f"{d.type} from broker user {d.user_id!r} is not the manager's: ignored")
 
 
 def settled(job: ChunkJob | PackJob, settle: Callable[[], None]) -> None:

@@ -27,7 +27,7 @@ from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
 from worker.blobs import BlobStore, NoCopy
-from worker.intake import from_manager
+from worker.intake import ManagerOnly
 from worker.records import read_records
 
 log = logging.getLogger("warren.worker")
@@ -54,9 +54,10 @@ class Server:
         self.blobs = blobs
         self.have = have  # Incoming.have: only reads the journal, safe from this thread
         self.stop = stop
+        self.manager_only = ManagerOnly(settings)
 
     def on_control(self, conn: Transport, d: Delivery) -> None:
-        from_manager(d, conn, self.settings)  # every command here is the manager's
+        self.manager_only.check(d)  # every command here is the manager's
         try:
             if d.type == m.ServeRequest.TYPE:
                 self._serve(conn, m.ServeRequest.decode(d.body))

@@ -137,6 +137,7 @@ class Worker:
             files=u.files,
             scrubbed_at=self.scrubber.finished_at,
             damaged=self.blobs.damaged,
+            refused=self.intake.manager_only.refused + self.server.manager_only.refused,
         )
         # A heartbeat that waited in the queue longer than dead_after (the manager was down)
         # says nothing of now: RabbitMQ drops it, so a worker that died meanwhile is not
