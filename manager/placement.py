@@ -21,7 +21,7 @@ from manager.outbox import Outbox
 from manager.term import Term
 from warren import messages as m
 from warren.config import Settings
-from warren.errors import Refused, Unavailable
+from warren.errors import Busy, Refused
 from warren.sizes import human_size
 
 log = logging.getLogger("warren.manager")
@@ -209,8 +209,9 @@ class Placement:
             silent = [c for c in candidates if not c.alive]
             if self.term.just_connected() and silent and 1 <= replicas <= len(candidates):
                 # After the broker restarted, say: the workers may be reconnecting too,
-                # silent only until their next heartbeat. Not a refusal yet.
-                raise Unavailable(
+                # silent only until their next heartbeat. Not a refusal yet: nothing was
+                # done, and the client asks again until its request timeout.
+                raise Busy(
                     f"{exc} The manager has just connected and may not have heard from "
                     "every worker yet: try again in a moment."
                 ) from None
