@@ -214,7 +214,9 @@ class Manager(Requests):
 
     # -- worker events ---------------------------------------------------------------------
 
-    def _on_event(self, conn: Transport, d: Delivery) -> None:
+    def _from_worker(self, conn: Transport, d: Delivery) -> m.Message:
+        """The worker event in ``d``, if the worker it names sent it; anything else is a
+        DecodeError, dead-lettered. (Its own method so that ``make mutants`` can aim at it.)"""
         msg = m.decode(d.type, d.body)
         claimed = getattr(msg, "worker", None)
         if not isinstance(claimed, str):
@@ -226,6 +228,10 @@ class Manager(Requests):
                 f"{d.type} claims to come from worker {claimed!r} but was sent by broker user "
                 f"{d.user_id!r}: ignored"
             )
+        return msg
+
+    def _on_event(self, conn: Transport, d: Delivery) -> None:
+        msg = self._from_worker(conn, d)
         now = time.time()
         if isinstance(msg, m.Heartbeat):
             if self.catalog.worker_seen(msg.worker, msg.free_bytes, msg.used_bytes, msg.files, now):
