@@ -73,7 +73,7 @@ PROMISES := 'client.units.xǁUploadǁis_complete__*' 'client.units.xǁUploadǁou
 	'client.units.xǁPackǁis_complete__*' 'client.units.xǁPackǁon_replica__*' \
 	'client.upload.xǁBatchǁ_judge__*' 'worker.intake.x_from_manager__*' \
 	'worker.intake.xǁIntakeǁ_check_sender__*' 'worker.intake.xǁIntakeǁ_on_chunk__*' \
-	'manager.service.xǁManagerǁ_from_worker__*' 'manager.holdings.xǁHoldingsǁholders_for__*'
+	'manager.service.x_from_worker__*' 'manager.holdings.xǁHoldingsǁholders_for__*'
 MUTANTS ?= $(PROMISES)
 
 mutants: $(STAMP)

@@ -214,24 +214,8 @@ class Manager(Requests):
 
     # -- worker events ---------------------------------------------------------------------
 
-    def _from_worker(self, conn: Transport, d: Delivery) -> m.Message:
-        """The worker event in ``d``, if the worker it names sent it; anything else is a
-        DecodeError, dead-lettered. (Its own method so that ``make mutants`` can aim at it.)"""
-        msg = m.decode(d.type, d.body)
-        claimed = getattr(msg, "worker", None)
-        if not isinstance(claimed, str):
-            raise DecodeError(f"{d.type} is not a worker event")
-        # A worker's broker user is its name (manager users add worker NAME). Only where
-        # everyone shares the manager's own login can the sender not be told apart.
-        if d.user_id not in (claimed, conn.user):
-            raise DecodeError(
-                f"{d.type} claims to come from worker {claimed!r} but was sent by broker user "
-                f"{d.user_id!r}: ignored"
-            )
-        return msg
-
     def _on_event(self, conn: Transport, d: Delivery) -> None:
-        msg = self._from_worker(conn, d)
+        msg = from_worker(conn, d)
         now = time.time()
         if isinstance(msg, m.Heartbeat):
             if self.catalog.worker_seen(msg.worker, msg.free_bytes, msg.used_bytes, msg.files, now):
@@ -349,3 +333,21 @@ class Manager(Requests):
         for reply_to in sorted({up.reply_to for up in ups if up.reply_to}):
             ids = tuple(up.upload_id for up in ups if up.reply_to == reply_to)
             to_client(conn, reply_to, m.PackRecorded(upload_ids=ids), cid)
+
+
+def from_worker(conn: Transport, d: Delivery) -> m.Message:
+    """The worker event in ``d``, if the worker it names sent it; anything else is a
+    DecodeError, dead-lettered. (A function of its own, as the worker's ``from_manager``,
+    so that a test and ``make mutants`` can aim at it.)"""
+    msg = m.decode(d.type, d.body)
+    claimed = getattr(msg, "worker", None)
+    if not isinstance(claimed, str):
+        raise DecodeError(f"{d.type} is not a worker event")
+    # A worker's broker user is its name (manager users add worker NAME). Only where
+    # everyone shares the manager's own login can the sender not be told apart.
+    if d.user_id not in (claimed, conn.user):
+        raise DecodeError(
+            f"{d.type} claims to come from worker {claimed!r} but was sent by broker user "
+            f"{d.user_id!r}: ignored"
+        )
+    return msg

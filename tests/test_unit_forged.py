@@ -17,17 +17,24 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from client.session import Session
+from manager.service import from_worker
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
+from warren.config import Settings
+from warren.errors import DecodeError
 from warren.testing import StubConnection
 from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control
-from warren.transport import Delivery
+from warren.transport import Delivery, Transport
+from worker.intake import Intake, from_manager
 from worker.records import LOG
+from worker.store import ChunkStore
 
 
 @pytest.fixture
@@ -195,3 +202,64 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
     assert obeyed == [], f"{holder} obeyed forged orders"
     assert dead_letters(c) == collections.Counter(cmd.TYPE for cmd in forged)
     assert not c.workers[target].store.blob_path(result.sha256).exists()
+
+
+def forged(type_: str, body: bytes, user_id: str | None) -> Delivery:
+    return Delivery(body, 1, False, type_, None, None, None, "q", lambda *a: None, user_id)
+
+
+class Login:
+    """The one thing the checks ask of a connection: whose login it is."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+
+def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
+    tmp_path: Path,
+) -> None:
+    """The three checks called directly, as ``make mutants`` aims at them: the expected
+    sender and a service sharing the checker's own login pass; anyone else is refused, and
+    the dead-letter's reason names whom the check expected and who really sent it."""
+    conn = cast(Transport, Login("w1"))
+    # A worker's commands: only the manager's broker user (or, unset, the worker's own).
+    settings = Settings(name="w1", manager_user="boss")
+    from_manager(forged("worker.record", b"", "boss"), conn, settings)
+    from_manager(forged("worker.record", b"", "w1"), conn, Settings(name="w1"))
+    with pytest.raises(DecodeError) as refused:
+        from_manager(forged("worker.record", b"", "w1"), conn, settings)
+    assert str(refused.value) == (
+        "worker.record may come only from the manager ('boss'), not from broker user 'w1': ignored"
+    )
+    # A chunk: only from the sender the manager named for its upload, placed here.
+    placed, unplaced = uuid.uuid4().hex, uuid.uuid4().hex
+    with ThreadPoolExecutor(1) as pool:
+        intake = Intake(Settings(name="w1"), ChunkStore(tmp_path / "w1"), pool)
+    intake.expected.add([(placed, "alice")])
+    intake._check_sender(conn, forged("chunk", b"", "alice"), placed)
+    intake._check_sender(conn, forged("chunk", b"", "w1"), placed)
+    with pytest.raises(DecodeError) as refused:
+        intake._check_sender(conn, forged("chunk", b"", "mallory"), placed)
+    assert str(refused.value) == (
+        f"chunk for upload {placed} placed for 'alice' came from broker user 'mallory': ignored"
+    )
+    with pytest.raises(DecodeError) as refused:
+        intake._check_sender(conn, forged("chunk", b"", "alice"), unplaced)
+    assert str(refused.value) == (
+        f"chunk for upload {unplaced}, which the manager did not place on w1, from broker user "
+        "'alice': ignored"
+    )
+    # A worker event: only from the worker it names (or the manager's own shared login).
+    boss = cast(Transport, Login("boss"))
+    beat = m.Heartbeat(worker="w2", free_bytes=1, used_bytes=0, files=0)
+    assert from_worker(boss, forged(beat.TYPE, beat.encode(), "w2")) == beat
+    assert from_worker(boss, forged(beat.TYPE, beat.encode(), "boss")) == beat
+    with pytest.raises(DecodeError) as refused:
+        from_worker(boss, forged(beat.TYPE, beat.encode(), "w3"))
+    assert str(refused.value) == (
+        "worker.heartbeat claims to come from worker 'w2' but was sent by broker user 'w3': ignored"
+    )
+    order = m.DeleteBlob(sha256="c" * 64)
+    with pytest.raises(DecodeError) as refused:
+        from_worker(boss, forged(order.TYPE, order.encode(), "w2"))
+    assert str(refused.value) == f"{order.TYPE} is not a worker event"
