@@ -249,6 +249,13 @@ def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
         f"chunk for upload {unplaced}, which the manager did not place on w1, from broker user "
         "'alice': ignored"
     )
+    # A chunk for another worker of the chain: refused before anything else is looked at.
+    h = m.ChunkHeaders(placed, 0, 0, 1, 1, "c" * 64, ("w2", "w1"), 0)
+    misaddressed = forged(m.CHUNK_TYPE, b"x", "alice")
+    misaddressed.headers = h.to_headers()
+    with pytest.raises(DecodeError) as refused:
+        intake._on_chunk(conn, misaddressed)
+    assert str(refused.value) == "chunk addressed to w2, not w1"
     # A worker event: only from the worker it names (or the manager's own shared login).
     boss = cast(Transport, Login("boss"))
     beat = m.Heartbeat(worker="w2", free_bytes=1, used_bytes=0, files=0)

@@ -138,6 +138,14 @@ def test_recorded_confirms_the_whole_chain_even_when_the_confirmations_went_else
     assert isinstance(out, UploadResult) and out.chain == ("w1", "w2", "w3")
 
 
+def test_a_record_before_the_managers_answer_confirms_no_worker(tmp_path: Path) -> None:
+    """Not what a manager sends, but a stray message on the reply queue must not crash the
+    client: it is taken as recorded, and nothing is confirmed."""
+    u = upload(tmp_path)
+    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
+    assert u.recorded and u.confirmed == {} and not u.complete
+
+
 def test_wrong_bytes_on_a_replica_are_an_integrity_error_naming_each_failure(
     tmp_path: Path,
 ) -> None:
