@@ -10,12 +10,16 @@ sentence."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from client.outcomes import Progress, UploadResult
-from client.units import Pack, Upload
+from client.session import Session
+from client.units import Pack, Step, Upload
+from client.upload import Batch
 from warren import messages as m
+from warren.config import Settings
 from warren.errors import IntegrityError, NotFound, Unavailable, WarrenError
 from warren.transport import Delivery
 
@@ -151,11 +155,11 @@ def test_wrong_bytes_on_a_replica_are_an_integrity_error_naming_each_failure(
 ) -> None:
     u = placed(upload(tmp_path), ("w1", "w2"))
     u.on_replica(stored("w1", 0))
-    u.on_replica(failed("w2", "cannot forward", "unavailable"))
+    u.on_replica(failed("w2", "queue full", "busy"))  # "busy" sorts before "integrity"
     u.on_replica(failed("w1", "sha256 mismatch", "integrity"))
     out = u.outcome()
     assert type(out) is IntegrityError
-    assert str(out) == "storing 'f' failed on w2: cannot forward; w1: sha256 mismatch."
+    assert str(out) == "storing 'f' failed on w2: queue full; w1: sha256 mismatch."
 
 
 def test_a_replica_that_could_not_write_is_the_error_its_code_names(tmp_path: Path) -> None:
@@ -255,3 +259,30 @@ def test_a_pack_refused_is_the_error_of_every_member(tmp_path: Path) -> None:
     p, a, b = pack(tmp_path)
     p.error = WarrenError("no.")
     assert p.outcomes() == [("a", p.error), ("b", p.error)]
+
+
+class Silent:
+    """What Batch asks of its session to judge a deadline."""
+
+    settings = Settings(request_timeout=3.0)
+
+    def silent(self) -> str:
+        return "the manager did not answer within 3 s; is it running?"
+
+
+def test_only_a_manager_that_said_nothing_by_the_deadline_ends_the_batch(tmp_path: Path) -> None:
+    """Batch._judge: an ask past its deadline with no answer is a silent manager (the whole
+    command fails, exit 4); an answer or a refusal that came in time is taken in next, and
+    a deadline is not passed until the clock is beyond it."""
+    batch = Batch(cast(Session, Silent()), 2, lambda name: Progress(), lambda name, out: None)
+    u = upload(tmp_path)
+    u.step, u.deadline = Step.ASKING, 10.0
+    batch._judge(u, 10.0)  # not passed yet
+    with pytest.raises(Unavailable, match="did not answer within 3 s"):
+        batch._judge(u, 10.5)
+    u.error = Unavailable("no workers.")
+    batch._judge(u, 10.5)  # refused in time: that is the outcome, not a silent manager
+    u.error = None
+    placed(u, ("w1",))
+    batch._judge(u, 10.5)
+    assert u.step is Step.ASKING
