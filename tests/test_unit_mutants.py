@@ -286,3 +286,46 @@ def test_only_a_manager_that_said_nothing_by_the_deadline_ends_the_batch(tmp_pat
     placed(u, ("w1",))
     batch._judge(u, 10.5)
     assert u.step is Step.ASKING
+
+
+def test_each_later_step_past_its_deadline_ends_as_its_own_outcome(tmp_path: Path) -> None:
+    """Resuming: a primary that did not say what it has fails that file alone, naming it.
+    Storing: a file every replica confirmed (or one that failed) is not timed out; one
+    still waiting is, and is done. Recording: done all the same, only the catalog lags."""
+    batch = Batch(cast(Session, Silent()), 2, lambda name: Progress(), lambda name, out: None)
+    u = upload(tmp_path)
+    u.step, u.deadline = Step.RESUMING, 1.0
+    batch._judge(u, 2.0)
+    assert u.step is Step.DONE
+    assert type(u.error) is Unavailable
+    said = "did not say which chunks of 'f' it has; run the upload again."
+    assert str(u.error) == f"the primary {said}"
+    u = placed(upload(tmp_path), ("w2", "w1"), resumed=True)
+    u.step, u.deadline = Step.RESUMING, 1.0
+    batch._judge(u, 2.0)
+    assert str(u.error) == f"w2 {said}"
+    u = placed(upload(tmp_path), ("w2", "w1"), resumed=True)
+    u.step, u.deadline = Step.RESUMING, 1.0
+    u.have = m.UploadHave(ID, (0,))
+    batch._judge(u, 2.0)
+    assert u.step is Step.RESUMING and u.error is None
+    u = placed(upload(tmp_path), ("w1",))
+    u.step, u.deadline = Step.STORING, 1.0
+    u.on_replica(stored("w1", 0))
+    batch._judge(u, 2.0)
+    assert u.step is Step.STORING and not u.timed_out
+    u = placed(upload(tmp_path), ("w1",))
+    u.step, u.deadline = Step.STORING, 1.0
+    u.on_replica(failed("w1", "bad", "integrity"))
+    batch._judge(u, 2.0)
+    assert u.step is Step.STORING and not u.timed_out
+    u = placed(upload(tmp_path), ("w1", "w2"))
+    u.step, u.deadline = Step.STORING, 1.0
+    u.on_replica(stored("w1", 0))
+    batch._judge(u, 2.0)
+    assert u.step is Step.DONE and u.timed_out
+    assert str(u.outcome()) == "w2 did not confirm 'f' in time."
+    u = placed(upload(tmp_path), ("w1",))
+    u.step, u.deadline = Step.RECORDING, 1.0
+    batch._judge(u, 2.0)
+    assert u.step is Step.DONE and u.error is None
