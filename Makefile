@@ -66,7 +66,7 @@ compose-test:
 
 # Mutation testing (mutmut, config in pyproject.toml) against the in-memory tests only; not
 # part of `make test`. By default only the functions that carry warren's promises (about
-# 30 minutes on two cores); MUTANTS='*' for every mutant of the modules (hours), or any glob
+# 3 minutes on two cores); MUTANTS='*' for every mutant of the modules (hours), or any glob
 # of mutant names, e.g. MUTANTS='client.units.*'. Results: .venv/bin/mutmut results.
 # _on_chunk's checks (addressee, abandoned, sender) are its first 14 mutants; renumber
 # when those lines change (.venv/bin/mutmut show NAME shows one).
