@@ -21,17 +21,24 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from client.session import Session
+from manager.service import check_worker_sender
 from tests.stubcluster import FAST, StubCluster, user_url, wait_for
 from warren import messages as m
-from warren.errors import BrokerRefused
+from warren.config import Settings
+from warren.errors import BrokerRefused, DecodeError
 from warren.testing import StubConnection
 from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control, worker_orders
-from warren.transport import Delivery
+from warren.transport import Delivery, Transport
+from worker.blobs import BlobStore
+from worker.incoming import Incoming
+from worker.intake import Intake, ManagerOnly
 from worker.records import LOG
 
 
@@ -245,3 +252,78 @@ def test_a_worker_cannot_give_another_the_managers_orders(
         s.download("f", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == (tmp_path / "f").read_bytes()
     assert c.broker.depth(DEAD_LETTER_QUEUE) == 2
+
+
+def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
+    tmp_path: Path,
+) -> None:
+    """The checks called directly, as ``make mutants`` aims at them: the expected sender
+    (or key) passes, and so does a service sharing the checker's own login where it may;
+    anyone else is refused, and the dead-letter's reason names who really sent it."""
+    conn = cast(Transport, Login("w1"))
+    # A worker's commands: only by the manager's keys (and user, where one is named).
+    only = ManagerOnly(Settings(name="w1"))
+    only.check(forged("worker.record", b"", "boss", "w1.orders"))
+    only.check(forged("worker.serve", b"", "boss", "w1.control"))
+    with pytest.raises(DecodeError) as refused:
+        only.check(forged("worker.record", b"", "boss", "w1.chunks"))
+    assert (
+        str(refused.value) == "worker.record from broker user 'boss' is not the manager's: ignored"
+    )
+    named = ManagerOnly(Settings(name="w1", manager_user="boss"))
+    named.check(forged("worker.record", b"", "boss", "w1.orders"))
+    with pytest.raises(DecodeError):
+        named.check(forged("worker.record", b"", "w2", "w1.orders"))
+    assert (only.refused, named.refused) == (1, 1)
+    # A chunk: only from the sender the manager named for its upload, placed here.
+    placed, unplaced = uuid.uuid4().hex, uuid.uuid4().hex
+    chain = ("w1", "w2")
+    blobs = BlobStore(tmp_path / "w1")
+    with ThreadPoolExecutor(1) as pool:
+        intake = Intake(
+            Settings(name="w1"), tmp_path / "w1", Incoming(tmp_path / "w1", blobs), blobs, pool
+        )
+    intake.expected.add([(placed, "alice", chain)])
+    intake._check_sender(conn, forged("chunk", b"", "alice"), placed, chain)
+    intake._check_sender(conn, forged("chunk", b"", "w1"), placed, chain)
+    with pytest.raises(DecodeError) as refused:
+        intake._check_sender(conn, forged("chunk", b"", "mallory"), placed, chain)
+    assert str(refused.value) == (
+        f"chunk for upload {placed} placed for 'alice' came from broker user 'mallory': ignored"
+    )
+    with pytest.raises(DecodeError) as refused:
+        intake._check_sender(conn, forged("chunk", b"", "alice"), unplaced, chain)
+    assert str(refused.value) == (
+        f"chunk for upload {unplaced}, which the manager did not place on w1, from broker user "
+        "'alice': ignored"
+    )
+    with pytest.raises(DecodeError):
+        intake._check_sender(conn, forged("chunk", b"", "alice"), placed, ("w1", "w3"))
+    with pytest.raises(DecodeError):
+        intake._check_sender(conn, forged("chunk", b"", None), placed, chain)
+    # A worker event: only from the worker it names (or the manager's own shared login).
+    beat = m.Heartbeat(worker="w2", free_bytes=1, used_bytes=0, files=0)
+    check_worker_sender(forged(beat.TYPE, b"", "w2"), beat, "boss")
+    check_worker_sender(forged(beat.TYPE, b"", "boss"), beat, "boss")
+    with pytest.raises(DecodeError) as refused:
+        check_worker_sender(forged(beat.TYPE, b"", "w3"), beat, "boss")
+    assert str(refused.value) == (
+        "worker.heartbeat claims to come from worker 'w2' but was sent by broker user 'w3': ignored"
+    )
+    order = m.DeleteBlob(sha256="c" * 64)
+    with pytest.raises(DecodeError) as refused:
+        check_worker_sender(forged(order.TYPE, b"", "w2"), order, "boss")
+    assert str(refused.value) == f"{order.TYPE} names no worker"
+
+
+def forged(type_: str, body: bytes, user_id: str | None, key: str | None = None) -> Delivery:
+    return Delivery(
+        body, 1, False, type_, None, None, None, "q", lambda *a: None, user_id, routing_key=key
+    )
+
+
+class Login:
+    """The one thing the checks ask of a connection: whose login it is."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user

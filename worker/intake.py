@@ -260,6 +260,11 @@ class Intake:
         freed = self.incoming.abandon(cmd.upload_id)
         log.info("upload %s: abandoned; %d bytes removed from %s", cmd.upload_id, freed, self.name)
 
+    def _addressed_here(self, what: str, chain: tuple[str, ...], hop: int) -> None:
+        """A chunk or pack is for the worker at ``hop`` of its chain: this one, or nobody."""
+        if chain[hop] != self.name:
+            raise DecodeError(f"{what} addressed to {chain[hop]}, not {self.name}")
+
     def _check_sender(
         self, conn: Transport, d: Delivery, upload_id: str, chain: tuple[str, ...]
     ) -> None:
@@ -291,8 +296,7 @@ class Intake:
 
     def _on_chunk(self, conn: Transport, d: Delivery) -> None:
         h = m.ChunkHeaders.from_headers(d.headers, len(d.body))
-        if h.chain[h.hop] != self.name:
-            raise DecodeError(f"chunk addressed to {h.chain[h.hop]}, not {self.name}")
+        self._addressed_here("chunk", h.chain, h.hop)
         if self._tell_unrecorded(conn, d, [h.upload_id]):
             return
         if h.upload_id in self._abandoned:
@@ -454,8 +458,7 @@ class Intake:
         """Store every file of the pack (on the pool) while forwarding it down the chain;
         once both are done, announce them all in one "pack stored" and ack."""
         p = m.PackHeaders.from_headers(d.headers, len(d.body))
-        if p.chain[p.hop] != self.name:
-            raise DecodeError(f"pack addressed to {p.chain[p.hop]}, not {self.name}")
+        self._addressed_here("pack", p.chain, p.hop)
         if self._tell_unrecorded(conn, d, [f.upload_id for f in p.files]):
             return
         for f in p.files:
