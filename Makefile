@@ -71,7 +71,7 @@ compose-test:
 PROMISES := 'client.units.xǁUploadǁis_complete__*' 'client.units.xǁUploadǁoutcome__*' \
 	'client.units.xǁUploadǁalready_stored__*' 'client.units.xǁUploadǁon_replica__*' \
 	'client.units.xǁPackǁis_complete__*' 'client.units.xǁPackǁon_replica__*' \
-	'client.upload.xǁBatchǁ_judge__*' 'worker.intake.xǁManagerOnlyǁcheck__*' \
+	'client.upload.xǁBatchǁ_judge__*' 'worker.orders.xǁManagerOnlyǁcheck__*' \
 	'worker.intake.xǁIntakeǁ_check_sender__*' 'worker.intake.xǁIntakeǁ_addressed_here__*' \
 	'manager.service.x_check_worker_sender__*' 'manager.holdings.xǁHoldingsǁholders_for__*'
 MUTANTS ?= $(PROMISES)

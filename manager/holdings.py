@@ -226,6 +226,46 @@ class Holdings:
         ).fetchall()
         return [VersionRecord(*r) for r in rows]
 
+    # -- quotas ----------------------------------------------------------------------------
+
+    def set_quota(self, owner: str, nbytes: int | None) -> None:
+        """At most ``nbytes`` of ``owner``'s data on the workers (None: no limit)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            if nbytes is None:
+                self.db.execute("DELETE FROM quotas WHERE owner=?", (owner,))
+            else:
+                self.db.execute(
+                    "INSERT INTO quotas VALUES (?,?) ON CONFLICT(owner) DO UPDATE SET "
+                    "bytes=excluded.bytes",
+                    (owner, nbytes),
+                )
+
+    def quota(self, owner: str) -> int | None:
+        row = self.db.execute("SELECT bytes FROM quotas WHERE owner=?", (owner,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def quotas(self) -> dict[str, int]:
+        return {owner: int(n) for owner, n in self.db.execute("SELECT owner, bytes FROM quotas")}
+
+    def owner_usage(self, owner: str) -> int:
+        """The bytes ``owner``'s data takes on the workers, every replica counted (each
+        content once, however many of the owner's versions use it), plus what its uploads
+        in flight reserve (their size on each worker of their chain, while they do:
+        ``RESERVE_FOR`` seconds after they were placed)."""
+        (stored,) = self.db.execute(
+            "SELECT COALESCE(SUM(c.size * (SELECT COUNT(*) FROM replicas r "
+            "WHERE r.sha256=c.sha256)), 0) FROM (SELECT DISTINCT sha256, size FROM versions "
+            "WHERE owner=?) c",
+            (owner,),
+        ).fetchone()
+        (flying,) = self.db.execute(
+            "SELECT COALESCE(SUM(u.size * json_array_length(u.chain)), 0) FROM uploads u "
+            "WHERE u.owner=? AND u.state=? AND u.created>?",
+            (owner, PENDING, time.time() - RESERVE_FOR),
+        ).fetchone()
+        return int(stored) + int(flying)
+
     # -- garbage ---------------------------------------------------------------------------
 
     def _unused(self, sha256: str) -> bool:

@@ -8,7 +8,7 @@ as well as chunks, and its control queue takes ``worker.serve``, ``worker.delete
 ``worker.copy``. Clients and workers may publish to the chunks queue by its ``chunks`` key
 (they send chunks there); the manager's commands come by the ``orders`` key and to the
 control queue, which only the manager may publish with. The worker takes a command only by
-those keys (``worker.intake.ManagerOnly``): without that check, these tests see the
+those keys (``worker.orders.ManagerOnly``): without that check, these tests see the
 forger's records written, an upload's data discarded, a version forgotten; without the
 broker's permissions, a blob streamed to the forger, deleted, or copied where the manager
 never asked."""
@@ -38,7 +38,8 @@ from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control, wo
 from warren.transport import Delivery, Transport
 from worker.blobs import BlobStore
 from worker.incoming import Incoming
-from worker.intake import Intake, ManagerOnly
+from worker.intake import Intake
+from worker.orders import ManagerOnly
 from worker.records import LOG
 
 

@@ -91,7 +91,7 @@ class Heartbeat(Message):
     scrubbed_at: float = 0.0  # when the worker last finished re-reading every blob (0: never)
     damaged: int = 0  # damaged copies it has found and quarantined, in all
     # Commands only the manager gives that it refused since it started: they came by a key
-    # anyone may publish with, or not from WARREN_MANAGER_USER (worker.intake.ManagerOnly).
+    # anyone may publish with, or not from WARREN_MANAGER_USER (worker.orders.ManagerOnly).
     refused: int = 0
 
     def validate(self) -> None:

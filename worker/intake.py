@@ -26,69 +26,30 @@ deletion, a deduplicated version) are tried again after a pause until there is r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import enum
 import functools
 import logging
 import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from warren import compression, metrics
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import INTEGRITY, UNAVAILABLE, BrokerUnavailable, DecodeError
-from warren.topology import MANAGER_EVENTS, manager_only_keys, worker_chunks, worker_topology
 from warren.transport import Confirm, Delivery, Transport
 from worker.blobs import BlobStore, CorruptUpload
 from worker.expected import Expected
 from worker.incoming import Incoming
+from worker.jobs import ChunkJob, Failed, PackJob, Step
+from worker.orders import ManagerOnly
 from worker.records import append_records
+from worker.relay import announce, call_on, relay, settled
 
 log = logging.getLogger("warren.worker")
-
-
-class Step(enum.Enum):
-    FORWARDING = "forwarding"  # written (or stored) here; waiting for the next worker's queue
-    FINISHING = "finishing"  # the last chunk: the replica is being verified on the pool
-    ANNOUNCING = "announcing"  # waiting for the manager's queue to take "stored" or "failed"
-    SETTLED = "settled"  # acked, requeued or dead-lettered: nothing more to do
-
-
-@dataclass(frozen=True)
-class Failed:
-    """Why a replica failed here, with its wire code (warren.errors): INTEGRITY (the bytes
-    were wrong) or UNAVAILABLE (they could not be forwarded or written; a retry may do)."""
-
-    code: str
-    reason: str
-
-
-@dataclass
-class ChunkJob:
-    conn: Transport
-    d: Delivery
-    h: m.ChunkHeaders
-    complete: bool  # every chunk of the upload is here: this one finishes it
-    step: Step = Step.FORWARDING
-    refused: int = 0  # how many times the next worker's queue refused it
-
-
-@dataclass
-class PackJob:
-    conn: Transport
-    d: Delivery
-    p: m.PackHeaders
-    step: Step = Step.FORWARDING
-    stored: bool = False  # the files are on disk here (or failed: see error)
-    forwarded: bool = False  # the next worker's queue has the pack (or there is none)
-    error: Failed | None = None
-    refused: int = 0  # how many times the next worker's queue refused it
 
 
 # A forward the next worker's queue refused is tried again after each of these pauses, then
@@ -544,96 +505,3 @@ class Intake:
         except OSError as exc:
             metrics.REPLICAS_FAILED.inc(files)
             return Failed(UNAVAILABLE, f"disk error: {exc.strerror or exc}")
-
-
-class ManagerOnly:
-    """Tells the manager's commands from anyone else's by the routing key they came by.
-
-    Only the manager's user may publish to a worker with ``<name>.orders`` (its commands on
-    the chunks queue, which clients and other workers also write: chunks) or
-    ``<name>.control`` (``topology.permissions``): RabbitMQ checked the publisher's right to
-    the key, so the worker needs no word of who the manager is. Where
-    ``WARREN_MANAGER_USER`` is set, the sender must be that user too (for users made by hand
-    with looser rights). Where everyone shares one login, anyone may use any key.
-
-    Whatever fails is refused (dead-lettered), logged as an error with the claimed and the
-    real sender, and counted: ``refused`` goes out in every heartbeat, and ``status``
-    shows it, so an operator hears of it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.name = settings.name
-        self.manager_user = settings.manager_user
-        self.keys = manager_only_keys(settings.name)
-        self.refused = 0  # since this worker started; read by the heartbeat thread
-
-    def check(self, d: Delivery) -> None:
-        if d.routing_key not in self.keys:
-            why = f"by routing key {d.routing_key!r}, which others may publish with"
-        elif self.manager_user and d.user_id != self.manager_user:
-            why = f"not from WARREN_MANAGER_USER ({self.manager_user!r})"
-        else:
-            return
-        self.refused += 1
-        log.error(
-            "%s: refused %s, a command only the manager gives: it came from broker user %r, "
-            "%s (the manager's keys: %s)",
-            self.name,
-            d.type,
-            d.user_id,
-            why,
-            ", ".join(self.keys),
-        )
-        raise DecodeError(f"{d.type} from broker user {d.user_id!r} is not the manager's: ignored")
-
-
-def settled(job: ChunkJob | PackJob, settle: Callable[[], None]) -> None:
-    job.step = Step.SETTLED
-    settle()
-
-
-def relay(
-    conn: Transport,
-    d: Delivery,
-    nxt: str | None,
-    headers: dict[str, Any],
-    confirmed: Callable[[Confirm], None],
-) -> None:
-    """Republish a chunk or pack to the next worker of the chain; ``confirmed(ok)`` once
-    the broker has it (at once, with True, at the chain's end)."""
-    if nxt is None:
-        confirmed(Confirm.ACK)
-        return
-    conn.declare(worker_topology(nxt))
-    metrics.BYTES_OUT.labels("forward").inc(len(d.body))
-    conn.publish(
-        worker_chunks(nxt),
-        d.body,
-        type=d.type or m.CHUNK_TYPE,
-        headers=headers,
-        reply_to=d.reply_to,
-        correlation_id=d.correlation_id,
-        on_confirm=confirmed,
-    )
-
-
-def announce(conn: Transport, d: Delivery, msg: m.Message, then: Callable[[], None]) -> None:
-    """Tell the manager (confirmed, then ``then``) and the client (best effort)."""
-    body = msg.encode()
-    if d.reply_to:
-        conn.publish(
-            d.reply_to, body, type=msg.TYPE, correlation_id=d.correlation_id, persistent=False
-        )
-    conn.publish(
-        MANAGER_EVENTS,
-        body,
-        type=msg.TYPE,
-        correlation_id=d.correlation_id,
-        on_confirm=lambda ok: then() if ok else d.reject(requeue=True),
-    )
-
-
-def call_on(conn: Transport, fn: Callable[[], None]) -> None:
-    """Run fn on conn's thread if that connection is still the live one."""
-    # If the connection died, the unacked delivery will come again: nothing to do.
-    with contextlib.suppress(BrokerUnavailable):
-        conn.call_threadsafe(lambda: fn() if conn.is_open else None)

@@ -27,7 +27,7 @@ from warren.topology import MANAGER_EVENTS, worker_chunks, worker_topology
 from warren.transport import Delivery, Transport
 from worker import frames
 from worker.blobs import BlobStore, NoCopy
-from worker.intake import ManagerOnly
+from worker.orders import ManagerOnly
 from worker.records import read_records
 
 log = logging.getLogger("warren.worker")
