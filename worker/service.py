@@ -140,8 +140,9 @@ class Worker:
             refused=self.intake.manager_only.refused + self.server.manager_only.refused,
         )
         # A heartbeat that waited in the queue longer than dead_after (the manager was down)
-        # says nothing of now: RabbitMQ drops it, so a worker that died meanwhile is not
-        # taken for alive by a manager coming back.
+        # says nothing of now: RabbitMQ takes it out of the queue (into the dead letters,
+        # which keep only the newest), so a worker that died meanwhile is not taken for
+        # alive by a manager coming back.
         conn.publish(
             MANAGER_EVENTS,
             beat.encode(),
