@@ -34,7 +34,13 @@ from warren import messages as m
 from warren.config import Settings
 from warren.errors import BrokerRefused, DecodeError
 from warren.testing import StubConnection
-from warren.topology import DEAD_LETTER_QUEUE, worker_chunks, worker_control, worker_orders
+from warren.topology import (
+    DEAD_LETTER_QUEUE,
+    manager_only_keys,
+    worker_chunks,
+    worker_control,
+    worker_orders,
+)
 from warren.transport import Delivery, Transport
 from worker.blobs import BlobStore
 from worker.incoming import Incoming
@@ -256,7 +262,7 @@ def test_a_worker_cannot_give_another_the_managers_orders(
 
 
 def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The checks called directly, as ``make mutants`` aims at them: the expected sender
     (or key) passes, and so does a service sharing the checker's own login where it may;
@@ -271,10 +277,19 @@ def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
     assert (
         str(refused.value) == "worker.record from broker user 'boss' is not the manager's: ignored"
     )
+    # ... and the operator's log says who sent it, by which key and why, as an error
+    [logged] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged == (
+        "w1: refused worker.record, a command only the manager gives: it came from broker "
+        "user 'boss', by routing key 'w1.chunks', which others may publish with (the "
+        f"manager's keys: {', '.join(manager_only_keys('w1'))})"
+    )
     named = ManagerOnly(Settings(name="w1", manager_user="boss"))
     named.check(forged("worker.record", b"", "boss", "w1.orders"))
     with pytest.raises(DecodeError):
         named.check(forged("worker.record", b"", "w2", "w1.orders"))
+    assert "not from WARREN_MANAGER_USER ('boss')" in caplog.text
+    assert {r.levelname for r in caplog.records if "refused" in r.getMessage()} == {"ERROR"}
     assert (only.refused, named.refused) == (1, 1)
     # A chunk: only from the sender the manager named for its upload, placed here.
     placed, unplaced = uuid.uuid4().hex, uuid.uuid4().hex
@@ -298,10 +313,20 @@ def test_each_sender_check_takes_the_sender_it_names_and_says_whom_it_refused(
         f"chunk for upload {unplaced}, which the manager did not place on w1, from broker user "
         "'alice': ignored"
     )
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError) as refused:
         intake._check_sender(conn, forged("chunk", b"", "alice"), placed, ("w1", "w3"))
-    with pytest.raises(DecodeError):
+    assert str(refused.value) == (
+        f"chunk for upload {placed} placed on w1, w2 came along w1, w3, from broker user "
+        "'alice': ignored"
+    )
+    with pytest.raises(DecodeError) as refused:
         intake._check_sender(conn, forged("chunk", b"", None), placed, chain)
+    assert str(refused.value) == f"chunk for upload {placed} without a sender: ignored"
+    # A chunk or pack for another worker of the chain: refused before anything else.
+    intake._addressed_here("pack", ("w2", "w1"), 1)
+    with pytest.raises(DecodeError) as refused:
+        intake._addressed_here("chunk", ("w2", "w1"), 0)
+    assert str(refused.value) == "chunk addressed to w2, not w1"
     # A worker event: only from the worker it names (or the manager's own shared login).
     beat = m.Heartbeat(worker="w2", free_bytes=1, used_bytes=0, files=0)
     check_worker_sender(forged(beat.TYPE, b"", "w2"), beat, "boss")
