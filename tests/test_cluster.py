@@ -67,7 +67,9 @@ def test_a_broker_node_dies_mid_upload_and_nothing_confirmed_is_lost(
         nodes[0].kill()
     during = [random_file(tmp_path, "during.bin", 2 * 1024 * 1024)]
     during += [random_file(tmp_path, f"during {i:02}", 500 + i) for i in range(10)]
-    late = c.client_process("upload", *map(str, during), WARREN_CONNECT_TIMEOUT="60")
+    late = c.client_process(
+        "upload", *map(str, during), WARREN_CONNECT_TIMEOUT="60", WARREN_REQUEST_TIMEOUT="60"
+    )
 
     # Then each upload finished or failed with one clear sentence; the held one ended only
     # after the node had died, and the late one confirmed files on the surviving nodes

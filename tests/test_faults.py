@@ -98,8 +98,8 @@ def confirmed_across(
 ) -> list[Path]:
     """``finish`` for an upload started during a fault: what it confirmed, at least one file,
     or the test proves nothing about work confirmed around the fault."""
-    confirmed = finish(client, files, timeout=timeout)
-    assert confirmed, "no upload was confirmed across the fault"
+    confirmed, err = finished(client, files, timeout)
+    assert confirmed, f"no upload was confirmed across the fault: {err}"
     return confirmed
 
 
@@ -347,6 +347,13 @@ def test_broker_alarm_blocks_publishers_who_say_so_and_time_out(
 def finish(client: subprocess.Popen[bytes], files: list[Path], timeout: float = 180) -> list[Path]:
     """Wait for an upload command that met a fault. It must have finished, or failed with one
     clear sentence (exit 4); return the files it confirmed, either way."""
+    return finished(client, files, timeout)[0]
+
+
+def finished(
+    client: subprocess.Popen[bytes], files: list[Path], timeout: float
+) -> tuple[list[Path], str]:
+    """``finish``, and what the command said on stderr."""
     out, err = client.communicate(timeout=timeout)
     assert "Traceback" not in err.decode(), err.decode()
     stored = stored_names(out.decode())
@@ -355,7 +362,7 @@ def finish(client: subprocess.Popen[bytes], files: list[Path], timeout: float = 
     else:
         assert client.returncode == errors.EXIT_UNAVAILABLE, err.decode()
         assert err.decode().startswith("error: "), err.decode()
-    return [p for p in files if p.name in stored]
+    return [p for p in files if p.name in stored], err.decode()
 
 
 def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_path: Path) -> None:
