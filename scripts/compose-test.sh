@@ -75,6 +75,9 @@ project_leftovers() {
 remove_project() {
     local project=$1 file=docker-compose.yml
     [[ $project == "$CLUSTER_PROJECT" ]] && file=docker-compose.cluster.yml
+    # A container left paused (a failure while workers were held) cannot be stopped.
+    docker ps -q --filter "label=com.docker.compose.project=$project" --filter status=paused |
+        xargs -r docker unpause >/dev/null 2>&1 || true
     timeout 300 "${COMPOSE[@]}" -p "$project" -f "$file" down -v --rmi local \
         --remove-orphans -t 5 </dev/null >>"$LOG/down.log" 2>&1 || true
     # Whatever compose missed (a one-off container of a killed `run`, say) goes by its label.
@@ -444,18 +447,23 @@ passed "README.md confirmed before the fault"
 
 big=$SCRATCH/big.bin
 head -c $((256 * 1024 * 1024)) /dev/urandom >"$big"
-say "uploading 256 MiB with client1, killing rabbitmq1 while it is in flight"
+# The workers are paused first, so the upload is certainly in flight when the node dies:
+# it is placed (they were alive a moment ago), and nothing of it can be confirmed until they
+# are back. An upload left to race the kill ended before it on a quiet machine.
+say "uploading 256 MiB with client1 (the workers paused), killing rabbitmq1 while it is in flight"
+dc pause w1 w2 w3 w4 >"$LOG/pause.log" 2>&1 || fail "pausing the workers failed: $(cat "$LOG/pause.log")"
 (dc run --rm -T --user "$(id -u):$(id -g)" client1 upload "$big" >"$LOG/big.out" \
     2>"$LOG/big.err") &
 UPLOAD_PID=$!
 in_flight() {
-    kill -0 "$UPLOAD_PID" 2>/dev/null || fail "the upload ended before the fault: make it larger"
+    kill -0 "$UPLOAD_PID" 2>/dev/null || fail "the upload ended before the fault: $(cat "$LOG/big.err")"
     client client2 status --json || return 1
     python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["uploads_in_flight"] < 1)' \
         "$LOG/out" 2>/dev/null  # not JSON yet: not yet
 }
 within 120 "the upload started" in_flight
 dc kill rabbitmq1 >"$LOG/kill.log" 2>&1 || fail "kill rabbitmq1 failed"
+dc unpause w1 w2 w3 w4 >"$LOG/pause.log" 2>&1 || fail "unpausing the workers failed"
 rc=0
 wait "$UPLOAD_PID" || rc=$?
 UPLOAD_PID=""

@@ -386,7 +386,11 @@ def test_broker_restart_loses_nothing_confirmed(make_cluster: MakeCluster, tmp_p
             node.stop()
         during = [random_file(tmp_path, "during.bin", 3 * 1024 * 1024)]
         during += [random_file(tmp_path, f"during {i:02}", 700 + i) for i in range(20)]
-        late = c.client_process("upload", *map(str, during), WARREN_CONNECT_TIMEOUT="120")
+        # (It waits out the manager catching up after the restart within its request
+        # timeout: generous here, where the machine may be busy.)
+        late = c.client_process(
+            "upload", *map(str, during), WARREN_CONNECT_TIMEOUT="120", WARREN_REQUEST_TIMEOUT="60"
+        )
         assert late.poll() is None, "the late upload ended before the broker came back"
         node.start()
 
