@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from client.session import Session
 from manager.service import Manager
+from warren import messages as m
 from warren.config import Settings
-from warren.testing import StubBroker
+from warren.testing import Message, StubBroker
 from warren.topology import MANAGER_REQUESTS
 from warren.transport import Connect, Transport
 from worker.service import Worker
@@ -142,3 +143,24 @@ class StubCluster:
         overrides.setdefault("manager_user", manager or "guest")
         s = dataclasses.replace(self.settings, client_name="tester", **overrides)
         return Session(s, self.broker.connect)
+
+
+def silence_backups(c: StubCluster) -> list[str]:
+    """Drop every "stored" a backup (hop 1 or later) sends, to the client and the manager:
+    as if it never wrote the bytes. Only the services' own (a test's forgeries pass).
+    Returns the workers silenced, as they are."""
+    silenced: list[str] = []
+
+    def drop(msg: Message) -> list[Message]:
+        if msg.type in (m.ReplicaStored.TYPE, m.PackStored.TYPE) and msg.sender.startswith(
+            "warren"
+        ):
+            stored = m.decode(msg.type, msg.body)
+            assert isinstance(stored, m.ReplicaStored | m.PackStored)
+            if stored.hop >= 1:
+                silenced.append(stored.worker)
+                return []
+        return [msg]
+
+    c.broker.intercept = drop
+    return silenced

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from client.outcomes import Progress, UploadResult
-from tests.stubcluster import FAST, StubCluster, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, silence_backups, user_url, wait_for
 from warren import messages as m
 from warren.errors import Unavailable, WarrenError
 from warren.testing import Message
@@ -30,25 +30,6 @@ from warren.topology import DEAD_LETTER_QUEUE, MANAGER_REQUESTS
 from warren.transport import Delivery
 
 TRANSFER_TIMEOUT = 1.0
-
-
-def silence_backups(c: StubCluster) -> list[str]:
-    """Drop every "stored" a backup (hop 1 or later) sends: it never wrote the bytes."""
-    silenced: list[str] = []
-
-    def drop(msg: Message) -> list[Message]:
-        if msg.type in (m.ReplicaStored.TYPE, m.PackStored.TYPE) and msg.sender.startswith(
-            "warren"
-        ):
-            stored = m.decode(msg.type, msg.body)
-            assert isinstance(stored, m.ReplicaStored | m.PackStored)
-            if stored.hop >= 1:
-                silenced.append(stored.worker)
-                return []
-        return [msg]
-
-    c.broker.intercept = drop
-    return silenced
 
 
 Forgeries = Callable[[Message], tuple[str, list[m.Message]]]

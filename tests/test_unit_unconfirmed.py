@@ -14,31 +14,12 @@ from pathlib import Path
 import pytest
 
 from client.outcomes import Progress, UploadResult
-from tests.stubcluster import StubCluster
+from tests.stubcluster import StubCluster, silence_backups
 from warren import messages as m
 from warren.errors import EXIT_UNAVAILABLE, Unavailable, WarrenError
-from warren.testing import Message
 
 TRANSFER_TIMEOUT = 1.0
 MARGIN = 3.0  # placement and the loop's own pace, on a busy machine
-
-
-def silence_backups(c: StubCluster) -> list[str]:
-    """Drop every "stored" a backup (hop 1 or later) sends, to the client and the manager:
-    as if it never wrote the bytes. Returns the workers silenced, as they are."""
-    silenced: list[str] = []
-
-    def drop(msg: Message) -> list[Message]:
-        if msg.type in (m.ReplicaStored.TYPE, m.PackStored.TYPE):
-            stored = m.decode(msg.type, msg.body)
-            assert isinstance(stored, m.ReplicaStored | m.PackStored)
-            if stored.hop >= 1:
-                silenced.append(stored.worker)
-                return []
-        return [msg]
-
-    c.broker.intercept = drop
-    return silenced
 
 
 def test_a_backup_that_never_confirms_a_file_fails_the_upload(
