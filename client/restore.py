@@ -1,9 +1,9 @@
-"""Restores: a file streamed back from one worker, verified, and tried on another replica
-when that one fails.
+"""Restores: a file's sealed chunks fetched from their holders, opened with the owner's
+key, and checked whole (``client.fetch``; a bad copy of a chunk is read from another holder).
 
 The bytes go to a hidden ``.NAME.*.part`` file beside the destination, written at their
-offsets as chunks arrive and hashed as they come in order; only a file whose size and
-SHA-256 match the catalog is moved into place. Anything else is removed.
+offsets as chunks arrive and hashed in order; only a file whose size and SHA-256 match the
+catalog is moved into place. Anything else is removed.
 
 What the catalog says and what sits in the destination folder are not trusted to aim the
 write: the folder is opened once and every step after is relative to that descriptor
@@ -16,29 +16,19 @@ it; setuid, setgid and sticky bits come back only for root who asks (``--keep-se
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import queue
 import stat
-import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from client.channel import Channel
+from client.fetch import ChunkFetcher
 from client.outcomes import DownloadResult, Progress
-from warren import compression
 from warren import messages as m
-from warren.chunks import READ_SIZE, Writeback
-from warren.errors import (
-    DecodeError,
-    IntegrityError,
-    NoReplica,
-    Unavailable,
-    UsageError,
-    WarrenError,
-)
-from warren.transport import Delivery
+from warren.chunks import Writeback
+from warren.errors import IntegrityError, UsageError
+from warren.ownerkey import OwnerKeys
 
 # Bits a restore gives back only to root who asks (--keep-setid): anyone who can store a
 # file (or plant a record) must not hand whoever restores it a setuid program.
@@ -48,8 +38,9 @@ SETID = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 class Restorer:
     """The restores of one session."""
 
-    def __init__(self, session: Channel) -> None:
+    def __init__(self, session: Channel, keys: OwnerKeys) -> None:
         self.session = session
+        self.keys = keys
 
     def download(
         self,
@@ -84,28 +75,13 @@ class Restorer:
             raise UsageError(f"{dest} already exists; pass --force to overwrite it.")
         if under is None and not dest.parent.is_dir():
             raise UsageError(f"{dest.parent} is not a directory.")
-        exclude: list[str] = []
-        last_error: WarrenError | None = None
-        for _attempt in range(4):
-            try:
-                return self._once(name, version, dest, exclude, progress, under, keep_setid)
-            except _ReplicaProblem as exc:
-                exclude.append(exc.worker)
-                last_error = exc.error
-                progress.retrying(f"{exc.worker}: {exc.error}; trying another replica")
-            except NoReplica:
-                if exclude:
-                    break  # every replica was tried: say why the last one failed
-                raise
-        assert last_error is not None
-        raise last_error
+        return self._once(name, version, dest, progress, under, keep_setid)
 
     def _once(
         self,
         name: str,
         version: int,
         dest: Path,
-        exclude: list[str],
         progress: Progress,
         under: Path | None,
         keep_setid: bool,
@@ -123,45 +99,22 @@ class Restorer:
         except BaseException:
             os.close(folder)
             raise
-        state = _Restore(fd, dest)
-        cid = uuid.uuid4().hex
-        source: list[str] = []  # the worker the manager named: the only one heard
-
-        def from_source(d: Delivery) -> None:
-            if self.session.from_worker(d, source):
-                state.on_delivery(d)
-
+        used: set[str] = set()
         try:
             acc = self.session.request(
-                m.DownloadRequest(
-                    name=name,
-                    exclude=tuple(exclude),
-                    client=self.session.client_name,
-                    version=version,
-                ),
+                m.DownloadRequest(name=name, client=self.session.client_name, version=version),
                 m.DownloadAccepted,
-                on_other=from_source,
-                cid=cid,
-                on_answer=lambda acc: source.append(acc.worker),
             )
             progress.started(acc.size)
-            state.progress = progress
-            try:
-                self._wait(state)
-            except Unavailable as exc:
-                raise _ReplicaProblem(acc.worker, exc) from None
-            state.finish()
-            if state.failed:
-                raise _ReplicaProblem(acc.worker, Unavailable(state.failed))
-            with writing(dest):
-                sha = state.sha256()
-            if state.received != acc.size or sha != acc.sha256:
-                raise _ReplicaProblem(
-                    acc.worker,
-                    IntegrityError(
-                        f"the copy of {name!r} from {acc.worker} failed its SHA-256 check."
-                    ),
-                )
+            if sum(c.plain for c in acc.chunks) != acc.size:
+                raise IntegrityError(f"the catalog's chunks of {name!r} do not make up the file.")
+            fetcher = ChunkFetcher(
+                self.session, self.keys, fd, name, acc.chunks, progress, self._writer(dest)
+            )
+            sha = fetcher.run()
+            used = fetcher.workers
+            if sha != acc.sha256:
+                raise IntegrityError(f"{name!r} as restored failed its SHA-256 check.")
             mode, dropped = restored_mode(acc.mode, keep_setid)
             with writing(dest):
                 # Through the open file, before the rename: a path swapped for a link once
@@ -177,182 +130,26 @@ class Restorer:
                 # rename(2) replaces a link at dest; it never follows one
                 os.replace(tmp, dest.name, src_dir_fd=folder, dst_dir_fd=folder)
             return DownloadResult(
-                name, acc.size, acc.sha256, acc.worker, dest, acc.version, dropped
+                name, acc.size, acc.sha256, ", ".join(sorted(used)), dest, acc.version, dropped
             )
         finally:
-            # The partial file goes first: whatever is slow below (a signal ends the command
-            # within a bounded time), nothing is left behind.
+            # The partial file goes first: nothing is left behind.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=folder)
             os.close(folder)
-            stopped = state.close()
-            self.session.unroute(cid)
-            if fd >= 0 and stopped:  # never close a descriptor the writer may still use
+            if fd >= 0:
                 os.close(fd)
 
-    def _wait(self, state: _Restore) -> None:
-        """Wait while chunks keep coming; give up after transfer_timeout without one."""
-        timeout = self.session.settings.transfer_timeout
-        while not (state.ended or state.failed or state.error):
-            seen = state.received
+    @staticmethod
+    def _writer(dest: Path) -> Callable[[int, bytes, int], None]:
+        writeback = Writeback()
 
-            def moved(seen: int = seen) -> bool:
-                return (
-                    state.received != seen
-                    or state.ended
-                    or bool(state.failed)
-                    or state.error is not None
-                )
+        def write(fd: int, data: bytes, offset: int) -> None:
+            with writing(dest):
+                os.pwrite(fd, data, offset)
+            writeback.written_up_to(fd, offset + len(data))
 
-            self.session.wait(moved, timeout, f"no data for {timeout:.0f} s")
-
-
-class _Restore:
-    """A restore in progress: chunks are written at their offsets as they arrive.
-
-    The connection's thread only takes each chunk in; a thread of its own decodes and writes
-    them, in the order they came, up to ``AHEAD`` chunks behind, and hands them to a third
-    that hashes them: all three release the interpreter lock, and together they were the
-    thread that bounded a restore (log-like text kept as frames, 512 MiB: the writing
-    thread busy 80% of the time, a third of that hashing)."""
-
-    AHEAD = 4
-
-    def __init__(self, fd: int, dest: Path) -> None:
-        self.fd = fd
-        self.dest = dest
-        self.received = 0  # bytes written so far (by the writing thread)
-        self.ended = False
-        self.failed = ""
-        self.progress = Progress()
-        self._reported = 0  # of ``received``, told to ``progress`` (on the caller's thread)
-        self._hasher = _Hasher(self.AHEAD)
-        self._next_offset = 0
-        self._in_order = True
-        self._writeback = Writeback()
-        self._todo: queue.Queue[tuple[m.RestoreChunk, bytes] | None] = queue.Queue(self.AHEAD)
-        self.error: WarrenError | None = None  # the writing thread's: finish() raises it
-        self._thread = threading.Thread(target=self._write_all, name="warren-restore", daemon=True)
-        self._thread.start()
-
-    def on_delivery(self, d: Delivery) -> None:
-        d.ack()
-        self._report()
-        if d.type == m.RESTORE_CHUNK_TYPE:
-            chunk = m.RestoreChunk.from_headers(d.headers)
-            if not self.failed:
-                self._todo.put((chunk, d.body))
-        elif d.type == m.RestoreEnd.TYPE:
-            self.ended = True
-        elif d.type == m.RestoreFailed.TYPE:
-            self.failed = m.RestoreFailed.decode(d.body).reason
-
-    def _write_all(self) -> None:
-        """The writing thread: each chunk decoded, written at its offset and hashed."""
-        while (item := self._todo.get()) is not None:
-            if self.failed or self.error is not None:
-                continue  # the restore failed: what is left is only taken off the queue
-            try:
-                self._write(*item)
-            except WarrenError as exc:
-                self.error = exc
-            except Exception as exc:  # noqa: BLE001 - said by finish(), on the caller's thread
-                self.error = UsageError(f"cannot write {self.dest}: {exc}.")
-
-    def _write(self, chunk: m.RestoreChunk, body: bytes) -> None:
-        # A compressed chunk is no larger than a chunk can be (a bad one fails the file:
-        # its size or SHA-256 cannot match, and another replica is asked).
-        try:
-            data = compression.decode(body, chunk.encoding, compression.MAX_CHUNK)
-        except DecodeError as exc:
-            self.failed = f"a chunk that does not decode ({exc})"
-            return
-        with writing(self.dest):
-            os.pwrite(self.fd, data, chunk.offset)
-        if chunk.offset == self._next_offset:
-            self._hasher.add(data)
-            self._next_offset += len(data)
-            self._writeback.written_up_to(self.fd, self._next_offset)
-        else:
-            self._in_order = False
-        self.received += len(data)
-
-    def _report(self) -> None:
-        done = self.received
-        if done > self._reported:
-            self.progress.transferred(done - self._reported)
-            self._reported = done
-
-    def finish(self) -> None:
-        """Wait until every chunk taken in is written; raise what went wrong writing."""
-        self.close(abandon=False, timeout=None)
-        self._report()
-        if self.error is not None:
-            raise self.error
-
-    def close(self, abandon: bool = True, timeout: float | None = 10.0) -> bool:
-        """Stop the writing thread, then the hashing one (idempotent): at once, leaving what
-        is queued unwritten (``abandon``), or once everything is written and hashed. False if
-        the writing thread is still at work after ``timeout`` seconds (a disk that stalls)."""
-        if self._thread.is_alive():
-            if abandon:
-                self.failed = self.failed or "abandoned"
-            with contextlib.suppress(queue.Full):
-                self._todo.put(None, timeout=timeout)
-            self._thread.join(timeout)
-        stopped = not self._thread.is_alive()
-        if stopped:  # nothing more can be handed to the hashing thread
-            self._hasher.close(timeout)
-        return stopped
-
-    def sha256(self) -> str:
-        """The hash as received, or re-read from the file if chunks came out of order."""
-        if self._in_order:
-            return self._hasher.hexdigest()
-        digest = hashlib.sha256()
-        offset = 0
-        while data := os.pread(self.fd, READ_SIZE, offset):
-            digest.update(data)
-            offset += len(data)
-        return digest.hexdigest()
-
-
-class _Hasher:
-    """The SHA-256 of the bytes handed over, in order, on a thread of its own (hashlib
-    releases the interpreter lock, so it runs beside the decoding and writing of the next
-    chunk). At most ``ahead`` chunks wait for it."""
-
-    def __init__(self, ahead: int) -> None:
-        self._digest = hashlib.sha256()
-        self._todo: queue.Queue[bytes | None] = queue.Queue(ahead)
-        self._thread = threading.Thread(target=self._run, name="warren-restore-hash", daemon=True)
-        self._thread.start()
-
-    def add(self, data: bytes) -> None:
-        self._todo.put(data)
-
-    def _run(self) -> None:
-        while (data := self._todo.get()) is not None:
-            self._digest.update(data)
-
-    def close(self, timeout: float | None) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._todo.put(None, timeout=timeout)
-            self._thread.join(timeout)
-
-    def hexdigest(self) -> str:
-        """Once closed: the hash of everything added."""
-        if self._thread.is_alive():
-            raise RuntimeError("the hashing thread is still at work")
-        return self._digest.hexdigest()
-
-
-class _ReplicaProblem(Exception):
-    def __init__(self, worker: str, error: WarrenError) -> None:
-        super().__init__(str(error))
-        self.worker = worker
-        self.error = error
+        return write
 
 
 @contextlib.contextmanager

@@ -1,16 +1,16 @@
-"""What an upload command moves: a file (``Upload``) or a pack of small files (``Pack``),
-each at a named ``Step`` (the diagram is in ``client.upload``), with what has arrived for it:
-the manager's answer, each replica's word, the catalog's record. ``Batch`` moves them on."""
+"""What an upload command moves, each at a named ``Step`` (the diagram is in
+``client.upload``): files (``FileJob``), cut into sealed chunks (``Chunk``), which travel in
+packs (``ChunkPack``), and the commits that record finished files (``Commit``). ``Batch``
+moves them on; messages only record here what arrived."""
 
 from __future__ import annotations
 
 import enum
-import threading
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.localfiles import (
-    file_mode_and_mtime,
-)
+from client.localfiles import file_mode_and_mtime
 from client.outcomes import Progress, UploadResult, decode_answer
 from warren import messages as m
 from warren.errors import INTEGRITY, IntegrityError, Unavailable, WarrenError, from_wire
@@ -18,202 +18,151 @@ from warren.transport import Delivery
 
 
 class Step(enum.Enum):
-    HASHING = "hashing"  # on the hashing thread: size and SHA-256 not known yet
-    ASKING = "asking"  # placement requested: waiting for the manager's answer
-    RESUMING = "resuming"  # an unfinished upload goes on: waiting for what the primary has
-    STORING = "storing"  # bytes sent: waiting for every replica's confirmation
-    RECORDING = "recording"  # every replica confirmed: waiting for the catalog's record
+    CUTTING = "cutting"  # a file: its chunks are being read, cut and sealed
+    WAITING = "waiting"  # a file: every chunk cut, some not stored yet
+    ASKING = "asking"  # a pack or commit: sent to the manager, waiting for its answer
+    STORING = "storing"  # a pack: bytes sent, waiting for every replica's confirmation
+    RECORDING = "recording"  # a pack: every replica confirmed, waiting for the catalog
     DONE = "done"  # its outcome is known
 
 
-class Upload:
-    """One file on its way. Alone it has its own steps; in a pack, the pack's."""
+class ChunkState(enum.Enum):
+    PENDING = "pending"  # in a pack on its way
+    STORED = "stored"  # on every worker of its chain, and in the catalog
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class Chunk:
+    """One sealed chunk of this command (several files may share it: sent once)."""
+
+    digest: str
+    size: int  # sealed
+    state: ChunkState = ChunkState.PENDING
+    chain: tuple[str, ...] = ()
+    error: WarrenError | None = None
+    files: list[FileJob] = field(default_factory=list)  # waiting for it
+
+
+class FileJob:
+    """One file on its way: cut into chunks on the cutting thread, stored chunk by chunk,
+    then committed as a new version of its name."""
 
     def __init__(self, path: Path, name: str, progress: Progress) -> None:
         self.path = path
         self.name = name
         self.progress = progress
-        self.step = Step.HASHING
-        self.deadline = 0.0  # the current step's
-        self.size = 0
-        self.sha256 = ""
+        self.step = Step.CUTTING
         self.mode, self.mtime = file_mode_and_mtime(path)  # restored with the file
-        self.route = ""  # the correlation id its messages arrive under
-        self.upload_id = ""
-        self.data = b""  # a small file's bytes, until its pack is sent
-        self.hashed = threading.Event()  # size and sha256 are known, or error says why not
-        self.timed_out = False
-        self.sent = 0  # bytes of the file this command published (not those already there)
-        # What arrived: the manager's answer and the replicas' word.
-        self.accepted: m.UploadAccepted | None = None
+        self.size = 0
+        self.digest = hashlib.sha256()  # of the plaintext, as it was cut (cutting thread)
+        self.sha256 = ""
+        self.chunks: list[m.ChunkRef] = []
+        self.waiting: set[str] = set()  # chunks not stored yet
+        self.chain: tuple[str, ...] = ()  # its first chunk's workers
+        self.sent = 0  # sealed bytes this command published for it
         self.error: WarrenError | None = None
-        self.confirmed: dict[str, int] = {}  # worker -> hop
-        self.failures: list[str] = []
-        self.failure_codes: set[str] = set()  # wire codes of the failures
-        self.recorded = False  # the manager has it in the catalog
-        self.have: m.UploadHave | None = None  # resuming: the chunks the primary has
-        # Asking again after Busy answers: how often so far, and when next (0: not waiting).
-        self.tries = 0
-        self.again_at = 0.0
+        self.version = 0
+        self.started = False
+        self.taken = False  # the batch has taken its first cut item
+
+    def add(self, ref: m.ChunkRef, chunk: Chunk) -> None:
+        if not self.started:
+            try:
+                self.progress.started(self.path.stat().st_size)
+            except OSError:
+                self.progress.started(0)
+            self.started = True
+        self.chunks.append(ref)
+        if chunk.state is ChunkState.FAILED:
+            self.fail(chunk.error or Unavailable(f"storing {self.name!r} failed."))
+        elif chunk.state is ChunkState.PENDING:
+            self.waiting.add(ref.sha256)
+            chunk.files.append(self)
+        else:
+            self.chunk_stored(chunk)
+
+    def chunk_stored(self, chunk: Chunk) -> None:
+        self.waiting.discard(chunk.digest)
+        if not self.chain and self.chunks and self.chunks[0].sha256 == chunk.digest:
+            self.chain = chunk.chain
+        for ref in self.chunks:
+            if ref.sha256 == chunk.digest:
+                self.progress.transferred(ref.plain)
+
+    def fail(self, error: WarrenError) -> None:
+        if self.error is None:
+            self.error = error
 
     @property
-    def failed(self) -> bool:
-        return self.error is not None or bool(self.failures)
-
-    @property
-    def complete(self) -> bool:
-        return self.is_complete()
-
-    def is_complete(self) -> bool:
-        """Every worker of the chain confirmed (or, for copies, the manager recorded it).
-        A plain method under the property, so that ``make mutants`` can mutate it: mutmut
-        leaves decorated functions alone."""
-        if self.accepted is None:
-            return False
-        if self.accepted.copies:  # the manager says when the last copy is on disk
-            return self.recorded
-        return len(self.confirmed) == len(self.accepted.chain)
-
-    def failed_on(self, msg: m.ReplicaFailed) -> None:
-        self.failures.append(f"{msg.worker}: {msg.reason}")
-        self.failure_codes.add(msg.code)
-
-    def time_out(self) -> None:
-        """Its replicas did not all confirm in time: those that did not are named."""
-        self.timed_out = True
-
-    def resumed(self) -> bool:
-        return self.accepted is not None and self.accepted.resumed
-
-    def already_stored(self) -> bool:
-        """The manager found the content on workers and recorded it: every worker of the
-        chain counts as confirmed, and no byte is sent. (When they are fewer than asked,
-        it is ``copying``: they copy it on, and the record comes when they are done.)"""
-        if self.accepted is None or not self.accepted.stored:
-            return False
-        for hop, worker in enumerate(self.accepted.chain):
-            if worker not in self.confirmed:
-                self.confirmed[worker] = hop
-                self.progress.replica(worker, hop)
-        self.recorded = not self.accepted.copies
-        return True
-
-    def copying(self) -> bool:
-        return self.accepted is not None and self.accepted.stored and self.accepted.copies > 0
-
-    def on_placement(self, d: Delivery) -> None:
-        d.ack()
-        if d.type == m.UploadHave.TYPE:
-            self.have = m.UploadHave.decode(d.body)
-            return
-        answer = decode_answer(d)
-        if isinstance(answer, m.UploadAccepted):
-            self.accepted = answer
-        elif isinstance(answer, m.ErrorReply):
-            self.error = from_wire(answer.code, answer.message)
-
-    def on_replica(self, d: Delivery) -> None:
-        d.ack()
-        msg = m.decode(d.type, d.body)
-        if isinstance(msg, m.ReplicaStored) and msg.worker not in self.confirmed:
-            self.confirmed[msg.worker] = msg.hop
-            self.progress.replica(msg.worker, msg.hop)
-        elif isinstance(msg, m.ReplicaFailed):
-            self.failed_on(msg)
-        elif isinstance(msg, m.UploadRecorded):
-            # Recorded means stored on the whole chain, whoever sent the last chunk (after
-            # a resume, the confirmations may have gone to the client that was cut off),
-            # or every copy of deduplicated content on disk.
-            self.recorded = True
-            for hop, worker in enumerate(self.accepted.chain if self.accepted else ()):
-                if worker not in self.confirmed:
-                    self.confirmed[worker] = hop
-                    self.progress.replica(worker, hop)
-
-    def outcomes(self) -> list[tuple[str, UploadResult | WarrenError]]:
-        return [(self.name, self.outcome())]
+    def ready(self) -> bool:
+        """Every chunk cut and stored: the file can be committed."""
+        return self.step is Step.WAITING and not self.waiting and self.error is None
 
     def outcome(self) -> UploadResult | WarrenError:
         if self.error is not None:
             return self.error
-        if self.failures:
-            # Wrong bytes are an integrity error (exit 5); a worker that could not forward or
-            # write them, during a leader election say, makes the cluster unavailable (4).
-            sentence = f"storing {self.name!r} failed on {'; '.join(self.failures)}."
-            if INTEGRITY in self.failure_codes:
-                return IntegrityError(sentence)
-            return from_wire(sorted(self.failure_codes)[0], sentence)
-        assert self.accepted is not None
-        if self.timed_out and not self.complete and self.accepted.copies:
-            return Unavailable(
-                f"{self.name!r} is stored on {', '.join(self.confirmed)} but the copies to "
-                f"{self.accepted.copies} more workers did not finish in time; the manager "
-                "goes on with them (see status)."
-            )
-        if self.timed_out and not self.complete:
-            missing = [w for w in self.accepted.chain if w not in self.confirmed]
-            return Unavailable(f"{', '.join(missing)} did not confirm {self.name!r} in time.")
-        chain = self.accepted.chain
-        if self.accepted.copies:  # the holders, then the workers it was copied to
-            chain = tuple(sorted(self.confirmed, key=lambda w: self.confirmed[w]))
+        for hop, worker in enumerate(self.chain):
+            self.progress.replica(worker, hop)
         return UploadResult(
             self.name,
             self.size,
             self.sha256,
-            chain,
-            dict(self.confirmed),
-            recorded=self.recorded,
-            deduplicated=self.accepted.stored,
+            self.chain,
+            {w: hop for hop, w in enumerate(self.chain)},
+            recorded=True,
+            deduplicated=self.sent == 0,
             sent=self.sent,
         )
 
 
-class Pack:
-    """Small files on their way together: one request, one message, one confirmation per
-    worker. Each member is an Upload that keeps its own confirmations and outcome."""
+class ChunkPack:
+    """Sealed chunks on their way together: one request, one message, one confirmation per
+    worker of its chain."""
 
     def __init__(self) -> None:
-        self.members: list[Upload] = []
+        self.members: list[tuple[Chunk, bytes]] = []  # each chunk with its bytes, until sent
         self.step = Step.ASKING
         self.deadline = 0.0
         self.size = 0
         self.route = ""
         self.accepted: m.PackAccepted | None = None
         self.error: WarrenError | None = None
-        self.tries = 0  # as an Upload's
+        self.tries = 0  # Busy answers so far
         self.again_at = 0.0
+        self.by_id: dict[str, Chunk] = {}  # upload id -> chunk, once placed
+        self.confirmed: dict[str, set[str]] = {}  # upload id -> workers that stored it
+        self.recorded: set[str] = set()  # upload ids the catalog has
+        self.failures: dict[str, tuple[str, str]] = {}  # upload id -> (reason, wire code)
 
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-    @property
-    def complete(self) -> bool:
-        return self.is_complete()
-
-    def is_complete(self) -> bool:
-        """Every member is stored on the whole chain, or has failed. (A plain method under
-        the property, as Upload's.)"""
-        return self.accepted is not None and all(u.failures or u.complete for u in self.members)
-
-    def take_stored(self) -> list[Upload]:
-        """The manager's answer is in: the members it found already stored are done (they
-        count as confirmed and recorded); the others, still to be sent, are returned."""
+    def take_stored(self) -> list[tuple[Chunk, bytes]]:
+        """The manager's answer is in: the chunks it found stored are done; the others,
+        still to be sent, are returned."""
         assert self.accepted is not None
         stored = {f.upload_id: f.chain for f in self.accepted.stored}
         to_send = []
-        for member, upload_id in zip(self.members, self.accepted.upload_ids, strict=True):
-            member.upload_id = upload_id
+        for (chunk, data), upload_id in zip(self.members, self.accepted.upload_ids, strict=True):
             if upload_id in stored:
-                member.accepted = m.UploadAccepted(upload_id, stored[upload_id], 0, stored=True)
-                member.already_stored()
+                chunk.chain = stored[upload_id]
+                chunk_stored(chunk)
             else:
-                to_send.append(member)
+                chunk.chain = self.accepted.chain
+                self.by_id[upload_id] = chunk
+                to_send.append((chunk, data))
+        self.members = []
         return to_send
 
     @property
-    def recorded(self) -> bool:
-        return all(u.failures or u.recorded for u in self.members)
+    def complete(self) -> bool:
+        """Every chunk sent is on every worker of the chain (or failed)."""
+        return self.accepted is not None and all(
+            u in self.failures or len(self.confirmed.get(u, ())) >= len(c.chain)
+            for u, c in self.by_id.items()
+        )
+
+    @property
+    def all_recorded(self) -> bool:
+        return all(u in self.failures or u in self.recorded for u in self.by_id)
 
     def on_placement(self, d: Delivery) -> None:
         d.ack()
@@ -230,28 +179,82 @@ class Pack:
     def on_replica(self, d: Delivery) -> None:
         d.ack()
         msg = m.decode(d.type, d.body)
-        by_id = {u.upload_id: u for u in self.members}
         if isinstance(msg, m.PackStored):
             for f in msg.files:
-                member = by_id.get(f.upload_id)
-                if member is not None and msg.worker not in member.confirmed:
-                    member.confirmed[msg.worker] = msg.hop
-                    member.progress.replica(msg.worker, msg.hop)
-        elif isinstance(msg, m.ReplicaFailed) and msg.upload_id in by_id:
-            by_id[msg.upload_id].failed_on(msg)
+                if f.upload_id in self.by_id:
+                    self.confirmed.setdefault(f.upload_id, set()).add(msg.worker)
+        elif isinstance(msg, m.ReplicaStored) and msg.upload_id in self.by_id:
+            self.confirmed.setdefault(msg.upload_id, set()).add(msg.worker)
+        elif isinstance(msg, m.ReplicaFailed) and msg.upload_id in self.by_id:
+            self.failures[msg.upload_id] = (f"{msg.worker}: {msg.reason}", msg.code)
         elif isinstance(msg, m.PackRecorded):
-            for upload_id in msg.upload_ids:
-                if upload_id in by_id:
-                    by_id[upload_id].recorded = True
+            self.recorded.update(u for u in msg.upload_ids if u in self.by_id)
 
-    def time_out(self) -> None:
-        for u in self.members:
-            u.time_out()
+    def settle(self, timed_out: bool = False) -> None:
+        """Each chunk's outcome, told to the files waiting for it."""
+        for upload_id, chunk in self.by_id.items():
+            if chunk.state is not ChunkState.PENDING:
+                continue
+            if upload_id in self.failures:
+                reason, code = self.failures[upload_id]
+                sentence = f"storing a chunk failed on {reason}."
+                error: WarrenError = (
+                    IntegrityError(sentence) if code == INTEGRITY else from_wire(code, sentence)
+                )
+                chunk_failed(chunk, error)
+            elif len(self.confirmed.get(upload_id, ())) >= len(chunk.chain):
+                chunk_stored(chunk)
+            elif timed_out:
+                missing = [w for w in chunk.chain if w not in self.confirmed.get(upload_id, ())]
+                chunk_failed(chunk, Unavailable(f"{', '.join(missing)} did not confirm in time."))
 
-    def outcomes(self) -> list[tuple[str, UploadResult | WarrenError]]:
-        if self.error is not None:
-            return [(u.name, self.error) for u in self.members]
-        return [(u.name, u.outcome()) for u in self.members]
+    def fail_all(self, error: WarrenError) -> None:
+        for chunk, _ in self.members:
+            chunk_failed(chunk, error)
+        for chunk in self.by_id.values():
+            if chunk.state is ChunkState.PENDING:
+                chunk_failed(chunk, error)
 
 
-Unit = Upload | Pack
+def chunk_stored(chunk: Chunk) -> None:
+    chunk.state = ChunkState.STORED
+    for job in chunk.files:
+        job.chunk_stored(chunk)
+    chunk.files = []
+
+
+def chunk_failed(chunk: Chunk, error: WarrenError) -> None:
+    chunk.state = ChunkState.FAILED
+    chunk.error = error
+    for job in chunk.files:
+        job.fail(error)
+    chunk.files = []
+
+
+class Commit:
+    """Finished files, recorded together as new versions of their names."""
+
+    def __init__(self, files: list[FileJob]) -> None:
+        self.files = files
+        self.step = Step.ASKING
+        self.deadline = 0.0
+        self.route = ""
+        self.reply: m.CommitReply | None = None
+        self.error: WarrenError | None = None
+        self.tries = 0
+        self.again_at = 0.0
+
+    def on_answer(self, d: Delivery) -> None:
+        d.ack()
+        if self.reply is not None or self.error is not None:
+            return
+        answer = decode_answer(d)
+        if isinstance(answer, m.CommitReply) and len(answer.versions) == len(self.files):
+            self.reply = answer
+        elif isinstance(answer, m.ErrorReply):
+            self.error = from_wire(answer.code, answer.message)
+        else:
+            self.error = Unavailable("the manager answered a commit with something else.")
+
+
+Unit = ChunkPack | Commit

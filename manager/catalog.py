@@ -3,10 +3,14 @@ and the blobs on their way out, in SQLite.
 
 WAL mode and one transaction per change, so a manager killed at any moment restarts with
 everything it had confirmed. A file is (owner, name), and each upload of it adds a version;
-versions map to content hashes, replicas are (hash, worker) pairs, so a name is never a
-path anywhere and identical content is one blob, however many versions or owners use it.
+a version is an ordered list of sealed chunks (``version_chunks``), each a blob named by
+the SHA-256 of its sealed bytes; replicas are (blob, worker) pairs, so a name is never a
+path anywhere. A chunk is its owner's (``chunks``): sealed with the owner's key, the same
+bytes of two owners are two blobs, and one owner's chunk is stored once however many of
+its versions use it.
 
-A blob no version and no upload in flight uses becomes garbage: after ``gc_delay`` seconds
+A blob no version, no recent chunk upload and no upload in flight uses becomes garbage:
+after ``gc_delay`` seconds
 its replicas leave the catalog (so nothing new is deduplicated onto them) and each holder
 is told to delete it; until a holder confirms, no new copy of that content is placed there.
 """
@@ -18,12 +22,14 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from manager.holdings import COMPLETE, FAILED, PENDING, Holdings
-from warren.messages import FileEntry
+from warren.errors import Unavailable
+from warren.messages import ChunkRef, CommitFile, FileEntry, VersionRecord
 from warren.private import private_file
 
 SCHEMA = """
@@ -55,6 +61,16 @@ CREATE TABLE IF NOT EXISTS forgotten (
 CREATE TABLE IF NOT EXISTS deleting (
     sha256 TEXT NOT NULL, worker TEXT NOT NULL, PRIMARY KEY (sha256, worker));
 CREATE TABLE IF NOT EXISTS quotas (owner TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS version_chunks (
+    owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, plain INTEGER NOT NULL,
+    PRIMARY KEY (owner, name, version, seq));
+CREATE INDEX IF NOT EXISTS version_chunks_by_sha ON version_chunks (sha256);
+CREATE TABLE IF NOT EXISTS chunks (
+    owner TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, wanted INTEGER NOT NULL,
+    pinned REAL NOT NULL, PRIMARY KEY (owner, sha256));
+CREATE INDEX IF NOT EXISTS chunks_by_sha ON chunks (sha256);
+CREATE INDEX IF NOT EXISTS chunks_by_pin ON chunks (pinned);
 """
 # Files recorded before versions and owners existed were all uploaded as RabbitMQ's default
 # user: they become version 1 of that user's files.
@@ -268,9 +284,12 @@ class Catalog(Holdings):
             if up.state != PENDING or not set(up.chain) <= have[upload_id]:
                 continue
             self.db.execute("UPDATE uploads SET state=? WHERE upload_id=?", (COMPLETE, upload_id))
-            # Created when placed: the time in the record its workers keep, so a catalog
-            # rebuilt from them says the same.
-            self._add_version(up, placed)
+            if not up.name:  # a sealed chunk: the owner's, until a version uses it or not
+                self.hold_chunks(up.owner, [(up.sha256, up.size)], up.wanted, now)
+            else:
+                # Created when placed: the time in the record its workers keep, so a
+                # catalog rebuilt from them says the same.
+                self._add_version(up, placed)
             completed.append(up)
         return completed
 
@@ -304,6 +323,98 @@ class Catalog(Holdings):
         )
         self.db.execute("DELETE FROM garbage WHERE sha256=?", (up.sha256,))
         return version
+
+    # -- sealed chunks and the versions made of them -------------------------------------
+
+    def hold_chunks(
+        self, owner: str, chunks: list[tuple[str, int]], wanted: int, now: float
+    ) -> None:
+        """``owner``'s chunks (sha256, size as stored), stored or found stored just now:
+        pinned for ``RESERVE_FOR`` seconds, so garbage collection leaves them alone while
+        the upload that needs them goes on to commit them."""
+        self.db.executemany(
+            "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO UPDATE SET "
+            "pinned=excluded.pinned, wanted=MAX(wanted, excluded.wanted)",
+            [(owner, sha, size, wanted, now) for sha, size in chunks],
+        )
+
+    def held_chunks(self, owner: str, shas: list[str]) -> dict[str, list[str]]:
+        """Of these chunks, those that are ``owner``'s, with their live holders."""
+        live = self.live_workers()
+        found: dict[str, list[str]] = {}
+        for at in range(0, len(shas), _BATCH):
+            part = shas[at : at + _BATCH]
+            marks = ",".join("?" * len(part))
+            mine = {
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT sha256 FROM chunks WHERE owner=? AND sha256 IN ({marks})",
+                    (owner, *part),
+                )
+            }
+            for sha, workers in self._holders_of(mine).items():
+                found[sha] = sorted(w for w in workers if w in live)
+        return found
+
+    def commit(
+        self, owner: str, files: list[CommitFile], wanted: int, now: float
+    ) -> list[VersionRecord]:
+        """Record each file as a new version of its name, made of its chunks, in one
+        transaction: the records its workers keep. Every chunk must be ``owner``'s and held
+        by a live worker, or nothing is recorded (``Refused`` names what is missing)."""
+        shas = list(dict.fromkeys(c.sha256 for f in files for c in f.chunks))
+        held = self.held_chunks(owner, shas)
+        missing = [sha for sha in shas if not held.get(sha)]
+        if missing:
+            raise Unavailable(
+                f"{len(missing)} of the chunks to record are not stored (any more): "
+                "run the upload again to send them."
+            )
+        records = []
+        with self.db:
+            self.db.execute("BEGIN")
+            for f in files:
+                version = self.next_version(owner, f.name)
+                up = Upload(
+                    upload_id=uuid.uuid4().hex,
+                    name=f.name,
+                    size=f.size,
+                    sha256=f.sha256,
+                    wanted=wanted,
+                    chain=(),
+                    client="",
+                    state=COMPLETE,
+                    owner=owner,
+                    mode=f.mode,
+                    mtime=f.mtime,
+                    version=version,
+                )
+                self._add_version(up, now)
+                self._add_chunks(owner, f.name, version, f.chunks)
+                self.hold_chunks(owner, [(c.sha256, c.size) for c in f.chunks], wanted, now)
+                records.append(
+                    VersionRecord(
+                        owner, f.name, version, f.sha256, f.size, now, wanted, f.mode,
+                        f.mtime, up.upload_id, f.chunks,
+                    )
+                )  # fmt: skip
+        return records
+
+    def _add_chunks(
+        self, owner: str, name: str, version: int, chunks: tuple[ChunkRef, ...]
+    ) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO version_chunks VALUES (?,?,?,?,?,?,?)",
+            [(owner, name, version, i, c.sha256, c.size, c.plain) for i, c in enumerate(chunks)],
+        )
+
+    def chunks_of(self, owner: str, name: str, version: int) -> tuple[ChunkRef, ...]:
+        rows = self.db.execute(
+            "SELECT sha256, size, plain FROM version_chunks WHERE owner=? AND name=? AND "
+            "version=? ORDER BY seq",
+            (owner, name, version),
+        )
+        return tuple(ChunkRef(*r) for r in rows)
 
     def upload_failed(self, upload_id: str, now: float | None = None) -> Upload | None:
         """A pending upload failed: it stops reserving space. Returns it if it was pending
@@ -373,7 +484,7 @@ class Catalog(Holdings):
             where += " AND name > ?"
             args += (after,)
         rows = self.db.execute(
-            f"SELECT {_ENTRY_COLUMNS}, c.n FROM versions v JOIN ("
+            f"SELECT {_ENTRY_COLUMNS}, c.n, {_ENTRY_TAIL} FROM versions v JOIN ("
             f"SELECT owner AS o, name AS nm, MAX(version) AS top, COUNT(*) AS n FROM versions "
             f"WHERE {where} GROUP BY owner, name ORDER BY owner, name LIMIT ?) c "
             "ON v.owner=c.o AND v.name=c.nm AND v.version=c.top ORDER BY v.name, v.owner",
@@ -384,8 +495,8 @@ class Catalog(Holdings):
     def versions(self, owner: str, name: str, now: float | None = None) -> list[FileEntry]:
         """Every kept version of one file, oldest first."""
         rows = self.db.execute(
-            f"SELECT {_ENTRY_COLUMNS}, (SELECT COUNT(*) FROM versions WHERE owner=? AND name=?) "
-            "FROM versions v WHERE owner=? AND name=? ORDER BY version",
+            f"SELECT {_ENTRY_COLUMNS}, (SELECT COUNT(*) FROM versions WHERE owner=? AND name=?), "
+            f"{_ENTRY_TAIL} FROM versions v WHERE owner=? AND name=? ORDER BY version",
             (owner, name, owner, name),
         ).fetchall()
         return self._entries(rows, now)
@@ -402,8 +513,7 @@ class Catalog(Holdings):
         return found[0] if found else None
 
     def _entries(self, rows: list[tuple[Any, ...]], now: float | None) -> list[FileEntry]:
-        live = self.live_workers(now)
-        holders = self._holders_of({r[1] for r in rows})
+        live = sorted(self.live_workers(now))
         return [
             FileEntry(
                 name=r[0],
@@ -415,10 +525,27 @@ class Catalog(Holdings):
                 mode=r[6],
                 mtime=r[7],
                 versions=r[8],
-                replicas=tuple(sorted(w for w in holders.get(r[1], ()) if w in live)),
+                replicas=self._copies(r[9], r[0], r[5], live),
             )
             for r in rows
         ]
+
+    def _copies(self, owner: str, name: str, version: int, live: list[str]) -> tuple[str, ...]:
+        """The live workers holding a verified copy of a version: those holding its first
+        chunk, as many as its least-held chunk has live copies (its chunks may lie on
+        different workers; each counts only as often as every chunk is held)."""
+        slots = ",".join("?" * len(live)) or "NULL"
+        row = self.db.execute(
+            "SELECT MIN((SELECT COUNT(*) FROM replicas r WHERE r.sha256=c.sha256 AND r.worker "
+            f"IN ({slots}))), (SELECT sha256 FROM version_chunks WHERE owner=? AND name=? AND "
+            "version=? AND seq=0) FROM version_chunks c WHERE owner=? AND name=? AND version=?",
+            (*live, owner, name, version, owner, name, version),
+        ).fetchone()
+        if row is None or row[1] is None:
+            return ()
+        least, anchor = row
+        first = sorted(w for w in self._holders(anchor).get(anchor, []) if w in live)
+        return tuple(first[:least])
 
     def delete(self, owner: str, name: str, version: int, now: float) -> list[int]:
         """Remove one version (or, with 0, every version) of a file; return those removed.
@@ -443,9 +570,21 @@ class Catalog(Holdings):
         keys = [(owner, v.name, v.version) for v in victims]
         with self.db:
             self.db.execute("BEGIN")
+            shas: set[str] = set()
+            for key in keys:
+                shas.update(
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT sha256 FROM version_chunks WHERE owner=? AND name=? AND version=?",
+                        key,
+                    )
+                )
             self.db.executemany("DELETE FROM versions WHERE owner=? AND name=? AND version=?", keys)
+            self.db.executemany(
+                "DELETE FROM version_chunks WHERE owner=? AND name=? AND version=?", keys
+            )
             self.db.executemany("INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", keys)
-            for sha in sorted({v.sha256 for v in victims}):
+            for sha in sorted(shas):
                 self._mark_if_unused(sha, now)
 
 
@@ -456,6 +595,7 @@ _UPLOAD_SLOTS = ",".join("?" * len(_UPLOAD_FIELDS))
 # Rows a statement names at once (SQLite takes up to 32,766 parameters).
 _BATCH = 500
 _ENTRY_COLUMNS = "v.name, v.sha256, v.size, v.wanted, v.created, v.version, v.mode, v.mtime"
+_ENTRY_TAIL = "v.owner"  # after the version count
 
 
 def _upload_row(up: Upload) -> tuple[Any, ...]:

@@ -8,13 +8,14 @@ SQLite connection and schema.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from manager.chains import Candidate
-from warren.messages import BlobEntry, VersionKey, VersionRecord, WorkerEntry
+from warren.messages import BlobEntry, ChunkRef, VersionKey, VersionRecord, WorkerEntry
 
 # An upload reserves room on its chain's workers for this long after it is placed: one that
 # has sent nothing by then (a client gone, or one that asks and never sends) stops crowding
@@ -179,17 +180,23 @@ class Holdings:
                 self.db.execute(
                     "INSERT OR IGNORE INTO forgotten VALUES (?,?,?)", (k.owner, k.name, k.version)
                 )
-                row = self.db.execute(
-                    "SELECT sha256 FROM versions WHERE owner=? AND name=? AND version=?",
-                    (k.owner, k.name, k.version),
-                ).fetchone()
-                if row is not None:
-                    self.db.execute(
-                        "DELETE FROM versions WHERE owner=? AND name=? AND version=?",
-                        (k.owner, k.name, k.version),
+                key = (k.owner, k.name, k.version)
+                shas = [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT sha256 FROM version_chunks WHERE owner=? AND name=? AND version=?",
+                        key,
                     )
-                    self._mark_if_unused(row[0], now)
-                    removed += 1
+                ]
+                cur = self.db.execute(
+                    "DELETE FROM versions WHERE owner=? AND name=? AND version=?", key
+                )
+                self.db.execute(
+                    "DELETE FROM version_chunks WHERE owner=? AND name=? AND version=?", key
+                )
+                for sha in shas:
+                    self._mark_if_unused(sha, now)
+                removed += cur.rowcount
             for r in records:
                 gone = self.db.execute(
                     "SELECT 1 FROM forgotten WHERE owner=? AND name=? AND version=?",
@@ -214,17 +221,44 @@ class Holdings:
                 )
                 if cur.rowcount == 1:
                     added += 1
-                    self.db.execute("DELETE FROM garbage WHERE sha256=?", (r.sha256,))
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO version_chunks VALUES (?,?,?,?,?,?,?)",
+                        [
+                            (r.owner, r.name, r.version, i, c.sha256, c.size, c.plain)
+                            for i, c in enumerate(r.chunks)
+                        ],
+                    )
+                    self.db.executemany(
+                        "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO "
+                        "UPDATE SET wanted=MAX(wanted, excluded.wanted)",
+                        [(r.owner, c.sha256, c.size, r.wanted, 0.0) for c in r.chunks],
+                    )
+                    self.db.executemany(
+                        "DELETE FROM garbage WHERE sha256=?", [(c.sha256,) for c in r.chunks]
+                    )
         return added, removed
 
     def records_of(self, sha256: str) -> list[VersionRecord]:
-        """The records of every version using this content (for a worker that now holds it)."""
+        """The records of every version whose first chunk is this blob (for a worker that
+        now holds it: a version's record lives beside its first chunk)."""
         rows = self.db.execute(
-            "SELECT owner, name, version, sha256, size, created, wanted, mode, mtime, upload_id "
-            "FROM versions WHERE sha256=?",
+            "SELECT v.owner, v.name, v.version, v.sha256, v.size, v.created, v.wanted, v.mode, "
+            "v.mtime, v.upload_id FROM version_chunks c JOIN versions v ON v.owner=c.owner AND "
+            "v.name=c.name AND v.version=c.version WHERE c.sha256=? AND c.seq=0",
             (sha256,),
         ).fetchall()
-        return [VersionRecord(*r) for r in rows]
+        return [
+            dataclasses.replace(VersionRecord(*r), chunks=self._chunks_of(r[0], r[1], r[2]))
+            for r in rows
+        ]
+
+    def _chunks_of(self, owner: str, name: str, version: int) -> tuple[ChunkRef, ...]:
+        rows = self.db.execute(
+            "SELECT sha256, size, plain FROM version_chunks WHERE owner=? AND name=? AND "
+            "version=? ORDER BY seq",
+            (owner, name, version),
+        )
+        return tuple(ChunkRef(*r) for r in rows)
 
     # -- quotas ----------------------------------------------------------------------------
 
@@ -255,8 +289,7 @@ class Holdings:
         ``RESERVE_FOR`` seconds after they were placed)."""
         (stored,) = self.db.execute(
             "SELECT COALESCE(SUM(c.size * (SELECT COUNT(*) FROM replicas r "
-            "WHERE r.sha256=c.sha256)), 0) FROM (SELECT DISTINCT sha256, size FROM versions "
-            "WHERE owner=?) c",
+            "WHERE r.sha256=c.sha256)), 0) FROM chunks c WHERE c.owner=?",
             (owner,),
         ).fetchone()
         (flying,) = self.db.execute(
@@ -268,9 +301,18 @@ class Holdings:
 
     # -- garbage ---------------------------------------------------------------------------
 
-    def _unused(self, sha256: str) -> bool:
+    def _unused(self, sha256: str, now: float | None = None) -> bool:
+        """No version uses this blob, no owner stored (or was told it holds) it within
+        ``RESERVE_FOR`` seconds, and no upload of it is in flight."""
+        pinned = (time.time() if now is None else now) - RESERVE_FOR
         return (
-            self.db.execute("SELECT 1 FROM versions WHERE sha256=? LIMIT 1", (sha256,)).fetchone()
+            self.db.execute(
+                "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
+            ).fetchone()
+            is None
+            and self.db.execute(
+                "SELECT 1 FROM chunks WHERE sha256=? AND pinned>? LIMIT 1", (sha256, pinned)
+            ).fetchone()
             is None
             and self.db.execute(
                 "SELECT 1 FROM uploads WHERE sha256=? AND state=? LIMIT 1", (sha256, PENDING)
@@ -294,10 +336,13 @@ class Holdings:
             self.db.execute("BEGIN")
             for sha in due:
                 self.db.execute("DELETE FROM garbage WHERE sha256=?", (sha,))
-                if not self._unused(sha):
+                if not self._unused(sha, now):
+                    if self._pinned_only(sha):  # an upload may commit it yet: ask again later
+                        self.db.execute("INSERT INTO garbage VALUES (?,?)", (sha, now))
                     continue
                 holders = self._holders(sha).get(sha, [])
                 self.db.execute("DELETE FROM replicas WHERE sha256=?", (sha,))
+                self.db.execute("DELETE FROM chunks WHERE sha256=?", (sha,))
                 self.db.executemany(
                     "INSERT OR IGNORE INTO deleting VALUES (?,?)", [(sha, w) for w in holders]
                 )
@@ -305,6 +350,38 @@ class Holdings:
         if out:
             self._usage = None
         return out
+
+    def _pinned_only(self, sha256: str) -> bool:
+        """Kept only by a recent upload that has not committed it (yet)."""
+        return (
+            self.db.execute(
+                "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
+            ).fetchone()
+            is None
+        )
+
+    def stale_chunks(self, now: float, since: float = 0.0) -> int:
+        """Chunks stored, or found stored, for an upload that never committed them, and
+        used by no version: on their way out (``garbage_due``). Only pins that ran out
+        after ``since`` are looked at (the last pass), so a pass costs what changed.
+        Returns how many."""
+        rows = self.db.execute(
+            "SELECT DISTINCT c.sha256 FROM chunks c WHERE c.pinned<=? AND c.pinned>? AND NOT "
+            "EXISTS (SELECT 1 FROM version_chunks v WHERE v.sha256=c.sha256) AND NOT EXISTS "
+            "(SELECT 1 FROM garbage g WHERE g.sha256=c.sha256)",
+            (now - RESERVE_FOR, since - RESERVE_FOR if since else -1.0),
+        ).fetchall()
+        with self.db:
+            self.db.execute("BEGIN")
+            for (sha,) in rows:
+                self._mark_if_unused(sha, now)
+        return len(rows)
+
+    def blob_size(self, sha256: str) -> int:
+        row = self.db.execute(
+            "SELECT size FROM replicas WHERE sha256=? LIMIT 1", (sha256,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def blobs_on(self, worker: str) -> set[str]:
         """The blobs the catalog knows on one worker (indexed: its own rows only)."""
@@ -329,7 +406,7 @@ class Holdings:
         owners on a hash alone: whoever knows another owner's SHA-256 and size must send
         the bytes, or neither get them back nor learn that they are stored."""
         mine = self.db.execute(
-            "SELECT 1 FROM versions WHERE sha256=? AND owner=? LIMIT 1", (sha256, owner)
+            "SELECT 1 FROM chunks WHERE sha256=? AND owner=? LIMIT 1", (sha256, owner)
         ).fetchone()
         return self.live_holders(sha256) if mine is not None else []
 
@@ -356,7 +433,7 @@ class Holdings:
         live = sorted(self.live_workers(now))
         slots = ",".join("?" * len(live)) or "NULL"
         query = (
-            "SELECT sha256, MAX(size), MAX(wanted) FROM versions v {where} GROUP BY sha256 "
+            "SELECT sha256, MAX(size), MAX(wanted) FROM chunks v {where} GROUP BY sha256 "
             "HAVING MAX(wanted) > (SELECT COUNT(*) FROM replicas r WHERE r.sha256 = v.sha256 "
             f"AND r.worker IN ({slots})) ORDER BY sha256"
         )

@@ -149,6 +149,8 @@ class Placement:
     def place_pack(self, req: m.PackRequest, reply_to: str, owner: str) -> m.Message:
         """Small files together: those whose content enough live workers hold are recorded
         at once (``stored``), the others placed on one chain and sent in one message."""
+        if req.chunks:
+            return self._place_chunks(req, reply_to, owner)
         ids: dict[int, str] = {}
         stored = []
         records: dict[str, list[m.VersionRecord]] = {}  # by holder: one message each
@@ -185,18 +187,67 @@ class Placement:
             stored=tuple(stored),
         )
 
+    def _place_chunks(self, req: m.PackRequest, reply_to: str, owner: str) -> m.PackAccepted:
+        """Sealed chunks: those the owner already stored, which ``replicas`` live workers
+        hold, are ``stored`` (and pinned for the commit that will use them: garbage
+        collection leaves them be meanwhile); the others are placed on one chain."""
+        ids: dict[int, str] = {}
+        stored = []
+        now = time.time()
+        held = self.catalog.held_chunks(owner, [f.sha256 for f in req.files])
+        for i, f in enumerate(req.files):
+            holders = held.get(f.sha256, [])
+            if req.replicas >= 1 and len(holders) >= req.replicas:
+                ids[i] = uuid.uuid4().hex
+                stored.append(m.StoredFile(ids[i], tuple(holders[: req.replicas])))
+        if stored:
+            found = [(f.sha256, f.size) for i, f in enumerate(req.files) if i in ids]
+            self.catalog.hold_chunks(owner, found, req.replicas, now)
+        rest = [i for i in range(len(req.files)) if i not in ids]
+        chain = stored[0].chain if stored else ()
+        if rest:
+            ups = self._reserve(
+                [req.files[i] for i in rest], req.replicas, req.client, reply_to, owner, True
+            )
+            ids.update(zip(rest, (up.upload_id for up in ups), strict=True))
+            chain = ups[0].chain
+        log.info(
+            "%d chunks (%d bytes) from %s: %d placed on %s, %d already stored",
+            len(req.files),
+            sum(f.size for f in req.files),
+            req.client or "a client",
+            len(rest),
+            " -> ".join(chain),
+            len(stored),
+        )
+        return m.PackAccepted(
+            upload_ids=tuple(ids[i] for i in range(len(req.files))),
+            chain=chain,
+            stored=tuple(stored),
+        )
+
     def _reserve(
-        self, files: list[m.PackFile], replicas: int, client: str, reply_to: str, owner: str
+        self,
+        files: list[m.PackFile],
+        replicas: int,
+        client: str,
+        reply_to: str,
+        owner: str,
+        chunks: bool = False,
     ) -> list[Upload]:
         """Pick one chain with room for all of ``files`` and record each as a pending
         upload, in one transaction (a plain upload is one file, a pack several). A worker
-        still deleting an old copy of the same content is not picked for it."""
+        still deleting an old copy of the same content is not picked for it. ``chunks``:
+        they are sealed chunks, which become no version (and have no record)."""
         total = sum(f.size for f in files)
         self._within_quota(owner, total * replicas)
         # Each file's version is fixed now, so its workers keep its record before any chunk.
         last: dict[str, int] = {}
         numbers = []
         for f in files:
+            if chunks:
+                numbers.append(0)
+                continue
             last[f.name] = (
                 last[f.name] + 1 if f.name in last else self.catalog.next_version(owner, f.name)
             )
@@ -227,7 +278,7 @@ class Placement:
         senders = {w: owner if hop == 0 else chain[hop - 1] for hop, w in enumerate(chain)}
         self.outbox.records(
             chain,
-            [_record(up, up.version, now) for up in ups],
+            [] if chunks else [_record(up, up.version, now) for up in ups],
             lambda worker: tuple(m.Expect(up.upload_id, senders[worker], chain) for up in ups),
         )
         return ups

@@ -66,6 +66,7 @@ class Answers:
         self._handlers: dict[type[m.Message], Callable[[Any, Asked], m.Message]] = {
             m.UploadRequest: self._upload,
             m.PackRequest: self._pack,
+            m.CommitRequest: self._commit,
             m.DownloadRequest: self._restore,
             m.ListRequest: self._list,
             m.VersionsRequest: self._versions,
@@ -116,6 +117,26 @@ class Answers:
 
     def _pack(self, req: m.PackRequest, a: Asked) -> m.Message:
         return self.placement.place_pack(req, a.reply_to, a.owner)
+
+    def _commit(self, req: m.CommitRequest, a: Asked) -> m.CommitReply:
+        """Files whose sealed chunks the sender stored become versions; each version's
+        record goes to the live holders of its first chunk."""
+        records = self.catalog.commit(a.owner, list(req.files), req.replicas, time.time())
+        by_holder: dict[str, list[m.VersionRecord]] = {}
+        anchors = self.catalog.held_chunks(a.owner, [r.chunks[0].sha256 for r in records])
+        for r in records:
+            for worker in anchors.get(r.chunks[0].sha256, []):
+                by_holder.setdefault(worker, []).append(r)
+        for worker, held in by_holder.items():
+            self.outbox.records([worker], held)
+        self.health.changed()
+        log.info(
+            "commit: %d files of %s (%d chunks)",
+            len(records),
+            a.owner or "a client",
+            sum(len(r.chunks) for r in records),
+        )
+        return m.CommitReply(versions=tuple(r.version for r in records))
 
     def _list(self, req: m.ListRequest, a: Asked) -> m.ListReply:
         page = self.catalog.files(
@@ -183,38 +204,58 @@ class Answers:
         else:
             entries = self.catalog.files(owner=a.owner)
         copies = []
+        missing = []
+        live = self.catalog.live_workers()
         for e in entries:
-            for worker in e.replicas:
-                copies.append(m.VerifyCopy(e.name, e.version, worker, e.sha256))
-                a.then.append((worker, m.VerifyBlob(e.sha256, e.size, a.reply_to, a.cid)))
-        missing = tuple(e.name for e in entries if not e.replicas)
-        return m.VerifyAccepted(copies=tuple(copies), missing=missing)
+            chunks = self.catalog.chunks_of(a.owner, e.name, e.version)
+            holders = self.catalog.held_chunks(a.owner, [c.sha256 for c in chunks])
+            if not chunks or any(not holders.get(c.sha256) for c in chunks):
+                missing.append(e.name)
+            for c in dict.fromkeys(chunks):  # each blob once, on each of its live holders
+                for worker in holders.get(c.sha256, []):
+                    if worker in live:
+                        copies.append(m.VerifyCopy(e.name, e.version, worker, c.sha256))
+                        a.then.append((worker, m.VerifyBlob(c.sha256, c.size, a.reply_to, a.cid)))
+        return m.VerifyAccepted(copies=tuple(copies), missing=tuple(missing))
 
     def _restore(self, req: m.DownloadRequest, a: Asked) -> m.DownloadAccepted:
+        """A file: what it is and its chunks, which the client then fetches one by one
+        (``blob``): each from the live holder serving the fewest so far, so the chunks of
+        one restore come from several workers at once."""
+        if req.blob:
+            return self._serve_blob(req, a)
         entry = self.catalog.version(a.owner, req.name, req.version)
         if entry is None:
             which = f"version {req.version} of " if req.version else ""
             raise NotFound(f"no {which}file named {req.name!r} is stored.")
-        holders = [w for w in entry.replicas if w not in req.exclude]
-        if not holders:
-            raise NoReplica(f"no live worker holds a copy of {req.name!r} right now.")
-        worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
-        self._serving[worker] = self._serving.get(worker, 0) + 1
-        a.then.append((worker, m.ServeRequest(entry.sha256, entry.size, a.reply_to, a.cid)))
-        log.info("restore %s: %r served by %s", a.cid, entry.name, worker)
+        log.info("restore %s: %r", a.cid, entry.name)
         return m.DownloadAccepted(
             name=entry.name,
             size=entry.size,
             sha256=entry.sha256,
-            worker=worker,
+            worker="",
             version=entry.version,
             mode=entry.mode,
             mtime=entry.mtime,
+            chunks=self.catalog.chunks_of(a.owner, entry.name, entry.version),
         )
+
+    def _serve_blob(self, req: m.DownloadRequest, a: Asked) -> m.DownloadAccepted:
+        held = self.catalog.held_chunks(a.owner, [req.blob]).get(req.blob)
+        if held is None:
+            raise NotFound("no such chunk is stored for you.")
+        holders = [w for w in held if w not in req.exclude]
+        if not holders:
+            raise NoReplica("no live worker holds a copy of a chunk right now.")
+        worker = min(holders, key=lambda w: (self._serving.get(w, 0), w))
+        self._serving[worker] = self._serving.get(worker, 0) + 1
+        size = self.catalog.blob_size(req.blob)
+        a.then.append((worker, m.ServeRequest(req.blob, size, a.reply_to, a.cid)))
+        return m.DownloadAccepted(name="", size=size, sha256=req.blob, worker=worker)
 
 
 # Requests that add or delete versions: refused while the catalog catches up.
-_CHANGES = (m.UploadRequest, m.PackRequest, m.DeleteRequest, m.PruneRequest)
+_CHANGES = (m.UploadRequest, m.PackRequest, m.CommitRequest, m.DeleteRequest, m.PruneRequest)
 
 
 def _dry_run(msg: m.Message) -> bool:

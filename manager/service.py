@@ -45,6 +45,9 @@ from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
+# Chunks stored for uploads that never committed them are looked for this often (seconds).
+STALE_PASS = 60.0
+
 
 class Manager:
     def __init__(self, settings: Settings, stop: threading.Event, connect: Connect) -> None:
@@ -57,6 +60,7 @@ class Manager:
         self.term = Term(settings.dead_after)
         self.health = Health(self.catalog, self.repairs)
         self._standing_by = False
+        self._stale_pass = 0.0  # when chunks no upload committed were last looked for
         self._conn: Transport | None = None  # the connection of this term
         # Made when it runs: the records' key is read then, not at construction.
         self.outbox: Outbox | None = None
@@ -159,7 +163,11 @@ class Manager:
         """Blobs no version has used for ``gc_delay`` seconds: each holder deletes its copy
         (the command waits in a dead worker's queue until it is back)."""
         assert self.outbox is not None
-        for sha, holders in self.catalog.garbage_due(time.time(), self.settings.gc_delay):
+        now = time.time()
+        if now - self._stale_pass >= STALE_PASS:
+            self.catalog.stale_chunks(now, self._stale_pass)
+            self._stale_pass = now
+        for sha, holders in self.catalog.garbage_due(now, self.settings.gc_delay):
             for worker in holders:
                 self.outbox.command(worker, m.DeleteBlob(sha256=sha))
             log.info("gc: %s is used by no version; deleting it on %s", sha[:12], holders)

@@ -44,6 +44,7 @@ from warren.headers import (
 from warren.worker_messages import (
     BlobDeleted,
     BlobEntry,
+    ChunkRef,
     CopyRequest,
     DeleteBlob,
     DiscardUpload,
@@ -98,6 +99,7 @@ __all__ = [
     "message",
     "BlobDeleted",
     "BlobEntry",
+    "ChunkRef",
     "CopyRequest",
     "DeleteBlob",
     "DiscardUpload",
@@ -158,20 +160,82 @@ class PackFile:
 @message
 @dataclass(frozen=True)
 class PackRequest(Message):
-    """Place several small files at once, on one chain; the manager answers PackAccepted."""
+    """Place several sealed chunks at once, on one chain; the manager answers PackAccepted.
+
+    ``chunks``: the files are sealed chunks, named by nothing (``name`` empty): they
+    become the sender's chunks, not versions, and a ``commit.request`` names the files
+    they make up. (Without it, the files of a pack are versions, as before chunks.)"""
 
     TYPE = "pack.request"
     files: tuple[PackFile, ...]
     replicas: int
     client: str = ""
+    chunks: bool = False
 
     def validate(self) -> None:
         if not 1 <= len(self.files) <= MAX_PACK_FILES:
             raise DecodeError(f"pack.request: 1 to {MAX_PACK_FILES} files")
         for f in self.files:
+            if self.chunks:
+                if f.name:
+                    raise DecodeError("pack.request: a chunk has no name")
+            else:
+                check_file_name(f.name)
+            check_size(f.size, "size")
+            check_sha256(f.sha256, "sha256")
+
+
+@dataclass(frozen=True)
+class CommitFile:
+    """A file whose sealed chunks are all stored: its name, what it is, and its chunks in
+    order (``sha256`` and ``size`` are the whole file's, as the client read it)."""
+
+    name: str
+    size: int
+    sha256: str
+    chunks: tuple[ChunkRef, ...]
+    mode: int = 0
+    mtime: float = 0.0
+
+
+@message
+@dataclass(frozen=True)
+class CommitRequest(Message):
+    """Record files as new versions, each made of chunks the sender already stored; the
+    manager answers CommitReply, or an error when a chunk is not the sender's or is held
+    by no live worker (then nothing is recorded)."""
+
+    TYPE = "commit.request"
+    files: tuple[CommitFile, ...]
+    replicas: int
+    client: str = ""
+
+    def validate(self) -> None:
+        if not 1 <= len(self.files) <= MAX_PACK_FILES:
+            raise DecodeError(f"commit.request: 1 to {MAX_PACK_FILES} files")
+        for f in self.files:
             check_file_name(f.name)
             check_size(f.size, "size")
             check_sha256(f.sha256, "sha256")
+            if not f.chunks:
+                raise DecodeError("commit.request: a file is at least one chunk")
+            plain = 0
+            for c in f.chunks:
+                check_sha256(c.sha256, "chunk sha256")
+                check_size(c.size, "chunk size")
+                check_size(c.plain, "chunk plain size")
+                plain += c.plain
+            if plain != f.size:
+                raise DecodeError("commit.request: the chunks do not add up to the file")
+
+
+@message
+@dataclass(frozen=True)
+class CommitReply(Message):
+    """The version each committed file became, in the request's order."""
+
+    TYPE = "commit.reply"
+    versions: tuple[int, ...]
 
 
 @message
@@ -182,6 +246,13 @@ class DownloadRequest(Message):
     exclude: tuple[str, ...] = ()  # workers that already failed this client
     client: str = ""
     version: int = 0  # 0: the latest
+    blob: str = ""  # one of the sender's sealed chunks to stream (then ``name`` is empty)
+
+    def validate(self) -> None:
+        if self.blob:
+            check_sha256(self.blob, "blob")
+        else:
+            check_file_name(self.name)
 
 
 @message
@@ -325,10 +396,11 @@ class DownloadAccepted(Message):
     name: str
     size: int
     sha256: str
-    worker: str
+    worker: str  # the worker that streams a blob ("" for a file: its chunks are fetched)
     version: int = 1
     mode: int = 0
     mtime: float = 0.0
+    chunks: tuple[ChunkRef, ...] = ()  # a file's sealed chunks, in order
 
 
 @message

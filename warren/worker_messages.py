@@ -128,9 +128,21 @@ class VersionKey:
 
 
 @dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a file, as the catalog knows it: the blob that holds it sealed (its
+    SHA-256 and size as stored) and how many bytes of the file it holds once opened. Only
+    the owner's key opens it; to the manager and the workers it is an opaque blob."""
+
+    sha256: str
+    size: int
+    plain: int
+
+
+@dataclass(frozen=True)
 class VersionRecord:
     """One version of a file, as the workers holding its content keep it beside the data:
-    enough for a manager with an empty catalog to list and restore it again."""
+    enough for a manager with an empty catalog to list and restore it again. ``sha256``
+    and ``size`` are the file's own; ``chunks`` the sealed blobs that hold it, in order."""
 
     owner: str
     name: str
@@ -142,6 +154,7 @@ class VersionRecord:
     mode: int
     mtime: float
     upload_id: str
+    chunks: tuple[ChunkRef, ...] = ()
 
     @property
     def key(self) -> VersionKey:
