@@ -219,6 +219,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
 
+    from client import keys_cmd  # here: it needs default_prog from this module
+
+    keys_cmd.define(command, _common)  # init, key add|list|remove|passwd
+
     cf = command(
         "config",
         "show the settings in effect, where each came from (default, config file, env or "

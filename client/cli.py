@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from client import actions
+from client import actions, keys_cmd
 from client.args import completion_script, overrides
 from client.connecting import open_session
 from client.outcomes import DownloadResult, UploadResult
@@ -102,6 +102,8 @@ class App:
             "prune": self.prune,
             "verify": self.verify,
             "status": self.status,
+            "init": self.keys,
+            "key": self.keys,
         }
         if cmd not in commands:
             raise UsageError(f"unknown command {cmd!r}")
@@ -121,6 +123,10 @@ class App:
             if value is not None and value < low:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be at least {low}, not {value}.")
+
+    def keys(self, session: Session) -> int:
+        """init and key ...: client/keys_cmd.py."""
+        return keys_cmd.run(self, self.args, session)
 
     def upload(self, session: Session) -> int:
         paths: list[Path] = self.args.paths

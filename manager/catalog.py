@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from manager.holdings import COMPLETE, FAILED, PENDING, Holdings
+from manager.keys import SCHEMA as KEYS_SCHEMA
 from warren.errors import Unavailable
 from warren.messages import ChunkRef, CommitFile, FileEntry, VersionRecord
 from warren.private import private_file
@@ -114,6 +115,7 @@ class Catalog(Holdings):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        db.executescript(KEYS_SCHEMA)  # owners' wrapped keys (manager/keys.py)
         columns = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
         for column, kind in (
             ("reply_to", "TEXT NOT NULL DEFAULT ''"),

@@ -13,7 +13,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from warren import messages as m
@@ -22,6 +22,10 @@ from warren.errors import DecodeError
 from warren.sealing import Sealer
 
 _DELETION = b"warren deletion"
+# Owners' wrapped keys ride with the deletions (worker.forget): a worker keeps every such
+# line and hands each back, whatever blobs it holds, which is what a key needs. The context
+# differs, so neither can pass for the other.
+_KEY = b"warren owner key"
 
 
 def _record_context(sha256: str) -> bytes:
@@ -36,6 +40,7 @@ class Opened:
     records: list[m.VersionRecord]
     forgotten: list[m.VersionKey]
     forged: int
+    keys: list[m.KeyRecord] = field(default_factory=list)
 
 
 class RecordSeal:
@@ -51,8 +56,12 @@ class RecordSeal:
     def seal_deletions(self, keys: list[m.VersionKey]) -> tuple[str, ...]:
         return tuple(self._seal(_json(k), _DELETION) for k in keys)
 
+    def seal_key(self, record: m.KeyRecord) -> str:
+        """An owner's key added or removed, for every worker's log (``worker.forget``)."""
+        return self._seal(_json(record), _KEY)
+
     def open(self, inventory: m.Inventory) -> Opened:
-        records, forgotten, forged = [], [], 0
+        records, forgotten, keys, forged = [], [], [], 0
         for entry in inventory.records:
             try:
                 record = self._open(entry.sealed, _record_context(entry.sha256), m.VersionRecord)
@@ -63,9 +72,14 @@ class RecordSeal:
         for sealed in inventory.forgotten:
             try:
                 forgotten.append(self._open(sealed, _DELETION, m.VersionKey))
+                continue
+            except DecodeError:
+                pass
+            try:
+                keys.append(self._open(sealed, _KEY, m.KeyRecord))
             except DecodeError:
                 forged += 1
-        return Opened(records, forgotten, forged)
+        return Opened(records, forgotten, forged, keys)
 
     def _seal(self, plaintext: bytes, context: bytes) -> str:
         return base64.b64encode(self._sealer.seal(plaintext, context)).decode()
@@ -82,5 +96,5 @@ class RecordSeal:
             raise DecodeError(f"a sealed record that does not decode ({exc})") from None
 
 
-def _json(value: m.VersionRecord | m.VersionKey) -> bytes:
+def _json(value: m.VersionRecord | m.VersionKey | m.KeyRecord) -> bytes:
     return json.dumps(dataclasses.asdict(value), separators=(",", ":")).encode()

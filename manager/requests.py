@@ -18,6 +18,7 @@ from typing import Any
 
 from manager.catalog import Catalog
 from manager.health import Health
+from manager.keys import KeyAnswers
 from manager.outbox import Outbox
 from manager.placement import Placement
 from manager.repair import Repairs
@@ -75,6 +76,7 @@ class Answers:
             m.VerifyRequest: self._verify,
             m.StatusRequest: self._status,
         }
+        self._handlers.update(KeyAnswers(catalog, outbox).handlers())
 
     def on_request(self, d: Delivery) -> None:
         if not d.reply_to:
@@ -254,8 +256,20 @@ class Answers:
         return m.DownloadAccepted(name="", size=size, sha256=req.blob, worker=worker)
 
 
-# Requests that add or delete versions: refused while the catalog catches up.
-_CHANGES = (m.UploadRequest, m.PackRequest, m.CommitRequest, m.DeleteRequest, m.PruneRequest)
+# Requests that add or delete versions, and every key request (an owner's keys may still be
+# on their way from the workers: `init` must not make a second master key meanwhile):
+# refused while the catalog catches up.
+_CHANGES = (
+    m.UploadRequest,
+    m.PackRequest,
+    m.CommitRequest,
+    m.DeleteRequest,
+    m.PruneRequest,
+    m.KeyAdd,
+    m.KeyGet,
+    m.KeyList,
+    m.KeyRemove,
+)
 
 
 def _dry_run(msg: m.Message) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 from manager.catalog import Catalog, Upload
 from manager.health import Health
 from manager.holdings import Shortfall
+from manager.keys import KeyStore
 from manager.outbox import Outbox
 from manager.placement import Placement
 from manager.records import RecordSeal
@@ -245,6 +246,9 @@ class Manager:
                 opened.forged,
             )
         more, fewer = self.catalog.merge_records(opened.records, opened.forgotten, time.time())
+        got, lost = KeyStore(self.catalog).merge(opened.keys)
+        if got or lost:
+            log.info("worker %s: owner keys merged (+%d, -%d)", msg.worker, got, lost)
         self.health.suspect({r.sha256 for r in opened.records})
         self.health.changed()
         if more or fewer:

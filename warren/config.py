@@ -76,6 +76,13 @@ class Settings:
     # there on the first start. Empty: manager.key in the manager's data dir. Standby
     # managers, and one rebuilding on an empty data dir, must read the same file.
     manager_key_file: str = ""
+    # A file holding the owner's password, which opens the owner's key (client/owner.py);
+    # empty: asked on the terminal. Only its owner may be able to read it.
+    password_file: str = ""
+    # scrypt's cost for keys wrapped from now on (warren/ownerkey.py). FOR TESTS ONLY: the
+    # suite lowers it to run many commands fast; a key records its own cost and opens with
+    # any setting. Lowering it makes a stolen wrapped key cheaper to guess at.
+    scrypt_n: int = 2**15
 
     @property
     def amqp_urls(self) -> list[str]:
@@ -141,6 +148,8 @@ class Settings:
             )
         if self.queue_type not in QUEUE_TYPES:
             raise UsageError("WARREN_QUEUE_TYPE must be classic or quorum.")
+        if self.scrypt_n < 2 or self.scrypt_n & (self.scrypt_n - 1) or self.scrypt_n > 2**20:
+            raise UsageError("WARREN_SCRYPT_N must be a power of two from 2 to 1048576.")
         for name in ("window", "prefetch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"WARREN_{name.upper()} must be at least 1.")

@@ -41,6 +41,17 @@ from warren.headers import (
     PackHeaders,
     RestoreChunk,
 )
+from warren.key_messages import (
+    KeyAdd,
+    KeyAdded,
+    KeyEntry,
+    KeyGet,
+    KeyList,
+    KeyListReply,
+    KeyRecord,
+    KeyRemove,
+    KeyRemoved,
+)
 from warren.worker_messages import (
     BlobDeleted,
     BlobEntry,
@@ -124,6 +135,15 @@ __all__ = [
     "VerifyResult",
     "VersionKey",
     "VersionRecord",
+    "KeyAdd",
+    "KeyAdded",
+    "KeyEntry",
+    "KeyGet",
+    "KeyList",
+    "KeyListReply",
+    "KeyRecord",
+    "KeyRemove",
+    "KeyRemoved",
 ]
 
 
