@@ -139,7 +139,7 @@ def params_for(limit: int) -> ChunkParams:
     return ChunkParams(min_size=low, avg_size=avg, max_size=top)
 
 
-def cut(path: Path, params: ChunkParams, seed: int) -> Iterator[bytes | memoryview]:
+def cut(path: Path, params: ChunkParams, seed: int) -> Iterator[bytes]:
     """The chunks of the file at ``path`` in order, cut by content with FastCDC keyed by
     ``seed``. Memory stays at about twice ``max_size`` whatever the file's size. An empty
     file is one empty chunk (every file has a chunk to name it). Each chunk is a copy of its
