@@ -13,7 +13,6 @@ Everything runs on the connection's thread: a chunk is at most a message's size.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -198,7 +197,8 @@ class ChunkFetcher:
             data = self._open(w)
             if data is not None:
                 return data
-        return self._again(w)
+        self._again(w)
+        return None
 
     def _open(self, w: _Wanted) -> bytes | None:
         sealed = b"".join(part for _, part in sorted(w.parts))
@@ -225,4 +225,3 @@ class ChunkFetcher:
         bad, w.last_problem = w.bad_copy, f"{w.worker}: {w.problem}"
         self._ask(w)
         w.bad_copy = bad
-        return None

@@ -23,11 +23,23 @@ from client.restore import Restorer
 from client.upload import Batch
 from warren import messages as m
 from warren.errors import WarrenError
+from warren.ownerkey import OwnerKeys
 from warren.transport import Delivery
 
 
 class Session(Channel):
     """A channel to the cluster and what a user does over it."""
+
+    _keys: OwnerKeys | None = None
+
+    def owner_keys(self) -> OwnerKeys:
+        """The owner's keys, opened with its password once a session (``client.owner``):
+        a wrong password, or no key yet, is exit 2 before any content is sent or written."""
+        if self._keys is None:
+            from client.owner import unlock  # not at the top: client.owner uses Session
+
+            self._keys = unlock(self)
+        return self._keys
 
     def files(self, prefix: str = "") -> list[m.FileEntry]:
         """The latest version of each of this user's files (under ``prefix``)."""
@@ -124,7 +136,8 @@ class Session(Channel):
     ) -> None:
         """Store many files, pipelined (see ``client.upload.Batch``); ``done(name, result
         or error)`` for each as it finishes. A broker failure ends the whole batch."""
-        Batch(self, replicas, progress_for, done).run(items)
+        keys = self.owner_keys()  # a wrong password: exit 2 before anything is sent
+        Batch(self, keys, replicas, progress_for, done).run(items)
 
     def download(
         self,
@@ -139,6 +152,6 @@ class Session(Channel):
         """Restore ``name`` (the latest version unless one is named) to ``dest``, verified;
         another replica is tried on failure. ``under`` and ``keep_setid``: see
         ``client.restore.Restorer.download``."""
-        return Restorer(self).download(
+        return Restorer(self, self.owner_keys()).download(
             name, dest, progress, overwrite, version, under=under, keep_setid=keep_setid
         )

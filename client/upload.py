@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from client.channel import Channel
 from client.localfiles import local_file
@@ -142,7 +143,7 @@ class Batch:
             if item is _Cutter.OVER:
                 self.cut_over = True
                 return
-            job, what = item  # type: ignore[misc]
+            job, what = cast(Cut, item)
             if not job.taken:
                 job.taken = True
                 self.files.append(job)
@@ -188,8 +189,10 @@ class Batch:
     def _advance(self, unit: Unit) -> bool:
         """Move ``unit`` on by what has arrived; True when it sent its bytes just now."""
         step = unit.step
-        if step is Step.ASKING and unit.tries and (
-            getattr(unit, "accepted", None) is not None or getattr(unit, "reply", None)
+        if (
+            step is Step.ASKING
+            and unit.tries
+            and (getattr(unit, "accepted", None) is not None or getattr(unit, "reply", None))
         ):
             self.session.waiting(None)  # it waited out Busy answers, and is answered now
         if step is Step.ASKING and unit.error is not None:
@@ -338,8 +341,8 @@ class Batch:
             correlation_id=pack.route,
             on_confirm=confirmed,
         )
-        pack.deadline = time.monotonic() + self.settings.transfer_timeout + len(body) * (
-            SECONDS_PER_BYTE
+        pack.deadline = (
+            time.monotonic() + self.settings.transfer_timeout + len(body) * (SECONDS_PER_BYTE)
         )
 
     # -- commits and outcomes --------------------------------------------------------------
@@ -347,7 +350,8 @@ class Batch:
     def _commit_ready(self) -> None:
         """Files whose every chunk is stored, recorded together as versions."""
         while sum(isinstance(u, Commit) for u in self.flight) < COMMITS_IN_FLIGHT:
-            ready, chunks = [], 0
+            ready: list[FileJob] = []
+            chunks = 0
             for job in self.files:
                 if job.ready and job.step is Step.WAITING:
                     if ready and (
@@ -484,7 +488,7 @@ class _Cutter:
         job, data = item
         if not isinstance(data, bytes):
             return job, data
-        return job, chunkseal.seal_plain(self._keys.seal, self._keys.ids, data)
+        return job, chunkseal.seal_one(self._keys.seal, self._keys.ids, data)
 
     def _run(self) -> None:
         try:
@@ -498,4 +502,3 @@ class _Cutter:
                 if job.step is Step.CUTTING:
                     self._put((job, WarrenError(f"{job.path}: reading it failed ({exc}).")))
         self._put(self.OVER)
-

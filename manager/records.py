@@ -48,8 +48,10 @@ class RecordSeal:
         self._sealer = sealer
 
     def seal(self, records: list[m.VersionRecord]) -> tuple[m.SealedRecord, ...]:
+        """Each record beside its version's first chunk (a worker keeps it while it holds
+        that blob): the file's own SHA-256 never reaches a worker."""
         return tuple(
-            m.SealedRecord(r.sha256, self._seal(_json(r), _record_context(r.sha256)))
+            m.SealedRecord(_anchor(r), self._seal(_json(r), _record_context(_anchor(r))))
             for r in records
         )
 
@@ -94,6 +96,10 @@ class RecordSeal:
             return _build(kind, json.loads(plaintext), "record")
         except ValueError as exc:  # sealed by this key but unreadable: a bug, not a forgery
             raise DecodeError(f"a sealed record that does not decode ({exc})") from None
+
+
+def _anchor(r: m.VersionRecord) -> str:
+    return r.chunks[0].sha256 if r.chunks else r.sha256
 
 
 def _json(value: m.VersionRecord | m.VersionKey | m.KeyRecord) -> bytes:

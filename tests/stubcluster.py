@@ -8,6 +8,9 @@ dropping its connections, as a kill -9 would, and stopping its thread.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -15,16 +18,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rich.console import Console
+
+from client import keys_cmd
 from client.session import Session
 from manager.service import Manager
 from warren import messages as m
 from warren.config import Settings
+from warren.errors import UsageError
+from warren.ownerkey import OwnerKeys
 from warren.testing import Message, StubBroker
 from warren.topology import MANAGER_REQUESTS
 from warren.transport import Connect, Transport
 from worker.service import Worker
 
 FAST = Settings(
+    scrypt_n=2**4,  # owners' keys wrapped cheaply: tests make many
     chunk_size=64 * 1024,
     heartbeat_interval=0.1,
     dead_after=1.0,
@@ -141,8 +150,40 @@ class StubCluster:
         # The manager's login, as provisioning writes it into every client's config.
         manager = "manager" if self.users else urlsplit(self.settings.amqp_urls[0]).username
         overrides.setdefault("manager_user", manager or "guest")
+        overrides.setdefault("password_file", str(self.password_file()))
         s = dataclasses.replace(self.settings, client_name="tester", **overrides)
-        return Session(s, self.broker.connect)
+        return OwnerSession(s, self.broker.connect)
+
+    def password_file(self) -> Path:
+        """The password every test client uses (as `make up` provisions one a client)."""
+        path = self.base / "password"
+        if not path.exists():
+            path.write_text("correct horse battery staple\n")
+            path.chmod(0o600)
+        return path
+
+
+class OwnerSession(Session):
+    """A session whose owner gets a key on first need (``init``, as provisioning runs it
+    for every client it makes), so that tests of anything else need not run it."""
+
+    def owner_keys(self) -> OwnerKeys:
+        if self._keys is None:
+            try:
+                return super().owner_keys()
+            except UsageError as exc:
+                if "init" not in str(exc):
+                    raise
+            keys_cmd.init(_Quiet(), self)
+        return super().owner_keys()
+
+
+class _Quiet:
+    json = False
+    out = Console(file=io.StringIO())
+
+    def emit(self, obj: Any) -> None:
+        pass
 
 
 def silence_backups(c: StubCluster) -> list[str]:
@@ -164,3 +205,40 @@ def silence_backups(c: StubCluster) -> list[str]:
 
     c.broker.intercept = drop
     return silenced
+
+
+def file_chunks(c: StubCluster, sha256: str) -> list[m.ChunkRef]:
+    """The sealed chunks of the latest version whose content has this SHA-256 (any owner),
+    as the active manager's catalog lists them; [] when none."""
+    assert c.manager is not None
+    db = sqlite3.connect(c.manager.catalog.path)  # the manager's own is its thread's
+    try:
+        row = db.execute(
+            "SELECT owner, name, version FROM versions WHERE sha256=? ORDER BY created DESC "
+            "LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        if row is None:
+            return []
+        rows = db.execute(
+            "SELECT sha256, size, plain FROM version_chunks WHERE owner=? AND name=? AND "
+            "version=? ORDER BY seq",
+            row,
+        ).fetchall()
+    finally:
+        db.close()
+    return [m.ChunkRef(*r) for r in rows]
+
+
+def holds_file(c: StubCluster, worker: str, sha256: str) -> bool:
+    """``worker`` keeps every sealed chunk of that content, each a blob whose bytes hash to
+    its name (checkable without any key)."""
+    chunks = file_chunks(c, sha256)
+    if not chunks:
+        return False
+    blobs = c.workers[worker].blobs
+    for chunk in chunks:
+        path = blobs.blob_path(chunk.sha256)
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != chunk.sha256:
+            return False
+    return True

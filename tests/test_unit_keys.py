@@ -254,9 +254,9 @@ def test_a_key_record_a_worker_forged_is_not_taken(
         m.KeyRecord("alice", key_id(planted), 1.0, "w1", base64.b64encode(planted).decode()),
         m.KeyRecord("alice", real, 9e9, removed=True),
     ]
-    lines = [
-        {"forget": base64.b64encode(forger.seal(_json(r), _KEY)).decode()} for r in forged
-    ] + [{"forget": base64.b64encode(_json(r)).decode()} for r in forged]
+    lines = [{"forget": base64.b64encode(forger.seal(_json(r), _KEY)).decode()} for r in forged] + [
+        {"forget": base64.b64encode(_json(r)).decode()} for r in forged
+    ]
     for worker in users.workers.values():
         append_records(worker.root, lines)
         assert (worker.root / LOG).exists()

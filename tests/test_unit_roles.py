@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from client.session import Progress
-from tests.stubcluster import FAST, StubCluster, wait_for
+from tests.stubcluster import FAST, StubCluster, holds_file, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Refused, Unavailable, UsageError
 from warren.testing import Message
@@ -39,9 +39,8 @@ def random_file(path: Path, size: int) -> bytes:
 
 
 def stored(c: StubCluster, worker: str, data: bytes) -> bytes | None:
-    """The bytes of ``data``'s blob on ``worker``'s disk, or None when it has none."""
-    path = c.workers[worker].blobs.blob_path(hashlib.sha256(data).hexdigest())
-    return path.read_bytes() if path.exists() else None
+    """``data`` when ``worker`` keeps every sealed chunk of it, or None when it does not."""
+    return data if holds_file(c, worker, hashlib.sha256(data).hexdigest()) else None
 
 
 def restore(c: StubCluster, name: str, dest: Path) -> bytes:
