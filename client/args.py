@@ -205,6 +205,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     vf.add_argument("names", nargs="*", metavar="NAME", help="files to check (default: all)")
     vf.add_argument("--json", action="store_true", help="print a JSON array, a copy each")
+    vf.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also read every chunk back and open it with your key (only you can check this)",
+    )
+    vf.add_argument(
+        "--read-data-subset",
+        metavar="N%",
+        type=_percent,
+        help="read back only N%% of the chunks, picked at random (implies --read-data)",
+    )
 
     st = command(
         "status",
@@ -238,6 +249,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     cp.add_argument("shell", choices=("bash", "zsh"), metavar="SHELL", help="bash or zsh")
     return parser
+
+
+def _percent(text: str) -> float:
+    """``N%`` (or N) for --read-data-subset: more than 0, at most 100."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 10%") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage above 0 and at most 100")
+    return value
 
 
 def completion_script(shell: str) -> str:

@@ -280,9 +280,24 @@ class App:
         """One line per copy; exit 5 when any copy is damaged (repair has started), 4 when
         a file has no live copy to check."""
         checks, missing = session.verify(tuple(self.args.names))
+        subset = self.args.read_data_subset
+        reads = (
+            session.read_data(tuple(self.args.names), subset or 100.0)
+            if self.args.read_data or subset
+            else []
+        )
         if self.args.json:
             rows = [dataclasses.asdict(c) for c in checks]
-            print(json.dumps(rows, ensure_ascii=False, indent=2))
+            if reads:
+                print(
+                    json.dumps(
+                        {"copies": rows, "read": [dataclasses.asdict(r) for r in reads]},
+                        ensure_ascii=False,
+                        indent=2,
+                    )
+                )
+            else:
+                print(json.dumps(rows, ensure_ascii=False, indent=2))
         else:
             for c in checks:
                 state = "[green]ok[/]" if c.ok else f"[red]DAMAGED[/] ({escape(c.reason)})"
@@ -293,6 +308,32 @@ class App:
                 )
             bad = sum(not c.ok for c in checks)
             self.out.print(f"{len(checks)} copies checked, {bad} damaged")
+            for r in reads:
+                state = "[green]ok[/]" if r.ok else f"[red]FAILED[/] ({escape(r.reason)})"
+                self.out.print(
+                    f"{escape(r.name)} version {r.version}: {r.chunks} chunks read back and "
+                    f"opened: {state}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                for copy in r.bad:
+                    self.out.print(f"  [red]bad copy[/] {escape(copy)}", highlight=False)
+        for r in reads:
+            if not r.ok and not r.damaged:
+                self.err.print(f"error: {r.reason}", markup=False)
+        unreadable = [r for r in reads if not r.ok and r.damaged]
+        if any(r.bad for r in reads) or unreadable:
+            self.err.print(
+                "error: chunks that fail their check were read back"
+                + (
+                    "; some files have no good copy left."
+                    if unreadable
+                    else "; good copies "
+                    "were read from other workers, and repair replaces the bad ones."
+                ),
+                markup=False,
+            )
+            return errors.EXIT_INTEGRITY
         for name in missing:
             self.err.print(f"error: no live worker holds a copy of {name!r}.", markup=False)
         if any(not c.ok for c in checks):
@@ -302,7 +343,8 @@ class App:
                 markup=False,
             )
             return errors.EXIT_INTEGRITY
-        return errors.EXIT_UNAVAILABLE if missing else errors.EXIT_OK
+        unreached = any(not r.ok and not r.damaged for r in reads)
+        return errors.EXIT_UNAVAILABLE if missing or unreached else errors.EXIT_OK
 
     def prune(self, session: Session) -> int:
         removed = session.prune(self.args.keep_last, self.args.prefix, self.args.dry_run)

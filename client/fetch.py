@@ -37,6 +37,8 @@ from warren.transport import Confirm, Delivery
 AHEAD = 8
 # Holders tried for one chunk before it is given up.
 TRIES = 4
+# How a worker's restore.failed begins when its own copy failed its check (worker/serve.py).
+DAMAGED = "stored copy is damaged"
 
 
 @dataclass(eq=False)
@@ -88,6 +90,7 @@ class ChunkFetcher:
         self.todo = [_Wanted(i, c, o) for i, (c, o) in enumerate(zip(chunks, offsets, strict=True))]
         self.digest = hashlib.sha256()
         self.workers: set[str] = set()  # those that served a good chunk
+        self.bad: list[str] = []  # copies that failed their check: "worker: why"
 
     def run(self) -> str:
         """Fetch, open, write every chunk; the SHA-256 of the file as written."""
@@ -173,6 +176,7 @@ class ChunkFetcher:
                 w.problem = m.RestoreFailed.decode(d.body).reason
             except DecodeError:
                 w.problem = "it failed"
+            w.bad_copy = w.problem.startswith(DAMAGED)
 
     def _step(self, w: _Wanted, now: float, timeout: float) -> bytes | None:
         """The chunk's plaintext once it is in and good; None while it is on its way (or
@@ -218,6 +222,8 @@ class ChunkFetcher:
     def _again(self, w: _Wanted) -> None:
         """This holder's copy failed: ask for another, or give up on the file."""
         self.progress.retrying(f"{w.worker}: {w.problem}; trying another copy")
+        if w.bad_copy:
+            self.bad.append(f"{w.worker}: {w.problem}")
         w.exclude.append(w.worker)
         if len(w.exclude) >= TRIES:
             problem = f"{self.name!r}: no good copy of a chunk ({w.problem})."

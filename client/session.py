@@ -10,11 +10,14 @@ delete, verify, prune, status, upload (``client/upload.py``) and download
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.channel import Channel
+from client.fetch import ChunkFetcher
 from client.outcomes import CopyCheck
 from client.outcomes import DownloadResult as DownloadResult
 from client.outcomes import Progress as Progress
@@ -22,9 +25,28 @@ from client.outcomes import UploadResult as UploadResult
 from client.restore import Restorer
 from client.upload import Batch
 from warren import messages as m
-from warren.errors import WarrenError
+from warren.errors import IntegrityError, WarrenError
 from warren.ownerkey import OwnerKeys
 from warren.transport import Delivery
+
+
+@dataclass
+class ReadCheck:
+    """One file read back by ``verify --read-data``: ``chunks`` of it fetched and opened;
+    ``ok`` unless no good copy of one was found; ``bad`` the copies that failed their check
+    on the way (another holder's was read: repair replaces them)."""
+
+    name: str
+    version: int
+    chunks: int
+    ok: bool
+    reason: str = ""
+    bad: list[str] = field(default_factory=list)
+    damaged: bool = True  # when not ok: no good copy (else: no holder could be reached)
+
+
+def _nowhere(_fd: int, _data: bytes, _offset: int) -> None:
+    """Where ``verify --read-data`` writes what it reads."""
 
 
 class Session(Channel):
@@ -138,6 +160,44 @@ class Session(Channel):
         or error)`` for each as it finishes. A broker failure ends the whole batch."""
         keys = self.owner_keys()  # a wrong password: exit 2 before anything is sent
         Batch(self, keys, replicas, progress_for, done).run(items)
+
+    def read_data(self, names: tuple[str, ...], percent: float = 100.0) -> list[ReadCheck]:
+        """Each file (the latest version of those named, or of all) read back as a restore
+        reads it, nothing written: ``percent`` of its chunks picked at random (restic's
+        ``check --read-data-subset``), every one fetched, checked against its SHA-256 and
+        opened with the owner's key; all of them: the whole file's SHA-256 too. Only the
+        owner can check this much: a worker checks its blobs' hashes, never what they hold."""
+        keys = self.owner_keys()
+        entries = (
+            [self.request(m.VersionsRequest(name=n), m.VersionsReply).versions[-1] for n in names]
+            if names
+            else [f for page in self.pages() for f in page]
+        )
+        checks = []
+        for e in entries:
+            acc = self.request(
+                m.DownloadRequest(name=e.name, client=self.client_name, version=e.version),
+                m.DownloadAccepted,
+            )
+            picked = tuple(
+                c for c in acc.chunks if percent >= 100 or random.random() * 100 < percent
+            )
+            fetcher = ChunkFetcher(self, keys, -1, e.name, picked, Progress(), _nowhere)
+            try:
+                sha = fetcher.run()
+            except IntegrityError as exc:
+                checks.append(
+                    ReadCheck(e.name, e.version, len(picked), False, str(exc), fetcher.bad)
+                )
+                continue
+            except WarrenError as exc:  # unavailable: no verdict on the data
+                checks.append(ReadCheck(e.name, e.version, 0, False, str(exc), damaged=False))
+                continue
+            whole = len(picked) == len(acc.chunks)
+            ok = not whole or sha == acc.sha256
+            reason = "" if ok else "the file as read back fails its SHA-256 check"
+            checks.append(ReadCheck(e.name, e.version, len(picked), ok, reason, fetcher.bad))
+        return checks
 
     def download(
         self,

@@ -341,7 +341,8 @@ class Catalog(Holdings):
         )
 
     def held_chunks(self, owner: str, shas: list[str]) -> dict[str, list[str]]:
-        """Of these chunks, those that are ``owner``'s, with their live holders."""
+        """Of these chunks, those that are ``owner``'s, with their live holders (none, for
+        a chunk whose every copy is lost or damaged)."""
         live = self.live_workers()
         found: dict[str, list[str]] = {}
         for at in range(0, len(shas), _BATCH):
@@ -354,8 +355,9 @@ class Catalog(Holdings):
                     (owner, *part),
                 )
             }
-            for sha, workers in self._holders_of(mine).items():
-                found[sha] = sorted(w for w in workers if w in live)
+            holders = self._holders_of(mine)
+            for sha in mine:
+                found[sha] = sorted(w for w in holders.get(sha, ()) if w in live)
         return found
 
     def commit(

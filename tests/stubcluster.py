@@ -207,16 +207,16 @@ def silence_backups(c: StubCluster) -> list[str]:
     return silenced
 
 
-def file_chunks(c: StubCluster, sha256: str) -> list[m.ChunkRef]:
-    """The sealed chunks of the latest version whose content has this SHA-256 (any owner),
-    as the active manager's catalog lists them; [] when none."""
+def file_chunks(c: StubCluster, sha256: str, owner: str | None = None) -> list[m.ChunkRef]:
+    """The sealed chunks of the latest version whose content has this SHA-256 (of
+    ``owner``, or anyone's), as the active manager's catalog lists them; [] when none."""
     assert c.manager is not None
     db = sqlite3.connect(c.manager.catalog.path)  # the manager's own is its thread's
     try:
         row = db.execute(
-            "SELECT owner, name, version FROM versions WHERE sha256=? ORDER BY created DESC "
-            "LIMIT 1",
-            (sha256,),
+            "SELECT owner, name, version FROM versions WHERE sha256=? AND owner LIKE ? "
+            "ORDER BY created DESC LIMIT 1",
+            (sha256, "%" if owner is None else owner),
         ).fetchone()
         if row is None:
             return []
@@ -236,9 +236,10 @@ def holds_file(c: StubCluster, worker: str, sha256: str) -> bool:
     chunks = file_chunks(c, sha256)
     if not chunks:
         return False
-    blobs = c.workers[worker].blobs
-    for chunk in chunks:
-        path = blobs.blob_path(chunk.sha256)
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != chunk.sha256:
-            return False
-    return True
+    return all(holds_blob(c, worker, chunk.sha256) for chunk in chunks)
+
+
+def holds_blob(c: StubCluster, worker: str, sha256: str) -> bool:
+    """``worker`` keeps this blob, and its bytes hash to its name."""
+    path = c.workers[worker].blobs.blob_path(sha256)
+    return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256

@@ -220,6 +220,12 @@ class Server:
             failed = m.RestoreFailed(worker=self.name, reason=reason)
             with contextlib.suppress(_ClientGone):
                 publish(failed.encode(), m.RestoreFailed.TYPE)
+            if not isinstance(exc, FileNotFoundError):
+                # As scrub and verify do: out of the way, and a good copy made elsewhere
+                # (the client reads another holder's meanwhile).
+                self.blobs.quarantine(req.sha256)
+                report = m.ReplicaDamaged(worker=self.name, sha256=req.sha256, reason=str(exc))
+                conn.publish_and_wait(MANAGER_EVENTS, report.encode(), type=report.TYPE)
 
     def _copy(self, conn: Transport, req: m.CopyRequest) -> None:
         """Repair: send a blob to another worker as a one-hop upload it will verify."""
