@@ -90,8 +90,9 @@ def run(app: Printer, args: argparse.Namespace, session: Session) -> int:
     return actions[args.key_command](app, args, session)
 
 
-def host_label(session: Session) -> str:
-    return session.settings.client_name or os.uname().nodename
+def host_label(_session: Session) -> str:
+    """The machine a wrapping is made on, as `key list` shows it (restic keeps the same)."""
+    return os.uname().nodename
 
 
 def init(app: Printer, session: Session) -> int:

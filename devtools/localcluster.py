@@ -228,6 +228,8 @@ def up(layout: Layout, workers: int, tls: bool = False, free_ports: bool = False
         (layout.root / "pids" / f"{name}.pid").write_text(str(proc.pid))
     client1, client2 = (plan.config_file(c) for c in provision.CLIENTS)
     wait_for_workers(client1, workers, layout)
+    for client in provision.CLIENTS:
+        init_owner(plan.config_file(client), base_env)
     where = f"{'amqps' if tls else 'amqp'} on port{'s' if len(nodes) > 1 else ''} "
     ports = tls_ports or [n.amqp_port for n in nodes]
     secrets = layout.secrets
@@ -240,6 +242,8 @@ warren is up: RabbitMQ ({where}{", ".join(str(p) for p in ports)}), the manager 
   logs           {layout.root / "logs"}/
   clients        export WARREN_CONFIG={client1}
                  (client2, whose files are its own: WARREN_CONFIG={client2})
+  passwords      {secrets}/client1.owner-password (and client2's) open each owner's
+                 key: lose one and that client's files cannot be read; back them up
   try it         .venv/bin/warren upload README.md --replicas 2
                  .venv/bin/warren list
                  .venv/bin/warren status
@@ -247,6 +251,21 @@ warren is up: RabbitMQ ({where}{", ".join(str(p) for p in ports)}), the manager 
   stop           make {"cluster-down" if layout.nodes > 1 else "down"}
 """)
     return 0
+
+
+def init_owner(config: Path, env: dict[str, str]) -> None:
+    """``python -m client init`` for a client (idempotent: its password file is kept), so
+    the README's tour asks for no password."""
+    done = subprocess.run(
+        [sys.executable, "-m", "client", "init", "-q"],
+        env=dict(env, WARREN_CONFIG=str(config)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        said = done.stderr.strip().removeprefix("error: ") or f"exit {done.returncode}"
+        raise WarrenError(f"`init` for {config.stem} failed: {said}")
 
 
 def wait_for_workers(config: Path, workers: int, layout: Layout, timeout: float = 60.0) -> None:

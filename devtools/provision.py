@@ -7,7 +7,9 @@ random password generated the first time and kept in a secrets folder (mode 0700
     admin            the management UI and HTTP API (tag administrator, every right on /)
     manager          the manager                   (warren.topology.permissions("manager"))
     w1 .. wN         the workers, a user each, named as the worker
-    client1 client2  two clients, each the owner of the files it uploads
+    client1 client2  two clients, each the owner of the files it uploads, each with the
+                     password that wraps its owner key (<name>.owner-password, made once;
+                     `python -m client init` makes the key, which make up and compose run)
 
 From the passwords it writes a RabbitMQ definitions file (salted SHA-256 hashes, no guest:
 a node that loads definitions at its first boot creates no default user) and, for each
@@ -145,6 +147,11 @@ class Plan:
         private_dir(self.secrets_dir)
         return [User(name, role, self.password(name)) for name, role in self.roles()]
 
+    def owner_password_file(self, client: str) -> Path:
+        """The password that wraps the client's owner key (``init``), made once and kept:
+        lose it and that client's data cannot be read. Absolute, like the manager's key."""
+        return self.secrets_dir.absolute() / f"{client}.owner-password"
+
     @property
     def manager_key_file(self) -> Path:
         """The manager's own key (warren.sealing), made once and kept like the passwords."""
@@ -165,6 +172,7 @@ class Plan:
                 values["admin_url"] = f"http://{login}@{host}:{port}/"
             elif u.role == "client":
                 values["client_name"] = u.name
+                values["password_file"] = str(self.owner_password_file(u.name))
             else:
                 values.update(self.service_settings)
             if u.role == "manager":
@@ -182,6 +190,10 @@ class Plan:
         """Passwords (kept), definitions and every config file; the users."""
         users = self.users()
         load_or_create_key(self.manager_key_file)
+        for client in CLIENTS:
+            path = self.owner_password_file(client)
+            if not path.exists():  # kept: a new one would open no key made before
+                write_private(path, secrets.token_urlsafe(24) + "\n")
         self.definitions_file.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(definitions(users), indent=2) + "\n"
         write_private(self.definitions_file, text, self.definitions_mode)
@@ -303,6 +315,8 @@ def hand_out(plan: Plan, own: Path, owner: tuple[int, int] | None) -> list[str]:
             files = [(plan.config_file(folder.name), 0o600)]
             if folder.name == MANAGER:
                 files.append((plan.manager_key_file, 0o600))
+            if folder.name in CLIENTS:
+                files.append((plan.owner_password_file(folder.name), 0o600))
             folder.chmod(0o700)
         else:
             raise WarrenError(

@@ -4,7 +4,9 @@ Every version record and every deletion the manager hands to a worker is sealed 
 (``warren.sealing``), so a worker keeps them without reading them, and a manager rebuilding
 its catalog from the workers' inventories takes only what opens with its key: a worker can
 neither plant a version, nor forge a deletion, nor move a record onto other content (the
-content's SHA-256 is part of what a record is sealed with).
+content's SHA-256 is part of what a record is sealed with). Owners' wrapped keys, added or
+removed (``manager/keys.py``), are sealed here too and ride with the deletions, which a worker
+keeps and hands back whatever blobs it holds.
 """
 
 from __future__ import annotations

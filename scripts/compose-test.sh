@@ -4,6 +4,7 @@
 #   docker-compose.yml          up -d --build; no guest, every service connected as its own
 #                               user, the administrator's password from the secrets volume
 #                               (through provision: the manager and w1 see only their own);
+#                               client1's and client2's owner keys made by up (init);
 #                               client1 upload README.md, list, download (bytes compared);
 #                               client2 (a user of its own) does not see it; a download into a
 #                               folder the client may not write is one sentence; a worker that
@@ -354,6 +355,22 @@ sys.exit(0 if users == want else f"the broker has the users {sorted(users)}")
         "manager and w1..w4 are connected, each as its own user, and see only their own secrets"
 }
 
+# `up` ran client1-init and client2-init: each client's owner key is there (made with the
+# password provision wrote into its volume), and init run again says so.
+has_key() {
+    client "$1" key list --json || return 1
+    python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])) else 1)' \
+        "$LOG/out" 2>/dev/null
+}
+keys_made_at_up() {
+    within 90 "client1's key made by up (client1-init)" has_key client1
+    within 30 "client2's key made by up (client2-init)" has_key client2
+    must client1 init
+    grep -q "client1 has a key already" "$LOG/out" ||
+        fail "client1 init again does not say it has a key: $(cat "$LOG/out")"
+    passed "up made client1's and client2's owner keys; init again says client1 has one"
+}
+
 [[ -d $(dirname "$SCRATCH") ]] || MADE_ARTIFACTS=1
 rm -rf "$SCRATCH"
 mkdir -p "$SCRATCH"
@@ -368,6 +385,7 @@ up "$SINGLE_PROJECT"
     fail "the broker is not in project $SINGLE_PROJECT: .env's COMPOSE_PROJECT_NAME was not read"
 passed "the project is named by .env"
 users_provisioned
+keys_made_at_up
 
 must client1 upload README.md
 grep -q "stored README.md" "$LOG/out" || fail "upload README.md said: $(cat "$LOG/out")"
@@ -441,6 +459,7 @@ sys.exit(0 if len(json.load(open(sys.argv[1]))["running_nodes"]) == int(sys.argv
 nodes_running 3 || fail "the three nodes did not form one cluster"
 passed "rabbitmq1..3 form one cluster"
 users_provisioned
+keys_made_at_up
 
 must client1 upload README.md
 passed "README.md confirmed before the fault"

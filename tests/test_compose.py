@@ -46,6 +46,8 @@ BROKER = ROOT / "broker"
 WORKERS = ("w1", "w2", "w3", "w4")
 CLIENTS = ("client1", "client2")
 WARREN_SERVICES = ("manager", *WORKERS, *CLIENTS)
+# One-shot services that run `init` for each client at `up` (its owner key), as that client.
+INITS = {f"{c}-init": c for c in CLIENTS}
 SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
 SETTINGS_ENV = {"WARREN_" + name.upper() for name in SETTINGS_FIELDS}
 WARREN_ENV = SETTINGS_ENV | {CONFIG_ENV}  # WARREN_CONFIG names the config file
@@ -453,14 +455,14 @@ def settings_of(
 
 @each_layout()
 def test_compose_has_the_brokers_the_manager_four_workers_and_two_clients(layout: Layout) -> None:
-    assert set(services(layout)) == {*layout.brokers, *WARREN_SERVICES, PROVISION}
+    assert set(services(layout)) == {*layout.brokers, *WARREN_SERVICES, PROVISION, *INITS}
     running_worker = {
         name for name in WARREN_SERVICES if module_and_args(layout, name)[0] == "worker"
     }
     assert running_worker == set(WORKERS)
 
 
-@each_service(lambda layout: WARREN_SERVICES)
+@each_service(lambda layout: (*WARREN_SERVICES, *INITS))
 def test_command_runs_a_repo_module_with_flags_it_accepts(layout: Layout, name: str) -> None:
     module, args = module_and_args(layout, name)
     assert (ROOT / module / "__main__.py").is_file(), f"{name}: no module {module}/__main__.py"
@@ -526,7 +528,7 @@ def test_every_container_mounts_only_its_own_secrets_read_only(
     manager's key: each mounts one volume of secrets, its own, read-only."""
     made = provisioned(layout)
     owners: dict[str, set[str]] = {}
-    for name in (*layout.brokers, *WARREN_SERVICES):
+    for name in (*layout.brokers, *WARREN_SERVICES, *INITS):
         assert SECRETS not in {m.source for m in mounts(service(layout, name))}, (
             f"{name}: only provision mounts the volume {SECRETS} (every password)"
         )
@@ -535,15 +537,50 @@ def test_every_container_mounts_only_its_own_secrets_read_only(
         owners.setdefault(m.source, set()).add(name)
         if name in layout.brokers:
             want = {"definitions.json"} | ({"erlang.cookie"} if len(layout.brokers) > 1 else set())
+        elif name in CLIENTS or name in INITS:  # a client's init runs as that client
+            client = INITS.get(name, name)
+            want = {f"{client}.toml", f"{client}.owner-password"}
         else:
             want = {f"{name}.toml"} | ({"manager.key"} if name == "manager" else set())
         assert made.files(m.source) == want, f"{name}: its volume holds {made.files(m.source)}"
     # a volume each, but the broker nodes share theirs (the same definitions and cookie)
+    clients_and_inits = [{c, *(i for i, of in INITS.items() if of == c)} for c in CLIENTS]
     assert sorted(owners.values(), key=sorted) == sorted(
-        [set(layout.brokers), *({n} for n in WARREN_SERVICES)], key=sorted
+        [
+            set(layout.brokers),
+            *({n} for n in WARREN_SERVICES if n not in CLIENTS),
+            *clients_and_inits,
+        ],
+        key=sorted,
     )
     declared = compose(layout).get("volumes") or {}
     assert SECRETS in declared and set(owners) <= set(declared)
+
+
+@each_layout()
+def test_up_makes_each_clients_owner_key_with_its_password_file(
+    layout: Layout, provisioned: ProvisionedBy
+) -> None:
+    """`up` runs `init` once for each client (not in the client profile), as that client:
+    its config, whose password_file is the owner password provision wrote into its volume,
+    so the README's tour asks for no password."""
+    for init, client in INITS.items():
+        svc = service(layout, init)
+        assert module_and_args(layout, init) == ("client", ["init", "-q"])
+        assert not svc.get("profiles"), f"{init}: `up` must run it"
+        assert svc.get("restart") == "no", f"{init}: runs once per `up`"
+        assert own_mount(layout, init).source == own_mount(layout, client).source
+        settings = settings_of(layout, init, provisioned)
+        assert settings.amqp_urls == settings_of(layout, client, provisioned).amqp_urls
+        assert settings.password_file, f"{init}: its config names no password file"
+        # provision wrote it as --out/secrets/<file> (here --out is a folder of this test's),
+        # where the client's volume is mounted, and handed it to that volume
+        written = Path(settings.password_file)
+        assert written.parent.name == "secrets" and written.name == f"{client}.owner-password"
+        own = own_mount(layout, init)
+        in_volume = provisioned(layout).path(init, f"{own.target}/{written.name}")
+        assert in_volume.is_file() and in_volume.stat().st_mode & 0o077 == 0
+        assert settings.request_timeout >= 60, f"{init}: wait out a manager catching up"
 
 
 @each_layout()
@@ -612,14 +649,14 @@ def test_readme_cluster_commands_name_the_cluster_project() -> None:
 # -- compose: environment, mounts, broker, ordering -----------------------------------------
 
 
-@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES]))
+@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES, *INITS]))
 def test_only_settings_fields_are_set_as_warren_env_vars(layout: Layout, name: str) -> None:
     env = environment(service(layout, name))
     unknown = {k for k in env if k.startswith("WARREN_")} - WARREN_ENV
     assert not unknown, f"{name}: {sorted(unknown)} are not fields of warren.config.Settings"
 
 
-@each_service(lambda layout: WARREN_SERVICES)
+@each_service(lambda layout: (*WARREN_SERVICES, *INITS))
 def test_services_reach_every_broker_of_their_compose_file(
     layout: Layout, name: str, provisioned: ProvisionedBy
 ) -> None:
@@ -636,7 +673,7 @@ def test_services_reach_every_broker_of_their_compose_file(
     assert len(shapes) == 1, f"{name}: {sorted(shapes)}"
 
 
-@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES]))
+@each_service(lambda layout: sorted([*layout.brokers, *WARREN_SERVICES, *INITS]))
 def test_bind_mounted_host_paths_exist(layout: Layout, name: str) -> None:
     for m in mounts(service(layout, name)):
         if m.is_bind:
@@ -696,7 +733,7 @@ def test_brokers_have_fixed_distinct_hostnames(layout: Layout) -> None:
     assert len({node_name(layout, name) for name in layout.brokers}) == len(layout.brokers)
 
 
-@each_service(lambda layout: WARREN_SERVICES)
+@each_service(lambda layout: (*WARREN_SERVICES, *INITS))
 def test_services_wait_for_every_healthy_broker(layout: Layout, name: str) -> None:
     depends = service(layout, name).get("depends_on")
     assert isinstance(depends, dict), f"{name}: depends_on needs conditions"

@@ -57,6 +57,12 @@ def test_make_up_runs_every_process_as_its_own_user(tmp_path: Path, rabbitmq_ser
         wait_for(lambda: users() >= {"manager", "w1", "w2"}, timeout=30, what="connections")
         assert users() <= {"manager", "w1", "w2"}, users()
 
+        # and each client's key was made (init), so running init again says so, exit 0
+        res = run(tmp_path, "-m", "client", "init", config=client2)
+        assert res.returncode == 0, res.stderr
+        assert "client2 has a key already" in res.stdout
+        assert ".warren/secrets/client1.owner-password" in up.stdout
+
         # When client1 uploads with the config make up printed
         src = tmp_path / "diary.txt"
         src.write_text("dear diary\n")

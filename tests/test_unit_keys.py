@@ -20,7 +20,14 @@ from manager.records import _KEY
 from tests.stubcluster import StubCluster, user_url, wait_for
 from warren import messages as m
 from warren import ownerkey
-from warren.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError
+from warren.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Refused,
+    UsageError,
+)
 from warren.ownerkey import WrongPassword
 from warren.sealing import Sealer
 from warren.testing import Message
@@ -273,3 +280,19 @@ def _catching_up_done(run: Run) -> bool:
 
 def _json(r: m.KeyRecord) -> bytes:
     return json.dumps(dataclasses.asdict(r), separators=(",", ":")).encode()
+
+
+def test_a_second_first_key_is_refused_so_racing_inits_share_one(
+    run: Run, users: StubCluster, tmp_path: Path
+) -> None:
+    """Two inits of one owner at once both see no key: the manager takes the first one's
+    and refuses the other's (``first``), which then opens the winner's key."""
+    pw = pw_file(tmp_path, "pw", "pw")
+    assert run("alice", pw, "init")[0] == EXIT_OK
+    [first] = key_ids(run, "alice")
+    late = ownerkey.wrap(ownerkey.new_master(), "pw", n=SMALL_N)
+    with users.session(amqp_url=user_url("alice")) as s:
+        req = m.KeyAdd(wrapped=base64.b64encode(late).decode(), host="h", first=True)
+        with pytest.raises(Refused, match="has a key already"):
+            s.request(req, m.KeyAdded)
+    assert key_ids(run, "alice") == [first]

@@ -4,6 +4,7 @@ valid message decodes to what was encoded."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import tempfile
 import types
@@ -134,6 +135,10 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
         return WORKER
     if field in ("name", "names", "prefix", "after"):
         return FILE_NAME
+    if field == "wrapped":  # an owner's wrapped key: base64
+        return st.binary(min_size=1, max_size=90).map(lambda b: base64.b64encode(b).decode())
+    if field == "id":  # an owner key's id
+        return st.text("0123456789abcdef", min_size=16, max_size=16)
     return st.text(max_size=20)
 
 

@@ -185,6 +185,23 @@ def test_the_manager_gets_a_key_of_its_own_kept_across_runs(tmp_path: Path) -> N
         assert s.manager_key_file == (str(p.manager_key_file) if name == "manager" else "")
 
 
+def test_each_client_gets_an_owner_password_kept_across_runs(tmp_path: Path) -> None:
+    """The password that wraps a client's owner key (init): private, made once (a new one
+    would open no key made before), and named by that client's config only."""
+    p = plan(tmp_path)
+    p.write()
+    kept = {c: p.owner_password_file(c).read_text() for c in ("client1", "client2")}
+    p.write()
+    for client, text in kept.items():
+        path = p.owner_password_file(client)
+        assert path.read_text() == text and len(text.strip()) >= 24 and mode(path) == 0o600
+    assert kept["client1"] != kept["client2"]
+    for name in ("manager", "w1", "client1", "client2", "admin"):
+        s = Settings.load(environ={"WARREN_CONFIG": str(p.config_file(name))})
+        want = str(p.owner_password_file(name)) if name.startswith("client") else ""
+        assert s.password_file == want
+
+
 def test_each_own_folder_gets_only_its_containers_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,8 +216,12 @@ def test_each_own_folder_gets_only_its_containers_files(
         "broker": ["definitions.json", "erlang.cookie"],
         "manager": ["manager.key", "manager.toml"],
         "w1": ["w1.toml"],  # and nothing else, not even what was left there
-        "client2": ["client2.toml"],
+        "client2": ["client2.owner-password", "client2.toml"],
     }
+    assert (own / "client2" / "client2.owner-password").read_text() == (
+        out / "secrets" / "client2.owner-password"
+    ).read_text()
+    assert mode(own / "client2" / "client2.owner-password") == 0o600
     assert (own / "manager" / "manager.key").read_bytes() == (
         out / "secrets" / "manager.key"
     ).read_bytes()

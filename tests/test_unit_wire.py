@@ -66,6 +66,19 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     ),
     (m.StatusRequest(), wire("{}")),
     (
+        m.KeyAdd(wrapped="AQ==", host="laptop", first=True),
+        wire('{"wrapped":"AQ==","host":"laptop","first":true}'),
+    ),
+    (m.KeyList(), wire("{}")),
+    (m.KeyGet(), wire("{}")),
+    (m.KeyRemove(id="0123456789abcdef"), wire('{"id":"0123456789abcdef"}')),
+    (m.KeyAdded(id="0123456789abcdef"), wire('{"id":"0123456789abcdef","existed":false}')),
+    (
+        m.KeyListReply(keys=(m.KeyEntry("0123456789abcdef", 1.5, "laptop", "AQ=="),)),
+        wire('{"keys":[{"id":"0123456789abcdef","created":1.5,"host":"laptop","wrapped":"AQ=="}]}'),
+    ),
+    (m.KeyRemoved(id="0123456789abcdef"), wire('{"id":"0123456789abcdef"}')),
+    (
         m.UploadAccepted(upload_id=UID, chain=("w3", "w1"), chunk_size=1048576),
         wire(
             '{"upload_id":"<UID>","chain":["w3","w1"],"chunk_size":1048576,"stored":false,'
