@@ -45,8 +45,8 @@ def log_text(size: int) -> bytes:
     """Compressible text with random tokens: the kind that compresses 3x and would show
     through any format that only compressed it."""
     rnd = random.Random(7)
-    lines = []
-    while sum(map(len, lines)) < size:
+    lines: list[bytes] = []
+    while sum(len(line) for line in lines) < size:
         token = rnd.getrandbits(64).to_bytes(8, "big").hex()
         lines.append(f"2026-12-07 12:00:{rnd.randrange(60):02d} INFO request {token} ok\n".encode())
     return b"".join(lines)[:size]
