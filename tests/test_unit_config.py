@@ -17,7 +17,7 @@ from warren.errors import UsageError
 def test_defaults_follow_the_contract() -> None:
     s = Settings.load(environ={})
     assert s.amqp_url == DEFAULT_AMQP_URL == "amqp://guest:guest@localhost:5672/%2F"
-    assert s.chunk_size == 1024 * 1024
+    assert s.chunk_size == 4 * 1024 * 1024
 
 
 def test_env_then_flags() -> None:

@@ -44,7 +44,7 @@ class Settings:
     data_dir: Path | None = None  # each service has its own default under .warren/
     name: str = ""  # a worker's name (w1, w2, ...)
     client_name: str = ""  # shown in the management UI and the manager's logs
-    chunk_size: int = MIB
+    chunk_size: int = 4 * MIB  # the largest sealed chunk, and pack, a message carries
     window: int = 16  # publishes in flight before waiting for a confirm
     prefetch: int = 32  # unacked deliveries a consumer holds
     heartbeat_interval: float = 2.0  # seconds between worker heartbeats to the manager
