@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/catalog.py --files 1000000
 
-Fills a catalog with synthetic versions (one blob each, on two of four workers), starts
+Fills a catalog with synthetic versions (one sealed chunk each, a blob on two of four
+workers: ``--files 1000000`` is a million chunks), starts
 the real ``Manager`` on the in-memory broker with four stand-in workers that send
 heartbeats, an inventory each, and then the version records of a rebuild, and prints:
 the time each step took, the manager's CPU over an idle minute's worth of ticks, its peak
@@ -56,9 +57,17 @@ def fill(path: Path, files: int) -> float:
     db.executemany(
         "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
-            (OWNER, f"dir{i % 1000}/file{i}", 1, sha(i), 1000, 2, now, 0o644, now, "0" * 32)
+            (OWNER, f"dir{i % 1000}/file{i}", 1, sha(-i), 1000, 2, now, 0o644, now, "0" * 32)
             for i in range(files)
         ),
+    )
+    db.executemany(
+        "INSERT INTO version_chunks VALUES (?,?,?,?,?,?,?)",
+        ((OWNER, f"dir{i % 1000}/file{i}", 1, 0, sha(i), 1000, 1000) for i in range(files)),
+    )
+    db.executemany(
+        "INSERT INTO chunks VALUES (?,?,?,?,?)",
+        ((OWNER, sha(i), 1000, 2, 0.0) for i in range(files)),
     )
     db.executemany(
         "INSERT INTO replicas VALUES (?,?,?)",
@@ -117,9 +126,12 @@ def main() -> int:
     print(f"  4 inventories reconciled: {time.monotonic() - started:.1f} s")
 
     records = [
-        m.VersionRecord(OWNER, f"rebuilt{i}", 1, sha(i), 1000, time.time(), 2, 0, 0.0, "1" * 32)
+        m.VersionRecord(
+            OWNER, f"rebuilt{i}", 1, sha(-i), 1000, time.time(), 2, 0, 0.0, "1" * 32,
+            (m.ChunkRef(sha(i), 1000, 1000),),
+        )
         for i in range(args.files)
-    ]
+    ]  # fmt: skip
     started = time.monotonic()
     sealed = seal.seal(records)
     inv = m.Inventory(worker="w1", blobs=blobs_of("w1", args.files), records=sealed)
@@ -181,10 +193,17 @@ def main() -> int:
             f"  list of all {count:,} files: first page of {len(first):,} in {at_first:.2f} s, "
             f"all in {time.monotonic() - started:.1f} s"
         )
+        beat()
         started = time.monotonic()
-        req = m.UploadRequest(name="new.bin", size=10, sha256=sha(-1), replicas=2)
-        s.request(req, m.UploadAccepted)
-        print(f"  a placement: {time.monotonic() - started:.3f} s")
+        new = m.PackFile("", 10, sha(-1))
+        s.request(m.PackRequest(files=(new,), replicas=2, chunks=True), m.PackAccepted)
+        print(f"  a placement (a pack of one new chunk): {time.monotonic() - started:.3f} s")
+        started = time.monotonic()
+        held = tuple(m.PackFile("", 1000, sha(i)) for i in range(0, args.files, args.files // 256))
+        s.request(m.PackRequest(files=held[:256], replicas=2, chunks=True), m.PackAccepted)
+        print(
+            f"  a pack of {len(held[:256])} chunks already held: {time.monotonic() - started:.3f} s"
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS (manager, stand-ins and bench in one process): {rss:.0f} MiB")
     print(f"  CPU in all: {time.process_time() - cpu0:.1f} s")

@@ -167,12 +167,8 @@ def _summary(r: UploadResult, name: str) -> str:
     )
     if r.deduplicated:
         return f"  stored {name} ({human_size(r.size)}) on {holders}: already stored, 0 B sent"
-    if r.sent < r.size:  # a resumed upload: the workers had the rest
-        return (
-            f"  stored {name} ({human_size(r.size)}) on {holders}: resumed, "
-            f"{human_size(r.sent)} sent"
-        )
-    return f"  stored {name} ({human_size(r.size)}) on {holders}"
+    # Sealed, compressed, and only the chunks the cluster did not hold yet: what was sent.
+    return f"  stored {name} ({human_size(r.size)}) on {holders}: {human_size(r.sent)} sent"
 
 
 def upload_lines(r: UploadResult) -> Text:

@@ -517,7 +517,7 @@ class Catalog(Holdings):
         return found[0] if found else None
 
     def _entries(self, rows: list[tuple[Any, ...]], now: float | None) -> list[FileEntry]:
-        live = sorted(self.live_workers(now))
+        copies = self._copies([(r[9], r[0], r[5]) for r in rows], sorted(self.live_workers(now)))
         return [
             FileEntry(
                 name=r[0],
@@ -529,27 +529,40 @@ class Catalog(Holdings):
                 mode=r[6],
                 mtime=r[7],
                 versions=r[8],
-                replicas=self._copies(r[9], r[0], r[5], live),
+                replicas=copies.get((r[9], r[0], r[5]), ()),
             )
             for r in rows
         ]
 
-    def _copies(self, owner: str, name: str, version: int, live: list[str]) -> tuple[str, ...]:
-        """The live workers holding a verified copy of a version: those holding its first
-        chunk, as many as its least-held chunk has live copies (its chunks may lie on
-        different workers; each counts only as often as every chunk is held)."""
+    def _copies(
+        self, keys: list[tuple[str, str, int]], live: list[str]
+    ) -> dict[tuple[str, str, int], tuple[str, ...]]:
+        """The live workers holding a verified copy of each version (owner, name, version):
+        those holding its first chunk, as many as its least-held chunk has live copies (its
+        chunks may lie on different workers; each counts only as often as every chunk is
+        held). One statement a page of versions, not one a version."""
         slots = ",".join("?" * len(live)) or "NULL"
-        row = self.db.execute(
-            "SELECT MIN((SELECT COUNT(*) FROM replicas r WHERE r.sha256=c.sha256 AND r.worker "
-            f"IN ({slots}))), (SELECT sha256 FROM version_chunks WHERE owner=? AND name=? AND "
-            "version=? AND seq=0) FROM version_chunks c WHERE owner=? AND name=? AND version=?",
-            (*live, owner, name, version, owner, name, version),
-        ).fetchone()
-        if row is None or row[1] is None:
-            return ()
-        least, anchor = row
-        first = sorted(w for w in self._holders(anchor).get(anchor, []) if w in live)
-        return tuple(first[:least])
+        least: dict[tuple[str, str, int], tuple[int, str]] = {}
+        for at in range(0, len(keys), _BATCH):
+            part = keys[at : at + _BATCH]
+            values = ",".join("(?,?,?)" for _ in part)
+            rows = self.db.execute(
+                f"WITH page(o, n, v) AS (VALUES {values}) "
+                "SELECT c.owner, c.name, c.version, MIN((SELECT COUNT(*) FROM replicas r WHERE "
+                f"r.sha256=c.sha256 AND r.worker IN ({slots}))), "
+                "MAX(CASE WHEN c.seq=0 THEN c.sha256 END) FROM page p JOIN version_chunks c "
+                "ON c.owner=p.o AND c.name=p.n AND c.version=p.v GROUP BY c.owner, c.name, "
+                "c.version",
+                (*(x for k in part for x in k), *live),
+            )
+            for owner, name, version, count, anchor in rows:
+                least[(owner, name, version)] = (int(count or 0), anchor)
+        holders = self._holders_of({anchor for _, anchor in least.values() if anchor})
+        live_set = set(live)
+        return {
+            key: tuple(sorted(w for w in holders.get(anchor, ()) if w in live_set)[:count])
+            for key, (count, anchor) in least.items()
+        }
 
     def delete(self, owner: str, name: str, version: int, now: float) -> list[int]:
         """Remove one version (or, with 0, every version) of a file; return those removed.
