@@ -50,7 +50,9 @@ class UploadResult:
     confirmed: dict[str, int] = field(default_factory=dict)  # worker -> hop
     recorded: bool = True  # False: stored on every replica, but not yet in the catalog
     deduplicated: bool = False  # the cluster already held the content: nothing was sent
-    sent: int = 0  # bytes of it this command sent (less than size when resumed)
+    sent: int = 0  # sealed bytes of it this command sent (0: every chunk was stored)
+    chunks: tuple[m.ChunkRef, ...] = ()  # its sealed chunks, in order
+    version: int = 0  # the version it became (0: not committed, as a snapshot's files)
 
 
 @dataclass

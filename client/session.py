@@ -155,11 +155,14 @@ class Session(Channel):
         replicas: int,
         progress_for: Callable[[str], Progress],
         done: Callable[[str, UploadResult | WarrenError], None],
+        commit: bool = True,
     ) -> None:
         """Store many files, pipelined (see ``client.upload.Batch``); ``done(name, result
-        or error)`` for each as it finishes. A broker failure ends the whole batch."""
+        or error)`` for each as it finishes. A broker failure ends the whole batch.
+        ``commit``: each becomes a version of its name (without: only its chunks are
+        stored, pinned for a while, and the result lists them: a snapshot's files)."""
         keys = self.owner_keys()  # a wrong password: exit 2 before anything is sent
-        Batch(self, keys, replicas, progress_for, done).run(items)
+        Batch(self, keys, replicas, progress_for, done, commit).run(items)
 
     def read_data(self, names: tuple[str, ...], percent: float = 100.0) -> list[ReadCheck]:
         """Each file (the latest version of those named, or of all) read back as a restore

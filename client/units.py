@@ -113,6 +113,8 @@ class FileJob:
             recorded=True,
             deduplicated=self.sent == 0,
             sent=self.sent,
+            chunks=tuple(self.chunks),
+            version=self.version,
         )
 
 

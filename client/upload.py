@@ -91,8 +91,12 @@ class Batch:
         replicas: int,
         progress_for: Callable[[str], Progress],
         done: Done,
+        commit: bool = True,
     ) -> None:
+        """``commit``: each file stored becomes a version of its name; without, a file is
+        done once its chunks are stored (and pinned): a snapshot names them instead."""
         self.session = session
+        self.commit = commit
         self.settings = session.settings
         self.keys = keys
         self.replicas = replicas
@@ -349,6 +353,10 @@ class Batch:
 
     def _commit_ready(self) -> None:
         """Files whose every chunk is stored, recorded together as versions."""
+        if not self.commit:
+            for job in [j for j in self.files if j.ready]:
+                self._job_done(job)
+            return
         while sum(isinstance(u, Commit) for u in self.flight) < COMMITS_IN_FLIGHT:
             ready: list[FileJob] = []
             chunks = 0
