@@ -147,7 +147,7 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
 def commit_files(draw: st.DrawFn) -> m.CommitFile:
     """A committed file: at least one chunk, and its size what its chunks hold opened."""
     chunks = draw(st.lists(instances(m.ChunkRef), min_size=1, max_size=3).map(tuple))
-    file = draw(instances(m.CommitFile))
+    file: m.CommitFile = draw(instances(m.CommitFile))
     return dataclasses.replace(file, chunks=chunks, size=sum(c.plain for c in chunks))
 
 
