@@ -79,8 +79,8 @@ def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -
             assert sha(path.read_bytes()) == ch.sha256 and path.stat().st_size == ch.size
             assert c.workers[w].blobs.check(ch.sha256, ch.size) is None  # scrub, verify
     probe = data[len(data) // 2 : len(data) // 2 + 48]
-    for w in c.workers.values():
-        for path in w.blobs.dir.rglob("*"):
+    for worker in c.workers.values():
+        for path in worker.blobs.dir.rglob("*"):
             assert not path.is_file() or probe not in path.read_bytes(), f"plaintext in {path}"
     with c.session() as s:
         s.download(name, tmp_path / f"{name}.back", overwrite=True)
