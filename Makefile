@@ -68,9 +68,9 @@ compose-test:
 # part of `make test`. By default only the functions that carry warren's promises (about
 # 3 minutes on two cores); MUTANTS='*' for every mutant of the modules (hours), or any glob
 # of mutant names, e.g. MUTANTS='client.units.*'. Results: .venv/bin/mutmut results.
-PROMISES := 'client.units.xǁUploadǁis_complete__*' 'client.units.xǁUploadǁoutcome__*' \
-	'client.units.xǁUploadǁalready_stored__*' 'client.units.xǁUploadǁon_replica__*' \
-	'client.units.xǁPackǁis_complete__*' 'client.units.xǁPackǁon_replica__*' \
+PROMISES := 'client.units.xǁChunkPackǁis_complete__*' 'client.units.xǁChunkPackǁ_on_chain__*' \
+	'client.units.xǁChunkPackǁon_replica__*' 'client.units.xǁChunkPackǁsettle__*' \
+	'client.units.xǁChunkPackǁtake_stored__*' 'client.units.xǁFileJobǁoutcome__*' \
 	'client.upload.xǁBatchǁ_judge__*' 'worker.orders.xǁManagerOnlyǁcheck__*' \
 	'worker.intake.xǁIntakeǁ_check_sender__*' 'worker.intake.xǁIntakeǁ_addressed_here__*' \
 	'manager.service.x_check_worker_sender__*' 'manager.holdings.xǁHoldingsǁholders_for__*'

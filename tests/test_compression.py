@@ -1,7 +1,10 @@
-"""Compression on the wire and on disk, end to end: compressible, incompressible and mixed
-files, a chunk that grows when compressed, packs, restores and repair copies. A file that
-came compressed is kept as its frames (``zstd -dc`` gives its bytes back) and restored
-from them as they are; one that did not is kept as its own bytes (``sha256sum`` checks it).
+"""Compression on the wire and on disk, end to end. Since chunks are sealed (issue 24),
+the client compresses each chunk before sealing it, when that saves (``warren.chunkseal``):
+compressible text travels and is kept much smaller than it is, random bytes grow by at
+most a seal's overhead, and packs travel raw (sealed bytes do not compress), so no frame
+and no ``encoding`` header comes from a client. Workers keep each sealed chunk as it came;
+a repair copy sends those bytes as they are. Workers still refuse bad frames, which a
+repair copy between workers may carry.
 
 The protocol's cases run on the in-memory broker; the last tests run the real processes on
 a private RabbitMQ node.
@@ -16,9 +19,10 @@ from pathlib import Path
 import zstandard
 
 from client.session import Progress
-from tests.cluster import Cluster, stored_content
-from tests.stubcluster import StubCluster, wait_for
+from tests.cluster import Cluster
+from tests.stubcluster import StubCluster, file_chunks, wait_for
 from warren import messages as m
+from warren.chunkseal import SEAL_OVERHEAD
 from warren.testing import Message
 from warren.topology import DEAD_LETTER_QUEUE, worker_chunks
 
@@ -44,177 +48,144 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def blob(c: StubCluster, worker: str, data: bytes) -> bytes | None:
-    """What the worker's blob of ``data`` holds, decoded as ``zstd -dc`` would."""
-    path = c.workers[worker].blobs.find(sha(data))
-    return stored_content(path) if path is not None else None
-
-
-def kept_as(c: StubCluster, worker: str, data: bytes) -> str:
-    path = c.workers[worker].blobs.find(sha(data))
-    assert path is not None
-    if path.suffix == ".zst":
-        return "frames"
-    assert path.read_bytes() == data  # sha256sum checks it
-    return "bytes"
-
-
-def chunks_sent(c: StubCluster, upload_sha: str) -> list[Message]:
+def packs_of(c: StubCluster, chunks: list[m.ChunkRef]) -> list[Message]:
+    """The packs a client sent (hop 0) that carried any of these chunks."""
+    shas = {ch.sha256 for ch in chunks}
     return [
         p
         for p in c.broker.published
-        if p.type == m.CHUNK_TYPE and (p.headers or {}).get("sha256") == upload_sha
+        if p.type == m.PACK_TYPE
+        and (h := m.PackHeaders.from_headers(p.headers or {}, len(p.body))).hop == 0
+        and shas & {f.sha256 for f in h.files}
     ]
 
 
-def restore_chunks(c: StubCluster) -> list[Message]:
-    return [p for p in c.broker.published if p.type == m.RESTORE_CHUNK_TYPE]
-
-
-def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -> list[str]:
-    """Upload ``data`` with 2 replicas, check both blobs are its bytes and that it restores
-    byte for byte; the chain."""
+def upload_and_restore(c: StubCluster, tmp_path: Path, data: bytes, name: str) -> list[m.ChunkRef]:
+    """Upload ``data`` with 2 replicas; check each of its sealed chunks is kept on two
+    workers as the bytes its name hashes, that no worker holds a line of the file, and that
+    it restores byte for byte. Its chunks."""
     src = tmp_path / name
     src.write_bytes(data)
     with c.session() as s:
         result = s.upload(src, name, 2)
-    for worker in result.chain:
-        assert blob(c, worker, data) == data, f"{worker}'s blob is not the file's bytes"
-        assert c.workers[worker].blobs.check(sha(data), len(data)) is None  # scrub, verify
+    chunks = file_chunks(c, result.sha256)
+    assert chunks and sum(ch.plain for ch in chunks) == len(data)
+    for ch in chunks:
+        holders = [w for w, wk in c.workers.items() if wk.blobs.find(ch.sha256) is not None]
+        assert len(holders) == 2, f"chunk {ch.sha256[:12]} on {holders}"
+        for w in holders:
+            path = c.workers[w].blobs.find(ch.sha256)
+            assert path is not None and path.suffix == ""  # kept as it came, not as frames
+            assert sha(path.read_bytes()) == ch.sha256 and path.stat().st_size == ch.size
+            assert c.workers[w].blobs.check(ch.sha256, ch.size) is None  # scrub, verify
+    probe = data[len(data) // 2 : len(data) // 2 + 48]
+    for worker in c.workers.values():
+        for path in worker.blobs.dir.rglob("*"):
+            assert not path.is_file() or probe not in path.read_bytes(), f"plaintext in {path}"
     with c.session() as s:
         s.download(name, tmp_path / f"{name}.back", overwrite=True)
     assert (tmp_path / f"{name}.back").read_bytes() == data
-    return list(result.chain)
+    return chunks
 
 
-def test_text_travels_compressed_is_kept_as_it_came_and_restored_from_its_frames(
+def test_text_is_compressed_before_it_is_sealed_and_travels_and_is_kept_small(
     stub: StubCluster, tmp_path: Path
 ) -> None:
     data = log_text(5 * CHUNK + 1234)
-    chain = upload_and_restore(stub, tmp_path, data, "access.log")
-    for worker in chain:
-        assert kept_as(stub, worker, data) == "frames"
-        path = stub.workers[worker].blobs.find(sha(data))
-        assert path is not None and path.stat().st_size < len(data) / 3
-
-    sent = chunks_sent(stub, sha(data))
-    to_primary = [p for p in sent if p.queue == worker_chunks(chain[0])]
-    forwarded = [p for p in sent if p.queue == worker_chunks(chain[1])]
-    assert len(to_primary) == len(forwarded) == 6
-    assert all((p.headers or {}).get("encoding") == "zstd" for p in sent)
-    assert sum(len(p.body) for p in to_primary) < len(data) / 3
-    # The primary forwards the client's bytes and headers exactly, but for the hop.
-    by_seq = {(p.headers or {})["seq"]: p for p in to_primary}
-    for p in forwarded:
-        h = p.headers or {}
-        original = by_seq[h["seq"]]
-        assert p.body == original.body
-        assert {**h, "hop": 0, "sent_at_ms": 0} == {**(original.headers or {}), "sent_at_ms": 0}
-    # Each body is one frame of the chunk's own bytes.
-    seq1 = by_seq[1]
-    assert zstandard.ZstdDecompressor().decompress(seq1.body) == data[CHUNK : 2 * CHUNK]
-
-    # The restore sends the client's own frames back: the worker compressed nothing.
-    back = restore_chunks(stub)
-    assert back and all((p.headers or {}).get("encoding") == "zstd" for p in back)
-    assert sorted(p.body for p in back) == sorted(p.body for p in to_primary)
+    chunks = upload_and_restore(stub, tmp_path, data, "access.log")
+    assert sum(ch.size for ch in chunks) < len(data) / 3
+    packs = packs_of(stub, chunks)
+    assert packs and all("encoding" not in (p.headers or {}) for p in packs)  # sent raw
+    assert sum(len(p.body) for p in packs) < len(data) / 3
+    # The restore sends the sealed chunks back as they are kept: the worker decodes nothing.
+    back = [p for p in stub.broker.published if p.type == m.RESTORE_CHUNK_TYPE]
+    assert back and all("encoding" not in (p.headers or {}) for p in back)
+    assert sorted(sha(p.body) for p in back) == sorted(ch.sha256 for ch in chunks)
 
 
-def test_random_bytes_travel_raw_with_no_encoding_header(stub: StubCluster, tmp_path: Path) -> None:
-    data = os.urandom(3 * CHUNK + 17)
-    chain = upload_and_restore(stub, tmp_path, data, "random.bin")
-    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
-    sent = chunks_sent(stub, sha(data))
-    assert len(sent) == 8
-    assert all("encoding" not in (p.headers or {}) for p in sent)
-    assert sorted(p.body for p in sent if p.headers and p.headers["hop"] == 0) == sorted(
-        data[i : i + CHUNK] for i in range(0, len(data), CHUNK)
-    )
-    assert all("encoding" not in (p.headers or {}) for p in restore_chunks(stub))
-
-
-def test_a_chunk_that_grows_when_compressed_travels_raw(stub: StubCluster, tmp_path: Path) -> None:
-    # Every chunk is random: compressed whole (64 KiB is under two probes) it would grow.
-    data = os.urandom(2 * CHUNK)
-    assert len(zstandard.ZstdCompressor(level=1).compress(data[:CHUNK])) > CHUNK
-    chain = upload_and_restore(stub, tmp_path, data, "grows.bin")
-    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
-    assert all("encoding" not in (p.headers or {}) for p in chunks_sent(stub, sha(data)))
-
-
-def test_a_mixed_file_sends_each_chunk_its_own_way(stub: StubCluster, tmp_path: Path) -> None:
-    parts = [log_text(CHUNK, 1), os.urandom(CHUNK), log_text(CHUNK, 2), os.urandom(CHUNK // 2)]
-    data = b"".join(parts)
-    chain = upload_and_restore(stub, tmp_path, data, "mixed.tar")
-    # Its first chunk came compressed, and the whole saves enough: kept as frames, the
-    # random chunks in raw blocks (their own bytes, a few bytes of header added).
-    assert [kept_as(stub, w, data) for w in chain] == ["frames", "frames"]
-    hop0 = {
-        (p.headers or {})["seq"]: (p.headers or {}).get("encoding", "")
-        for p in chunks_sent(stub, sha(data))
-        if (p.headers or {})["hop"] == 0
-    }
-    assert hop0 == {0: "zstd", 1: "", 2: "zstd", 3: ""}
-    back = sorted(restore_chunks(stub), key=lambda p: (p.headers or {})["seq"])
-    assert [(p.headers or {}).get("encoding") for p in back] == ["zstd"] * 4
-    # A raw block's frame: 13 bytes of frame header and 3 a block (one: 64 KiB chunks).
-    grown = [len(p.body) - len(part) for p, part in zip(back, parts, strict=True)]
-    assert grown[1::2] == [16, 16]
-
-
-def test_a_file_whose_first_chunk_alone_compresses_is_kept_as_its_bytes(
+def test_random_bytes_grow_by_at_most_a_seals_overhead_a_chunk(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    data = log_text(CHUNK) + os.urandom(40 * CHUNK)  # frames would save under 1/32
-    chain = upload_and_restore(stub, tmp_path, data, "mostly-random.bin")
-    assert [kept_as(stub, w, data) for w in chain] == ["bytes", "bytes"]
-    assert not list(stub.workers[chain[0]].incoming.dir.glob("*.zpart"))
+    # Every chunk is random: compressed (as a whole chunk) it would grow, so it is sealed
+    # as its own bytes.
+    data = os.urandom(3 * CHUNK + 17)
+    assert len(zstandard.ZstdCompressor(level=1).compress(data[:CHUNK])) > CHUNK
+    chunks = upload_and_restore(stub, tmp_path, data, "random.bin")
+    assert all(ch.size <= ch.plain + SEAL_OVERHEAD for ch in chunks)
+    packs = packs_of(stub, chunks)
+    assert packs and all("encoding" not in (p.headers or {}) for p in packs)
+    assert sum(len(p.body) for p in packs) == sum(ch.size for ch in chunks)  # each once
 
 
-def test_a_pack_of_text_files_is_one_compressed_frame_stored_file_by_file(
+def test_a_mixed_file_seals_each_chunk_its_own_way(stub: StubCluster, tmp_path: Path) -> None:
+    parts = [log_text(2 * CHUNK, 1), os.urandom(2 * CHUNK), log_text(2 * CHUNK, 2)]
+    data = b"".join(parts)
+    chunks = upload_and_restore(stub, tmp_path, data, "mixed.tar")
+    # Chunks of text only are much smaller sealed; chunks of random bytes barely grow.
+    at, small, same = 0, 0, 0
+    for ch in chunks:
+        piece = data[at : at + ch.plain]
+        at += ch.plain
+        if piece in parts[0] or piece in parts[2]:
+            small += ch.size < ch.plain / 2
+        elif piece in parts[1]:
+            same += ch.plain <= ch.size <= ch.plain + SEAL_OVERHEAD
+    assert small >= 2 and same >= 2, (small, same, len(chunks))
+
+
+def test_a_pack_of_text_files_travels_raw_each_file_sealed_small(
     stub: StubCluster, tmp_path: Path
 ) -> None:
     texts = [log_text(3000 + i, i) for i in range(30)]
-    randoms = [os.urandom(2000 + i) for i in range(30)]
-    for kind, contents in (("text", texts), ("random", randoms)):
-        items = []
-        for i, data in enumerate(contents):
-            (tmp_path / f"{kind}{i}").write_bytes(data)
-            items.append((tmp_path / f"{kind}{i}", f"{kind}/{i}"))
-        outcomes: dict[str, object] = {}
-        with stub.session() as s:
-            s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
-        assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
-        for data in contents:
-            holders = [w for w in stub.workers if blob(stub, w, data) is not None]
-            assert len(holders) == 2 and all(blob(stub, w, data) == data for w in holders)
-    packs = [p for p in stub.broker.published if p.type == m.PACK_TYPE]
-    text_packs = [p for p in packs if sha(texts[0]) in str((p.headers or {})["files"])]
-    random_packs = [p for p in packs if sha(randoms[0]) in str((p.headers or {})["files"])]
-    assert text_packs and all((p.headers or {}).get("encoding") == "zstd" for p in text_packs)
-    assert len(text_packs[0].body) < sum(map(len, texts)) / 3
-    assert random_packs and all("encoding" not in (p.headers or {}) for p in random_packs)
+    items = []
+    for i, data in enumerate(texts):
+        (tmp_path / f"text{i}").write_bytes(data)
+        items.append((tmp_path / f"text{i}", f"text/{i}"))
+    outcomes: dict[str, object] = {}
+    with stub.session() as s:
+        s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
+    assert len(outcomes) == 30 and not [o for o in outcomes.values() if isinstance(o, Exception)]
+    chunks = [ch for data in texts for ch in file_chunks(stub, sha(data))]
+    assert len(chunks) == 30  # one chunk a small file
+    packs = packs_of(stub, chunks)
+    assert len(packs) < 30 and all("encoding" not in (p.headers or {}) for p in packs)
+    assert sum(len(p.body) for p in packs) < sum(map(len, texts)) * 0.6
     with stub.session() as s:
         s.download("text/7", tmp_path / "t7", overwrite=True)
     assert (tmp_path / "t7").read_bytes() == texts[7]
 
 
-def test_a_repair_copy_sends_the_frames_as_they_are_kept(stub: StubCluster, tmp_path: Path) -> None:
+def test_a_repair_copy_sends_the_sealed_chunks_as_they_are_kept(
+    stub: StubCluster, tmp_path: Path
+) -> None:
     data = log_text(3 * CHUNK)
-    chain = upload_and_restore(stub, tmp_path, data, "repaired.log")
-    stub.kill(chain[0])
-    wait_for(
-        lambda: sum(blob(stub, w, data) == data for w in stub.workers if w != chain[0]) == 2,
-        timeout=30,
-        what="a repair copy",
-    )
-    sent = chunks_sent(stub, sha(data))
-    copies = [p for p in sent if p.correlation_id != sent[0].correlation_id]  # another id
-    assert copies and all((p.headers or {}).get("encoding") == "zstd" for p in copies)
-    originals = {p.body for p in sent if p.correlation_id == sent[0].correlation_id}
-    assert {p.body for p in copies} <= originals
-    new = next(w for w in stub.workers if w not in chain and blob(stub, w, data) == data)
-    assert kept_as(stub, new, data) == "frames"
+    chunks = upload_and_restore(stub, tmp_path, data, "repaired.log")
+    first = chunks[0]
+    dead = next(w for w, wk in stub.workers.items() if wk.blobs.find(first.sha256) is not None)
+    kept = {ch.sha256: stub.workers[dead].blobs.find(ch.sha256) for ch in chunks}
+    originals = {sha: path.read_bytes() for sha, path in kept.items() if path is not None}
+    stub.kill(dead)
+    live = [w for w in stub.workers if w != dead]
+
+    def repaired() -> bool:
+        return all(
+            sum(stub.workers[w].blobs.find(ch.sha256) is not None for w in live) == 2
+            for ch in chunks
+        )
+
+    wait_for(repaired, timeout=30, what="repair copies")
+    copies = [
+        p
+        for p in stub.broker.published
+        if p.type == m.CHUNK_TYPE and (p.headers or {}).get("sha256") in originals
+    ]
+    assert copies, "no repair copy of the dead worker's chunks was sent"
+    assert all("encoding" not in (p.headers or {}) for p in copies)
+    assert {p.body for p in copies} <= set(originals.values())  # the bytes as kept
+    for w in live:
+        for ch in chunks:
+            path = stub.workers[w].blobs.find(ch.sha256)
+            assert path is None or sha(path.read_bytes()) == ch.sha256
 
 
 def test_bad_frames_are_dead_lettered_and_never_written(stub: StubCluster) -> None:

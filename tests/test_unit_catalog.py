@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
 
 from manager.catalog import Catalog, Upload
 from manager.holdings import COMPLETE, PENDING
-from warren.messages import BlobEntry
+from warren.errors import Unavailable
+from warren.messages import BlobEntry, ChunkRef, CommitFile
 
-SHA = "ab" * 32
+SHA = "ab" * 32  # a file's plaintext SHA-256
+CHUNK = "cd" * 32  # a sealed chunk's blob
 
 
-def catalog(tmp_path: Path) -> Catalog:
+def catalog(tmp_path: Path, now: float = 1000) -> Catalog:
     c = Catalog(tmp_path / "catalog.sqlite3", dead_after=10)
     c.open()
     for w in ("w1", "w2", "w3"):
-        c.worker_seen(w, free=100, used=0, files=0, now=1000)
+        c.worker_seen(w, free=100, used=0, files=0, now=now)
     return c
 
 
@@ -23,17 +28,34 @@ def upload(uid: str = "1" * 32, name: str = "a b.txt") -> Upload:
     return Upload(uid, name, 5, SHA, 2, ("w1", "w2"), "c1", PENDING)
 
 
+def chunk_upload(uid: str, sha: str, size: int, chain: tuple[str, ...]) -> Upload:
+    """A sealed chunk placed for alice (a pack of chunks: no name, no version)."""
+    return Upload(uid, "", size, sha, len(chain), chain, "c1", PENDING, owner="alice")
+
+
+def commit_file(name: str, *chunks: tuple[str, int]) -> CommitFile:
+    refs = tuple(ChunkRef(sha, size, size - 1) for sha, size in chunks)
+    return CommitFile(name, sum(c.plain for c in refs), SHA, refs)
+
+
 def test_a_file_is_listed_only_when_every_replica_is_stored(tmp_path: Path) -> None:
-    c = catalog(tmp_path)
-    c.add_upload(upload(), now=1000)
-    assert c.replica_stored("1" * 32, "w1", SHA, 5, now=1001) is None
-    assert c.files(now=1001) == []
-    done = c.replica_stored("1" * 32, "w2", SHA, 5, now=1002)
-    assert done is not None and done.name == "a b.txt"
-    [entry] = c.files(now=1002)
-    assert entry.replicas == ("w1", "w2")
-    assert c.files(now=1002, name="a b.txt") == [entry]
-    assert c.files(now=1002, name="other") == []
+    # Its chunks must be stored on every worker of their chain before a commit records it.
+    now = time.time()
+    c = catalog(tmp_path, now)
+    c.add_upload(chunk_upload("1" * 32, CHUNK, 5, ("w1", "w2")), now=now)
+    assert c.replica_stored("1" * 32, "w1", CHUNK, 5, now=now) is None
+    with pytest.raises(Unavailable, match="not stored"):
+        c.commit("alice", [commit_file("a b.txt", (CHUNK, 5))], 2, now)
+    assert c.files(now=now) == []
+    done = c.replica_stored("1" * 32, "w2", CHUNK, 5, now=now)
+    assert done is not None and done.name == ""  # a chunk, not yet a file
+    assert c.files(now=now) == []
+    [record] = c.commit("alice", [commit_file("a b.txt", (CHUNK, 5))], 2, now)
+    assert (record.name, record.version, record.sha256) == ("a b.txt", 1, SHA)
+    [entry] = c.files(now=now)
+    assert (entry.name, entry.sha256, entry.replicas) == ("a b.txt", SHA, ("w1", "w2"))
+    assert c.files(now=now, name="a b.txt") == [entry]
+    assert c.files(now=now, name="other") == []
     assert c.upload("1" * 32).state == COMPLETE  # type: ignore[union-attr]
 
 
@@ -57,12 +79,22 @@ def test_catalog_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_dead_workers_do_not_count_as_replicas(tmp_path: Path) -> None:
-    c = catalog(tmp_path)
-    c.add_upload(upload(), now=1000)
-    c.replica_stored("1" * 32, "w1", SHA, 5, now=1000)
-    c.replica_stored("1" * 32, "w2", SHA, 5, now=1000)
-    c.worker_seen("w1", 100, 0, 0, now=1020)  # w2 silent for 20 s > dead_after
-    [entry] = c.files(now=1020)
+    now = time.time()
+    c = catalog(tmp_path, now)
+    other = "ef" * 32
+    c.add_uploads(
+        [
+            chunk_upload("1" * 32, CHUNK, 5, ("w1", "w2")),
+            chunk_upload("2" * 32, other, 6, ("w1", "w2")),
+        ],
+        now=now,
+    )
+    for w in ("w1", "w2"):
+        c.replicas_stored(w, [("1" * 32, CHUNK, 5), ("2" * 32, other, 6)], now=now)
+    c.commit("alice", [commit_file("a b.txt", (CHUNK, 5), (other, 6))], 2, now)
+    assert c.files(now=now)[0].replicas == ("w1", "w2")
+    c.worker_seen("w1", 100, 0, 0, now=now + 20)  # w2 silent for 20 s > dead_after
+    [entry] = c.files(now=now + 20)
     assert entry.replicas == ("w1",)
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from client.session import Session
 from manager.service import check_worker_sender
-from tests.stubcluster import FAST, StubCluster, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, user_url, wait_for
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import BrokerRefused, DecodeError
@@ -94,8 +94,8 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
     """Alice has a file stored and a second one half sent. Mallory tells the workers of
     both to keep a record of hers (and to take her chunks of an upload nobody placed), to
     discard Alice's half-sent upload and to forget her stored file. All six commands are
-    dead-lettered; no records.log changes, the partial data stays, and Alice's second file
-    is finished and restores byte for byte."""
+    dead-lettered; no records.log changes, the partial data stays, Alice's second upload
+    is finished with her bytes on both workers, and her first file restores byte for byte."""
     c = users
     kept = os.urandom(100_000)
     (tmp_path / "kept").write_bytes(kept)
@@ -165,10 +165,13 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
             return "half" in {f.name for f in s.files()}
 
         wait_for(recorded, what="'half' finished and recorded")
-        s.download("half", tmp_path / "back")
-    assert (tmp_path / "back").read_bytes() == data
-    for w in placed.chain:
-        assert c.workers[w].blobs.blob_path(sha).exists(), f"{w} has no copy of 'half'"
+        # (Clients restore files of sealed chunks; 'half' is one whole-file blob, as a
+        # worker keeps a repair copy: its bytes on both workers are what Alice sent.)
+        for w in placed.chain:
+            blob = c.workers[w].blobs.blob_path(sha)
+            assert blob.exists() and blob.read_bytes() == data, f"{w} has no copy of 'half'"
+        s.download("kept", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == kept
 
 
 def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
@@ -183,8 +186,13 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
     (tmp_path / "f").write_bytes(data)
     with c.session(amqp_url=user_url("alice")) as s:
         result = s.upload(tmp_path / "f", "f", 2)
-    holder = result.chain[0]
-    [target] = sorted(set(c.workers) - set(result.chain))[:1]
+    # Each of its sealed chunks is a blob on two workers: its first one is asked for.
+    chunk = file_chunks(c, result.sha256)[0]
+    holders = [w for w in sorted(c.workers) if c.workers[w].blobs.blob_path(chunk.sha256).exists()]
+    assert len(holders) == 2, holders
+    holder = holders[0]
+    [target] = sorted(set(c.workers) - set(holders))[:1]
+    kept = c.workers[holder].blobs.blob_path(chunk.sha256).read_bytes()
     copy_id = uuid.uuid4().hex
     stolen: list[str] = []
     with c.session(amqp_url=user_url("mallory")) as ms:
@@ -195,9 +203,9 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
 
         ms.route("steal", take)
         forged: list[m.Message] = [
-            m.ServeRequest(result.sha256, result.size, ms.reply_queue, "steal"),
-            m.CopyRequest(result.sha256, result.size, target, copy_id),
-            m.DeleteBlob(result.sha256),  # last: served and copied first, were they obeyed
+            m.ServeRequest(chunk.sha256, chunk.size, ms.reply_queue, "steal"),
+            m.CopyRequest(chunk.sha256, chunk.size, target, copy_id),
+            m.DeleteBlob(chunk.sha256),  # last: served and copied first, were they obeyed
         ]
         kinds = {cmd.TYPE for cmd in forged}
         for cmd in forged:
@@ -205,7 +213,7 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
                 conn = c.broker.connect(mallory.settings, "m2")
                 conn.open()
                 conn.publish(worker_control(holder), cmd.encode(), type=cmd.TYPE)
-        blob = c.workers[holder].blobs.blob_path(result.sha256)
+        blob = c.workers[holder].blobs.blob_path(chunk.sha256)
 
         def copied() -> bool:
             return any(
@@ -221,7 +229,8 @@ def test_forged_serve_delete_and_copy_on_a_control_queue_are_refused(
     ]
     assert obeyed == [], f"{holder} obeyed forged orders"
     assert not [p for p in c.broker.published if p.user_id == "mallory" and p.type in kinds]
-    assert not c.workers[target].blobs.blob_path(result.sha256).exists()
+    assert not c.workers[target].blobs.blob_path(chunk.sha256).exists()
+    assert blob.read_bytes() == kept
 
 
 def test_a_worker_cannot_give_another_the_managers_orders(

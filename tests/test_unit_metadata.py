@@ -16,7 +16,7 @@ import pytest
 
 from client.outcomes import Progress
 from client.session import Session
-from tests.stubcluster import FAST, StubCluster, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, user_url, wait_for
 from warren import messages as m
 from warren.errors import BrokerRefused, NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
@@ -157,22 +157,23 @@ def _good(blobs: BlobStore, sha256: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kept_as", ["bytes", "frames"])
-def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(
-    tmp_path: Path, kept_as: str
-) -> None:
+def first_chunk(c: StubCluster, sha256: str) -> str:
+    """The blob of a file's first sealed chunk: the one its ``chain`` names the workers of."""
+    chunks = file_chunks(c, sha256)
+    assert len(chunks) > 1, "a file of several chunks, so one chunk's damage is told apart"
+    return chunks[0].sha256
+
+
+def test_scrub_finds_a_flipped_byte_and_a_good_second_copy_is_made(tmp_path: Path) -> None:
     c = StubCluster(tmp_path, dataclasses.replace(FAST, scrub_interval=0.6))
     try:
         c.start(4)
-        # Random bytes are kept as themselves, text as its frames (worker/frames.py).
-        data = os.urandom(300_000) if kept_as == "bytes" else b"GET / 200\n" * 30_000
+        data = os.urandom(300_000)
         (tmp_path / "f").write_bytes(data)
         with c.session() as s:
             result = s.upload(tmp_path / "f", "f", 2)
-            sha = result.sha256
+            sha = first_chunk(c, result.sha256)
             rotted, kept = result.chain
-            blob = c.workers[rotted].blobs.find(sha)
-            assert blob is not None and (blob.suffix == ".zst") == (kept_as == "frames")
             flip_a_byte(c, rotted, sha)
 
             wait_for(lambda: c.workers[rotted].blobs.damaged == 1, what="scrub to find it")
@@ -194,35 +195,39 @@ def test_verify_reports_a_copy_damaged_between_scrubs(stub: StubCluster, tmp_pat
     with stub.session() as s:
         result = s.upload(tmp_path / "f", "f", 2)
         clean, _ = s.verify(("f",))
-        flip_a_byte(stub, result.chain[1], result.sha256)
+        chunk = first_chunk(stub, result.sha256)
+        flip_a_byte(stub, result.chain[1], chunk)
         checks, missing = s.verify(("f",))
         with pytest.raises(NotFound):
             s.verify(("no-such-file",))
-    assert [c.ok for c in clean] == [True, True]
-    assert {(c.worker, c.ok) for c in checks} == {(result.chain[0], True), (result.chain[1], False)}
-    assert "SHA-256" in [c for c in checks if not c.ok][0].reason and missing == []
-    wait_for(lambda: len(good_copies(stub, result.sha256)) == 2, what="the repair")
+    # One check per copy of each sealed chunk: all good, then all but the damaged one.
+    assert len(clean) == 2 * len(set(file_chunks(stub, result.sha256)))
+    assert [c.ok for c in clean] == [True] * len(clean)
+    assert len(checks) == len(clean)
+    [bad] = [c for c in checks if not c.ok]
+    assert bad.worker == result.chain[1] and "SHA-256" in bad.reason and missing == []
+    wait_for(lambda: len(good_copies(stub, chunk)) == 2, what="the repair")
 
 
 def test_verify_says_which_worker_has_no_copy_and_quarantines_nothing(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    # Given a file on two workers, and the second's copy gone from its disk
+    # Given a file on two workers, and the second's copy of its first chunk gone from disk
     (tmp_path / "f").write_bytes(os.urandom(50_000))
     with stub.session() as s:
         result = s.upload(tmp_path / "f", "f", 2)
         gone = stub.workers[result.chain[1]]
-        path = gone.blobs.find(result.sha256)
+        path = gone.blobs.find(first_chunk(stub, result.sha256))
         assert path is not None
         path.unlink()
         # When the file is verified
         checks, _ = s.verify(("f",))
-    # Then that worker says it has no copy (not that a copy is damaged), the other is good,
-    # and nothing was quarantined
-    assert {(c.worker, c.ok, c.reason) for c in checks} == {
-        (result.chain[0], True, ""),
-        (result.chain[1], False, "this worker has no copy"),
-    }
+    # Then that worker says it has no copy (not that a copy is damaged), every other copy
+    # is good, and nothing was quarantined
+    assert [(c.worker, c.ok, c.reason) for c in checks if not c.ok] == [
+        (result.chain[1], False, "this worker has no copy")
+    ]
+    assert {c.reason for c in checks if c.ok} == {""} and len(checks) > 2
     assert gone.blobs.damaged == 0 and not (gone.root / "quarantine").exists()
 
 
@@ -243,7 +248,8 @@ def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
         mallory.open()
         c.kill(victim)
         beat = m.Heartbeat(worker=victim, free_bytes=10**12, used_bytes=0, files=1)
-        order = m.DeleteBlob(sha256=result.sha256)
+        chunk = first_chunk(c, result.sha256)  # on victim and other
+        order = m.DeleteBlob(sha256=chunk)
         with pytest.raises(BrokerRefused):
             mallory.publish(worker_control(other), order.encode(), type=order.TYPE)
         liar = sorted(set(c.workers) - {victim, other})[0]
@@ -258,7 +264,7 @@ def test_forged_worker_messages_change_nothing(tmp_path: Path) -> None:
                 return victim not in alive and len(f.replicas) == 2
 
             wait_for(repaired, what=f"{victim} dead and its file repaired despite the replay")
-        assert c.workers[other].blobs.blob_path(result.sha256).exists()
+        assert _good(c.workers[other].blobs, chunk)
         assert c.broker.depth(DEAD_LETTER_QUEUE) >= 1  # the replayed heartbeats
         replay.close()
     finally:

@@ -1,9 +1,10 @@
-"""What an upload says it confirmed, taken one message at a time: the client's confirmation
-state (``client.units``) fed the deliveries a cluster would send, without a cluster.
+"""What an upload says it stored, taken one message at a time: the client's states
+(``client.units``: a pack of sealed chunks, the files waiting for them, a commit) fed the
+deliveries a cluster would send, without a cluster.
 
 These tests exist because ``make mutants`` (docs/mutants.md) found that the role tests,
 which go through whole uploads, left these decisions unchecked: which replica counts as
-confirmed, when an upload is complete, what its outcome says and which error (exit code)
+confirmed, when a pack is complete, what a file's outcome says and which error (exit code)
 it is. Each asserts on the outcome a user sees: the UploadResult, or the error's class and
 sentence."""
 
@@ -16,16 +17,19 @@ import pytest
 
 from client.outcomes import Progress, UploadResult
 from client.session import Session
-from client.units import Pack, Step, Upload
+from client.units import Chunk, ChunkPack, ChunkState, Commit, FileJob, Step
 from client.upload import Batch
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import IntegrityError, NotFound, Unavailable, WarrenError
+from warren.ownerkey import derive
 from warren.transport import Delivery
 
 ID = "a" * 32
 ID2 = "b" * 32
-SHA = "c" * 64
+OTHER = "f" * 32  # another pack's upload
+SHA = "c" * 64  # the file's plaintext SHA-256
+C1, C2 = "1" * 64, "2" * 64  # its two sealed chunks
 
 
 class Seen(Progress):
@@ -38,227 +42,171 @@ class Seen(Progress):
         self.replicas.append((worker, hop))
 
 
-def seen(u: Upload) -> list[tuple[str, int]]:
-    assert isinstance(u.progress, Seen)
-    return u.progress.replicas
-
-
 def delivery(msg: m.Message) -> Delivery:
     return Delivery(msg.encode(), 1, False, msg.TYPE, None, None, ID, "q", lambda *a: None)
 
 
-def upload(tmp_path: Path, name: str = "f") -> Upload:
-    path = tmp_path / name
-    path.write_bytes(b"x")
-    u = Upload(path, name, Seen())
-    u.size, u.sha256, u.sent = 1, SHA, 1
-    return u
-
-
-def stored(worker: str, hop: int, upload_id: str = ID) -> Delivery:
-    return delivery(m.ReplicaStored(upload_id, worker, SHA, 1, hop))
+def pack_stored(worker: str, hop: int, *ids: str) -> Delivery:
+    return delivery(m.PackStored(worker, hop, tuple(m.PackEntry(i, SHA, 1) for i in ids)))
 
 
 def failed(worker: str, reason: str, code: str, upload_id: str = ID) -> Delivery:
     return delivery(m.ReplicaFailed(upload_id, worker, reason, code))
 
 
-def placed(u: Upload, chain: tuple[str, ...], **kw: bool | int) -> Upload:
-    u.accepted = m.UploadAccepted(ID, chain, 1024, **kw)  # type: ignore[arg-type]
-    u.upload_id = ID
-    return u
+def file_of(tmp_path: Path, *chunks: Chunk, name: str = "f") -> FileJob:
+    """A file cut into these chunks, all cut (waiting for them to be stored)."""
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    job = FileJob(path, name, Seen())
+    for c in chunks:
+        job.add(m.ChunkRef(c.digest, c.size, 1), c)
+    job.size, job.sha256, job.step = len(chunks), SHA, Step.WAITING
+    return job
 
 
-def test_an_upload_is_complete_only_when_every_worker_of_its_chain_confirmed(
-    tmp_path: Path,
-) -> None:
-    u = upload(tmp_path)
-    assert not u.complete  # nothing placed yet
-    placed(u, ("w1", "w2"))
-    u.on_replica(stored("w1", 0))
-    assert not u.complete
-    u.on_replica(stored("w1", 0))  # the same worker twice is still one
-    assert not u.complete
-    assert u.confirmed == {"w1": 0}
-    u.on_replica(stored("w2", 1))
-    assert u.complete
-    assert seen(u) == [("w1", 0), ("w2", 1)]
-    assert u.outcome() == UploadResult("f", 1, SHA, ("w1", "w2"), {"w1": 0, "w2": 1}, False, sent=1)
-
-
-def test_copies_are_complete_when_the_manager_records_them_not_before(tmp_path: Path) -> None:
-    """With copies the holders confirm at once; the upload is done when it is recorded."""
-    u = placed(upload(tmp_path), ("w1",), stored=True, copies=1)
-    assert u.already_stored()
-    assert not u.complete
-    assert not u.recorded
-    u.on_replica(stored("w3", 1))
-    assert not u.complete  # confirmed by both, but the manager has not recorded it yet
-    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
-    assert u.complete
-    out = u.outcome()
-    assert out == UploadResult("f", 1, SHA, ("w1", "w3"), {"w1": 0, "w3": 1}, True, True, 1)
-
-
-def test_copies_list_the_holders_first_whatever_order_they_confirmed_in(tmp_path: Path) -> None:
-    u = placed(upload(tmp_path), ("w9",), stored=True, copies=2)
-    u.on_replica(stored("w5", 2))
-    u.on_replica(stored("w7", 1))
-    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
-    assert u.already_stored()
-    out = u.outcome()
-    assert isinstance(out, UploadResult)
-    assert out.chain == ("w9", "w7", "w5")
-
-
-def test_content_already_stored_counts_every_holder_as_confirmed_and_recorded(
-    tmp_path: Path,
-) -> None:
-    u = upload(tmp_path)
-    assert not u.already_stored()  # not placed
-    placed(u, ("w1", "w2"))
-    assert not u.already_stored()  # placed, to be sent
-    assert u.confirmed == {}
-    u = placed(upload(tmp_path), ("w1", "w2"), stored=True)
-    u.confirmed["w2"] = 1
-    assert u.already_stored()
-    assert u.confirmed == {"w1": 0, "w2": 1}
-    assert u.recorded
-    assert u.complete
-    assert seen(u) == [("w1", 0)]
-
-
-def test_recorded_confirms_the_whole_chain_even_when_the_confirmations_went_elsewhere(
-    tmp_path: Path,
-) -> None:
-    """After a resume the replicas' word may have gone to the client that was cut off."""
-    u = placed(upload(tmp_path), ("w1", "w2", "w3"))
-    u.on_replica(stored("w2", 1))
-    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
-    assert u.confirmed == {"w2": 1, "w1": 0, "w3": 2}
-    assert seen(u) == [("w2", 1), ("w1", 0), ("w3", 2)]
-    assert u.recorded and u.complete
-    out = u.outcome()
-    assert isinstance(out, UploadResult) and out.chain == ("w1", "w2", "w3")
-
-
-def test_a_record_before_the_managers_answer_confirms_no_worker(tmp_path: Path) -> None:
-    """Not what a manager sends, but a stray message on the reply queue must not crash the
-    client: it is taken as recorded, and nothing is confirmed."""
-    u = upload(tmp_path)
-    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
-    assert u.recorded and u.confirmed == {} and not u.complete
-
-
-def test_wrong_bytes_on_a_replica_are_an_integrity_error_naming_each_failure(
-    tmp_path: Path,
-) -> None:
-    u = placed(upload(tmp_path), ("w1", "w2"))
-    u.on_replica(stored("w1", 0))
-    u.on_replica(failed("w2", "queue full", "busy"))  # "busy" sorts before "integrity"
-    u.on_replica(failed("w1", "sha256 mismatch", "integrity"))
-    out = u.outcome()
-    assert type(out) is IntegrityError
-    assert str(out) == "storing 'f' failed on w2: queue full; w1: sha256 mismatch."
-
-
-def test_a_replica_that_could_not_write_is_the_error_its_code_names(tmp_path: Path) -> None:
-    """Without wrong bytes, the failure's wire code decides the error (and exit code); of
-    several, the first by name, so that the same failures always give the same exit."""
-    u = placed(upload(tmp_path), ("w1", "w2"))
-    u.on_replica(failed("w2", "gone", "unavailable"))
-    u.on_replica(failed("w1", "no such", "not_found"))
-    out = u.outcome()
-    assert type(out) is NotFound
-    assert str(out) == "storing 'f' failed on w2: gone; w1: no such."
-
-
-def test_the_managers_refusal_is_the_outcome_whatever_else_arrived(tmp_path: Path) -> None:
-    u = placed(upload(tmp_path), ("w1",))
-    u.on_replica(stored("w1", 0))
-    u.error = Unavailable("no workers.")
-    assert u.outcome() is u.error
-    assert u.failed
-
-
-def test_a_replica_that_did_not_confirm_in_time_is_named(tmp_path: Path) -> None:
-    u = placed(upload(tmp_path), ("w1", "w2", "w3"))
-    u.on_replica(stored("w2", 1))
-    u.time_out()
-    out = u.outcome()
-    assert type(out) is Unavailable
-    assert str(out) == "w1, w3 did not confirm 'f' in time."
-
-
-def test_copies_that_did_not_finish_in_time_say_where_it_is_stored(tmp_path: Path) -> None:
-    u = placed(upload(tmp_path), ("w1", "w2"), stored=True, copies=2)
-    u.already_stored()
-    u.time_out()
-    out = u.outcome()
-    assert type(out) is Unavailable
-    assert str(out) == (
-        "'f' is stored on w1, w2 but the copies to 2 more workers did not finish in time; "
-        "the manager goes on with them (see status)."
-    )
-
-
-@pytest.mark.parametrize("copies", [0, 1])
-def test_a_deadline_passed_after_everything_arrived_is_no_failure(
-    tmp_path: Path, copies: int
-) -> None:
-    u = placed(upload(tmp_path), ("w1",), stored=bool(copies), copies=copies)
-    u.on_replica(stored("w1", 0))
-    if copies:
-        u.on_replica(stored("w4", 1))
-    u.on_replica(delivery(m.UploadRecorded(ID, "f")))
-    u.time_out()
-    assert isinstance(u.outcome(), UploadResult)
-
-
-def pack(tmp_path: Path) -> tuple[Pack, Upload, Upload]:
-    p = Pack()
-    a, b = upload(tmp_path, "a"), upload(tmp_path, "b")
-    p.members = [a, b]
+def placed(
+    chain: tuple[str, ...] = ("w1", "w2"), stored: tuple[m.StoredFile, ...] = ()
+) -> tuple[ChunkPack, Chunk, Chunk]:
+    """A pack of two chunks, placed on ``chain``, its new chunks sent."""
+    p = ChunkPack()
+    a, b = Chunk(C1, 10), Chunk(C2, 20)
+    p.members = [(a, b"a" * 10), (b, b"b" * 20)]
+    p.accepted = m.PackAccepted((ID, ID2), chain, stored)
     return p, a, b
 
 
-def pack_stored(worker: str, hop: int, *ids: str) -> Delivery:
-    files = tuple(m.PackEntry(i, SHA, 1) for i in ids)
-    return delivery(m.PackStored(worker, hop, files))
-
-
-def test_a_pack_is_complete_when_each_member_is_confirmed_by_every_worker_or_failed(
+def test_a_pack_is_complete_only_when_every_worker_of_its_chain_confirmed_each_chunk(
     tmp_path: Path,
 ) -> None:
-    p, a, b = pack(tmp_path)
-    assert not p.complete  # not placed
-    p.accepted = m.PackAccepted((ID, ID2), ("w1", "w2"))
-    assert p.take_stored() == [a, b]
-    for u in (a, b):  # as Batch._send does
-        u.accepted = m.UploadAccepted(u.upload_id, ("w1", "w2"), 1024)
+    p, a, b = placed()
+    job = file_of(tmp_path, a, b)
+    assert not ChunkPack().complete  # not placed
+    assert [c for c, _ in p.take_stored()] == [a, b]
+    assert (a.chain, b.chain) == (("w1", "w2"), ("w1", "w2"))
     p.on_replica(pack_stored("w1", 0, ID, ID2))
-    p.on_replica(pack_stored("w1", 0, ID))  # again: still one
+    p.on_replica(pack_stored("w1", 0, ID, ID2))  # again: still one worker
     assert not p.complete
-    assert a.confirmed == {"w1": 0} and b.confirmed == {"w1": 0}
-    assert seen(a) == [("w1", 0)]
-    p.on_replica(pack_stored("w2", 1, ID, "f" * 32))  # another pack's file is not ours
-    assert a.complete and not b.complete and not p.complete
-    p.on_replica(failed("w2", "bad bytes", "integrity", upload_id=ID2))
-    p.on_replica(failed("w2", "not ours", "integrity", upload_id="f" * 32))
+    p.on_replica(pack_stored("w2", 1, ID, OTHER))  # another pack's chunk is not ours
+    assert not p.complete
+    p.settle()
+    assert a.state is ChunkState.STORED and b.state is ChunkState.PENDING and not job.ready
+    p.on_replica(pack_stored("w2", 1, ID2))
     assert p.complete
-    assert b.failures == ["w2: bad bytes"] and a.failures == []
-    assert not p.recorded
-    p.on_replica(delivery(m.PackRecorded((ID, "f" * 32))))
-    assert a.recorded and not b.recorded and p.recorded
-    outcomes = dict(p.outcomes())
-    assert outcomes["a"] == UploadResult("a", 1, SHA, ("w1", "w2"), {"w1": 0, "w2": 1}, sent=1)
-    assert isinstance(outcomes["b"], IntegrityError)
+    p.settle()
+    assert b.state is ChunkState.STORED and job.ready
+    out = job.outcome()
+    assert out == UploadResult(
+        "f", 2, SHA, ("w1", "w2"), {"w1": 0, "w2": 1}, sent=0, deduplicated=True
+    )
+    assert cast(Seen, job.progress).replicas == [("w1", 0), ("w2", 1)]
 
 
-def test_a_pack_refused_is_the_error_of_every_member(tmp_path: Path) -> None:
-    p, a, b = pack(tmp_path)
-    p.error = WarrenError("no.")
-    assert p.outcomes() == [("a", p.error), ("b", p.error)]
+def test_a_worker_outside_the_chain_confirms_nothing(tmp_path: Path) -> None:
+    """Two confirmations are not enough when one is not from the chain's second worker."""
+    p, a, b = placed()
+    job = file_of(tmp_path, a, b)
+    p.take_stored()
+    p.on_replica(pack_stored("w1", 0, ID, ID2))
+    p.on_replica(pack_stored("w3", 1, ID, ID2))
+    assert not p.complete
+    p.settle()
+    assert a.state is ChunkState.PENDING and not job.ready
+    p.settle(timed_out=True)
+    assert str(job.outcome()) == "w2 did not confirm in time."
+
+
+def test_chunks_already_stored_are_not_sent_and_take_the_chain_they_are_on(
+    tmp_path: Path,
+) -> None:
+    p, a, b = placed(stored=(m.StoredFile(ID, ("w3", "w4")),))
+    job = file_of(tmp_path, a, b)
+    assert p.take_stored() == [(b, b"b" * 20)]  # only the new chunk is sent
+    assert a.state is ChunkState.STORED and a.chain == ("w3", "w4")
+    assert job.chain == ("w3", "w4")  # the file's chain: its first chunk's workers
+    assert not job.ready and not p.complete
+    assert list(p.by_id) == [ID2]  # only the sent chunk waits for confirmations
+
+
+def test_a_pack_is_recorded_when_the_manager_names_each_chunk_sent_or_it_failed() -> None:
+    p, _, _ = placed()
+    p.take_stored()
+    assert not p.all_recorded
+    p.on_replica(delivery(m.PackRecorded((ID, OTHER))))
+    assert not p.all_recorded
+    p.on_replica(failed("w2", "bad bytes", "integrity", upload_id=ID2))
+    assert p.all_recorded
+
+
+def test_wrong_bytes_on_a_replica_fail_every_file_of_that_chunk_as_an_integrity_error(
+    tmp_path: Path,
+) -> None:
+    p, a, b = placed()
+    one, both = file_of(tmp_path, a, name="one"), file_of(tmp_path, a, b, name="both")
+    p.take_stored()
+    p.on_replica(pack_stored("w1", 0, ID, ID2))
+    p.on_replica(pack_stored("w2", 1, ID))
+    p.on_replica(failed("w2", "sha256 mismatch", "integrity", upload_id=ID2))
+    p.on_replica(failed("w2", "not ours", "integrity", upload_id=OTHER))
+    assert p.complete  # every chunk stored or failed
+    p.settle()
+    assert one.ready and isinstance(one.outcome(), UploadResult)
+    out = both.outcome()
+    assert type(out) is IntegrityError
+    assert str(out) == "storing a chunk failed on w2: sha256 mismatch."
+    assert not both.ready
+
+
+def test_a_replica_that_could_not_write_is_the_error_its_code_names(tmp_path: Path) -> None:
+    p, a, _ = placed()
+    job = file_of(tmp_path, a)
+    p.take_stored()
+    p.on_replica(failed("w1", "no such", "not_found"))
+    p.settle()
+    out = job.outcome()
+    assert type(out) is NotFound and str(out) == "storing a chunk failed on w1: no such."
+
+
+def test_a_replica_that_did_not_confirm_in_time_is_named(tmp_path: Path) -> None:
+    p, a, b = placed(("w1", "w2", "w3"))
+    job = file_of(tmp_path, a, b)
+    p.take_stored()
+    p.on_replica(pack_stored("w2", 1, ID, ID2))
+    p.settle(timed_out=True)
+    out = job.outcome()
+    assert type(out) is Unavailable and str(out) == "w1, w3 did not confirm in time."
+
+
+def test_the_managers_refusal_of_a_pack_is_every_waiting_files_outcome(tmp_path: Path) -> None:
+    p = ChunkPack()
+    a = Chunk(C1, 10)
+    p.members = [(a, b"a" * 10)]
+    job = file_of(tmp_path, a)
+    p.on_placement(delivery(m.ErrorReply("unavailable", "no workers.")))
+    assert isinstance(p.error, Unavailable)
+    p.fail_all(p.error)
+    assert job.outcome() is p.error and a.state is ChunkState.FAILED
+
+
+def test_an_answer_that_does_not_fit_the_pack_is_no_placement() -> None:
+    p = ChunkPack()
+    p.members = [(Chunk(C1, 10), b"a" * 10)]
+    p.on_placement(delivery(m.PackAccepted((ID, ID2), ("w1",))))  # two ids for one chunk
+    assert p.accepted is None and isinstance(p.error, Unavailable)
+
+
+def test_a_commit_takes_only_a_reply_with_a_version_for_each_file(tmp_path: Path) -> None:
+    files = [file_of(tmp_path, Chunk(C1, 10), name=n) for n in ("a", "b")]
+    short = Commit(files)
+    short.on_answer(delivery(m.CommitReply((3,))))
+    assert short.reply is None and isinstance(short.error, Unavailable)
+    refused = Commit(files)
+    refused.on_answer(delivery(m.ErrorReply("not_found", "no such chunk.")))
+    assert type(refused.error) is NotFound and str(refused.error) == "no such chunk."
+    ok = Commit(files)
+    ok.on_answer(delivery(m.CommitReply((3, 1))))
+    ok.on_answer(delivery(m.ErrorReply("busy", "late")))  # after the answer: ignored
+    assert ok.reply == m.CommitReply((3, 1)) and ok.error is None
 
 
 class Silent:
@@ -270,62 +218,64 @@ class Silent:
         return "the manager did not answer within 3 s; is it running?"
 
 
-def test_only_a_manager_that_said_nothing_by_the_deadline_ends_the_batch(tmp_path: Path) -> None:
+def batch() -> Batch:
+    keys = derive(b"\x01" * 32)
+    return Batch(cast(Session, Silent()), keys, 2, lambda name: Progress(), lambda n, o: None)
+
+
+def test_only_a_manager_that_said_nothing_by_the_deadline_ends_the_batch() -> None:
     """Batch._judge: an ask past its deadline with no answer is a silent manager (the whole
     command fails, exit 4); an answer or a refusal that came in time is taken in next, and
     a deadline is not passed until the clock is beyond it."""
-    batch = Batch(cast(Session, Silent()), 2, lambda name: Progress(), lambda name, out: None)
-    u = upload(tmp_path)
-    u.step, u.deadline = Step.ASKING, 10.0
-    batch._judge(u, 10.0)  # not passed yet
-    with pytest.raises(Unavailable, match="did not answer within 3 s"):
-        batch._judge(u, 10.5)
-    u.error = Unavailable("no workers.")
-    batch._judge(u, 10.5)  # refused in time: that is the outcome, not a silent manager
-    u.error = None
-    placed(u, ("w1",))
-    batch._judge(u, 10.5)
-    assert u.step is Step.ASKING
+    b = batch()
+    for unit in (ChunkPack(), Commit([])):
+        unit.step, unit.deadline = Step.ASKING, 10.0
+        b._judge(unit, 10.0)  # not passed yet
+        with pytest.raises(Unavailable, match="did not answer within 3 s"):
+            b._judge(unit, 10.5)
+        unit.error = Unavailable("no workers.")
+        b._judge(unit, 10.5)  # refused in time: that is the outcome, not a silent manager
+        assert unit.step is Step.ASKING
+    p, _, _ = placed()
+    p.step, p.deadline = Step.ASKING, 10.0
+    b._judge(p, 10.5)  # placed in time
+    assert p.step is Step.ASKING
 
 
 def test_each_later_step_past_its_deadline_ends_as_its_own_outcome(tmp_path: Path) -> None:
-    """Resuming: a primary that did not say what it has fails that file alone, naming it.
-    Storing: a file every replica confirmed (or one that failed) is not timed out; one
-    still waiting is, and is done. Recording: done all the same, only the catalog lags."""
-    batch = Batch(cast(Session, Silent()), 2, lambda name: Progress(), lambda name, out: None)
-    u = upload(tmp_path)
-    u.step, u.deadline = Step.RESUMING, 1.0
-    batch._judge(u, 2.0)
-    assert u.step is Step.DONE
-    assert type(u.error) is Unavailable
-    said = "did not say which chunks of 'f' it has; run the upload again."
-    assert str(u.error) == f"the primary {said}"
-    u = placed(upload(tmp_path), ("w2", "w1"), resumed=True)
-    u.step, u.deadline = Step.RESUMING, 1.0
-    batch._judge(u, 2.0)
-    assert str(u.error) == f"w2 {said}"
-    u = placed(upload(tmp_path), ("w2", "w1"), resumed=True)
-    u.step, u.deadline = Step.RESUMING, 1.0
-    u.have = m.UploadHave(ID, (0,))
-    batch._judge(u, 2.0)
-    assert u.step is Step.RESUMING and u.error is None
-    u = placed(upload(tmp_path), ("w1",))
-    u.step, u.deadline = Step.STORING, 1.0
-    u.on_replica(stored("w1", 0))
-    batch._judge(u, 2.0)
-    assert u.step is Step.STORING and not u.timed_out
-    u = placed(upload(tmp_path), ("w1",))
-    u.step, u.deadline = Step.STORING, 1.0
-    u.on_replica(failed("w1", "bad", "integrity"))
-    batch._judge(u, 2.0)
-    assert u.step is Step.STORING and not u.timed_out
-    u = placed(upload(tmp_path), ("w1", "w2"))
-    u.step, u.deadline = Step.STORING, 1.0
-    u.on_replica(stored("w1", 0))
-    batch._judge(u, 2.0)
-    assert u.step is Step.DONE and u.timed_out
-    assert str(u.outcome()) == "w2 did not confirm 'f' in time."
-    u = placed(upload(tmp_path), ("w1",))
-    u.step, u.deadline = Step.RECORDING, 1.0
-    batch._judge(u, 2.0)
-    assert u.step is Step.DONE and u.error is None
+    """Storing: a pack every replica confirmed (or failed) is not timed out; one still
+    waiting is, and is done, naming the silent worker. Recording: done all the same, its
+    chunks stored (only the catalog lags: the commit finds out)."""
+    b = batch()
+    p, a, _ = placed()
+    p.take_stored()
+    p.step, p.deadline = Step.STORING, 1.0
+    p.on_replica(pack_stored("w1", 0, ID, ID2))
+    p.on_replica(pack_stored("w2", 1, ID))
+    p.on_replica(failed("w2", "bad", "integrity", upload_id=ID2))
+    b._judge(p, 2.0)
+    assert p.step is Step.STORING and a.state is ChunkState.PENDING
+    p, a, b2 = placed()
+    job = file_of(tmp_path, a, b2)
+    p.take_stored()
+    p.step, p.deadline = Step.STORING, 1.0
+    p.on_replica(pack_stored("w1", 0, ID, ID2))
+    p.on_replica(pack_stored("w2", 1, ID))
+    b._judge(p, 2.0)
+    assert p.step is Step.DONE and a.state is ChunkState.STORED
+    assert str(job.outcome()) == "w2 did not confirm in time."
+    p, a, b2 = placed()
+    job = file_of(tmp_path, a, b2)
+    p.take_stored()
+    p.on_replica(pack_stored("w1", 0, ID, ID2))
+    p.on_replica(pack_stored("w2", 1, ID, ID2))
+    p.step, p.deadline = Step.RECORDING, 1.0
+    b._judge(p, 2.0)
+    assert p.step is Step.DONE and job.ready and isinstance(job.outcome(), UploadResult)
+
+
+def test_a_file_that_failed_is_its_first_error_whatever_came_after(tmp_path: Path) -> None:
+    a = Chunk(C1, 10, state=ChunkState.FAILED, error=WarrenError("first."))
+    job = file_of(tmp_path, a)
+    job.fail(Unavailable("second."))
+    assert str(job.outcome()) == "first." and not job.ready

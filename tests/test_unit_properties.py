@@ -97,6 +97,7 @@ def test_replicas_stored_in_a_batch_end_as_one_at_a_time_would(
 
 HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 HEX32 = st.text("0123456789abcdef", min_size=32, max_size=32)
+HEX16 = st.text("0123456789abcdef", min_size=16, max_size=16)
 WORKER = st.text("abcwxyz0123456789_.-", min_size=1, max_size=12)
 # Names as they come out of the catalog: text (lone surrogates are refused at the door).
 FILE_NAME = st.text(
@@ -120,7 +121,7 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return st.none() | strategy_for(field, inner[0])
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return instances(hint)
+        return commit_files() if hint is m.CommitFile else instances(hint)
     if hint is bool:
         return st.booleans()
     if hint is int:
@@ -135,11 +136,19 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
         return WORKER
     if field in ("name", "names", "prefix", "after"):
         return FILE_NAME
-    if field == "wrapped":  # an owner's wrapped key: base64
-        return st.binary(min_size=1, max_size=90).map(lambda b: base64.b64encode(b).decode())
     if field == "id":  # an owner key's id
-        return st.text("0123456789abcdef", min_size=16, max_size=16)
+        return HEX16
+    if field == "wrapped":  # a wrapped owner key, as base64 text
+        return st.binary(min_size=1, max_size=120).map(lambda b: base64.b64encode(b).decode())
     return st.text(max_size=20)
+
+
+@st.composite
+def commit_files(draw: st.DrawFn) -> m.CommitFile:
+    """A committed file: at least one chunk, and its size what its chunks hold opened."""
+    chunks = draw(st.lists(instances(m.ChunkRef), min_size=1, max_size=3).map(tuple))
+    file: m.CommitFile = draw(instances(m.CommitFile))
+    return dataclasses.replace(file, chunks=chunks, size=sum(c.plain for c in chunks))
 
 
 def instances(cls: type[Any]) -> st.SearchStrategy[Any]:
