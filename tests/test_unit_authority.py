@@ -43,7 +43,11 @@ def test_a_hash_is_no_key_to_another_owners_file(users: StubCluster, tmp_path: P
         with pytest.raises(Unavailable, match="not stored"):
             mallory.request(
                 m.CommitRequest(
-                    (m.CommitFile("loot", len(data), hashlib.sha256(data).hexdigest(), chunks),),
+                    (
+                        m.CommitFile(
+                            "loot", len(data), hashlib.sha256(data).hexdigest(), tuple(chunks)
+                        ),
+                    ),
                     2,
                 ),
                 m.CommitReply,
