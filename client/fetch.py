@@ -37,7 +37,7 @@ from warren.transport import Confirm, Delivery
 AHEAD = 8
 # Holders tried for one chunk before it is given up.
 TRIES = 4
-# How a worker's restore.failed begins when its own copy failed its check (worker/serve.py).
+# How a worker's restore.failed begins when its copy turned out damaged (worker.serve).
 DAMAGED = "stored copy is damaged"
 
 
@@ -176,6 +176,8 @@ class ChunkFetcher:
                 w.problem = m.RestoreFailed.decode(d.body).reason
             except DecodeError:
                 w.problem = "it failed"
+            # Its own word that its copy is bad (found as it read it): when every holder's
+            # is, the chunk is lost (exit 5), not the cluster unavailable.
             w.bad_copy = w.problem.startswith(DAMAGED)
 
     def _step(self, w: _Wanted, now: float, timeout: float) -> bytes | None:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,10 @@ from client.args import build_parser
 from client.cli import App
 from client.outcomes import Progress, UploadResult
 from client.session import Session
+from manager import holdings, service
+from manager.holdings import COMPLETE
 from tests.stubcluster import FAST, StubCluster, wait_for
+from warren import chunkseal
 from warren import messages as m
 from warren.errors import NotFound, Refused, WarrenError
 from warren.testing import Message
@@ -32,7 +36,8 @@ BOB = "amqp://bob:secret@localhost:5672/%2F"
 
 
 @pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubCluster]:
+def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StubCluster]:
+    short_pins(monkeypatch)
     c = StubCluster(tmp_path, GC)
     try:
         yield c.start(4)
@@ -40,15 +45,52 @@ def stub(tmp_path: Path) -> Iterator[StubCluster]:
         c.stop_all()
 
 
+def short_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks stored for an upload are kept from garbage collection for RESERVE_FOR
+    seconds (600) whether or not a version came to use them, and looked for every
+    STALE_PASS (60): a second and a fifth here, so what is deleted goes within the test."""
+    monkeypatch.setattr(holdings, "RESERVE_FOR", 1.0)
+    monkeypatch.setattr(service, "STALE_PASS", 0.2)
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
 
 
+_SEALED: dict[tuple[int, str], set[str]] = {}
+
+
+def sealed_names(c: StubCluster, data: bytes) -> set[str]:
+    """The blobs ``data`` is stored as, by the test client's owner (cut and sealed here
+    with its keys, as an upload does: the same whether or not a version names them)."""
+    key = (id(c), hashlib.sha256(data).hexdigest())
+    if key not in _SEALED:
+        with c.session() as s:
+            keys = s.owner_keys()
+        path = c.base / f"sealed-{key[1]}"
+        path.write_bytes(data)
+        params = chunkseal.params_for(c.settings.chunk_size)
+        _SEALED[key] = {
+            chunkseal.seal_one(keys.seal, keys.ids, piece).digest
+            for piece in chunkseal.cut(path, params, keys.chunker_seed)
+        }
+        path.unlink()
+    return _SEALED[key]
+
+
 def on_disk(c: StubCluster, data: bytes) -> set[str]:
-    """The workers whose disks hold ``data``'s blob."""
-    sha = hashlib.sha256(data).hexdigest()
-    return {n for n, w in c.workers.items() if w.blobs.blob_path(sha).exists()}
+    """The workers whose disks hold any of ``data``'s sealed chunks."""
+    names = sealed_names(c, data)
+    return {n for n, w in c.workers.items() if any(w.blobs.blob_path(b).exists() for b in names)}
+
+
+def copies(c: StubCluster, data: bytes) -> int:
+    """On how many workers' disks each of ``data``'s sealed chunks is (the fewest)."""
+    return min(
+        sum(w.blobs.blob_path(b).exists() for w in c.workers.values())
+        for b in sealed_names(c, data)
+    )
 
 
 def gc_had_its_chance(c: StubCluster, s: Session, tmp_path: Path) -> None:
@@ -138,34 +180,33 @@ def test_small_files_the_cluster_holds_are_recorded_without_being_sent_again(
     assert [isinstance(r, UploadResult) and r.deduplicated for r in results] == [True] * len(
         old
     ) + [False] * len(new)
-    # Only the new files went in the pack the client sent (to the primary, hop 0).
+    # Only the new files' chunks went in the packs the client sent (to primaries, hop 0;
+    # how many packs depends on how fast they were cut).
     packs = [m.PackHeaders.from_headers(p.headers, len(p.body)) for p in sent]
-    assert sorted(len(h.files) for h in packs if h.hop == 0) == [len(new)]
+    assert sorted(f.sha256 for h in packs if h.hop == 0 for f in h.files) == sorted(
+        set().union(*(sealed_names(stub, d) for d in new))
+    )
     assert listed >= {f"b/f{i}" for i in range(len(old))} | {f"c/f{i}" for i in range(25)}
     assert (tmp_path / "back").read_bytes() == old[3]
 
 
-def test_content_held_too_few_times_is_copied_worker_to_worker_not_sent(
+def test_content_held_too_few_times_is_stored_as_many_times_as_asked(
     stub: StubCluster, tmp_path: Path
 ) -> None:
+    """Held once, asked for three times: each chunk short of live copies is sent again
+    (no longer copied worker to worker), and the new name is on three workers."""
     data = os.urandom(300_000)
-
-    def from_clients() -> int:
-        return sum(
-            1 for p in stub.broker.published if p.type == m.CHUNK_TYPE and "#" not in p.sender
-        )
-
     with stub.session() as s:
-        first = s.upload(write(tmp_path / "one", data), "one", 1)
-        sent = from_clients()
+        s.upload(write(tmp_path / "one", data), "one", 1)
+        assert copies(stub, data) == 1
         again = s.upload(write(tmp_path / "two", data), "two", 3)
         [entry] = [f for f in s.files() if f.name == "two"]
-    assert sent > 0
-    assert from_clients() == sent, "the client sent chunks of content the cluster holds"
-    assert again.deduplicated and again.sent == 0
-    assert len(again.confirmed) == 3 and set(first.chain) <= set(again.confirmed)
-    assert on_disk(stub, data) == set(again.confirmed)
-    assert set(entry.replicas) == set(again.confirmed)
+        s.download("two", tmp_path / "back")
+    assert not again.deduplicated and again.sent > 0
+    assert len(again.confirmed) == 3
+    assert copies(stub, data) >= 3
+    assert len(entry.replicas) == 3
+    assert (tmp_path / "back").read_bytes() == data
 
 
 def test_held_content_asked_on_more_workers_than_are_alive_is_refused_in_one_sentence(
@@ -187,14 +228,14 @@ def test_delete_gives_the_space_back_but_keeps_content_another_name_uses(
         s.upload(write(tmp_path / "s", shared), "shared-1", 2)
         s.upload(write(tmp_path / "s", shared), "shared-2", 2)
         s.upload(write(tmp_path / "a", alone), "alone", 2)
-        assert len(on_disk(stub, alone)) == 2
+        assert copies(stub, alone) == 2
         s.delete("alone")
         s.delete("shared-1")
         with pytest.raises(NotFound):
             s.delete("alone")
         wait_for(lambda: not on_disk(stub, alone), what="the deleted file's blobs to go")
         gc_had_its_chance(stub, s, tmp_path)  # what is still used must stay
-    assert len(on_disk(stub, shared)) == 2
+    assert copies(stub, shared) == 2
     with stub.session() as s:
         s.download("shared-2", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == shared
@@ -215,7 +256,7 @@ def test_content_deleted_and_uploaded_again_while_its_blobs_go_is_not_lost(
             time.sleep(GC.gc_delay / 3)
         s.upload(write(tmp_path / "f", data), "f", 2)
         gc_had_its_chance(stub, s, tmp_path)
-    assert len(on_disk(stub, data)) >= 2
+    assert copies(stub, data) >= 2
     with stub.session() as s:
         s.download("f", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data
@@ -306,62 +347,98 @@ def test_restored_files_get_their_mode_and_mtime_back(stub: StubCluster, tmp_pat
     assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o750, 1_600_000_000)
 
 
-def cut_off_after(c: StubCluster, chunks: int) -> None:
-    """Drop the uploading client's connection once it has sent ``chunks`` chunks."""
+def hop0_packs(c: StubCluster) -> list[m.PackHeaders]:
+    """The packs the client sent (to their primaries, hop 0), as published."""
+    return [
+        m.PackHeaders.from_headers(p.headers, len(p.body))
+        for p in list(c.broker.published)
+        if p.type == m.PACK_TYPE and (p.headers or {}).get("hop") == 0
+    ]
+
+
+def cut_off_after(c: StubCluster, packs: int) -> None:
+    """Drop the uploading client's connection once it has sent ``packs`` packs."""
     sent: list[Message] = []
 
     def cut(msg: Message) -> list[Message]:
-        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 0:
+        if msg.type == m.PACK_TYPE and (msg.headers or {}).get("hop") == 0:
             sent.append(msg)
-            if len(sent) == chunks:
+            if len(sent) == packs:
                 c.broker.disconnect(lambda n: n.startswith("warren client"))
         return [msg]
 
     c.broker.intercept = cut
 
 
-def first_hop_chunks(c: StubCluster) -> int:
-    return sum(
-        1
-        for p in c.broker.published
-        if p.type == m.CHUNK_TYPE and (p.headers or {}).get("hop") == 0
-    )
+def sent_chunks(packs: list[m.PackHeaders]) -> set[str]:
+    return {f.sha256 for h in packs for f in h.files}
 
 
 def test_an_interrupted_upload_run_again_sends_only_what_is_missing(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    data = os.urandom(10 * 64 * 1024)  # ten chunks
+    data = os.urandom(10 * 64 * 1024)  # tens of chunks, in several packs
     src = write(tmp_path / "big", data)
-    cut_off_after(stub, 6)
+    names = sealed_names(stub, data)
+    cut_off_after(stub, 3)
     with pytest.raises(WarrenError), stub.session() as s:
         s.upload(src, "big", 2)
     stub.broker.intercept = None
-    # The user runs it again later: by then the primary has written what it was sent.
-    [first] = [p for p in stub.broker.published if p.type == m.CHUNK_TYPE][:1]
-    primary = stub.workers[first.queue.split(".")[2]]
-    upload_id = str((first.headers or {})["upload_id"])
-    wait_for(lambda: len(primary.incoming.have(upload_id)[0]) == 6, what="6 chunks on the primary")
-    before = first_hop_chunks(stub)
+    # The user runs it again later: by then the workers have stored what they were sent.
+    first = sent_chunks(hop0_packs(stub))
+    assert first and first < names
+
+    ids = {f.upload_id for h in hop0_packs(stub) for f in h.files}
+
+    def stored() -> bool:  # on two disks, and the manager has heard so
+        return copies_of(stub, first) >= 2 and recorded(stub, ids)
+
+    wait_for(stored, what="the chunks sent before the cut on two workers")
+    before = len(hop0_packs(stub))
 
     with stub.session() as s:
         result = s.upload(src, "big", 2)
         [entry] = s.files()
-    resent = first_hop_chunks(stub) - before
-    assert resent <= 4, f"{resent} chunks sent again; the primary had 6"
+    again = sent_chunks(hop0_packs(stub)[before:])
+    assert again == names - first, "chunks stored before the cut were sent again"
+    assert result.sent < len(data)
     assert (entry.version, entry.sha256) == (1, hashlib.sha256(data).hexdigest())
-    assert on_disk(stub, data) == set(result.chain)
+    assert copies(stub, data) == 2
     with stub.session() as s:
         s.download("big", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data
 
 
-def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
+def recorded(c: StubCluster, upload_ids: set[str]) -> bool:
+    """The manager has recorded every replica of these uploads (its catalog says so)."""
+    assert c.manager is not None
+    db = sqlite3.connect(c.manager.catalog.path)  # the manager's own is its thread's
+    try:
+        states = [
+            db.execute("SELECT state FROM uploads WHERE upload_id=?", (u,)).fetchone()
+            for u in upload_ids
+        ]
+    finally:
+        db.close()
+    return all(st is not None and st[0] == COMPLETE for st in states)
+
+
+def copies_of(c: StubCluster, names: set[str]) -> int:
+    return min(sum(w.blobs.blob_path(b).exists() for w in c.workers.values()) for b in names)
+
+
+def test_an_abandoned_upload_leaves_no_partial_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks an upload stored and never committed go as garbage once their pin
+    (RESERVE_FOR) and gc_delay have passed."""
+    short_pins(monkeypatch)
     c = StubCluster(tmp_path, dataclasses.replace(GC, upload_expiry=3.0))
     try:
         c.start(4)
-        src = write(tmp_path / "big", os.urandom(10 * 64 * 1024))
-        cut_off_after(c, 5)
+        data = os.urandom(10 * 64 * 1024)
+        src = write(tmp_path / "big", data)
+        cut_off_after(c, 3)
         with pytest.raises(WarrenError), c.session() as s:
             s.upload(src, "big", 2)
         c.broker.intercept = None
@@ -369,10 +446,11 @@ def test_an_abandoned_upload_leaves_no_partial_data(tmp_path: Path) -> None:
         def partial() -> list[Path]:
             return [p for w in c.workers.values() for p in w.incoming.dir.iterdir()]
 
-        wait_for(partial, what="partial data on the workers")
-        wait_for(lambda: not partial(), what="the abandoned upload's data to go")
+        wait_for(lambda: on_disk(c, data), what="chunks of it on the workers")
+        wait_for(lambda: not on_disk(c, data), what="the abandoned upload's chunks to go")
+        assert not partial()
         with c.session() as s:
-            assert s.status().uploads_in_flight == 0
+            wait_for(lambda: s.status().uploads_in_flight == 0, what="no upload in flight")
             assert s.files() == []
     finally:
         c.stop_all()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from client.session import Progress
-from tests.stubcluster import FAST, StubCluster, holds_file, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, holds_file, wait_for
 from warren import messages as m
-from warren.errors import NotFound, Refused, Unavailable, UsageError
+from warren.errors import IntegrityError, NotFound, Refused, Unavailable, UsageError
 from warren.testing import Message
 from warren.topology import (
     DEAD_LETTER_QUEUE,
@@ -43,6 +43,39 @@ def stored(c: StubCluster, worker: str, data: bytes) -> bytes | None:
     return data if holds_file(c, worker, hashlib.sha256(data).hexdigest()) else None
 
 
+def good_copies(c: StubCluster, data: bytes, among: set[str] | None = None) -> list[int]:
+    """For each sealed chunk of ``data`` (as its latest version lists them), on how many
+    workers' disks (of ``among``) it is, as a blob whose bytes hash to its name. A file's
+    chunks may lie on different workers (packs go to different chains)."""
+    names = among if among is not None else set(c.workers)
+    counts = []
+    for chunk in file_chunks(c, hashlib.sha256(data).hexdigest()):
+        n = 0
+        for name in names:
+            path = c.workers[name].blobs.blob_path(chunk.sha256)
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == chunk.sha256:
+                n += 1
+        counts.append(n)
+    return counts
+
+
+def on_disks(c: StubCluster, data: bytes, replicas: int) -> bool:
+    """Every sealed chunk of ``data`` on ``replicas`` workers' disks, and no worker holds
+    a piece of its plaintext."""
+    counts = good_copies(c, data)
+    return bool(counts) and set(counts) == {replicas} and not plaintext_on_workers(c, data)
+
+
+def plaintext_on_workers(c: StubCluster, data: bytes) -> bool:
+    probe = data[len(data) // 2 : len(data) // 2 + 64]
+    return any(
+        probe in path.read_bytes()
+        for w in c.workers.values()
+        for path in w.root.rglob("*")
+        if path.is_file()
+    )
+
+
 def restore(c: StubCluster, name: str, dest: Path) -> bytes:
     with c.session() as s:
         s.download(name, dest, overwrite=True)
@@ -52,14 +85,12 @@ def restore(c: StubCluster, name: str, dest: Path) -> bytes:
 def test_upload_is_on_both_disks_and_restores_byte_for_byte(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    data = random_file(tmp_path / "a.bin", 5 * 64 * 1024 + 123)  # 6 chunks, the last short
+    data = random_file(tmp_path / "a.bin", 5 * 64 * 1024 + 123)  # many chunks, several packs
     with stub.session() as s:
         result = s.upload(tmp_path / "a.bin", "a.bin", 2)
     assert len(result.chain) == 2 and set(result.confirmed) == set(result.chain)
-    for worker in result.chain:
-        assert stored(stub, worker, data) == data
-    others = set(stub.workers) - set(result.chain)
-    assert all(stored(stub, w, data) is None for w in others)
+    assert len(file_chunks(stub, result.sha256)) > 2
+    assert on_disks(stub, data, 2)  # each chunk on two disks, no plaintext on any
     assert restore(stub, "a.bin", tmp_path / "out.bin") == data
 
 
@@ -81,50 +112,49 @@ def test_small_files_travel_in_packs_and_are_all_listed(stub: StubCluster, tmp_p
     assert packs, "no pack was sent: 40 small files went one by one"
 
 
-def test_every_chunk_delivered_twice_stores_one_good_copy(
-    stub: StubCluster, tmp_path: Path
-) -> None:
+def test_every_pack_delivered_twice_stores_one_good_copy(stub: StubCluster, tmp_path: Path) -> None:
     def twice(msg: Message) -> list[Message]:
-        return [msg, msg] if msg.type == m.CHUNK_TYPE else [msg]
+        if msg.type == m.PACK_TYPE:
+            delivered.append(msg)
+            return [msg, msg]
+        return [msg]
 
+    delivered: list[Message] = []
     stub.broker.intercept = twice
     data = random_file(tmp_path / "d.bin", 4 * 64 * 1024)
     with stub.session() as s:
-        result = s.upload(tmp_path / "d.bin", "d.bin", 2)
+        s.upload(tmp_path / "d.bin", "d.bin", 2)
     stub.broker.intercept = None
-    for worker in result.chain:
-        assert stored(stub, worker, data) == data
+    assert delivered
+    assert on_disks(stub, data, 2)
     assert restore(stub, "d.bin", tmp_path / "out") == data
 
 
-def test_chunks_arriving_out_of_order_still_make_the_file(
-    stub: StubCluster, tmp_path: Path
-) -> None:
-    """The client's first chunk reaches the primary last."""
+def test_packs_arriving_out_of_order_still_make_the_file(stub: StubCluster, tmp_path: Path) -> None:
+    """The client's first pack (with the file's first chunk) reaches its primary after
+    the second."""
     held: list[Message] = []
+    passed: list[Message] = []
 
     def reorder(msg: Message) -> list[Message]:
-        if msg.type != m.CHUNK_TYPE or (msg.headers or {}).get("hop") != 0:
+        if msg.type != m.PACK_TYPE or (msg.headers or {}).get("hop") != 0:
             return [msg]
-        seq = int((msg.headers or {})["seq"])
-        count = int((msg.headers or {})["chunk_count"])
-        if seq == 0:
+        if not held and not passed:
             held.append(msg)
             return []
-        if seq == count - 1:
-            mine = [h for h in held if h.queue == msg.queue]
-            for h in mine:
-                held.remove(h)
-            return [msg, *mine]
+        passed.append(msg)
+        if held:
+            return [msg, held.pop()]
         return [msg]
 
     stub.broker.intercept = reorder
     data = random_file(tmp_path / "o.bin", 5 * 64 * 1024)
     with stub.session() as s:
-        result = s.upload(tmp_path / "o.bin", "o.bin", 2)
+        s.upload(tmp_path / "o.bin", "o.bin", 2)
     stub.broker.intercept = None
-    for worker in result.chain:
-        assert stored(stub, worker, data) == data
+    assert passed and not held
+    assert on_disks(stub, data, 2)
+    assert restore(stub, "o.bin", tmp_path / "out") == data
 
 
 def test_primary_losing_its_connection_mid_upload_loses_nothing(
@@ -132,30 +162,29 @@ def test_primary_losing_its_connection_mid_upload_loses_nothing(
 ) -> None:
     seen: list[str] = []
 
-    def drop_primary_at_third_chunk(msg: Message) -> list[Message]:
-        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 0:
+    def drop_primary_at_third_pack(msg: Message) -> list[Message]:
+        if msg.type == m.PACK_TYPE and (msg.headers or {}).get("hop") == 0:
             seen.append(msg.queue)
             if len(seen) == 3:
                 worker = msg.queue.split(".")[2]
                 stub.broker.disconnect(lambda n: n == f"warren worker {worker} #{worker}")
         return [msg]
 
-    stub.broker.intercept = drop_primary_at_third_chunk
+    stub.broker.intercept = drop_primary_at_third_pack
     data = random_file(tmp_path / "p.bin", 8 * 64 * 1024)
     with stub.session() as s:
-        result = s.upload(tmp_path / "p.bin", "p.bin", 2)
+        s.upload(tmp_path / "p.bin", "p.bin", 2)
     stub.broker.intercept = None
     assert len(seen) >= 3, "the fault was never injected"
-    for worker in result.chain:
-        assert stored(stub, worker, data) == data
+    assert on_disks(stub, data, 2)
     assert restore(stub, "p.bin", tmp_path / "out") == data
 
 
 def test_a_crash_between_write_and_ack_is_finished_by_the_restarted_worker(
     tmp_path: Path,
 ) -> None:
-    """The primary dies while it verifies the last chunk (a slow disk); restarted on the
-    same data, it finishes the replica from the redelivered chunk."""
+    """The primary dies while it stores a pack (a slow disk); restarted on the same data,
+    it stores the redelivered pack and the upload finishes."""
     c = StubCluster(tmp_path)
     try:
         c.start_manager()
@@ -167,22 +196,30 @@ def test_a_crash_between_write_and_ack_is_finished_by_the_restarted_worker(
 
         def upload() -> None:
             with c.session() as s:
-                outcome.append(s.upload(tmp_path / "c.bin", "c.bin", 1))
+                try:
+                    outcome.append(s.upload(tmp_path / "c.bin", "c.bin", 1))
+                except Exception as exc:  # noqa: BLE001 - shown by the assert below
+                    outcome.append(exc)
 
         with c.session() as s:
             wait_for(lambda: sum(w.alive for w in s.status().workers) == 2, what="2 workers")
-        # Make w1 the only choice: a one-replica upload goes to the roomiest, so stop w2.
+        # Make w1 the only choice: packs go to the roomiest, so stop w2 (and wait till the
+        # manager knows it is gone: each pack is placed on its own)
         c.kill("w2")
+        with c.session() as s:
+            wait_for(lambda: [w.alive for w in s.status().workers] == [True, False], what="w2 dead")
         thread = threading.Thread(target=upload)
         thread.start()
-        incoming = tmp_path / "workers" / "w1" / "incoming"
-        wait_for(lambda: list(incoming.glob("*")), what="w1 to take in the file")
-        time.sleep(0.3)  # inside the 1 s finalize: every chunk written, the last not acked
+        wait_for(
+            lambda: any(p.queue == worker_chunks("w1") for p in list(c.broker.published)),
+            what="a pack sent to w1",
+        )
+        time.sleep(0.3)  # inside the 1 s finalize: the pack taken in, not stored nor acked
         c.kill("w1")
         c.start_worker("w1")
         thread.join(timeout=30)
         assert outcome and not isinstance(outcome[0], Exception), outcome
-        assert stored(c, "w1", data) == data
+        assert on_disks(c, data, 1)
         assert restore(c, "c.bin", tmp_path / "out") == data
     finally:
         c.stop_all()
@@ -234,33 +271,62 @@ def test_a_lost_worker_s_files_get_their_replicas_back(stub: StubCluster, tmp_pa
             return len(f.replicas) == 2 and lost not in f.replicas
 
         wait_for(repaired, what="a second copy elsewhere")
-        [entry] = s.files()
-    new = (set(entry.replicas) - set(result.chain)).pop()
-    assert stored(stub, new, data) == data
+    # Every chunk is on two live workers' disks again (whichever held it on the lost one)
+    live = set(stub.workers) - {lost}
+    assert set(good_copies(stub, data, live)) == {2}
+    assert restore(stub, "r.bin", tmp_path / "out") == data
 
 
-@pytest.mark.parametrize("kept_as", ["bytes", "frames"])
-def test_restore_fails_over_when_a_copy_is_damaged(
+def rot(path: Path) -> None:
+    rotted = bytearray(path.read_bytes())
+    rotted[-3:] = b"rot"
+    path.write_bytes(bytes(rotted))
+
+
+@pytest.mark.parametrize("kept_as", ["bytes", "text"])
+def test_restore_fails_over_when_a_copy_of_a_chunk_is_damaged(
     stub: StubCluster, tmp_path: Path, kept_as: str
 ) -> None:
+    """The copy of the file's first chunk that would be served first (the manager picks
+    the least busy holder, then by name) is damaged: the restore reads the other."""
     if kept_as == "bytes":
         data = random_file(tmp_path / "f.bin", 2 * 64 * 1024)
-    else:  # text: kept as its frames, which a restore sends as they are
+    else:  # text: sealed, it is no longer kept as compressed frames
         data = b"GET /index.html 200\n" * 20_000
         (tmp_path / "f.bin").write_bytes(data)
     with stub.session() as s:
-        result = s.upload(tmp_path / "f.bin", "f.bin", 2)
-    for worker in result.chain:  # damage the copy that would be served first
-        path = stub.workers[worker].blobs.find(hashlib.sha256(data).hexdigest())
-        assert path is not None and (path.suffix == ".zst") == (kept_as == "frames")
-        rotted = bytearray(path.read_bytes())
-        rotted[-3:] = b"rot"
-        path.write_bytes(bytes(rotted))
-        break
+        s.upload(tmp_path / "f.bin", "f.bin", 2)
+    first = file_chunks(stub, hashlib.sha256(data).hexdigest())[0]
+    holders = sorted(n for n, w in stub.workers.items() if w.blobs.find(first.sha256))
+    assert len(holders) == 2
+    rot(stub.workers[holders[0]].blobs.blob_path(first.sha256))
     assert restore(stub, "f.bin", tmp_path / "out") == data
-    # The worker found the damage as it read (never passing it off as good) and said so.
-    said = [p.body for p in stub.broker.published if p.type == m.RestoreFailed.TYPE]
-    assert len(said) == 1 and b"damaged" in said[0]
+    # The worker found the damage as it read (never passing it off as good) and said so
+    # (once for each time the chunk was asked: text repeats, and so do its chunks).
+    said = [
+        m.RestoreFailed.decode(p.body)
+        for p in stub.broker.published
+        if p.type == m.RestoreFailed.TYPE
+    ]
+    assert said and all(f.worker == holders[0] and "damaged" in f.reason for f in said)
+    assert len(said) == 1 or kept_as == "text"
+
+
+def test_a_restore_with_every_copy_of_a_chunk_damaged_is_exit_5(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    data = random_file(tmp_path / "f.bin", 2 * 64 * 1024)
+    with stub.session() as s:
+        s.upload(tmp_path / "f.bin", "f.bin", 2)
+    last = file_chunks(stub, hashlib.sha256(data).hexdigest())[-1]
+    for w in stub.workers.values():
+        if w.blobs.find(last.sha256):
+            rot(w.blobs.blob_path(last.sha256))
+    with pytest.raises(IntegrityError) as lost:
+        restore(stub, "f.bin", tmp_path / "out")
+    assert lost.value.exit_code == 5
+    assert "no good copy" in str(lost.value) and "\n" not in str(lost.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_garbage_is_dead_lettered_and_the_manager_keeps_answering(
@@ -307,13 +373,13 @@ def test_a_forward_refused_for_a_few_seconds_is_tried_again_and_the_upload_succe
         s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
     # Then both succeed: every replica is on its disk, after refusals over half a second
     assert set(result.confirmed) == set(result.chain)
-    assert all(stored(stub, w, data) == data for w in result.chain)
+    assert on_disks(stub, data, 2)
     assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
     with stub.session() as s:
         listed = {f.name: f for f in s.files()}
     for (_, name), small in zip(items, smalls, strict=True):
         assert len(listed[name].replicas) == 2
-        assert all(stored(stub, w, small) == small for w in listed[name].replicas)
+        assert on_disks(stub, small, 2)
     assert refused and refused[-1] - refused[0] > 0.5, refused
 
 
@@ -328,7 +394,7 @@ def test_a_forward_refused_past_every_pause_is_tried_again_on_a_new_connection(
     refused: list[str] = []
 
     def refuse(msg: Message) -> bool:
-        if msg.type == m.CHUNK_TYPE and (msg.headers or {}).get("hop") == 1:
+        if msg.type == m.PACK_TYPE and (msg.headers or {}).get("hop") == 1:
             senders = [c for c in stub.broker.connections if c.name == msg.sender]
             if any(id(c) in first for c in senders):
                 refused.append(msg.sender)
@@ -342,7 +408,7 @@ def test_a_forward_refused_past_every_pause_is_tried_again_on_a_new_connection(
     # Then the primary, refused past every pause, reconnected, and both replicas are on disk
     assert refused
     assert set(result.confirmed) == set(result.chain)
-    assert all(stored(stub, w, data) == data for w in result.chain)
+    assert on_disks(stub, data, 2)
 
 
 def test_a_worker_that_cannot_forward_makes_the_upload_unavailable_not_damaged(

@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from client.outcomes import Progress, UploadResult
-from tests.stubcluster import FAST, StubCluster, silence_backups, user_url, wait_for
+from tests.stubcluster import (
+    FAST,
+    StubCluster,
+    file_chunks,
+    silence_backups,
+    user_url,
+    wait_for,
+)
 from warren import messages as m
 from warren.errors import Unavailable, WarrenError
 from warren.testing import Message
@@ -70,21 +77,20 @@ def forge_on(c: StubCluster, when: Callable[[Message], bool], forge: Forgeries) 
     return forged
 
 
-def first_chunk(p: Message) -> bool:
-    return p.type == m.CHUNK_TYPE and p.user_id == "alice"
+def first_pack(p: Message) -> bool:
+    return p.type == m.PACK_TYPE and p.user_id == "alice"
 
 
 def chain_of(p: Message) -> tuple[str, ...]:
-    return m.ChunkHeaders.from_headers(p.headers, 0).chain
+    return m.PackHeaders.from_headers(p.headers, len(p.body)).chain
 
 
 @pytest.mark.parametrize("forger", ["a worker not in the chain", "the primary", "a client"])
 def test_a_forged_stored_for_a_silent_backup_does_not_make_the_upload_succeed(
     users: StubCluster, tmp_path: Path, forger: str
 ) -> None:
-    data = os.urandom(3 * FAST.chunk_size + 5)
+    data = os.urandom(2000)  # one chunk, one pack: believing the forgery would be success
     (tmp_path / "f").write_bytes(data)
-    sha = hashlib.sha256(data).hexdigest()
     silence_backups(users)
     # RabbitMQ refuses a client's publish to another's reply queue (its role's rights):
     # here Mallory has every right (a user made by hand), so only Alice's own check is left.
@@ -97,17 +103,18 @@ def test_a_forged_stored_for_a_silent_backup_does_not_make_the_upload_succeed(
             "the primary": primary,
             "a client": "mallory",
         }[forger]
-        upload_id = p.correlation_id or ""
-        stored = m.ReplicaStored(upload_id, backup, sha, len(data), 1)
-        return user, [stored, m.UploadRecorded(upload_id, "f")]
+        pack = m.PackHeaders.from_headers(p.headers, len(p.body))
+        ids = tuple(f.upload_id for f in pack.files)
+        return user, [m.PackStored(backup, 1, pack.files), m.PackRecorded(upload_ids=ids)]
 
-    forged = forge_on(users, first_chunk, forge)
+    forged = forge_on(users, first_pack, forge)
     alice = users.session(amqp_url=user_url("alice"), transfer_timeout=TRANSFER_TIMEOUT)
     with alice as s, pytest.raises(Unavailable) as caught:
         s.upload(tmp_path / "f", "f", 2)
-    assert [p.type for p in forged] == [m.ReplicaStored.TYPE, m.UploadRecorded.TYPE]
-    backup = chain_of(next(p for p in users.broker.published if first_chunk(p)))[1]
-    assert str(caught.value) == f"{backup} did not confirm 'f' in time."
+    assert [p.type for p in forged] == [m.PackStored.TYPE, m.PackRecorded.TYPE]
+    assert len([p for p in users.broker.published if first_pack(p)]) == 1
+    backup = chain_of(next(p for p in users.broker.published if first_pack(p)))[1]
+    assert str(caught.value) == f"{backup} did not confirm in time."
 
 
 def test_a_forged_pack_stored_and_recorded_do_not_make_a_pack_succeed(
@@ -135,13 +142,16 @@ def test_a_forged_pack_stored_and_recorded_do_not_make_a_pack_succeed(
         assert isinstance(outcome, Unavailable), f"{name}: {outcome!r}"
 
 
-def hold_requests(c: StubCluster) -> Callable[[], None]:
-    """Requests wait (unseen by the manager) until the returned function lets them go."""
+def hold_requests(
+    c: StubCluster, which: Callable[[Message], bool] = lambda _: True
+) -> Callable[[], None]:
+    """Requests (``which`` of them) wait, unseen by the manager, until the returned
+    function lets them go."""
     held: list[Message] = []
     holding = [True]
 
     def hold(msg: Message) -> list[Message]:
-        if msg.queue == MANAGER_REQUESTS and holding[0]:
+        if msg.queue == MANAGER_REQUESTS and holding[0] and which(msg):
             held.append(msg)
             return []
         return [msg]
@@ -194,37 +204,62 @@ def test_forged_answers_from_anyone_but_the_manager_are_ignored(
 def test_restore_bytes_from_anyone_but_the_named_worker_are_ignored(
     users: StubCluster, tmp_path: Path
 ) -> None:
-    """One replica: a forged chunk and end, in first, would fail the SHA-256 check."""
-    data = os.urandom(2 * FAST.chunk_size)
+    """One replica of a one-chunk file: a forged chunk and end, in after the manager named
+    the holder and before the holder's own, would fail the SHA-256 check, and no other
+    holder is left to ask."""
+    data = os.urandom(2000)
     (tmp_path / "f").write_bytes(data)
     with users.session(amqp_url=user_url("alice")) as s:
         holder = s.upload(tmp_path / "f", "f", 1).chain[0]
         other = sorted(set(users.workers) - {holder})[0]
-        release = hold_requests(users)
+        [chunk] = file_chunks(users, hashlib.sha256(data).hexdigest())
+        serves: list[Message] = []
+        holding = [True]
+
+        def hold(msg: Message) -> list[Message]:  # the holder is told to serve, later
+            if msg.type == m.ServeRequest.TYPE and holding[0]:
+                serves.append(msg)
+                return []
+            return [msg]
+
+        users.broker.intercept = hold
         forged: list[Message] = []
 
         def forge() -> None:
-            wait_for(lambda: any(p.type == m.DownloadRequest.TYPE for p in users.broker.published))
-            req = next(p for p in users.broker.published if p.type == m.DownloadRequest.TYPE)
+            wait_for(lambda: serves, what="the holder told to serve")
+            cid = m.ServeRequest.decode(serves[0].body).correlation_id
+            wait_for(
+                lambda: any(
+                    p.type == m.DownloadAccepted.TYPE and p.correlation_id == cid
+                    for p in list(users.broker.published)
+                ),
+                what="the manager's answer",
+            )
+            reply_to = m.ServeRequest.decode(serves[0].body).reply_to
             url = user_url(other)
             conn = users.broker.connect(dataclasses.replace(FAST, amqp_url=url), "forger")
             conn.open()
-            end = m.RestoreEnd(other, hashlib.sha256(bytes(len(data))).hexdigest(), len(data))
+            junk = bytes(chunk.size)
+            end = m.RestoreEnd(other, hashlib.sha256(junk).hexdigest(), len(junk))
             for body, kind, headers in [
-                (bytes(len(data)), m.RESTORE_CHUNK_TYPE, m.RestoreChunk(0, 0).to_headers()),
+                (junk, m.RESTORE_CHUNK_TYPE, m.RestoreChunk(0, 0).to_headers()),
                 (end.encode(), end.TYPE, None),
             ]:
                 conn.publish(
-                    req.reply_to or "",
+                    reply_to,
                     body,
                     type=kind,
                     headers=headers,
-                    correlation_id=req.correlation_id,
+                    correlation_id=cid,
                     persistent=False,
                 )
             forged.extend(p for p in users.broker.published if p.sender == "forger")
             conn.close()
-            release()
+            with users.broker.lock:
+                holding[0] = False
+                for msg in serves:
+                    users.broker.queues[msg.queue].messages.append(msg)
+                users.broker.changed.notify_all()
 
         threading.Thread(target=forge, daemon=True).start()
         result = s.download("f", tmp_path / "back")

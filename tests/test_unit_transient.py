@@ -62,13 +62,15 @@ def requests_of(stub: StubCluster, kind: type[m.Message]) -> int:
 def test_an_upload_asked_while_the_manager_catches_up_succeeds_once_it_has(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    # Given a manager restarted whose workers' reports take 1.5 s more to come
+    # Given a client with its owner key, and a manager restarted whose workers' reports
+    # take 1.5 s more to come
     (tmp_path / "x.bin").write_bytes(os.urandom(3000))
-    hold_reports(stub, 1.5)
-    # When a file is uploaded at once (request timeout 5 s)
-    waits: list[str | None] = []
-    started = time.monotonic()
     with stub.session() as s:
+        s.owner_keys()  # (fetched once a session: what is asked again is the pack)
+        hold_reports(stub, 1.5)
+        # When a file is uploaded at once (request timeout 5 s)
+        waits: list[str | None] = []
+        started = time.monotonic()
         s.waiting = waits.append
         result = s.upload(tmp_path / "x.bin", "x.bin", 2)
         took = time.monotonic() - started
@@ -76,7 +78,7 @@ def test_an_upload_asked_while_the_manager_catches_up_succeeds_once_it_has(
     # Then it waited the catching up out, asked again, and is on two workers
     assert len(result.confirmed) == 2
     assert 1.0 < took < stub.settings.request_timeout, took
-    assert requests_of(stub, m.UploadRequest) > 1
+    assert requests_of(stub, m.PackRequest) > 1
     assert names == ["x.bin"]
     # And it said what it waited for, then that it was done waiting
     assert any(w and "catching up" in w for w in waits), waits
@@ -110,12 +112,14 @@ def test_a_delete_asked_while_the_manager_catches_up_succeeds_once_it_has(
 def test_an_upload_that_outlasts_the_request_timeout_is_exit_4_in_one_sentence(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    # Given a manager that stays catching up (its workers' reports never come)
+    # Given a client with its owner key, and a manager that stays catching up (its
+    # workers' reports never come)
     (tmp_path / "x.bin").write_bytes(b"x" * 3000)
-    hold_reports(stub, None)
-    # When an upload and a delete are asked with a request timeout of 1 s
-    started = time.monotonic()
     with stub.session(request_timeout=1.0) as s:
+        s.owner_keys()
+        hold_reports(stub, None)
+        # When an upload and a delete are asked with a request timeout of 1 s
+        started = time.monotonic()
         with pytest.raises(Unavailable) as upload:
             s.upload(tmp_path / "x.bin", "x.bin", 2)
         took = time.monotonic() - started
@@ -128,7 +132,7 @@ def test_an_upload_that_outlasts_the_request_timeout_is_exit_4_in_one_sentence(
         assert exc.exit_code == 4
         assert str(exc).startswith("after 1 s of asking, the manager is catching up")
         assert "\n" not in str(exc)
-    assert requests_of(stub, m.UploadRequest) > 2
+    assert requests_of(stub, m.PackRequest) > 2
 
 
 def test_requests_their_queue_nacks_for_a_moment_are_asked_again(
@@ -139,7 +143,7 @@ def test_requests_their_queue_nacks_for_a_moment_are_asked_again(
     items = [(tmp_path / f"s{i}", f"s{i}") for i in range(5)]
     for path, _ in items:
         path.write_bytes(os.urandom(500))
-    until = time.monotonic() + 1.0
+    until = 0.0
     nacked: list[str] = []
 
     def refuse(msg: Message) -> bool:
@@ -148,10 +152,13 @@ def test_requests_their_queue_nacks_for_a_moment_are_asked_again(
             return True
         return False
 
-    stub.broker.refuse = refuse
-    # When a pack of small files is uploaded, then the files listed
+    # When a pack of small files is uploaded (by a client with its owner key), then the
+    # files listed
     outcomes: dict[str, UploadResult | WarrenError] = {}
     with stub.session() as s:
+        s.owner_keys()
+        until = time.monotonic() + 1.0
+        stub.broker.refuse = refuse
         s.upload_many(items, 2, lambda _n: Progress(), outcomes.__setitem__)
         listed = {f.name: len(f.replicas) for f in s.files()}
     # Then the pack was asked again until taken, and every file is on two workers

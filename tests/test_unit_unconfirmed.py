@@ -1,6 +1,7 @@
 """Exit 0 only when every replica is confirmed, on the in-memory broker: a backup that
 never says "stored" makes the upload fail as unavailable (exit 4) within the client's
-transfer timeout, naming the silent worker, for a file sent in chunks and for a pack.
+transfer timeout, naming the silent worker, for a file cut into many chunks and for
+small files sharing a pack.
 
 Without these, a client that counted one confirmation as enough, or that forgot a step
 had timed out, reported success with one copy of two and every other test passed."""
@@ -25,7 +26,7 @@ MARGIN = 3.0  # placement and the loop's own pace, on a busy machine
 def test_a_backup_that_never_confirms_a_file_fails_the_upload(
     stub: StubCluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "big.bin").write_bytes(os.urandom(5 * 64 * 1024 + 17))  # six chunks
+    (tmp_path / "big.bin").write_bytes(os.urandom(5 * 64 * 1024 + 17))  # many chunks
     silenced = silence_backups(stub)
     with stub.session(transfer_timeout=TRANSFER_TIMEOUT) as s:
         started = time.monotonic()
@@ -33,9 +34,9 @@ def test_a_backup_that_never_confirms_a_file_fails_the_upload(
             s.upload(tmp_path / "big.bin", "big.bin", 2)
         took = time.monotonic() - started
     assert silenced, "the backup's confirmation was never dropped"
-    backup = silenced[0]
     assert caught.value.exit_code == EXIT_UNAVAILABLE
-    assert str(caught.value) == f"{backup} did not confirm 'big.bin' in time."
+    # (a chunk may be any file's: the sentence names the worker, the command the file)
+    assert str(caught.value) in {f"{w} did not confirm in time." for w in silenced}
     assert took < TRANSFER_TIMEOUT + MARGIN, f"reported after {took:.1f} s"
 
 
@@ -54,10 +55,9 @@ def test_a_backup_that_never_confirms_a_pack_fails_every_file_of_it(
         took = time.monotonic() - started
     assert [p.type for p in stub.broker.published if p.type == m.PACK_TYPE], "no pack was sent"
     assert silenced, "the backup's confirmation was never dropped"
-    backup = silenced[0]
     assert set(outcomes) == {name for _, name in items}
     for name, outcome in outcomes.items():
         assert isinstance(outcome, Unavailable), f"{name}: {outcome!r}"
         assert outcome.exit_code == EXIT_UNAVAILABLE
-        assert str(outcome) == f"{backup} did not confirm {name!r} in time."
+        assert str(outcome) in {f"{w} did not confirm in time." for w in silenced}
     assert took < TRANSFER_TIMEOUT + MARGIN, f"reported after {took:.1f} s"
