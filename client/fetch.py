@@ -48,6 +48,7 @@ class _Wanted:
     index: int
     ref: m.ChunkRef
     offset: int
+    also: list[tuple[int, int]] = field(default_factory=list)  # the same blob further on
     route: str = ""
     worker: str = ""  # who serves it (from the manager's answer)
     exclude: list[str] = field(default_factory=list)  # holders whose copy failed
@@ -103,6 +104,10 @@ class ChunkFetcher:
             while pending or flight:
                 while pending and len(flight) < AHEAD:
                     w = pending.pop(0)
+                    same = next((f for f in flight if f.ref == w.ref), None)
+                    if same is not None:  # asked for already: one fetch serves both places
+                        same.also.append((w.index, w.offset))
+                        continue
                     self._ask(w)
                     flight.append(w)
                 self.session.conn.process(0.05)
@@ -114,9 +119,10 @@ class ChunkFetcher:
                     flight.remove(w)
                     self.workers.add(w.worker)
                     self.session.unroute(w.route)
-                    self.write(self.fd, data, w.offset)
-                    self.progress.transferred(len(data))
-                    finished[w.index] = data
+                    for index, offset in [(w.index, w.offset), *w.also]:
+                        self.write(self.fd, data, offset)
+                        self.progress.transferred(len(data))
+                        finished[index] = data
                     while next_index in finished:
                         self.digest.update(finished.pop(next_index))
                         next_index += 1

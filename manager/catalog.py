@@ -165,17 +165,6 @@ class Catalog(Holdings):
                 [(*_upload_row(up), now) for up in ups],
             )
 
-    def record_existing(self, up: Upload, now: float) -> int:
-        """Deduplication: content the cluster already holds becomes a new version at once,
-        with no bytes sent. Returns its version number."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}, created) VALUES ({_UPLOAD_SLOTS}, ?)",
-                (*_upload_row(dataclasses.replace(up, state=COMPLETE)), now),
-            )
-            return self._add_version(up, now)
-
     def upload(self, upload_id: str) -> Upload | None:
         row = self.db.execute(
             f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE upload_id=?", (upload_id,)
@@ -450,24 +439,6 @@ class Catalog(Holdings):
                 )
                 self._mark_if_unused(up.sha256, now)
         return expired
-
-    def resumable(
-        self, owner: str, name: str, sha256: str, size: int, live: set[str]
-    ) -> Upload | None:
-        """An unfinished upload of the same file by the same user, on live workers."""
-        for r in self.db.execute(
-            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE state=? AND owner=? AND name=? "
-            "AND sha256=? AND size=? ORDER BY created DESC",
-            (PENDING, owner, name, sha256, size),
-        ).fetchall():
-            up = _upload(r)
-            if set(up.chain) <= live:
-                return up
-        return None
-
-    def resume(self, upload_id: str, reply_to: str) -> None:
-        """A resumed upload now answers to the new client's queue."""
-        self.db.execute("UPDATE uploads SET reply_to=? WHERE upload_id=?", (reply_to, upload_id))
 
     # -- files and their versions ----------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The manager's answers to clients: each request type has one handler (``HANDLERS``);
-uploads and packs are placed by ``Placement`` (``manager/placement.py``).
+packs of sealed chunks are placed by ``Placement`` (``manager/placement.py``).
 
 Everything here runs on the manager's one thread and changes the catalog in one
 transaction per request before the request is acked. The answer goes to the request's
@@ -20,11 +20,20 @@ from manager.catalog import Catalog
 from manager.health import Health
 from manager.keys import KeyAnswers
 from manager.outbox import Outbox
-from manager.placement import Placement
+from manager.placement import WHOLE_FILES, Placement
 from manager.repair import Repairs
 from manager.term import Term
 from warren import messages as m
-from warren.errors import INVALID, Busy, DecodeError, NoReplica, NotFound, WarrenError, to_wire
+from warren.errors import (
+    INVALID,
+    Busy,
+    DecodeError,
+    NoReplica,
+    NotFound,
+    Refused,
+    WarrenError,
+    to_wire,
+)
 from warren.transport import Delivery
 
 log = logging.getLogger("warren.manager")
@@ -114,8 +123,8 @@ class Answers:
 
     # -- the handlers ----------------------------------------------------------------------
 
-    def _upload(self, req: m.UploadRequest, a: Asked) -> m.Message:
-        return self.placement.place(req, a.reply_to, a.owner, a.cid, a.then)
+    def _upload(self, _req: m.UploadRequest, _a: Asked) -> m.Message:
+        raise Refused(WHOLE_FILES)  # a client from before sealed chunks
 
     def _pack(self, req: m.PackRequest, a: Asked) -> m.Message:
         return self.placement.place_pack(req, a.reply_to, a.owner)

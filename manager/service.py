@@ -318,11 +318,9 @@ class Manager:
         log.info("gc: %s deleted %s (%d bytes back)", msg.worker, msg.sha256[:12], msg.size)
 
     def _copy_landed(self, worker: str, sha256: str) -> None:
-        """A verified copy of ``sha256`` is on ``worker``: clients waiting for copies of it
-        hear of it; and it may be a repair finishing: then the new holder keeps the records
-        of the versions using it too."""
-        assert self.outbox is not None and self.placement is not None
-        self.placement.copied(worker, sha256)
+        """A verified copy of ``sha256`` is on ``worker``: it may be a repair finishing:
+        then the new holder keeps the records of the versions using it too."""
+        assert self.outbox is not None
         copy = self.repairs.stored(sha256, worker)
         if copy is not None:
             metrics.REPAIRS.labels("done").inc()

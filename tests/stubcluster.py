@@ -243,3 +243,12 @@ def holds_blob(c: StubCluster, worker: str, sha256: str) -> bool:
     """``worker`` keeps this blob, and its bytes hash to its name."""
     path = c.workers[worker].blobs.blob_path(sha256)
     return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+
+
+def place_blob(s: Session, size: int, sha256: str, replicas: int = 2) -> m.UploadAccepted:
+    """Have the manager place one blob of the sender's (a pack of one sealed chunk, as
+    a client asks), for tests that then send its bytes themselves, as a client or a forger
+    would: its upload id and chain, as an ``upload.accepted`` once said them."""
+    req = m.PackRequest((m.PackFile("", size, sha256),), replicas, "tester", chunks=True)
+    acc = s.request(req, m.PackAccepted)
+    return m.UploadAccepted(acc.upload_ids[0], acc.chain, s.settings.chunk_size)

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from client.session import Session
-from tests.stubcluster import StubCluster, user_url, wait_for
+from tests.stubcluster import StubCluster, place_blob, user_url, wait_for
 from warren import messages as m
 from warren.codec import MAX_CHAIN
 from warren.errors import DecodeError
@@ -26,8 +26,7 @@ BOMB = 200 * 1024 * 1024  # bytes of zeros, a few KB as zstd
 
 
 def place(s: Session, data: bytes, replicas: int = 2) -> m.UploadAccepted:
-    sha = hashlib.sha256(data).hexdigest()
-    return s.request(m.UploadRequest("f", len(data), sha, replicas, "alice"), m.UploadAccepted)
+    return place_blob(s, len(data), hashlib.sha256(data).hexdigest(), replicas)
 
 
 def send(
@@ -141,13 +140,11 @@ def test_a_zstd_bomb_in_a_placed_upload_is_refused_before_it_inflates(
 
 
 def test_a_zstd_bomb_in_a_pack_is_refused_before_it_inflates(users: StubCluster) -> None:
-    """Two placed small files declared at 100 MiB each: more than a pack may hold."""
+    """Two placed chunks declared at 100 MiB each: more than a pack may hold."""
     body = zstandard.ZstdCompressor(level=3).compress(bytes(BOMB))
     with users.session(amqp_url=user_url("alice")) as s:
-        files = tuple(
-            m.PackFile(f"s{i}", 10, hashlib.sha256(b"%d" % i).hexdigest()) for i in (1, 2)
-        )
-        placed = s.request(m.PackRequest(files, 2, "alice"), m.PackAccepted)
+        files = tuple(m.PackFile("", 10, hashlib.sha256(b"%d" % i).hexdigest()) for i in (1, 2))
+        placed = s.request(m.PackRequest(files, 2, "alice", chunks=True), m.PackAccepted)
         entries = tuple(
             m.PackEntry(u, f.sha256, BOMB // 2)
             for u, f in zip(placed.upload_ids, files, strict=True)

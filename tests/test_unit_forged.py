@@ -29,7 +29,7 @@ import pytest
 
 from client.session import Session
 from manager.service import check_worker_sender
-from tests.stubcluster import FAST, StubCluster, file_chunks, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, place_blob, user_url, wait_for
 from warren import messages as m
 from warren.config import Settings
 from warren.errors import BrokerRefused, DecodeError
@@ -103,7 +103,7 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
     sha = hashlib.sha256(data).hexdigest()
     with c.session(amqp_url=user_url("alice")) as s:
         holders = s.upload(tmp_path / "kept", "kept", 2).chain
-        placed = s.request(m.UploadRequest("half", len(data), sha, 2, "alice"), m.UploadAccepted)
+        placed = place_blob(s, len(data), sha)
         assert placed.chunk_size == FAST.chunk_size
         for seq in (0, 1):
             send_chunk(s, placed, data, seq, sha)
@@ -160,13 +160,13 @@ def test_forged_records_discards_and_forgets_on_a_chunks_queue_are_refused(
         # Alice's upload goes on where it was: the last chunk finishes it on both workers.
         send_chunk(s, placed, data, 2, sha)
 
-        def recorded() -> bool:
+        def stored() -> bool:
             s.conn.process(0)
-            return "half" in {f.name for f in s.files()}
+            return all(c.workers[w].blobs.blob_path(sha).exists() for w in placed.chain)
 
-        wait_for(recorded, what="'half' finished and recorded")
-        # (Clients restore files of sealed chunks; 'half' is one whole-file blob, as a
-        # worker keeps a repair copy: its bytes on both workers are what Alice sent.)
+        wait_for(stored, what="'half' finished on both workers")
+        # (It is one blob of Alice's, sent as a repair copy travels: its bytes on both
+        # workers are what she sent.)
         for w in placed.chain:
             blob = c.workers[w].blobs.blob_path(sha)
             assert blob.exists() and blob.read_bytes() == data, f"{w} has no copy of 'half'"

@@ -16,7 +16,7 @@ import pytest
 
 from client.outcomes import Progress
 from client.session import Session
-from tests.stubcluster import FAST, StubCluster, file_chunks, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, place_blob, user_url, wait_for
 from warren import messages as m
 from warren.errors import BrokerRefused, NotFound, Refused, Unavailable
 from warren.topology import DEAD_LETTER_QUEUE, MANAGER_EVENTS, worker_chunks, worker_control
@@ -283,7 +283,7 @@ def test_chunks_from_anyone_but_the_sender_the_manager_named_are_refused(tmp_pat
         (tmp_path / "f").write_bytes(data)
         sha = hashlib.sha256(data).hexdigest()
         with c.session(amqp_url=user_url("alice")) as s:
-            placed = s.request(m.UploadRequest("f", len(data), sha, 2, "alice"), m.UploadAccepted)
+            placed = place_blob(s, len(data), sha)
         primary, backup = placed.chain
         mallory = c.broker.connect(dataclasses.replace(FAST, amqp_url=user_url("mallory")), "m")
         mallory.open()

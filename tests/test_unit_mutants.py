@@ -97,8 +97,10 @@ def test_a_pack_is_complete_only_when_every_worker_of_its_chain_confirmed_each_c
     assert b.state is ChunkState.STORED and job.ready
     out = job.outcome()
     assert out == UploadResult(
-        "f", 2, SHA, ("w1", "w2"), {"w1": 0, "w2": 1}, sent=0, deduplicated=True
-    )
+        "f", 2, SHA, ("w1", "w2"), {"w1": 0, "w2": 1}, sent=0, deduplicated=True,
+        chunks=tuple(job.chunks),
+    )  # fmt: skip
+    assert [c.sha256 for c in out.chunks] == [a.digest, b.digest]
     assert cast(Seen, job.progress).replicas == [("w1", 0), ("w2", 1)]
 
 
