@@ -95,15 +95,18 @@ class ChunkFetcher:
 
     def run(self) -> str:
         """Fetch, open, write every chunk; the SHA-256 of the file as written."""
-        pending = list(self.todo)
+        pending, self.todo = collections.deque(self.todo), []
         flight: list[_Wanted] = []
         finished: dict[int, bytes] = {}
         next_index = 0
         timeout = self.session.settings.transfer_timeout
         try:
             while pending or flight:
-                while pending and len(flight) < AHEAD:
-                    w = pending.pop(0)
+                # At most AHEAD fetches at once, and none further than 2 x AHEAD chunks past
+                # the first not yet hashed: what waits to be hashed in order stays bounded
+                # however slow one chunk is.
+                while pending and len(flight) < AHEAD and pending[0].index < next_index + 2 * AHEAD:
+                    w = pending.popleft()
                     same = next((f for f in flight if f.ref == w.ref), None)
                     if same is not None:  # asked for already: one fetch serves both places
                         same.also.append((w.index, w.offset))
@@ -214,6 +217,7 @@ class ChunkFetcher:
 
     def _open(self, w: _Wanted) -> bytes | None:
         sealed = b"".join(part for _, part in sorted(w.parts))
+        w.parts = []  # let the bodies go: a restore holds a window of chunks, not the file
         if len(sealed) != w.ref.size or hashlib.sha256(sealed).hexdigest() != w.ref.sha256:
             w.problem, w.bad_copy = "its copy of a chunk failed its SHA-256 check", True
             return None
