@@ -12,6 +12,7 @@ Everything runs on the connection's thread: a chunk is at most a message's size.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 import uuid
