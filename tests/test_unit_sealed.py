@@ -149,8 +149,8 @@ def test_a_wrong_password_sends_and_writes_nothing(stub: StubCluster, tmp_path: 
             s.download("a.txt", here / "out.txt")
     for exc in (up.value, down.value):
         assert exc.exit_code == EXIT_USAGE and "wrong password" in str(exc)
-    sent_types = {d.type for d in stub.broker.published[before:] if d.queue.startswith("warren.m")}
-    assert sent_types <= {m.KeyGet.TYPE}, sent_types
+    by_client = [d for d in stub.broker.published[before:] if d.sender.startswith("warren client")]
+    assert {d.type for d in by_client} <= {m.KeyGet.TYPE}, by_client
     assert sorted(os.listdir(here)) == ["a.txt", "wrong"]  # no out.txt, no .part
 
 
