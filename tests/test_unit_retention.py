@@ -104,13 +104,14 @@ def test_keep_daily_across_a_month_boundary() -> None:
 
 def test_keep_monthly_across_a_month_boundary() -> None:
     snaps = [
+        snap("mar15", at(2024, 3, 15)),
         snap("mar1", at(2024, 3, 1, 0, 0)),
         snap("feb29", at(2024, 2, 29, 23, 59)),
         snap("feb1", at(2024, 2, 1)),
         snap("jan15", at(2024, 1, 15)),
     ]
     decisions = apply(snaps, Policy(monthly=2))
-    assert kept(decisions) == ["mar1", "feb29"]
+    assert kept(decisions) == ["mar15", "feb29"]
     assert reasons(decisions)["feb29"] == ("monthly snapshot",)
 
 
@@ -360,6 +361,7 @@ def test_parse_duration_reads_restics_format(text: str, expected: Duration) -> N
 def test_a_duration_reads_back_as_restic_writes_it() -> None:
     assert str(parse_duration("4h3d2m1y")) == "1y2m3d4h"
     assert str(parse_duration("7d")) == "7d"
+    assert str(Duration()) == "0h"
 
 
 @pytest.mark.parametrize(
