@@ -4,6 +4,7 @@ run as the CLI runs them (``client.__main__.main``) on the in-memory broker."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 from client import backup as backup_module
 from client import cli
 from client import snapshot as snapshot_module
-from client.backup import Listed, plan_forget, resolve
+from client.backup import Listed, list_snapshots, load_manifest, plan_forget, resolve
 from client.snapshot import (
     DIR,
     FILE,
@@ -289,6 +290,36 @@ def test_an_unchanged_re_backup_of_500_files_reads_and_sends_nothing(
     assert s["bytes_sent"] == 0  # the manifest did not change: its chunks are stored
     assert not [p for p in reads if top in p.parents]
     assert len(reads) == 1  # the manifest's temp file only
+    code, out, err = run("backup", str(top), "--json", "--host", "elsewhere")
+    assert code == EXIT_OK, err
+    assert _summary(out)["files_new"] == 500  # another host's snapshot is no parent
+
+
+def test_a_restore_never_writes_through_a_link_in_its_folder(run: Run, stub: StubCluster) -> None:
+    top = stub.base / "client" / "docs"
+    top.mkdir(parents=True)
+    (top / "a").write_bytes(b"a")
+    assert run("backup", str(top))[0] == EXIT_OK
+    target, elsewhere = stub.base / "client" / "out", stub.base / "client" / "elsewhere"
+    target.mkdir()
+    elsewhere.mkdir()
+    os.symlink(elsewhere, target / "docs")
+    code, _, err = run("restore", "latest", "-o", str(target))
+    assert code == EXIT_USAGE and "symbolic link" in err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_manifest_that_is_not_the_one_its_meta_names_is_refused(
+    run: Run, stub: StubCluster
+) -> None:
+    top = stub.base / "client" / "docs"
+    top.mkdir(parents=True)
+    assert run("backup", str(top))[0] == EXIT_OK
+    with stub.session() as s:
+        snap = list_snapshots(s, s.owner_keys())[-1]
+        assert load_manifest(s, s.owner_keys(), snap).paths == [str(top)]
+        with pytest.raises(IntegrityError, match="SHA-256"):
+            load_manifest(s, s.owner_keys(), dataclasses.replace(snap, manifest_sha256="0" * 64))
 
 
 def test_forget_dry_run_changes_nothing_and_keep_last_keeps_one(
