@@ -49,8 +49,7 @@ class TreeRestorer:
         folders: list[tuple[Entry, str]] = []
         for entry, rel in picked:
             try:
-                if entry.type == DIR:
-                    os.close(open_folder(self.target / rel / PLACEHOLDER, self.target))
+                if entry.type == DIR:  # made (or found) below, once its contents are in
                     folders.append((entry, rel))
                 elif entry.type == FILE:
                     self._file(entry, rel)

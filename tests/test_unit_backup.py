@@ -18,6 +18,7 @@ from client import backup as backup_module
 from client import cli
 from client import snapshot as snapshot_module
 from client.backup import Listed, list_snapshots, load_manifest, plan_forget, resolve
+from client.snaprestore import TreeRestorer
 from client.snapshot import (
     DIR,
     FILE,
@@ -34,7 +35,7 @@ from client.snapshot import (
 from tests.stubcluster import StubCluster
 from warren import chunkseal, retention
 from warren import messages as m
-from warren.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, IntegrityError
+from warren.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, IntegrityError, NotFound, UsageError
 
 Run = Callable[..., tuple[int, str, str]]
 REF = m.ChunkRef("a" * 64, 40, 12)
@@ -160,15 +161,19 @@ def _listed(i: str, t: float, host: str = "h") -> Listed:
 
 
 def test_ids_resolve_by_latest_or_a_unique_prefix_and_forget_plans_by_policy() -> None:
-    snaps = [_listed("abcd" + "0" * 12, 1.0), _listed("abce" + "0" * 12, 2.0)]
+    snaps = [_listed("abcd0" + "0" * 11, 1.0), _listed("abcd1" + "0" * 11, 2.0)]
     snaps.append(_listed("ffff" + "0" * 12, 3.0, host="other"))
     assert resolve(snaps, "latest").id.startswith("ffff")
-    assert resolve(snaps, "abce").id.startswith("abce")
-    for ambiguous_or_short in ("abc", "ab"):
-        with pytest.raises(Exception, match="digits"):
-            resolve(snaps, ambiguous_or_short)
+    assert resolve(snaps, "abcd1").id.startswith("abcd1")
+    assert resolve(snaps, "ffff").id.startswith("ffff")
+    with pytest.raises(UsageError, match="at least 4"):
+        resolve(snaps, "fff")
+    with pytest.raises(UsageError, match="start of 2 snapshots"):
+        resolve(snaps, "abcd")
+    with pytest.raises(NotFound):
+        resolve(snaps, "0123")
     plan = plan_forget(snaps, [], retention.Policy(last=1))
-    assert plan.remove == ["abcd" + "0" * 12]  # each host's group keeps its newest
+    assert plan.remove == ["abcd0" + "0" * 11]  # each host's group keeps its newest
     assert plan_forget(snaps, ["ffff"], retention.Policy()).remove == ["ffff" + "0" * 12]
 
 
@@ -314,12 +319,20 @@ def test_a_manifest_that_is_not_the_one_its_meta_names_is_refused(
 ) -> None:
     top = stub.base / "client" / "docs"
     top.mkdir(parents=True)
+    (top / "a").write_bytes(b"a")
     assert run("backup", str(top))[0] == EXIT_OK
     with stub.session() as s:
         snap = list_snapshots(s, s.owner_keys())[-1]
         assert load_manifest(s, s.owner_keys(), snap).paths == [str(top)]
         with pytest.raises(IntegrityError, match="SHA-256"):
             load_manifest(s, s.owner_keys(), dataclasses.replace(snap, manifest_sha256="0" * 64))
+        manifest = load_manifest(s, s.owner_keys(), snap)
+        [(entry, rel)] = [(e, rel) for e, rel in select(manifest, "", [], []) if e.type == FILE]
+        restorer = TreeRestorer(s, stub.base / "client" / "out")
+        restorer.run([(dataclasses.replace(entry, sha256="0" * 64), rel)])
+    [(what, error)] = restorer.errors
+    assert what == "docs/a" and isinstance(error, IntegrityError)
+    assert list((stub.base / "client" / "out" / "docs").iterdir()) == []  # no .part left
 
 
 def test_forget_dry_run_changes_nothing_and_keep_last_keeps_one(
@@ -352,6 +365,7 @@ def test_a_file_that_vanishes_is_left_out_and_the_snapshot_said_incomplete(
     top.mkdir(parents=True)
     (top / "ok").write_bytes(b"ok")
     (top / "vanishes").write_bytes(b"no")
+    (top / "grows").write_bytes(b"short")
     real_walk = snapshot_module.walk
 
     def walk_then_delete(
@@ -359,15 +373,21 @@ def test_a_file_that_vanishes_is_left_out_and_the_snapshot_said_incomplete(
     ) -> tuple[list[Entry], dict[str, Path]]:
         walked = real_walk(paths, excludes, warn)
         (top / "vanishes").unlink()  # after the walk, before it is read
+        with open(top / "grows", "ab") as f:
+            f.write(b" and longer")
         return walked
 
     monkeypatch.setattr(backup_module, "walk", walk_then_delete)  # as backup calls it
     code, out, err = run("backup", str(top), "--json")
     assert code == EXIT_FAILURE and "incomplete" in err and "u/vanishes" in err
     s = _summary(out)
-    assert s["failed"] == ["u/vanishes"] and s["files_new"] == 1
+    assert s["failed"] == ["u/vanishes"] and s["files_new"] == 2
     code, out, _ = run("ls", "latest", "--json")
-    assert [json.loads(x).get("path") for x in out.splitlines()[1:]] == ["/u", "/u/ok"]
+    nodes = [json.loads(x) for x in out.splitlines()[1:]]
+    assert [(n["path"], n["size"]) for n in nodes] == [("/u", 0), ("/u/grows", 16), ("/u/ok", 2)]
+    target = stub.base / "client" / "r"
+    assert run("restore", "latest", "-o", str(target))[0] == EXIT_OK
+    assert (target / "u" / "grows").read_bytes() == b"short and longer"
 
 
 def test_no_file_name_reaches_a_server(run: Run, stub: StubCluster) -> None:
