@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from client import backup as backup_module
-from client import cli
+from client import cli, snap_cmd
 from client import snapshot as snapshot_module
 from client.backup import Listed, list_snapshots, load_manifest, plan_forget, resolve
 from client.snaprestore import TreeRestorer
@@ -281,9 +281,13 @@ def test_an_unchanged_re_backup_of_500_files_reads_and_sends_nothing(
     top.mkdir(parents=True)
     for i in range(500):
         (top / f"f{i:03}").write_bytes(f"file {i}\n".encode())
+    monkeypatch.setattr(snap_cmd, "STATUS_EVERY", 0.0)  # every status line, not two a second
     code, out, err = run("backup", str(top), "--json")
     assert code == EXIT_OK, err
     assert _summary(out)["files_new"] == 500
+    status = [json.loads(line) for line in out.splitlines()[:-1]]
+    assert status and {s["message_type"] for s in status} == {"status"}
+    assert status[-1]["files_done"] == status[-1]["total_files"] == 500
     reads: list[Path] = []
     real_cut = chunkseal.cut
 
