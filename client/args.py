@@ -234,6 +234,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     keys_cmd.define(command, _common)  # init, key add|list|remove|passwd
 
+    from client import snap_cmd
+
+    snap_cmd.define(command)  # backup, snapshots, ls, diff, restore, forget
+
     cf = command(
         "config",
         "show the settings in effect, where each came from (default, config file, env or "

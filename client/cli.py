@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from client import actions, keys_cmd
+from client import actions, keys_cmd, snap_cmd
 from client.args import completion_script, overrides
 from client.connecting import open_session
 from client.outcomes import DownloadResult, UploadResult
@@ -104,7 +104,7 @@ class App:
             "status": self.status,
             "init": self.keys,
             "key": self.keys,
-        }
+        } | dict.fromkeys(snap_cmd.NAMES, self.snapshots)
         if cmd not in commands:
             raise UsageError(f"unknown command {cmd!r}")
         quiet = bool(self.args.quiet) or self.json
@@ -127,6 +127,10 @@ class App:
     def keys(self, session: Session) -> int:
         """init and key ...: client/keys_cmd.py."""
         return keys_cmd.run(self, self.args, session)
+
+    def snapshots(self, session: Session) -> int:
+        """backup, snapshots, ls, diff, restore, forget: client/snap_cmd.py."""
+        return snap_cmd.run(self, self.args, session)
 
     def upload(self, session: Session) -> int:
         paths: list[Path] = self.args.paths

@@ -9,7 +9,8 @@ path anywhere. A chunk is its owner's (``chunks``): sealed with the owner's key,
 bytes of two owners are two blobs, and one owner's chunk is stored once however many of
 its versions use it.
 
-A blob no version, no recent chunk upload and no upload in flight uses becomes garbage:
+A blob no version, no snapshot (``manager/snapshots.py``), no recent chunk upload and no
+upload in flight uses becomes garbage:
 after ``gc_delay`` seconds
 its replicas leave the catalog (so nothing new is deduplicated onto them) and each holder
 is told to delete it; until a holder confirms, no new copy of that content is placed there.
@@ -29,6 +30,7 @@ from typing import Any
 
 from manager.holdings import COMPLETE, FAILED, PENDING, Holdings
 from manager.keys import SCHEMA as KEYS_SCHEMA
+from manager.snapshots import SCHEMA as SNAPSHOTS_SCHEMA
 from warren.errors import Unavailable
 from warren.messages import ChunkRef, CommitFile, FileEntry, VersionRecord
 from warren.private import private_file
@@ -116,6 +118,7 @@ class Catalog(Holdings):
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         db.executescript(KEYS_SCHEMA)  # owners' wrapped keys (manager/keys.py)
+        db.executescript(SNAPSHOTS_SCHEMA)  # snapshots (manager/snapshots.py)
         columns = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
         for column, kind in (
             ("reply_to", "TEXT NOT NULL DEFAULT ''"),

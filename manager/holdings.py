@@ -302,12 +302,16 @@ class Holdings:
     # -- garbage ---------------------------------------------------------------------------
 
     def _unused(self, sha256: str, now: float | None = None) -> bool:
-        """No version uses this blob, no owner stored (or was told it holds) it within
-        ``RESERVE_FOR`` seconds, and no upload of it is in flight."""
+        """No version and no snapshot uses this blob, no owner stored (or was told it holds)
+        it within ``RESERVE_FOR`` seconds, and no upload of it is in flight."""
         pinned = (time.time() if now is None else now) - RESERVE_FOR
         return (
             self.db.execute(
                 "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
+            ).fetchone()
+            is None
+            and self.db.execute(
+                "SELECT 1 FROM snapshot_chunks WHERE sha256=? LIMIT 1", (sha256,)
             ).fetchone()
             is None
             and self.db.execute(
@@ -352,10 +356,15 @@ class Holdings:
         return out
 
     def _pinned_only(self, sha256: str) -> bool:
-        """Kept only by a recent upload that has not committed it (yet)."""
+        """Kept only by a recent upload that has not committed it (yet): no version and no
+        snapshot uses it."""
         return (
             self.db.execute(
                 "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
+            ).fetchone()
+            is None
+            and self.db.execute(
+                "SELECT 1 FROM snapshot_chunks WHERE sha256=? LIMIT 1", (sha256,)
             ).fetchone()
             is None
         )

@@ -22,6 +22,7 @@ from manager.keys import KeyAnswers
 from manager.outbox import Outbox
 from manager.placement import WHOLE_FILES, Placement
 from manager.repair import Repairs
+from manager.snapshots import SnapshotAnswers
 from manager.term import Term
 from warren import messages as m
 from warren.errors import (
@@ -86,6 +87,7 @@ class Answers:
             m.StatusRequest: self._status,
         }
         self._handlers.update(KeyAnswers(catalog, outbox).handlers())
+        self._handlers.update(SnapshotAnswers(catalog, outbox).handlers())
 
     def on_request(self, d: Delivery) -> None:
         if not d.reply_to:
@@ -266,8 +268,11 @@ class Answers:
 
 
 # Requests that add or delete versions, and every key request (an owner's keys may still be
-# on their way from the workers: `init` must not make a second master key meanwhile):
-# refused while the catalog catches up.
+# on their way from the workers: `init` must not make a second master key meanwhile), and
+# every snapshot request (a commit or a get pins chunks whose records may still be on their
+# way, a forget must not miss a snapshot not merged yet, and a listing would leave out those
+# not merged yet, so a backup would pick an older parent and `forget` apply its policy to
+# part of them): refused while the catalog catches up.
 _CHANGES = (
     m.UploadRequest,
     m.PackRequest,
@@ -278,6 +283,10 @@ _CHANGES = (
     m.KeyGet,
     m.KeyList,
     m.KeyRemove,
+    m.SnapshotCommit,
+    m.SnapshotsRequest,
+    m.SnapshotGet,
+    m.ForgetRequest,
 )
 
 

@@ -28,6 +28,7 @@ from manager.placement import Placement
 from manager.records import RecordSeal
 from manager.repair import Repairs
 from manager.requests import Answers
+from manager.snapshots import SnapshotStore
 from manager.term import Term
 from warren import messages as m
 from warren import metrics
@@ -249,6 +250,11 @@ class Manager:
         got, lost = KeyStore(self.catalog).merge(opened.keys)
         if got or lost:
             log.info("worker %s: owner keys merged (+%d, -%d)", msg.worker, got, lost)
+        got, lost = SnapshotStore(self.catalog).merge(
+            opened.snapshots, opened.snapshots_gone, time.time()
+        )
+        if got or lost:
+            log.info("worker %s: snapshots merged (+%d, -%d)", msg.worker, got, lost)
         self.health.suspect({r.sha256 for r in opened.records})
         self.health.changed()
         if more or fewer:

@@ -52,6 +52,17 @@ from warren.key_messages import (
     KeyRemove,
     KeyRemoved,
 )
+from warren.snapshot_messages import (
+    ForgetRequest,
+    Forgotten,
+    SnapshotCommit,
+    SnapshotCommitted,
+    SnapshotEntry,
+    SnapshotGet,
+    SnapshotGot,
+    SnapshotsReply,
+    SnapshotsRequest,
+)
 from warren.worker_messages import (
     BlobDeleted,
     BlobEntry,
@@ -84,6 +95,15 @@ from warren.worker_messages import (
 
 # Offered here too, so that one import serves: the codec, the workers' messages, the headers.
 __all__ = [
+    "ForgetRequest",
+    "Forgotten",
+    "SnapshotCommit",
+    "SnapshotCommitted",
+    "SnapshotEntry",
+    "SnapshotGet",
+    "SnapshotGot",
+    "SnapshotsReply",
+    "SnapshotsRequest",
     "MAX_PACK_FILES",
     "CHUNK_TYPE",
     "RESTORE_CHUNK_TYPE",
