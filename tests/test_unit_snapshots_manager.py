@@ -72,6 +72,7 @@ def commit(
     when: float = 1000.0,
     tags: tuple[str, ...] = (),
     extra: tuple[str, ...] = (),
+    replicas: int = 2,
 ) -> str:
     """A snapshot of ``files`` whose manifest is ``manifest``; its id."""
     chunks = dict.fromkeys(
@@ -84,7 +85,7 @@ def commit(
         meta=META,
         manifest=manifest.chunks,
         chunks=(*chunks, *extra),
-        replicas=2,
+        replicas=replicas,
     )
     return s.request(req, m.SnapshotCommitted).id
 
@@ -239,6 +240,33 @@ def test_get_pins_a_snapshots_chunks_so_a_backup_reusing_them_commits_after_a_fo
         child = commit(s, got["m"], [got["a"]], when=2000.0)  # reusing every chunk
         assert [e.id for e in snapshots(s)] == [child]
         assert all(anywhere(gc, sha) for sha in blobs(got["a"], got["m"]))
+
+
+def test_a_snapshot_wanting_more_copies_gets_them(gc: StubCluster, tmp_path: Path) -> None:
+    with gc.session(amqp_url=ALICE) as s:
+        got = store(s, tmp_path, {"a": os.urandom(100_000), "m": b"m" * 99})  # 2 copies each
+        commit(s, got["m"], [got["a"]], replicas=3)
+    everywhere = blobs(got["a"], got["m"])
+    wait_for(
+        lambda: all(holds_blob(gc, w, sha) for w in gc.workers for sha in everywhere),
+        what="a third copy of every blob",
+    )
+
+
+def test_a_blob_marked_garbage_then_used_by_a_new_snapshot_is_unmarked(
+    gc: StubCluster, tmp_path: Path
+) -> None:
+    """Forgotten (its pins run out: marked garbage), then used again by a snapshot at once:
+    the mark goes at the next look, and no blob leaves."""
+    with gc.session(amqp_url=ALICE) as s:
+        got = store(s, tmp_path, {"a": os.urandom(100_000), "m": b"m" * 99})
+        old = commit(s, got["m"], [got["a"]])
+        time.sleep(1.0)  # the commit's pins have run out
+        forget(s, old)
+        assert rows(gc, "garbage") == len(blobs(got["a"], got["m"]))
+        commit(s, got["m"], [got["a"]], when=2000.0)
+    wait_for(lambda: rows(gc, "garbage") == 0, timeout=5, what="the marks to go")
+    assert all(anywhere(gc, sha) for sha in blobs(got["a"], got["m"]))
 
 
 def rebuild(c: StubCluster) -> None:
