@@ -28,6 +28,7 @@ from tests.stubcluster import FAST, StubCluster, holds_blob, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Unavailable, WarrenError
 from warren.sealing import Sealer
+from warren.topology import worker_control
 from worker.records import append_records
 
 ALICE, BOB = user_url("alice"), user_url("bob")
@@ -245,6 +246,7 @@ def test_get_pins_a_snapshots_chunks_so_a_backup_reusing_them_commits_after_a_fo
 def test_a_snapshot_wanting_more_copies_gets_them(gc: StubCluster, tmp_path: Path) -> None:
     with gc.session(amqp_url=ALICE) as s:
         got = store(s, tmp_path, {"a": os.urandom(100_000), "m": b"m" * 99})  # 2 copies each
+        time.sleep(1.5)  # the manager has looked at the blobs just stored: enough copies
         commit(s, got["m"], [got["a"]], replicas=3)
     everywhere = blobs(got["a"], got["m"])
     wait_for(
@@ -302,6 +304,39 @@ def test_a_rebuilt_catalog_has_the_snapshots_and_not_the_forgotten_ones(
         # Its blobs are alice's chunks again: a new snapshot may use them.
         commit(s, got["m2"], [got["a"]], when=3000.0)
     assert rows(stub, "snapshot_chunks") == 2 * len(blobs(got["a"], got["m2"]))
+
+
+def test_snapshot_requests_wait_while_the_manager_catches_up(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    """A rebuilt manager one live worker has not reported to yet turns every snapshot
+    request away (a listing or a forget would miss the snapshots only the workers know)."""
+    with stub.session(amqp_url=ALICE) as s:
+        got = store(s, tmp_path, {"a": os.urandom(10_000), "m": b"m" * 99})
+        sid = commit(s, got["m"], [got["a"]])
+    stub.broker.intercept = lambda msg: (
+        [] if msg.type == m.Inventory.TYPE and msg.sender.startswith("warren worker w1") else [msg]
+    )
+    before = len(stub.broker.published)
+    rebuild(stub)
+    # Until a worker's heartbeat, the rebuilt manager knows of no live worker to wait for:
+    # wait until it has asked w1 for its records (it knows w1 alive, then).
+    wait_for(
+        lambda: any(
+            msg.type == m.ReportRequest.TYPE and msg.queue == worker_control("w1")
+            for msg in stub.broker.published[before:]
+        ),
+        what="the rebuilt manager to ask w1",
+    )
+    with stub.session(amqp_url=ALICE, request_timeout=3.0) as s:
+        for ask in (
+            lambda: snapshots(s),
+            lambda: get(s, sid),
+            lambda: commit(s, got["m"], [got["a"]]),
+            lambda: forget(s, sid),
+        ):
+            with pytest.raises(Unavailable, match="catching up"):
+                ask()
 
 
 def test_a_snapshot_record_a_worker_forged_is_not_taken(stub: StubCluster, tmp_path: Path) -> None:
