@@ -190,15 +190,25 @@ class SnapshotStore:
                 known = self.db.execute(
                     "SELECT 1 FROM snapshots_forgotten WHERE owner=? AND id=?", (r.owner, r.id)
                 ).fetchone()
-                if known is not None or len(r.chunks) != len(r.sizes):
+                if known is not None or len(r.chunks) != len(r.sizes) or not self._insert(r):
                     continue
-                added += self._insert(r)
+                added += 1
+                # Its blobs are the owner's again (a rebuilt catalog has no chunks yet),
+                # wanted on as many workers as the snapshot asked, not pinned.
+                self.db.executemany(
+                    "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO "
+                    "UPDATE SET wanted=MAX(wanted, excluded.wanted)",
+                    [
+                        (r.owner, sha, size, r.wanted, 0.0)
+                        for sha, size in zip(r.chunks, r.sizes, strict=True)
+                    ],
+                )
         return added, removed
 
     def _insert(self, r: SnapshotRecord) -> int:
-        """The rows of a snapshot, its blobs the owner's again (a rebuilt catalog has no
-        chunks yet); 0 if it was known. A blob of it already marked as garbage stays marked:
-        ``garbage_due`` looks again before anything is deleted, and finds it used."""
+        """The rows of a snapshot; 0 if it was known. A blob of it already marked as garbage
+        stays marked: ``garbage_due`` looks again before anything is deleted, and finds it
+        used."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO snapshots VALUES (?,?,?,?,?,?,?,?,?)",
             (
@@ -218,14 +228,6 @@ class SnapshotStore:
         self.db.executemany(
             "INSERT OR IGNORE INTO snapshot_chunks VALUES (?,?,?)",
             [(r.owner, r.id, sha) for sha in r.chunks],
-        )
-        self.db.executemany(
-            "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO "
-            "UPDATE SET wanted=MAX(wanted, excluded.wanted)",
-            [
-                (r.owner, sha, size, r.wanted, 0.0)
-                for sha, size in zip(r.chunks, r.sizes, strict=True)
-            ],
         )
         return 1
 
