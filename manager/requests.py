@@ -87,7 +87,7 @@ class Answers:
             m.StatusRequest: self._status,
         }
         self._handlers.update(KeyAnswers(catalog, outbox).handlers())
-        self._handlers.update(SnapshotAnswers(catalog, outbox).handlers())
+        self._handlers.update(SnapshotAnswers(catalog, outbox, health.suspect).handlers())
 
     def on_request(self, d: Delivery) -> None:
         if not d.reply_to:

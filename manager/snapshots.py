@@ -190,14 +190,25 @@ class SnapshotStore:
                 known = self.db.execute(
                     "SELECT 1 FROM snapshots_forgotten WHERE owner=? AND id=?", (r.owner, r.id)
                 ).fetchone()
-                if known is not None or len(r.chunks) != len(r.sizes):
+                if known is not None or len(r.chunks) != len(r.sizes) or not self._insert(r):
                     continue
-                added += self._insert(r)
+                added += 1
+                # Its blobs are the owner's again (a rebuilt catalog has no chunks yet),
+                # wanted on as many workers as the snapshot asked, not pinned.
+                self.db.executemany(
+                    "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO "
+                    "UPDATE SET wanted=MAX(wanted, excluded.wanted)",
+                    [
+                        (r.owner, sha, size, r.wanted, 0.0)
+                        for sha, size in zip(r.chunks, r.sizes, strict=True)
+                    ],
+                )
         return added, removed
 
     def _insert(self, r: SnapshotRecord) -> int:
-        """The rows of a snapshot, its blobs the owner's again (a rebuilt catalog has no
-        chunks yet) and out of the garbage; 0 if it was known."""
+        """The rows of a snapshot; 0 if it was known. A blob of it already marked as garbage
+        stays marked: ``garbage_due`` looks again before anything is deleted, and finds it
+        used."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO snapshots VALUES (?,?,?,?,?,?,?,?,?)",
             (
@@ -218,15 +229,6 @@ class SnapshotStore:
             "INSERT OR IGNORE INTO snapshot_chunks VALUES (?,?,?)",
             [(r.owner, r.id, sha) for sha in r.chunks],
         )
-        self.db.executemany(
-            "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO "
-            "UPDATE SET wanted=MAX(wanted, excluded.wanted)",
-            [
-                (r.owner, sha, size, r.wanted, 0.0)
-                for sha, size in zip(r.chunks, r.sizes, strict=True)
-            ],
-        )
-        self.db.executemany("DELETE FROM garbage WHERE sha256=?", [(sha,) for sha in r.chunks])
         return 1
 
     def _remove(self, g: SnapshotGone, now: float) -> int:
@@ -263,10 +265,18 @@ class SnapshotStore:
 class SnapshotAnswers:
     """The manager's answers to snapshot requests (registered in ``manager/requests.py``)."""
 
-    def __init__(self, catalog: Catalogued, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        catalog: Catalogued,
+        outbox: Outbox,
+        suspect: Callable[[set[str]], None] = lambda _shas: None,
+    ) -> None:
+        """``suspect``: blobs that may now have fewer live copies than wanted (a snapshot
+        may want more than its chunks were stored with): ``Health.suspect``."""
         self.store = SnapshotStore(catalog)
         self.catalog = catalog
         self.outbox = outbox
+        self.suspect = suspect
 
     def handlers(self) -> dict[type[m.Message], Callable[[Any, Any], m.Message]]:
         return {
@@ -279,6 +289,7 @@ class SnapshotAnswers:
     def _commit(self, req: m.SnapshotCommit, a: Owned) -> m.SnapshotCommitted:
         record = self.store.commit(a.owner, req, time.time())
         self._to_workers([record])
+        self.suspect(set(record.chunks))
         log.info(
             "snapshot: %s recorded %s of %s (%d chunks)",
             a.owner,
