@@ -105,6 +105,14 @@ FILE_NAME = st.text(
     min_size=1,
     max_size=20,
 )
+# A host name or a tag: printable text, spaces allowed.
+LABEL = st.text(
+    st.characters(exclude_categories=["C", "Z"]) | st.just(" "),
+    max_size=20,
+)
+BASE64 = st.binary(min_size=1, max_size=120).map(lambda b: base64.b64encode(b).decode())
+# Lists that are never empty: a chain of workers, the snapshots to forget, a manifest.
+NOT_EMPTY = ("chain", "ids", "manifest")
 
 
 def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
@@ -112,7 +120,7 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(hint)
     if origin is tuple:
         (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        size = (1, 3) if field == "chain" else (0, 3)
+        size = (1, 3) if field in NOT_EMPTY else (0, 3)
         unique = field == "chain"
         return st.lists(
             strategy_for(field, item), min_size=size[0], max_size=size[1], unique=unique
@@ -136,10 +144,14 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
         return WORKER
     if field in ("name", "names", "prefix", "after"):
         return FILE_NAME
-    if field == "id":  # an owner key's id
+    if field in ("id", "ids"):  # an owner key's id, or a snapshot's
         return HEX16
-    if field == "wrapped":  # a wrapped owner key, as base64 text
-        return st.binary(min_size=1, max_size=120).map(lambda b: base64.b64encode(b).decode())
+    if field == "chunks":  # the blobs a snapshot uses (a file's chunks are ChunkRefs)
+        return HEX64
+    if field in ("wrapped", "meta"):  # a wrapped owner key, a snapshot's sealed paths
+        return BASE64
+    if field in ("host", "tags"):
+        return LABEL
     return st.text(max_size=20)
 
 

@@ -25,7 +25,7 @@ PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
 
 SHA = "ab" * 32
 UID = "cd" * 16
-KEY = "0123456789abcdef"  # an owner key's id
+KEY = "0123456789abcdef"  # an owner key's id, or a snapshot's
 
 
 def wire(text: str) -> bytes:
@@ -293,6 +293,45 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
     ),
     (m.KeyRemove(id=KEY), wire('{"id":"<KEY>"}')),
     (m.KeyRemoved(id=KEY), wire('{"id":"<KEY>"}')),
+    (
+        m.SnapshotCommit(
+            time=1.5,
+            host="laptop",
+            tags=("daily",),
+            meta="AbC=",
+            manifest=(m.ChunkRef(SHA, 40, 3),),
+            chunks=(SHA,),
+            replicas=2,
+            client="c1",
+        ),
+        wire(
+            '{"time":1.5,"host":"laptop","tags":["daily"],"meta":"AbC=",'
+            '"manifest":[{"sha256":"<SHA>","size":40,"plain":3}],"chunks":["<SHA>"],'
+            '"replicas":2,"client":"c1"}'
+        ),
+    ),
+    (m.SnapshotCommitted(id=KEY), wire('{"id":"<KEY>"}')),
+    (m.SnapshotsRequest(), wire("{}")),
+    (
+        # A listing leaves each manifest out: only snapshot.got carries it.
+        m.SnapshotsReply(snapshots=(m.SnapshotEntry(KEY, 1.5, "laptop", ("daily",), "AbC="),)),
+        wire(
+            '{"snapshots":[{"id":"<KEY>","time":1.5,"host":"laptop","tags":["daily"],'
+            '"meta":"AbC=","manifest":[]}]}'
+        ),
+    ),
+    (m.SnapshotGet(id=KEY), wire('{"id":"<KEY>"}')),
+    (
+        m.SnapshotGot(
+            snapshot=m.SnapshotEntry(KEY, 1.5, "laptop", (), "AbC=", (m.ChunkRef(SHA, 40, 3),))
+        ),
+        wire(
+            '{"snapshot":{"id":"<KEY>","time":1.5,"host":"laptop","tags":[],"meta":"AbC=",'
+            '"manifest":[{"sha256":"<SHA>","size":40,"plain":3}]}}'
+        ),
+    ),
+    (m.ForgetRequest(ids=(KEY,)), wire('{"ids":["<KEY>"]}')),
+    (m.Forgotten(ids=(KEY,)), wire('{"ids":["<KEY>"]}')),
 ]
 
 
