@@ -324,8 +324,8 @@ class Catalog(Holdings):
         self, owner: str, chunks: list[tuple[str, int]], wanted: int, now: float
     ) -> None:
         """``owner``'s chunks (sha256, size as stored), stored or found stored just now:
-        pinned for ``RESERVE_FOR`` seconds, so garbage collection leaves them alone while
-        the upload that needs them goes on to commit them."""
+        pinned for ``pin_for`` seconds (WARREN_UPLOAD_EXPIRY), so garbage collection leaves
+        them alone while the upload that needs them goes on to commit them."""
         self.db.executemany(
             "INSERT INTO chunks VALUES (?,?,?,?,?) ON CONFLICT(owner, sha256) DO UPDATE SET "
             "pinned=excluded.pinned, wanted=MAX(wanted, excluded.wanted)",

@@ -22,6 +22,10 @@ from warren.messages import BlobEntry, ChunkRef, VersionKey, VersionRecord, Work
 # out everyone else's uploads; what it did store counts as stored bytes.
 RESERVE_FOR = 600.0
 
+# A chunk an upload stored, or was told is stored, is kept from garbage collection this
+# long for the upload to commit it (a version or a snapshot then keeps it). The manager sets
+# ``Holdings.pin_for`` to WARREN_UPLOAD_EXPIRY: as long as an unfinished upload may last.
+
 # An upload's state in the catalog.
 PENDING = "pending"
 COMPLETE = "complete"
@@ -44,6 +48,7 @@ class Holdings:
     # The workers table as last read: placing a pack asks who is alive for every file in
     # it, and only a heartbeat changes the table (worker_seen forgets this).
     _worker_rows: list[tuple[str, float, int, int, int]] | None = None
+    pin_for: float = RESERVE_FOR  # see above: the manager sets WARREN_UPLOAD_EXPIRY
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -303,8 +308,8 @@ class Holdings:
 
     def _unused(self, sha256: str, now: float | None = None) -> bool:
         """No version and no snapshot uses this blob, no owner stored (or was told it holds)
-        it within ``RESERVE_FOR`` seconds, and no upload of it is in flight."""
-        pinned = (time.time() if now is None else now) - RESERVE_FOR
+        it within ``pin_for`` seconds, and no upload of it is in flight."""
+        pinned = (time.time() if now is None else now) - self.pin_for
         return (
             self.db.execute(
                 "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
@@ -378,7 +383,7 @@ class Holdings:
             "SELECT DISTINCT c.sha256 FROM chunks c WHERE c.pinned<=? AND c.pinned>? AND NOT "
             "EXISTS (SELECT 1 FROM version_chunks v WHERE v.sha256=c.sha256) AND NOT EXISTS "
             "(SELECT 1 FROM garbage g WHERE g.sha256=c.sha256)",
-            (now - RESERVE_FOR, since - RESERVE_FOR if since else -1.0),
+            (now - self.pin_for, since - self.pin_for if since else -1.0),
         ).fetchall()
         with self.db:
             self.db.execute("BEGIN")

@@ -47,6 +47,14 @@ from warren.transport import Connect, Delivery, Transport
 
 log = logging.getLogger("warren.manager")
 
+
+def pin_for(settings: Settings) -> float:
+    """How long the chunks an upload stored wait for its commit (a version or a snapshot
+    then keeps them): as long as an unfinished upload may last (WARREN_UPLOAD_EXPIRY), so a
+    backup of many hours commits what it stored in its first minutes."""
+    return settings.upload_expiry
+
+
 # Chunks stored for uploads that never committed them are looked for this often (seconds).
 STALE_PASS = 60.0
 
@@ -58,6 +66,7 @@ class Manager:
         self.stop = stop
         data_dir = Path(settings.data_dir or ".")
         self.catalog = Catalog(data_dir / "catalog.sqlite3", settings.dead_after)
+        self.catalog.pin_for = pin_for(settings)
         self.repairs = Repairs(settings.repair_concurrency)
         self.term = Term(settings.dead_after)
         self.health = Health(self.catalog, self.repairs)

@@ -134,8 +134,8 @@ class SnapshotStore:
 
     def get(self, owner: str, sid: str, now: float) -> m.SnapshotEntry:
         """One of ``owner``'s snapshots with its manifest; every blob it uses is pinned for
-        ``RESERVE_FOR`` seconds, so a backup taking it as its parent may reuse them while
-        another client forgets it (one indexed pass over this snapshot's blobs)."""
+        ``pin_for`` seconds (WARREN_UPLOAD_EXPIRY), so a backup taking it as its parent may
+        reuse them while another client forgets it (one indexed pass over its blobs)."""
         row = self.db.execute(
             "SELECT id, time, host, tags, meta, manifest, wanted FROM snapshots "
             "WHERE owner=? AND id=?",

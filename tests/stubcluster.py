@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from rich.console import Console
 
 from client import keys_cmd
 from client.session import Session
+from manager import holdings, service
 from manager.service import Manager
 from warren import messages as m
 from warren.config import Settings
@@ -252,3 +254,17 @@ def place_blob(s: Session, size: int, sha256: str, replicas: int = 2) -> m.Uploa
     req = m.PackRequest((m.PackFile("", size, sha256),), replicas, "tester", chunks=True)
     acc = s.request(req, m.PackAccepted)
     return m.UploadAccepted(acc.upload_ids[0], acc.chain, s.settings.chunk_size)
+
+
+def short_pins(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, c: StubCluster | None = None
+) -> None:
+    """Chunks an upload stored wait for its commit for WARREN_UPLOAD_EXPIRY (a day), and are
+    looked for every STALE_PASS (60 s) once their pin runs out: ``seconds`` and a fifth of a
+    second here (for managers started from now on, and those of ``c``), so what is deleted
+    goes within the test. Quota reservations (RESERVE_FOR) run out as soon."""
+    monkeypatch.setattr(holdings, "RESERVE_FOR", seconds)
+    monkeypatch.setattr(service, "pin_for", lambda _settings: seconds)
+    monkeypatch.setattr(service, "STALE_PASS", 0.2)
+    for manager in c.managers.values() if c is not None else ():
+        manager.catalog.pin_for = seconds

@@ -21,9 +21,8 @@ from client.args import build_parser
 from client.cli import App
 from client.outcomes import Progress, UploadResult
 from client.session import Session
-from manager import holdings, service
 from manager.holdings import COMPLETE
-from tests.stubcluster import FAST, StubCluster, wait_for
+from tests.stubcluster import FAST, StubCluster, short_pins, wait_for
 from warren import chunkseal
 from warren import messages as m
 from warren.errors import NotFound, Refused, WarrenError
@@ -37,20 +36,12 @@ BOB = "amqp://bob:secret@localhost:5672/%2F"
 
 @pytest.fixture
 def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StubCluster]:
-    short_pins(monkeypatch)
+    short_pins(monkeypatch, 1.0)
     c = StubCluster(tmp_path, GC)
     try:
         yield c.start(4)
     finally:
         c.stop_all()
-
-
-def short_pins(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks stored for an upload are kept from garbage collection for RESERVE_FOR
-    seconds (600) whether or not a version came to use them, and looked for every
-    STALE_PASS (60): a second and a fifth here, so what is deleted goes within the test."""
-    monkeypatch.setattr(holdings, "RESERVE_FOR", 1.0)
-    monkeypatch.setattr(service, "STALE_PASS", 0.2)
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -432,7 +423,7 @@ def test_an_abandoned_upload_leaves_no_partial_data(
 ) -> None:
     """The chunks an upload stored and never committed go as garbage once their pin
     (RESERVE_FOR) and gc_delay have passed."""
-    short_pins(monkeypatch)
+    short_pins(monkeypatch, 1.0)
     c = StubCluster(tmp_path, dataclasses.replace(GC, upload_expiry=3.0))
     try:
         c.start(4)

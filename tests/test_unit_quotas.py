@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from client.outcomes import Progress, UploadResult
-from manager import holdings, service
+from manager import holdings
 from manager.catalog import Catalog, Upload
 from manager.holdings import PENDING
 from manager.users import main as users_main
-from tests.stubcluster import FAST, StubCluster, file_chunks, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, file_chunks, short_pins, user_url, wait_for
 from warren import messages as m
 from warren.errors import EXIT_USAGE, Refused
 from warren.sizes import parse_size
@@ -59,8 +59,7 @@ def test_an_upload_past_the_quota_is_refused_before_a_byte_is_sent(
     gc_users: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     users = gc_users
-    monkeypatch.setattr(holdings, "RESERVE_FOR", 1.0)  # a deleted file's chunks go soon
-    monkeypatch.setattr(service, "STALE_PASS", 0.2)
+    short_pins(monkeypatch, 1.0, gc_users)  # a deleted file's chunks go soon
     # Given Alice with 300 KiB of quota and a 100 KiB file stored twice (200 KiB)
     set_quota(users, "alice", 300 * KIB)
     first, second = os.urandom(100 * KIB), os.urandom(100 * KIB)

@@ -24,7 +24,7 @@ import pytest
 from client.outcomes import Progress, UploadResult
 from client.session import Session
 from manager.records import _SNAPSHOT, _SNAPSHOT_GONE, SnapshotGone, SnapshotRecord
-from tests.stubcluster import FAST, StubCluster, holds_blob, user_url, wait_for
+from tests.stubcluster import FAST, StubCluster, holds_blob, short_pins, user_url, wait_for
 from warren import messages as m
 from warren.errors import NotFound, Unavailable, WarrenError
 from warren.sealing import Sealer
@@ -40,7 +40,7 @@ GC = dataclasses.replace(FAST, gc_delay=0.5)
 def gc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StubCluster]:
     """A cluster whose garbage goes in half a second, and whose pins (a stored chunk not
     committed yet, a snapshot.get) last half a second."""
-    monkeypatch.setattr("manager.holdings.RESERVE_FOR", 0.5)
+    short_pins(monkeypatch, 0.5)
     c = StubCluster(tmp_path, GC)
     try:
         yield c.start(3)
@@ -230,7 +230,7 @@ def test_forget_gives_space_back_but_keeps_what_others_use(gc: StubCluster, tmp_
 def test_get_pins_a_snapshots_chunks_so_a_backup_reusing_them_commits_after_a_forget(
     gc: StubCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("manager.holdings.RESERVE_FOR", 3.0)
+    short_pins(monkeypatch, 3.0, gc)
     with gc.session(amqp_url=ALICE) as s:
         got = store(s, tmp_path, {"a": os.urandom(100_000), "m": os.urandom(500)})
         parent = commit(s, got["m"], [got["a"]])
