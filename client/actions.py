@@ -10,18 +10,25 @@ questions, flags and output formats.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import datetime
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
+from rich.table import Table
 
+from client import backup as bk
 from client.localfiles import expand
 from client.outcomes import DownloadResult, UploadResult
 from client.outcomes import Progress as ProgressHooks
-from client.render import BatchProgress, RichProgress, status_summary, workers_table
+from client.render import BatchProgress, RichProgress, human_size, status_summary, workers_table
 from client.session import Session
+from client.snaprestore import TreeRestorer
+from client.snapshot import select
 from warren.errors import WarrenError
 from warren.messages import StatusReply
 
@@ -104,3 +111,120 @@ def show_status(out: Console, st: StatusReply) -> None:
     """The workers' table and the line under it."""
     out.print(workers_table(st))
     out.print(status_summary(st))
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+def take_snapshot(
+    session: Session,
+    paths: list[Path],
+    replicas: int,
+    progress: bk.BackupProgress,
+    tags: Sequence[str] = (),
+    host: str | None = None,
+    excludes: Sequence[str] = (),
+) -> bk.Summary:
+    """One snapshot of ``paths``, recorded under this machine's name unless ``host`` is
+    given: the menu and ``backup`` must name the host alike, or neither would find the
+    other's snapshot as the parent and every file would be read again."""
+    host = host or socket.gethostname()
+    return bk.backup(session, paths, replicas, list(tags), host, list(excludes), progress)
+
+
+class BackupBars(bk.BackupProgress):
+    """A backup's progress on a terminal: one bar for the bytes read (when ``bars``), and
+    each warning or failed file said on ``err`` as it happens, so a long backup never
+    keeps a problem until its end."""
+
+    def __init__(self, err: Console, bars: Progress | None) -> None:
+        self.err = err
+        self.bars = bars
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> BackupBars:
+        if self.bars is not None:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"warning: {text}", style="yellow", markup=False)
+
+    def failed(self, path: str, error: WarrenError) -> None:
+        self.err.print(f"error: {path}: {error}", style="red", markup=False)
+
+    def status(self, files_done: int, files_total: int, bytes_done: int, total: int) -> None:
+        if self.bars is None:
+            return
+        label = f"{files_done} of {files_total} files"
+        if self.task is None:
+            self.task = self.bars.add_task(label, total=total)
+        self.bars.update(self.task, description=label, completed=bytes_done)
+
+
+def snapshot_summary(s: bk.Summary) -> str:
+    """The short form of a backup's outcome: which snapshot, what was read, what was sent."""
+    return (
+        f"snapshot {s.snapshot_id[:8]} saved: {s.files_new} new, {s.files_changed} changed, "
+        f"{s.files_unmodified} unmodified files; {human_size(s.bytes_sent)} sent"
+    )
+
+
+def snapshot_time(t: float) -> str:
+    """A snapshot's time as restic prints it, in local time."""
+    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def snapshot_paths(s: bk.Listed) -> list[str]:
+    """Its paths; none means its meta is sealed with another owner's key, which is said."""
+    return list(s.paths) or ["(sealed with another key)"]
+
+
+def snapshots_table(snaps: Sequence[bk.Listed]) -> Table:
+    """The snapshots as ``snapshots`` shows them, oldest first as given."""
+    table = Table()
+    for col in ("ID", "Time", "Host", "Tags", "Paths"):
+        table.add_column(col, overflow="fold")
+    for s in snaps:
+        table.add_row(
+            s.id[:8],
+            snapshot_time(s.entry.time),
+            escape(s.entry.host),
+            escape(",".join(s.entry.tags)),
+            escape("\n".join(snapshot_paths(s))),
+        )
+    return table
+
+
+@dataclass
+class Restored:
+    """What a snapshot's restore wrote, and the entries it could not (each said apart)."""
+
+    snapshot: bk.Listed
+    target: Path
+    files: int
+    errors: list[tuple[str, WarrenError]] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        return f"restored {self.files} files of snapshot {self.snapshot.id[:8]} to {self.target}"
+
+
+def restore_snapshot(
+    session: Session,
+    snap: bk.Listed,
+    target: Path,
+    sub: str = "",
+    includes: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+) -> Restored:
+    """A snapshot (or the part of it under ``sub``, matching the patterns) written under
+    ``target``; nothing there is overwritten, and an entry that fails lets the rest go on."""
+    manifest = bk.load_manifest(session, session.owner_keys(), snap)
+    picked = select(manifest, sub, list(includes), list(excludes))
+    restorer = TreeRestorer(session, target)
+    restorer.run(picked)
+    return Restored(snap, target, restorer.files, restorer.errors)

@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.markup import escape
 
 from client import actions
+from client import backup as bk
 from client.keys import (
     CSI,
     Keyboard,
@@ -92,6 +93,9 @@ class Menu:
             (Entry("list stored files", "and the workers holding them"), self.list),
             (Entry("versions of a file", "list them, restore an older one"), self.versions),
             (Entry("delete a file", "one version or all of them"), self.delete),
+            (Entry("back up a folder", "a snapshot of it, unchanged files not sent"), self.backup),
+            (Entry("snapshots", "the list, oldest first"), self.snapshots),
+            (Entry("restore a snapshot", "the whole of it, into a folder"), self.restore_snapshot),
             (Entry("cluster status", "workers, free space, repairs"), self.status),
             (Entry("quit"), None),
         ]
@@ -271,14 +275,18 @@ class Menu:
         if picked < len(DEMOS):
             self.upload(DEMO_DIR / DEMOS[picked][0])
 
-    def upload_path(self) -> None:
+    def ask_path(self, what: str) -> Path | None:
+        """A path typed (Tab completes it where readline exists), or None for back."""
         hint = ", Tab completes" if self.readline else ""
-        text = self.ask(f"file or folder to upload [dim](empty goes back{hint})[/]: ").strip()
+        text = self.ask(f"{what} [dim](empty goes back{hint})[/]: ").strip()
         if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
             text = text[1:-1]  # pasted with the quotes a shell would need
-        if not text:
+        return Path(text).expanduser() if text else None
+
+    def upload_path(self) -> None:
+        path = self.ask_path("file or folder to upload")
+        if path is None:
             return
-        path = Path(text).expanduser()
         if path.is_dir() and not path.is_symlink():
             self.upload_folder(path)
         else:
@@ -398,6 +406,61 @@ class Menu:
             self.session, name, dest, self.chatter, bars, overwrite=overwrite, version=version
         )
         self.out.print(download_summary(result), soft_wrap=True)
+
+    def backup(self) -> None:
+        """A snapshot of one folder, as ``backup FOLDER`` takes it (same host, so the
+        command's snapshots are its parents and the other way round)."""
+        folder = self.ask_path("folder to back up")
+        if folder is None:
+            return
+        if not folder.is_dir():
+            raise errors.UsageError(f"{folder} is not a folder.")
+        self.ensure_connected()
+        progress = actions.BackupBars(self.err, None if self.quiet else transfer_bars(self.out))
+        with progress:
+            summary = actions.take_snapshot(self.session, [folder], REPLICAS, progress)
+        self.out.print(escape(actions.snapshot_summary(summary)), soft_wrap=True)
+        if summary.failed:
+            self.err.print(
+                f"error: the snapshot is incomplete: {len(summary.failed)} files could not "
+                "be stored and are not in it.",
+                style="red",
+                markup=False,
+            )
+
+    def snapshots(self) -> None:
+        snaps = bk.list_snapshots(self.session, self.session.owner_keys())
+        self.out.print(actions.snapshots_table(snaps))
+        self.out.print(f"{len(snaps)} snapshots")
+
+    def restore_snapshot(self) -> None:
+        """One snapshot, picked from the list, restored whole into a folder (which must
+        not already hold what it restores: a restore never overwrites)."""
+        snaps = bk.list_snapshots(self.session, self.session.owner_keys())
+        if not snaps:
+            self.out.print("[yellow]There are no snapshots yet: back up a folder first.[/]")
+            return
+        entries = [
+            Entry(
+                s.id[:8],
+                f"{actions.snapshot_time(s.entry.time)}, {s.entry.host}, "
+                + ", ".join(actions.snapshot_paths(s)),
+            )
+            for s in snaps
+        ]
+        picked = self.choose("Restore which snapshot?", [*entries, Entry("back")], len(snaps) - 1)
+        if picked == len(snaps):
+            return
+        target = self.ask_path("restore into folder")
+        if target is None:
+            return
+        self.ensure_connected()
+        with self.out.status("restoring ..."):
+            done = actions.restore_snapshot(self.session, snaps[picked], target)
+        for rel, exc in done.errors:
+            self.err.print(f"error: {rel}: {exc}", style="red", markup=False)
+        colour = "red" if done.errors else "green"
+        self.out.print(f"[{colour}]{escape(done.sentence())}[/]", soft_wrap=True)
 
     def list(self) -> None:
         self.out.print(files_table(self.session.files()))

@@ -7,22 +7,18 @@ commands and output, so its users feel at home. Their arguments (``define``, cal
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from client import actions
 from client import backup as bk
 from client.render import human_size
 from client.session import Session
-from client.snaprestore import TreeRestorer
 from client.snapshot import DIR, Manifest, diff, select
 from warren import errors, retention
 from warren.errors import UsageError, WarrenError
@@ -108,10 +104,6 @@ def run(app: Printer, args: argparse.Namespace, session: Session) -> int:
     }[args.command](app, args, session)
 
 
-def _when(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
 class _Status(bk.BackupProgress):
     def __init__(self, app: Printer) -> None:
         self.app = app
@@ -141,8 +133,9 @@ class _Status(bk.BackupProgress):
 
 
 def do_backup(app: Printer, args: argparse.Namespace, session: Session) -> int:
-    host = args.host or socket.gethostname()
-    s = bk.backup(session, args.paths, args.replicas, args.tag, host, args.exclude, _Status(app))
+    s = actions.take_snapshot(
+        session, args.paths, args.replicas, _Status(app), args.tag, args.host, args.exclude
+    )
     if app.json:
         app.emit(s.json())
     else:
@@ -171,16 +164,7 @@ def do_snapshots(app: Printer, args: argparse.Namespace, session: Session) -> in
     if args.json:
         print(json.dumps([s.json() for s in snaps], ensure_ascii=False, indent=2))
         return errors.EXIT_OK
-    table = Table()
-    for col in ("ID", "Time", "Host", "Tags", "Paths"):
-        table.add_column(col, overflow="fold")
-    for s in snaps:
-        paths = "\n".join(s.paths) if s.paths else "(sealed with another key)"
-        tags = ",".join(s.entry.tags)
-        table.add_row(
-            s.id[:8], _when(s.entry.time), escape(s.entry.host), escape(tags), escape(paths)
-        )
-    app.out.print(table)
+    app.out.print(actions.snapshots_table(snaps))
     app.out.print(f"{len(snaps)} snapshots")
     return errors.EXIT_OK
 
@@ -212,7 +196,8 @@ def do_ls(app: Printer, args: argparse.Namespace, session: Session) -> int:
             app.emit(node)
         return errors.EXIT_OK
     app.out.print(
-        f"snapshot {snap.id[:8]} of {list(snap.paths)} at {_when(snap.entry.time)}:",
+        f"snapshot {snap.id[:8]} of {list(snap.paths)} at "
+        f"{actions.snapshot_time(snap.entry.time)}:",
         markup=False,
         highlight=False,
     )
@@ -242,18 +227,12 @@ def do_diff(app: Printer, args: argparse.Namespace, session: Session) -> int:
 
 def do_restore(app: Printer, args: argparse.Namespace, session: Session) -> int:
     spec, _, sub = args.snapshot.partition(":")
-    snap, manifest = _load(session, spec)
-    picked = select(manifest, sub, args.include, args.exclude)
-    restorer = TreeRestorer(session, args.target)
-    restorer.run(picked)
-    for rel, exc in restorer.errors:
+    snap = bk.resolve(bk.list_snapshots(session, session.owner_keys()), spec)
+    done = actions.restore_snapshot(session, snap, args.target, sub, args.include, args.exclude)
+    for rel, exc in done.errors:
         app.err.print(f"error: {rel}: {exc}", markup=False)
-    app.out.print(
-        f"restored {restorer.files} files of snapshot {snap.id[:8]} to {args.target}",
-        markup=False,
-        highlight=False,
-    )
-    return restorer.errors[0][1].exit_code if restorer.errors else errors.EXIT_OK
+    app.out.print(done.sentence(), markup=False, highlight=False)
+    return done.errors[0][1].exit_code if done.errors else errors.EXIT_OK
 
 
 def policy_of(args: argparse.Namespace) -> retention.Policy:

@@ -106,8 +106,9 @@ def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
     screen = open_menu(cluster.env(), tmp_path)
     screen.expect("4 of 4 workers alive", MAIN_MENU)
 
-    # When they choose "upload a demo file" and then the text, by number
-    screen.send("1")
+    # When they choose "upload a demo file" and then the text, by number ("1" waits for a
+    # second digit among 11 entries, so Enter)
+    screen.send("1" + ENTER)
     screen.expect("Which demo file?", "notes.txt", "picture.png", "chime.wav")
     screen.send("1")
 
@@ -137,7 +138,7 @@ def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
 
     # When they quit
     screen.expect(MAIN_MENU)
-    screen.send("8")
+    screen.send("11")
 
     # Then the program ends with success and leaves the terminal as it found it
     status, modes = screen.exit_status()
@@ -148,7 +149,7 @@ def test_a_newcomer_backs_up_the_demo_text_and_gets_it_back(
 
 @pytest.mark.parametrize(
     ("keys", "waiting_for"),
-    [("", "1–8 pick"), ("2", "file or folder to upload")],
+    [("", "1–11 pick"), ("2", "file or folder to upload")],
     ids=["in the main menu", "at a path prompt"],
 )
 def test_ctrl_c_leaves_at_once_and_cleanly(
@@ -349,9 +350,9 @@ def test_a_wrong_key_says_so_and_yes_no_takes_a_line(cluster: Cluster, tmp_path:
     # When they press a key the menu has no use for
     screen.send("z")
     # Then it says which keys there are, and nothing is chosen
-    screen.expect("'z' is not a choice here", "1–8")
-    screen.send("9")
-    screen.expect("there is no entry 9")
+    screen.expect("'z' is not a choice here", "1–11")
+    screen.send("0")
+    screen.expect("there is no entry 0")
 
     # When they download onto the existing file and answer the question with a stray key
     screen.send("3")
