@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install rabbitmq up down status cluster-up cluster-down test unit lint typecheck check bench soak clean compose-test mutants
+.PHONY: install rabbitmq restic up down status cluster-up cluster-down test unit lint typecheck check bench bench-restic soak clean compose-test mutants
 
 install: $(STAMP) rabbitmq
 
@@ -80,8 +80,20 @@ mutants: $(STAMP)
 	$(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
 	$(VENV)/bin/mutmut results
 
+# `make bench` ends with bench-restic's table, appended to bench/results.md, when restic is
+# there or can be installed (otherwise ensure-restic.sh says how, and bench.py's report stands).
 bench: install
 	$(PY) bench/bench.py
+	@if sh scripts/ensure-restic.sh; then $(PY) bench/restic.py; fi
+
+# The restic binary, for bench-restic: installed as the broker's is.
+restic:
+	@sh scripts/ensure-restic.sh
+
+# warren (2 copies) against restic (1 copy) on the same files; BENCH_ARGS e.g.
+# '--size-mib 32 --small-files 500 --runs 1' for a quick check.
+bench-restic: install restic
+	$(PY) bench/restic.py $(BENCH_ARGS)
 
 soak: install
 	$(PY) bench/soak.py --minutes $${SOAK_MINUTES:-5}

@@ -43,14 +43,17 @@ LOG_AGENTS = (
 )
 
 
-def log_text_file(path: Path, size: int) -> Path:
+def log_text_file(path: Path, size: int, seed: int = 15) -> Path:
     """A web server's access log: 32 MiB of lines (client address, time, request, status,
     bytes, user agent, response time, a random request id), repeated up to ``size``. Each
     1 MiB chunk is compressed on its own, so the repetition does not help compression.
 
     Made in a child process: the kernel counts a process's peak RSS before ``exec`` in the
-    peak of what it runs, so a large bench process would inflate every client's figure."""
-    child = multiprocessing.get_context("fork").Process(target=_write_log, args=(path, size))
+    peak of what it runs, so a large bench process would inflate every client's figure.
+
+    Another ``seed`` makes other lines: a run that must not find the last run's content
+    stored (bench/restic.py's first backups) asks for a seed of its own."""
+    child = multiprocessing.get_context("fork").Process(target=_write_log, args=(path, size, seed))
     child.start()
     child.join()
     if child.exitcode != 0:
@@ -58,8 +61,8 @@ def log_text_file(path: Path, size: int) -> Path:
     return path
 
 
-def _write_log(path: Path, size: int) -> None:
-    rnd = random.Random(15)
+def _write_log(path: Path, size: int, seed: int) -> None:
+    rnd = random.Random(seed)
     lines, made, ts = [], 0, 1_700_000_000
     while made < min(size, 32 * MIB):
         ts += rnd.randrange(3)
