@@ -169,14 +169,16 @@ def load_manifest(session: Session, keys: OwnerKeys, snap: Listed) -> Manifest:
     return decode(bytes(buf))
 
 
-def find_parent(session: Session, keys: OwnerKeys, host: str, paths: list[str]) -> Manifest | None:
-    """The manifest of the newest snapshot of this host and these (sorted) paths."""
+def find_parent(
+    session: Session, keys: OwnerKeys, host: str, paths: list[str]
+) -> tuple[str, Manifest] | None:
+    """The id and manifest of the newest snapshot of this host and these (sorted) paths."""
     same = [
         s
         for s in list_snapshots(session, keys)
         if s.entry.host == host and sorted(s.paths) == sorted(paths)
     ]
-    return load_manifest(session, keys, same[-1]) if same else None
+    return (same[-1].entry.id, load_manifest(session, keys, same[-1])) if same else None
 
 
 # -- backup --------------------------------------------------------------------------------
@@ -197,7 +199,8 @@ def backup(
     keys = session.owner_keys()  # a wrong password: exit 2 before anything is read
     given = sorted(str(a) for a, _ in root_names(paths))
     entries, local = walk(paths, excludes, progress.warn)
-    parent = find_parent(session, keys, host, given)
+    found = find_parent(session, keys, host, given)
+    parent_id, parent = found if found is not None else ("", None)
     entries, todo, new = reuse(entries, parent)
     total = sum(e.size for e in entries)
     results: dict[str, UploadResult | WarrenError] = {}
@@ -236,6 +239,7 @@ def backup(
         chunks=tuple(chunks),
         replicas=replicas,
         client=session.client_name,
+        parent=parent_id,
     )
     snapshot_id = session.request(commit, m.SnapshotCommitted).id
     sent = sum(r.sent for r in results.values() if isinstance(r, UploadResult))

@@ -89,7 +89,9 @@ class SnapshotStore:
         """Record a snapshot; the record to hand the workers. Every blob it names (its
         manifest's and ``chunks``) must be ``owner``'s and held by a live worker, or nothing
         is recorded: a snapshot is only worth keeping if it can be restored. Its blobs are
-        pinned again, wanted on ``req.replicas`` workers."""
+        wanted on ``req.replicas`` workers, and no longer pinned (the snapshot keeps them),
+        nor are its parent's (pinned when the backup read it): a forget then gives their
+        space back within the GC delay, not a day later."""
         shas = list(dict.fromkeys([*(c.sha256 for c in req.manifest), *req.chunks]))
         held = self.catalog.held_chunks(owner, shas)
         missing = sum(1 for sha in shas if not held.get(sha))
@@ -116,8 +118,14 @@ class SnapshotStore:
             self.db.execute("BEGIN")
             self._insert(record)
             self.catalog.hold_chunks(
-                owner, list(zip(shas, record.sizes, strict=True)), req.replicas, now
+                owner, list(zip(shas, record.sizes, strict=True)), req.replicas, 0.0
             )
+            if req.parent:
+                self.db.execute(
+                    "UPDATE chunks SET pinned=0 WHERE owner=? AND sha256 IN (SELECT sha256 FROM "
+                    "snapshot_chunks WHERE owner=? AND id=?)",
+                    (owner, owner, req.parent),
+                )
         return record
 
     def list(self, owner: str) -> builtins.list[m.SnapshotEntry]:

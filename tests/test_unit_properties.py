@@ -144,7 +144,7 @@ def strategy_for(field: str, hint: Any) -> st.SearchStrategy[Any]:
         return WORKER
     if field in ("name", "names", "prefix", "after"):
         return FILE_NAME
-    if field in ("id", "ids"):  # an owner key's id, or a snapshot's
+    if field in ("id", "ids", "parent"):  # an owner key's id, or a snapshot's
         return HEX16
     if field == "chunks":  # the blobs a snapshot uses (a file's chunks are ChunkRefs)
         return HEX64

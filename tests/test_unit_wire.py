@@ -303,11 +303,12 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
             chunks=(SHA,),
             replicas=2,
             client="c1",
+            parent=KEY,
         ),
         wire(
             '{"time":1.5,"host":"laptop","tags":["daily"],"meta":"AbC=",'
             '"manifest":[{"sha256":"<SHA>","size":40,"plain":3}],"chunks":["<SHA>"],'
-            '"replicas":2,"client":"c1"}'
+            '"replicas":2,"client":"c1","parent":"<KEY>"}'
         ),
     ),
     (m.SnapshotCommitted(id=KEY), wire('{"id":"<KEY>"}')),

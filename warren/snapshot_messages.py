@@ -70,7 +70,8 @@ class SnapshotCommit(Message):
     found stored); answered SnapshotCommitted, or an error when a chunk is not the
     sender's or has no live holder (then nothing is recorded). ``chunks``: every blob the
     snapshot uses (its files' chunks and its manifest's), each once: the references that
-    keep them from garbage collection."""
+    keep them from garbage collection. ``parent``: the snapshot this backup read as its
+    parent (``snapshot.get`` pinned its blobs): those pins end with this commit."""
 
     TYPE = "snapshot.commit"
     time: float
@@ -81,6 +82,7 @@ class SnapshotCommit(Message):
     chunks: tuple[str, ...]
     replicas: int
     client: str = ""
+    parent: str = ""
 
     def validate(self) -> None:
         check_label(self.host, "snapshot.commit host", MAX_HOST)
@@ -99,6 +101,8 @@ class SnapshotCommit(Message):
             raise DecodeError(f"snapshot.commit: at most {MAX_SNAPSHOT_CHUNKS} chunks")
         for sha in self.chunks:
             check_sha256(sha, "snapshot.commit chunk")
+        if self.parent:
+            check_snapshot_id(self.parent, "snapshot.commit parent")
 
 
 @message
