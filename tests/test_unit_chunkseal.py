@@ -275,3 +275,19 @@ def test_seal_file_chunks_pipelined_gives_the_same_chunks(tmp_path: Path) -> Non
     assert all(c.digest == cs.sealed_digest(c.sealed) for c in plain)
     assert b"".join(open_(c.sealed) for c in plain) == path.read_bytes()
     assert sum(c.plain_size for c in plain) == path.stat().st_size
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, 300_000, 1_000_000])
+def test_a_file_smaller_than_a_chunk_is_cut_as_the_stream_would_cut_it(
+    tmp_path: Path, size: int
+) -> None:
+    """Small files are read whole and cut in memory (``cut_buf``): the cuts must be the
+    ones the stream reader makes, or dedup would depend on how a file was read."""
+    params = cs.params_for(1024 * 1024)  # chunks of 64 KiB to 1 MiB: 300 KB cuts
+    path = tmp_path / "f"
+    path.write_bytes(random.Random(size).randbytes(size))
+    with open(path, "rb", buffering=0) as f:
+        streamed = [bytes(c.data) for c in params.chunker(SEED).cut_stream(f)] or [b""]
+    cut = list(cs.cut(path, params, SEED))
+    assert cut == streamed
+    assert size < 1_000_000 or len(cut) > 1  # cuts inside the file: boundaries checked
