@@ -21,6 +21,7 @@ import filecmp
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -87,6 +88,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# The manager's log line for a pack of chunks placed (manager/placement.py).
+PLACED = re.compile(r" chunks \(\d+ bytes\) from .*: (\d+) placed on (.*), \d+ already stored")
 # Commands that read or write content: they need the owner's key (``init`` first).
 CONTENT_COMMANDS = frozenset({"upload", "download", "backup", "restore"})
 PASSWORD = "correct horse battery staple"
@@ -230,12 +233,14 @@ class Cluster:
             stdin=subprocess.DEVNULL,
         )
 
-    def chain(self, name: str) -> list[str]:
-        """The workers the manager placed an upload of ``name`` on, from its log."""
+    def last_chain(self) -> list[str]:
+        """The workers the manager placed the latest pack of new chunks on, from its log
+        (the chain a client sends to; names reach the manager only with the commit)."""
         for line in reversed(self.log_path("manager").read_text().splitlines()):
-            if f": {name!r} (" in line and ", placed on " in line:
-                return line.rsplit(", placed on ", 1)[1].strip().split(" -> ")
-        raise AssertionError(f"no placement of {name!r} in the manager's log")
+            found = PLACED.search(line)
+            if found and int(found[1]) > 0:
+                return found[2].strip().split(" -> ")
+        raise AssertionError("no pack of chunks placed in the manager's log")
 
     def client(self, *args: str, timeout: float = 180, **env: str) -> Result:
         self._needs_key(args, env)
@@ -304,11 +309,13 @@ class Cluster:
             d.name for d in (self.base / "data").iterdir() if not d.name.startswith("manager")
         )
 
-    def holds_intact(self, worker: str, blobs: list[str]) -> bool:
-        """Whether the worker has every one of these blobs, each hashing to its name."""
-        return all(
-            self.blob(worker, b).is_file() and file_sha256(self.blob(worker, b)) == b for b in blobs
-        )
+    def intact_copies(self, blob: str) -> set[str]:
+        """The workers with this blob on disk, hashing to its name."""
+        return {
+            w
+            for w in self.workers_on_disk()
+            if self.blob(w, blob).is_file() and file_sha256(self.blob(w, blob)) == blob
+        }
 
     def blobs_on_disk(self, blobs: list[str]) -> dict[str, set[str]]:
         """Which workers have each of these blobs on disk (whatever its bytes)."""
@@ -324,21 +331,35 @@ class Cluster:
                 self._keys = session.owner_keys()
         return self._keys
 
-    def stored(self, worker: str, sha256: str) -> bytes:
-        """The content of the file with this SHA-256 as this worker's copies of its chunks
-        give it back, opened with the default owner's key (a worker cannot read them)."""
+    def stored(self, sha256: str) -> bytes:
+        """The default owner's file with this SHA-256 as the workers' disks give it back:
+        every copy of each chunk opened with the owner's key (a worker cannot), all copies
+        of a chunk the same, the chunks in order."""
         keys = self.owner_keys()
         out = []
         for b in self.chunks(sha256):
-            sealed = self.blob(worker, b).read_bytes()
-            out.append(chunkseal.open_chunk(keys.seal, keys.ids, sealed, MAX_PLAIN_CHUNK)[1])
+            opened = {
+                w: chunkseal.open_chunk(
+                    keys.seal, keys.ids, self.blob(w, b).read_bytes(), MAX_PLAIN_CHUNK
+                )[1]
+                for w in self.blobs_on_disk([b])[b]
+            }
+            assert opened, f"chunk {b[:12]} of {sha256[:12]} is on no disk"
+            assert len(set(opened.values())) == 1, f"copies of chunk {b[:12]} differ"
+            out.append(next(iter(opened.values())))
         return b"".join(out)
 
     def holders_on_disk(self, sha256: str) -> set[str]:
-        """The workers that hold a whole copy of the file with this SHA-256: every one of
-        its chunk blobs, each hashing to its name."""
+        """The workers a listing names for the file with this SHA-256 as far as the disks
+        say: those with an intact copy of its first chunk (its version record lives
+        there). None for a file with no chunks (an empty one)."""
         blobs = self.chunks(sha256)
-        return {w for w in self.workers_on_disk() if self.holds_intact(w, blobs)}
+        return self.intact_copies(blobs[0]) if blobs else set()
+
+    def copies_on_disk(self, sha256: str) -> int:
+        """How many intact copies the least-copied chunk of the file has on the disks (how
+        many whole copies of it the workers hold between them)."""
+        return min((len(self.intact_copies(b)) for b in self.chunks(sha256)), default=0)
 
     def verify_stored(
         self, files: list[Path] | dict[str, Path], replicas: int = 2, timeout: float = 60
@@ -346,7 +367,8 @@ class Cluster:
         """Check that confirmed uploads are not lost. ``files`` maps each stored name to its
         source (a list: stored under their own names). Each must be listed with ``replicas``
         live holders (waiting up to ``timeout`` for the catalog to catch up), each holder
-        must have every chunk blob of it on disk, each hashing to its name, and a download,
+        must have its first chunk on disk (where its record is), every chunk must have
+        ``replicas`` copies on disk, each hashing to its name, and a download,
         through the client's own code, must give back the same bytes. Returns each name's
         holders."""
         named = files if isinstance(files, dict) else {p.name: p for p in files}
@@ -374,11 +396,10 @@ class Cluster:
         for name, sha in want.items():
             holders[name] = listed[name]["replicas"]
             blobs = self.chunks(sha)
-            for w in holders[name]:
-                for b in blobs:
-                    blob = self.blob(w, b)
-                    assert blob.is_file(), f"{name!r}: {w} is listed as a holder but lacks a chunk"
-                    assert file_sha256(blob) == b, f"{name!r}: {w}'s chunk has other bytes"
+            if blobs:
+                first = self.intact_copies(blobs[0])
+                assert set(holders[name]) <= first, f"{name!r}: listed {holders[name]}, {first}"
+                assert self.copies_on_disk(sha) >= replicas, f"{name!r}: a chunk is short"
         dest = self.base / f"verify-{uuid.uuid4().hex}"
         self.ensure_key()
         settings = Settings.load(environ=self.env(WARREN_CLIENT_NAME=f"verify-{self.vhost}"))
