@@ -439,12 +439,12 @@ def chunks_on_disk(c: Cluster, workers: tuple[str, ...] = ("w1", "w2"), since: f
     return sum(len(_chunk_files(c, w, since)) for w in workers)
 
 
-def most_on_one(
+def bytes_on_disk(
     c: Cluster, workers: tuple[str, ...] = ("w1", "w2", "w3", "w4"), since: float = 0.0
 ) -> int:
-    """The most sealed bytes any one worker has written since ``since`` (an upload's
-    primary is ahead)."""
-    return max(sum(_chunk_files(c, w, since)) for w in workers)
+    """The sealed bytes the workers have written since ``since``, every replica counted
+    (an upload's packs go to several chains, so no one worker need hold most of it)."""
+    return sum(sum(_chunk_files(c, w, since)) for w in workers)
 
 
 def stored_content(path: Path) -> bytes:
