@@ -356,10 +356,11 @@ class Cluster:
         blobs = self.chunks(sha256)
         return self.intact_copies(blobs[0]) if blobs else set()
 
-    def copies_on_disk(self, sha256: str) -> int:
+    def copies_on_disk(self, sha256: str, leaving: frozenset[str] = frozenset()) -> int:
         """How many intact copies the least-copied chunk of the file has on the disks (how
-        many whole copies of it the workers hold between them)."""
-        return min((len(self.intact_copies(b)) for b in self.chunks(sha256)), default=0)
+        many whole copies of it the workers hold between them), not counting ``leaving``'s
+        (dead workers whose disks are still there)."""
+        return min((len(self.intact_copies(b) - leaving) for b in self.chunks(sha256)), default=0)
 
     def verify_stored(
         self, files: list[Path] | dict[str, Path], replicas: int = 2, timeout: float = 60
