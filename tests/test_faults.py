@@ -157,16 +157,20 @@ def test_lost_workers_files_are_re_replicated_and_a_returning_worker_reconciled(
     c.wait_alive([victim])
     wait_for(lambda: victim in live_replicas(c, paths[0].name), what="reconciled inventory")
     # ... and the catalog counts exactly the live workers that hold each file on disk: no
-    # stale record, none twice (repairs of the second victim's files may still be landing)
-    dead = {first[1]}
+    # stale record, none twice (repairs of the second victim's files may still be landing).
+    # A listing names holders of a file's first chunk, as many as its least-held chunk has
+    # live copies.
+    dead = frozenset({first[1]})
 
     def catalog_matches_disks() -> bool:
         listed = c.files()
-        return all(
-            sorted(listed[p.name]["replicas"])
-            == sorted(c.holders_on_disk(listed[p.name]["sha256"]) - dead)
-            for p in paths
-        )
+        for p in paths:
+            names, sha = listed[p.name]["replicas"], listed[p.name]["sha256"]
+            if len(set(names)) != len(names) or not set(names) <= c.holders_on_disk(sha) - dead:
+                return False
+            if len(names) != c.copies_on_disk(sha, leaving=dead):
+                return False
+        return True
 
     wait_for(catalog_matches_disks, timeout=60, what="the catalog to match the disks")
     wait_for(lambda: c.status()["under_replicated"] == 0, timeout=60, what="repairs")
