@@ -218,7 +218,7 @@ class Cluster:
         self.keyed.add(user)
 
     def _needs_key(self, args: tuple[str, ...], env: dict[str, str]) -> None:
-        if args and args[0] in CONTENT_COMMANDS:
+        if any(a in CONTENT_COMMANDS for a in args):  # options may come first
             self.ensure_key(**env)
 
     def client_process(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
