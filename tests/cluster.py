@@ -213,9 +213,10 @@ class Cluster:
         user = unquote(urlsplit(url).username or "guest")
         if user in self.keyed:
             return
-        res = self._run(("init",), env, timeout=180)
-        assert res.code == 0, f"init as {user}: exit {res.code}: {res.err}"
-        self.keyed.add(user)
+        # A failed init (no manager yet, a test's fault) is left for the command itself
+        # to meet and say: it would fail the same way.
+        if self._run(("init",), env, timeout=180).code == 0:
+            self.keyed.add(user)
 
     def _needs_key(self, args: tuple[str, ...], env: dict[str, str]) -> None:
         if any(a in CONTENT_COMMANDS for a in args):  # options may come first
