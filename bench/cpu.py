@@ -88,6 +88,7 @@ def main() -> int:
     c = Cluster(node, base / "cluster")
     try:
         c.start_all(4)
+        c.ensure_key()  # its clients are run here, not by the harness
         data = base / "data"
         data.mkdir()
         if args.size_mib:

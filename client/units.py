@@ -216,7 +216,10 @@ class ChunkPack:
                 chunk_stored(chunk)
             elif timed_out:
                 missing = [w for w in chunk.chain if w not in self.confirmed.get(upload_id, ())]
-                chunk_failed(chunk, Unavailable(f"{', '.join(missing)} did not confirm in time."))
+                late = ", ".join(missing)
+                for job in chunk.files:  # each file's sentence names it (the first error wins)
+                    job.fail(Unavailable(f"{late} did not confirm {job.name!r} in time."))
+                chunk_failed(chunk, Unavailable(f"{late} did not confirm in time."))
 
     def fail_all(self, error: WarrenError) -> None:
         for chunk, _ in self.members:

@@ -387,7 +387,9 @@ class Catalog(Holdings):
                 )
                 self._add_version(up, now)
                 self._add_chunks(owner, f.name, version, f.chunks)
-                self.hold_chunks(owner, [(c.sha256, c.size) for c in f.chunks], wanted, now)
+                # Unpinned: the version keeps them now, and its delete must free them
+                # within the GC delay, not RESERVE_FOR seconds after this commit.
+                self.hold_chunks(owner, [(c.sha256, c.size) for c in f.chunks], wanted, 0.0)
                 records.append(
                     VersionRecord(
                         owner, f.name, version, f.sha256, f.size, now, wanted, f.mode,

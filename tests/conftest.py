@@ -113,9 +113,12 @@ def make_cluster(rabbit: LocalNode, tmp_path: Path) -> Iterator[MakeCluster]:
 
 @pytest.fixture(scope="module")
 def cluster(rabbit: LocalNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A running manager and four workers shared by the tests of one module."""
+    """A running manager and four workers shared by the tests of one module, and the
+    default client's key (``init``), as ``make up`` provisions: clients a test starts
+    itself (in a terminal) need it too."""
     c = Cluster(rabbit, tmp_path_factory.mktemp("cluster"))
     c.start_all(4)
+    c.ensure_key()
     yield c
     c.stop_all()
 

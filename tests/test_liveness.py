@@ -66,9 +66,9 @@ def no_false_deaths(c: Cluster, watch: StatusWatch) -> None:
 
 
 def test_a_2gib_upload_never_makes_a_worker_look_dead(strict: Cluster, tmp_path: Path) -> None:
-    # Given a 2 GiB file, sparse but for its first MiB: its bytes cost nothing to make and
-    # little to send (zeros compress), and since its first chunk does not compress, the
-    # workers keep it as its own bytes: 2 GiB each to write, sync and verify
+    # Given a 2 GiB file, sparse but for its first MiB: its bytes cost nothing to make, and
+    # the client reads, cuts, hashes and seals all 2 GiB (its zero chunks are the same
+    # chunk, sent once and kept once) while the workers beat
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.write(os.urandom(1024 * 1024))
@@ -81,8 +81,7 @@ def test_a_2gib_upload_never_makes_a_worker_look_dead(strict: Cluster, tmp_path:
     # Then it is stored, and no worker was ever reported dead, nor any repair started
     entry = strict.files()["big.bin"]
     assert entry["size"] == 2 * GIB and len(entry["replicas"]) == 2
-    for worker in entry["replicas"]:
-        assert strict.blob(worker, entry["sha256"]).stat().st_size == 2 * GIB
+    assert strict.copies_on_disk(entry["sha256"]) >= 2
     no_false_deaths(strict, watch)
 
 

@@ -273,17 +273,19 @@ def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return drawn
 
 
-def test_an_upload_in_a_terminal_shows_its_hashing_then_its_transfer(
+def test_an_upload_in_a_terminal_shows_its_transfer_from_the_start(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    # Given a file too large for a pack, uploaded from a terminal
-    big = tmp_path / "hashed first.bin"
+    # Given a file of a few chunks, uploaded from a terminal (it is hashed as it is cut and
+    # sealed, so there is no hashing pass before the transfer any more)
+    big = tmp_path / "barred.bin"
     big.write_bytes(os.urandom(3 * 1024 * 1024))
     env = cluster.env(TERM="xterm", COLUMNS="120", LINES="40")
     drawn = run_in_terminal(["upload", str(big)], env, cluster.base)
-    # Then a bar says it is being hashed before the transfer's bar, and the upload succeeds
-    assert "hashing hashed first.bin" in drawn
-    assert "stored hashed first.bin" in drawn
+    # Then its bar is drawn at once, counts the whole file, and then the upload succeeds
+    assert "barred.bin" in drawn and "0.0/3.0 MiB" in drawn
+    assert drawn.index("0.0/3.0 MiB") < drawn.index("3.0/3.0 MiB")
+    assert drawn.index("3.0/3.0 MiB") < drawn.index("stored barred.bin (3.0 MiB)")
 
 
 def test_colour_in_a_terminal_and_none_with_no_color(cluster: Cluster) -> None:

@@ -7,15 +7,15 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from client import localfiles, session
+from client import session
 from tests.cluster import Cluster, MakeCluster
+from warren import chunkseal
 from warren.broker import Connection
-from warren.chunks import sha256_file
 from warren.config import Settings
 
 MIB = 1024 * 1024
@@ -68,13 +68,14 @@ def test_round_trip_many_files(cluster: Cluster, tmp_path: Path, replicas: int) 
         confirmed = confirmed_workers(res.out, path.name)
         assert len(confirmed) == replicas
         assert confirmed <= set(entry["replicas"])
-        # ... and the bytes are on exactly those workers' disks, verified. (Empty files
-        # share one blob, content-addressed, so they may also sit where another upload put it.)
+        # ... and its first sealed chunk (where its record lives) is on exactly those
+        # workers' disks, every chunk has `replicas` copies hashing to their names, and every
+        # copy opens with the owner's key to the file's bytes. (An empty file has no chunks.)
         if path.stat().st_size:
             assert set(entry["replicas"]) == confirmed
             assert cluster.holders_on_disk(entry["sha256"]) == confirmed
-        for worker in confirmed:
-            assert sha(cluster.blob(worker, entry["sha256"])) == entry["sha256"]
+            assert cluster.copies_on_disk(entry["sha256"]) >= replicas
+        assert cluster.stored(entry["sha256"]) == path.read_bytes()
 
     # And every file restores byte for byte
     out = tmp_path / "out"
@@ -97,9 +98,9 @@ def test_primary_and_backup_are_distinct_and_spread(
     for i in range(4):
         p = make_file(tmp_path, f"spread-{i}.txt", 1000)
         fresh.client("upload", str(p)).ok()
-        # The chain the manager placed it on (its log), not the catalog's replica list, which
-        # could not list a worker twice
-        chain = fresh.chain(p.name)
+        # The chain the manager placed its chunk on (its log), not the catalog's replica
+        # list, which could not list a worker twice
+        chain = fresh.last_chain()
         chains.append(chain)
         # Then each chain names two distinct workers, and they are the ones that hold it
         assert len(chain) == 2 and chain[0] != chain[1], chain
@@ -164,21 +165,22 @@ def test_many_small_files_in_one_command(cluster: Cluster, tmp_path: Path) -> No
 REQUEST_TIMEOUT = 3
 
 
-def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
+def test_files_slow_to_read_do_not_make_the_manager_look_silent(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given files too large for packs, each taking longer to hash than the manager is given
-    # to answer (as large files on a slow disk do), in one command. (The manager is given
-    # seconds, not a fraction of one: on a busy machine an answer may well take that long.)
-    paths = [
-        make_file(tmp_path, f"slow {i}.bin", localfiles.PACK_FILE_MAX + 1 + i) for i in range(3)
-    ]
+    # Given files of a few chunks, each taking longer to begin reading and cutting than the
+    # manager is given to answer (as large files on a slow disk do), in one command. (The
+    # manager is given seconds, not a fraction of one: on a busy machine an answer may well
+    # take that long.)
+    paths = [make_file(tmp_path, f"slow {i}.bin", 3 * MIB + i) for i in range(3)]
 
-    def slow_sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    def slow_cut(path: Path, params: chunkseal.ChunkParams, seed: int) -> Iterator[bytes]:
         time.sleep(REQUEST_TIMEOUT + 0.5)
-        return sha256_file(path, progress)
+        yield from chunkseal_cut(path, params, seed)
 
-    monkeypatch.setattr("client.localfiles.sha256_file", slow_sha256_file)
+    chunkseal_cut = chunkseal.cut
+    monkeypatch.setattr(chunkseal, "cut", slow_cut)
+    cluster.ensure_key()  # this session is the client: its owner needs a key
     settings = Settings.load(environ=cluster.env(WARREN_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT)))
     results: dict[str, object] = {}
 
@@ -191,7 +193,7 @@ def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
             results.__setitem__,
         )
 
-    # Then every one is stored on two workers: hashing never kept the answers unread
+    # Then every one is stored on two workers: reading never kept the answers unread
     assert {name: type(r).__name__ for name, r in results.items()} == {
         p.name: "UploadResult" for p in paths
     }
@@ -199,6 +201,7 @@ def test_files_slow_to_hash_do_not_make_the_manager_look_silent(
     for p in paths:
         assert listed[p.name]["sha256"] == sha(p)
         assert cluster.holders_on_disk(sha(p)) == set(listed[p.name]["replicas"])
+        assert cluster.copies_on_disk(sha(p)) >= 2
 
 
 def test_status_watch_without_a_terminal_or_json_is_a_usage_error(cluster: Cluster) -> None:
