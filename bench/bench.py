@@ -24,6 +24,7 @@ Prints a table with the ratios warren/raw and writes it to bench/results.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -147,12 +148,13 @@ def lifecycle_rows(c: Cluster, big: Path, runs: int) -> list[tuple[str, str, str
     """Identical content uploaded again (dedup), and an upload killed at 60% run again
     (resume), each timed against a whole upload of the same file in the same round."""
     size = big.stat().st_size
-    full, again, resumed = [], [], []
+    full, again, resumed, inserted = [], [], [], []
     for n in range(runs):
         settle()
         fresh(big, f"dedup-{n}")
         full.append(timed_client(c, "upload", str(big), "--name", f"dedup-{n}")[0])
         again.append(timed_client(c, "upload", str(big), "--name", f"dedup-again-{n}")[0])
+        inserted.append(insert_mid_file(c, big, f"dedup-{n}"))
         settle()
         fresh(big, f"resume-{n}")
         start = time.time() - 1
@@ -190,7 +192,39 @@ def lifecycle_rows(c: Cluster, big: Path, runs: int) -> list[tuple[str, str, str
             f"{min(resumed) / whole:.2f}",
             "",
         ),
+        (
+            "1 MiB inserted mid-file (unaligned), uploaded again as a new version: time, "
+            "sealed bytes sent",
+            f"{min(inserted)[0]:.2f} s, {min(inserted)[1] / MIB:.1f} MiB",
+            f"{min(inserted)[0] / whole:.2f}",
+            "",
+        ),
     ]
+
+
+def insert_mid_file(c: Cluster, big: Path, name: str) -> tuple[float, int]:
+    """1 MiB of new bytes inserted at an unaligned offset in the middle of ``big`` (a copy),
+    uploaded as a new version of ``name``: (seconds, bytes sent). Content-defined chunks
+    send only the chunks around the insertion."""
+    changed = big.with_name(big.name + ".inserted")
+    at = big.stat().st_size // 2 + 12_345
+    with open(big, "rb") as src, open(changed, "wb") as dst:
+        dst.write(src.read(at))
+        dst.write(os.urandom(MIB))
+        while block := src.read(MIB):
+            dst.write(block)
+    settle()
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "client", "upload", str(changed), "--name", name, "--json"],
+        env=c.env(),
+        cwd=c.base,
+        capture_output=True,
+        check=True,
+    ).stdout
+    seconds = time.perf_counter() - started
+    changed.unlink()
+    return seconds, int(json.loads(out.splitlines()[-1])["bytes_sent"])
 
 
 def main() -> int:

@@ -118,8 +118,18 @@ def detection_seconds(path: Path, chunk: int = MIB) -> float | None:
     return spent
 
 
+# Bytes between the tags ``fresh`` writes: less than the smallest chunk warren cuts (a
+# quarter of a quarter of WARREN_CHUNK_SIZE), so every chunk of the file is new content.
+FRESH_EVERY = 16 * 1024
+
+
 def fresh(path: Path, tag: str) -> None:
-    """Make the file's content new (its first bytes say ``tag``): content the cluster
-    already holds would be recorded without sending a byte."""
+    """Make the file's content new, every chunk of it (``tag`` written every
+    ``FRESH_EVERY`` bytes): chunks the cluster already holds would not be sent again, and
+    files are cut by content, so changing the first bytes would renew only the first."""
+    mark = f"{tag}\n".encode()
+    size = path.stat().st_size
     with open(path, "r+b") as f:
-        f.write(f"{tag}\n".encode())
+        for at in range(0, max(size - len(mark), 1), FRESH_EVERY):
+            f.seek(at)
+            f.write(mark)

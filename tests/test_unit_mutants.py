@@ -115,7 +115,7 @@ def test_a_worker_outside_the_chain_confirms_nothing(tmp_path: Path) -> None:
     p.settle()
     assert a.state is ChunkState.PENDING and not job.ready
     p.settle(timed_out=True)
-    assert str(job.outcome()) == "w2 did not confirm in time."
+    assert str(job.outcome()) == "w2 did not confirm 'f' in time."
 
 
 def test_chunks_already_stored_are_not_sent_and_take_the_chain_they_are_on(
@@ -176,7 +176,7 @@ def test_a_replica_that_did_not_confirm_in_time_is_named(tmp_path: Path) -> None
     p.on_replica(pack_stored("w2", 1, ID, ID2))
     p.settle(timed_out=True)
     out = job.outcome()
-    assert type(out) is Unavailable and str(out) == "w1, w3 did not confirm in time."
+    assert type(out) is Unavailable and str(out) == "w1, w3 did not confirm 'f' in time."
 
 
 def test_the_managers_refusal_of_a_pack_is_every_waiting_files_outcome(tmp_path: Path) -> None:
@@ -265,7 +265,7 @@ def test_each_later_step_past_its_deadline_ends_as_its_own_outcome(tmp_path: Pat
     p.on_replica(pack_stored("w2", 1, ID))
     b._judge(p, 2.0)
     assert p.step is Step.DONE and a.state is ChunkState.STORED
-    assert str(job.outcome()) == "w2 did not confirm in time."
+    assert str(job.outcome()) == "w2 did not confirm 'f' in time."
     p, a, b2 = placed()
     job = file_of(tmp_path, a, b2)
     p.take_stored()

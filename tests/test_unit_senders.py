@@ -114,7 +114,7 @@ def test_a_forged_stored_for_a_silent_backup_does_not_make_the_upload_succeed(
     assert [p.type for p in forged] == [m.PackStored.TYPE, m.PackRecorded.TYPE]
     assert len([p for p in users.broker.published if first_pack(p)]) == 1
     backup = chain_of(next(p for p in users.broker.published if first_pack(p)))[1]
-    assert str(caught.value) == f"{backup} did not confirm in time."
+    assert str(caught.value) == f"{backup} did not confirm 'f' in time."
 
 
 def test_a_forged_pack_stored_and_recorded_do_not_make_a_pack_succeed(

@@ -35,8 +35,7 @@ def test_a_backup_that_never_confirms_a_file_fails_the_upload(
         took = time.monotonic() - started
     assert silenced, "the backup's confirmation was never dropped"
     assert caught.value.exit_code == EXIT_UNAVAILABLE
-    # (a chunk may be any file's: the sentence names the worker, the command the file)
-    assert str(caught.value) in {f"{w} did not confirm in time." for w in silenced}
+    assert str(caught.value) in {f"{w} did not confirm 'big.bin' in time." for w in silenced}
     assert took < TRANSFER_TIMEOUT + MARGIN, f"reported after {took:.1f} s"
 
 
@@ -59,5 +58,5 @@ def test_a_backup_that_never_confirms_a_pack_fails_every_file_of_it(
     for name, outcome in outcomes.items():
         assert isinstance(outcome, Unavailable), f"{name}: {outcome!r}"
         assert outcome.exit_code == EXIT_UNAVAILABLE
-        assert str(outcome) in {f"{w} did not confirm in time." for w in silenced}
+        assert str(outcome) in {f"{w} did not confirm {name!r} in time." for w in silenced}
     assert took < TRANSFER_TIMEOUT + MARGIN, f"reported after {took:.1f} s"
