@@ -152,10 +152,11 @@ def resolve(snaps: list[Listed], spec: str) -> Listed:
     return found[0]
 
 
-def load_manifest(session: Session, keys: OwnerKeys, snap: Listed) -> Manifest:
-    """A snapshot's manifest, fetched (its chunks pinned by the manager meanwhile), opened
-    and checked against the SHA-256 its meta holds."""
-    got = session.request(m.SnapshotGet(id=snap.id), m.SnapshotGot).snapshot
+def load_manifest(session: Session, keys: OwnerKeys, snap: Listed, pin: bool = False) -> Manifest:
+    """A snapshot's manifest, fetched, opened and checked against the SHA-256 its meta
+    holds. ``pin``: a backup's parent, whose chunks the manager keeps for it until its
+    commit."""
+    got = session.request(m.SnapshotGet(id=snap.id, pin=pin), m.SnapshotGot).snapshot
     size = sum(c.plain for c in got.manifest)
     buf = bytearray(size)
 
@@ -178,7 +179,9 @@ def find_parent(
         for s in list_snapshots(session, keys)
         if s.entry.host == host and sorted(s.paths) == sorted(paths)
     ]
-    return (same[-1].entry.id, load_manifest(session, keys, same[-1])) if same else None
+    if not same:
+        return None
+    return same[-1].entry.id, load_manifest(session, keys, same[-1], pin=True)
 
 
 # -- backup --------------------------------------------------------------------------------

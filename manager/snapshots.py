@@ -140,10 +140,11 @@ class SnapshotStore:
             m.SnapshotEntry(i, t, h, tuple(json.loads(tags)), meta) for i, t, h, tags, meta in rows
         ]
 
-    def get(self, owner: str, sid: str, now: float) -> m.SnapshotEntry:
-        """One of ``owner``'s snapshots with its manifest; every blob it uses is pinned for
-        ``pin_for`` seconds (WARREN_UPLOAD_EXPIRY), so a backup taking it as its parent may
-        reuse them while another client forgets it (one indexed pass over its blobs)."""
+    def get(self, owner: str, sid: str, now: float, pin: bool = False) -> m.SnapshotEntry:
+        """One of ``owner``'s snapshots with its manifest. ``pin``: every blob it uses is
+        pinned for ``pin_for`` seconds (WARREN_UPLOAD_EXPIRY), so a backup taking it as its
+        parent may reuse them while another client forgets it (one indexed pass over its
+        blobs); that backup's commit ends the pins."""
         row = self.db.execute(
             "SELECT id, time, host, tags, meta, manifest, wanted FROM snapshots "
             "WHERE owner=? AND id=?",
@@ -152,6 +153,9 @@ class SnapshotStore:
         if row is None:
             raise NotFound(f"you have no snapshot {sid}.")
         i, t, h, tags, meta, manifest, wanted = row
+        refs = tuple(m.ChunkRef(*c) for c in json.loads(manifest))
+        if not pin:
+            return m.SnapshotEntry(i, t, h, tuple(json.loads(tags)), meta, refs)
         chunks = self.db.execute(
             "SELECT c.sha256, c.size FROM snapshot_chunks s JOIN chunks c ON c.owner=s.owner "
             "AND c.sha256=s.sha256 WHERE s.owner=? AND s.id=?",
@@ -160,7 +164,6 @@ class SnapshotStore:
         with self.db:
             self.db.execute("BEGIN")
             self.catalog.hold_chunks(owner, [(sha, size) for sha, size in chunks], wanted, now)
-        refs = tuple(m.ChunkRef(*c) for c in json.loads(manifest))
         return m.SnapshotEntry(i, t, h, tuple(json.loads(tags)), meta, refs)
 
     def forget(self, owner: str, ids: Iterable[str], now: float) -> builtins.list[SnapshotGone]:
@@ -311,7 +314,7 @@ class SnapshotAnswers:
         return m.SnapshotsReply(snapshots=tuple(self.store.list(a.owner)))
 
     def _get(self, req: m.SnapshotGet, a: Owned) -> m.SnapshotGot:
-        return m.SnapshotGot(snapshot=self.store.get(a.owner, req.id, time.time()))
+        return m.SnapshotGot(snapshot=self.store.get(a.owner, req.id, time.time(), req.pin))
 
     def _forget(self, req: m.ForgetRequest, a: Owned) -> m.Forgotten:
         gone = self.store.forget(a.owner, req.ids, time.time())

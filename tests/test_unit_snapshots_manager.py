@@ -95,8 +95,8 @@ def snapshots(s: Session) -> list[m.SnapshotEntry]:
     return list(s.request(m.SnapshotsRequest(), m.SnapshotsReply).snapshots)
 
 
-def get(s: Session, sid: str) -> m.SnapshotEntry:
-    return s.request(m.SnapshotGet(id=sid), m.SnapshotGot).snapshot
+def get(s: Session, sid: str, pin: bool = False) -> m.SnapshotEntry:
+    return s.request(m.SnapshotGet(id=sid, pin=pin), m.SnapshotGot).snapshot
 
 
 def forget(s: Session, *ids: str) -> tuple[str, ...]:
@@ -235,7 +235,7 @@ def test_get_pins_a_snapshots_chunks_so_a_backup_reusing_them_commits_after_a_fo
         got = store(s, tmp_path, {"a": os.urandom(100_000), "m": os.urandom(500)})
         parent = commit(s, got["m"], [got["a"]])
         time.sleep(3.3)  # the commit's pins have run out
-        assert get(s, parent).manifest == got["m"].chunks  # a backup takes it as its parent
+        assert get(s, parent, pin=True).manifest == got["m"].chunks  # a backup's parent
         forget(s, parent)  # another client forgets it meanwhile
         time.sleep(1.5)  # three times the gc delay
         child = commit(s, got["m"], [got["a"]], when=2000.0)  # reusing every chunk

@@ -321,7 +321,7 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
             '"meta":"AbC=","manifest":[]}]}'
         ),
     ),
-    (m.SnapshotGet(id=KEY), wire('{"id":"<KEY>"}')),
+    (m.SnapshotGet(id=KEY, pin=True), wire('{"id":"<KEY>","pin":true}')),
     (
         m.SnapshotGot(
             snapshot=m.SnapshotEntry(KEY, 1.5, "laptop", (), "AbC=", (m.ChunkRef(SHA, 40, 3),))

@@ -117,11 +117,14 @@ class SnapshotsRequest(Message):
 @dataclass(frozen=True)
 class SnapshotGet(Message):
     """One snapshot with its manifest's chunks; answered SnapshotGot, or error not_found.
-    The chunks the snapshot uses are pinned for the sender (as an upload's are): a backup
-    that takes it as its parent reuses them safely while another client forgets it."""
+    ``pin``: the chunks the snapshot uses are pinned for the sender (as an upload's are),
+    until its next ``snapshot.commit`` names this one as its parent: a backup that takes it
+    as its parent reuses them safely while another client forgets it. (``ls``, ``diff`` and
+    ``restore`` only read: they pin nothing, or a forget would free nothing for a day.)"""
 
     TYPE = "snapshot.get"
     id: str
+    pin: bool = False
 
     def validate(self) -> None:
         check_snapshot_id(self.id, "snapshot.get id")
