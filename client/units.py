@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ class ChunkPack:
 
     def __init__(self) -> None:
         self.members: list[tuple[Chunk, bytes]] = []  # each chunk with its bytes, until sent
+        self.opened = time.monotonic()  # when its first chunk went in
         self.step = Step.ASKING
         self.deadline = 0.0
         self.size = 0

@@ -56,6 +56,8 @@ SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
 PACK_FILES = m.MAX_PACK_FILES
 # Packs in flight at once: each holds its chunks' bytes until it is sent.
 PACKS_IN_FLIGHT = 8
+# A pack not full waits this long for more chunks while others are in flight (seconds).
+PACK_WAIT = 0.05
 # Sealed chunks cut ahead of the packing, waiting on the cutting thread's queue.
 CUT_AHEAD = 8
 # A commit records at most this many files, whose chunk lists together are at most this long.
@@ -179,14 +181,18 @@ class Batch:
         job.add(ref, chunk)
 
     def _flush_due(self, cutter: _Cutter) -> bool:
-        """The open pack goes when nothing more is cut for now (and the packs ahead of it
-        are not enough to keep the workers busy), or when cutting is over."""
+        """The open pack goes when cutting is over, or when nothing more is cut for now and
+        either no pack is in flight or it has waited ``PACK_WAIT`` for more: full packs while
+        files come fast (each pack is a request, a message and an fsync on every worker of
+        its chain), no wait for the last few."""
         if self.open is None or not self.open.members:
             return False
         if self.cut_over:
             return True
-        waiting = sum(isinstance(u, ChunkPack) and u.step is Step.ASKING for u in self.flight)
-        return cutter.ready() is False and waiting < 2
+        if cutter.ready():
+            return False
+        packs = sum(isinstance(u, ChunkPack) for u in self.flight)
+        return packs == 0 or time.monotonic() - self.open.opened >= PACK_WAIT
 
     # -- moving units on ---------------------------------------------------------------------
 
