@@ -301,8 +301,17 @@ def test_a_rebuilt_catalog_has_the_snapshots_and_not_the_forgotten_ones(
     with stub.session(amqp_url=ALICE) as s:
         wait_for(lambda: answered(s) == before, what="the rebuilt snapshots")
         assert get(s, kept) == entry
-        # Its blobs are alice's chunks again: a new snapshot may use them.
-        commit(s, got["m2"], [got["a"]], when=3000.0)
+        # Its blobs are alice's chunks again: a new snapshot may use them (once every
+        # worker's inventory says where they are: the records may come first).
+
+        def committed() -> bool:
+            try:
+                commit(s, got["m2"], [got["a"]], when=3000.0)
+            except Unavailable:
+                return False
+            return True
+
+        wait_for(committed, what="a new snapshot of the rebuilt blobs")
     assert rows(stub, "snapshot_chunks") == 2 * len(blobs(got["a"], got["m2"]))
 
 
