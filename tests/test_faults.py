@@ -493,7 +493,7 @@ def test_a_worker_whose_disk_fills_fails_the_upload_at_once_and_takes_the_next(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     """w2's data dir is a 100 MiB tmpfs that fills (another program, say) as an upload of
-    24 MiB reaches it. The upload fails as unavailable (exit 4), naming w2's full disk, long
+    24 MiB reaches it. The upload fails (exit 4 naming w2's full disk, or 6 for want of room), long
     before the transfer timeout; w2 lives on and keeps nothing half-written (the chunks it stored
     whole wait for the upload to be run again); once the space is
     back, the same upload (which a reservation not released would have refused: 100 - 24
