@@ -171,35 +171,30 @@ class Session(Channel):
         opened with the owner's key; all of them: the whole file's SHA-256 too. Only the
         owner can check this much: a worker checks its blobs' hashes, never what they hold."""
         keys = self.owner_keys()
-        entries = (
-            [self.request(m.VersionsRequest(name=n), m.VersionsReply).versions[-1] for n in names]
-            if names
-            else [f for page in self.pages() for f in page]
-        )
+        wanted = names or tuple(f.name for page in self.pages() for f in page)
         checks = []
-        for e in entries:
+        for name in wanted:  # the latest version: its answer says which, and its chunks
             acc = self.request(
-                m.DownloadRequest(name=e.name, client=self.client_name, version=e.version),
-                m.DownloadAccepted,
+                m.DownloadRequest(name=name, client=self.client_name), m.DownloadAccepted
             )
             picked = tuple(
                 c for c in acc.chunks if percent >= 100 or random.random() * 100 < percent
             )
-            fetcher = ChunkFetcher(self, keys, -1, e.name, picked, Progress(), _nowhere)
+            fetcher = ChunkFetcher(self, keys, -1, acc.name, picked, Progress(), _nowhere)
             try:
                 sha = fetcher.run()
             except IntegrityError as exc:
                 checks.append(
-                    ReadCheck(e.name, e.version, len(picked), False, str(exc), fetcher.bad)
+                    ReadCheck(acc.name, acc.version, len(picked), False, str(exc), fetcher.bad)
                 )
                 continue
             except WarrenError as exc:  # unavailable: no verdict on the data
-                checks.append(ReadCheck(e.name, e.version, 0, False, str(exc), damaged=False))
+                checks.append(ReadCheck(acc.name, acc.version, 0, False, str(exc), damaged=False))
                 continue
             whole = len(picked) == len(acc.chunks)
             ok = not whole or sha == acc.sha256
             reason = "" if ok else "the file as read back fails its SHA-256 check"
-            checks.append(ReadCheck(e.name, e.version, len(picked), ok, reason, fetcher.bad))
+            checks.append(ReadCheck(acc.name, acc.version, len(picked), ok, reason, fetcher.bad))
         return checks
 
     def download(

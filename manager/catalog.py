@@ -406,14 +406,6 @@ class Catalog(Holdings):
             [(owner, name, version, i, c.sha256, c.size, c.plain) for i, c in enumerate(chunks)],
         )
 
-    def chunks_of(self, owner: str, name: str, version: int) -> tuple[ChunkRef, ...]:
-        rows = self.db.execute(
-            "SELECT sha256, size, plain FROM version_chunks WHERE owner=? AND name=? AND "
-            "version=? ORDER BY seq",
-            (owner, name, version),
-        )
-        return tuple(ChunkRef(*r) for r in rows)
-
     def upload_failed(self, upload_id: str, now: float | None = None) -> Upload | None:
         """A pending upload failed: it stops reserving space. Returns it if it was pending
         (None for a repair's id, or an upload already over)."""

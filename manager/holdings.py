@@ -253,11 +253,12 @@ class Holdings:
             (sha256,),
         ).fetchall()
         return [
-            dataclasses.replace(VersionRecord(*r), chunks=self._chunks_of(r[0], r[1], r[2]))
+            dataclasses.replace(VersionRecord(*r), chunks=self.chunks_of(r[0], r[1], r[2]))
             for r in rows
         ]
 
-    def _chunks_of(self, owner: str, name: str, version: int) -> tuple[ChunkRef, ...]:
+    def chunks_of(self, owner: str, name: str, version: int) -> tuple[ChunkRef, ...]:
+        """A version's sealed chunks, in order."""
         rows = self.db.execute(
             "SELECT sha256, size, plain FROM version_chunks WHERE owner=? AND name=? AND "
             "version=? ORDER BY seq",
@@ -311,14 +312,7 @@ class Holdings:
         it within ``pin_for`` seconds, and no upload of it is in flight."""
         pinned = (time.time() if now is None else now) - self.pin_for
         return (
-            self.db.execute(
-                "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
-            ).fetchone()
-            is None
-            and self.db.execute(
-                "SELECT 1 FROM snapshot_chunks WHERE sha256=? LIMIT 1", (sha256,)
-            ).fetchone()
-            is None
+            not self._referenced(sha256)
             and self.db.execute(
                 "SELECT 1 FROM chunks WHERE sha256=? AND pinned>? LIMIT 1", (sha256, pinned)
             ).fetchone()
@@ -346,7 +340,7 @@ class Holdings:
             for sha in due:
                 self.db.execute("DELETE FROM garbage WHERE sha256=?", (sha,))
                 if not self._unused(sha, now):
-                    if self._pinned_only(sha):  # an upload may commit it yet: ask again later
+                    if not self._referenced(sha):  # pinned: an upload may commit it yet
                         self.db.execute("INSERT INTO garbage VALUES (?,?)", (sha, now))
                     continue
                 holders = self._holders(sha).get(sha, [])
@@ -360,18 +354,11 @@ class Holdings:
             self._usage = None
         return out
 
-    def _pinned_only(self, sha256: str) -> bool:
-        """Kept only by a recent upload that has not committed it (yet): no version and no
-        snapshot uses it."""
-        return (
-            self.db.execute(
-                "SELECT 1 FROM version_chunks WHERE sha256=? LIMIT 1", (sha256,)
-            ).fetchone()
-            is None
-            and self.db.execute(
-                "SELECT 1 FROM snapshot_chunks WHERE sha256=? LIMIT 1", (sha256,)
-            ).fetchone()
-            is None
+    def _referenced(self, sha256: str) -> bool:
+        """A version or a snapshot uses this blob (else only a pin or an upload keeps it)."""
+        return any(
+            self.db.execute(f"SELECT 1 FROM {table} WHERE sha256=? LIMIT 1", (sha256,)).fetchone()
+            for table in ("version_chunks", "snapshot_chunks")
         )
 
     def stale_chunks(self, now: float, since: float = 0.0) -> int:
